@@ -1,0 +1,7 @@
+//! `ferry-oci`: Ferry's OCI side.
+//!
+//! Owns everything that knows about OCI bundles and containers: config.json
+//! (through `oci-spec`), the rootfs and its mounts, namespaces, capabilities,
+//! cgroups (through `libcgroups`), network namespaces, overlay diffs and the
+//! container state kept under the runtime root. It turns a spec into typed
+//! `criu-rpc` requests; it knows nothing of command lines.
