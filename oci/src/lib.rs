@@ -5,3 +5,7 @@
 //! cgroups (through `libcgroups`), network namespaces, overlay diffs and the
 //! container state kept under the runtime root. It turns a spec into typed
 //! `criu-rpc` requests; it knows nothing of command lines.
+
+pub mod error;
+
+pub use error::{Error, Result};

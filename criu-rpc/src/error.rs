@@ -1,0 +1,3 @@
+//! Errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {}
