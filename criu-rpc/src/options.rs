@@ -1,0 +1,628 @@
+//! Typed options for CRIU requests and their pure conversion to `criu_opts`.
+//!
+//! The fields follow CRIU's `rpc.proto` and cover what runc passes
+//! (libcontainer/criu_linux.go) plus what live migration needs (page server,
+//! lazy pages, status fd). Conversions do no I/O: fds are already open when an
+//! option struct exists, and fds that must live in criu's own fd table
+//! (`inherit_fd`, a connected page-server socket) get deterministic numbers
+//! there, assigned by [`ChildFds`], so the conversion stays a function of the
+//! options alone and is unit-tested without CRIU.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use protobuf::{EnumOrUnknown, MessageField};
+
+use crate::error::{Error, Result};
+use crate::proto;
+
+/// criu swrk's socket is fd 3 in criu; fds passed along follow it.
+pub(crate) const SWRK_FD: i32 = 3;
+pub(crate) const FIRST_PASSED_FD: i32 = SWRK_FD + 1;
+
+/// CRIU's log verbosity (`-v1` .. `-v4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+}
+
+/// How CRIU treats the cgroups of the tree (`--manage-cgroups=MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    Ignore,
+    None,
+    Props,
+    Soft,
+    Full,
+    Strict,
+    Default,
+}
+
+/// How CRIU locks the network while tasks are frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkLock {
+    Iptables,
+    Nftables,
+    Skip,
+}
+
+/// How pre-dump reads memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreDumpMode {
+    Splice,
+    VmRead,
+}
+
+/// Maps a cgroup controller's root on dump or restore (`--cgroup-root`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupRoot {
+    /// `None` applies to all controllers.
+    pub controller: Option<String>,
+    pub path: PathBuf,
+}
+
+/// `--ext-mount-map KEY:VAL`: on dump, KEY is the mountpoint inside the tree
+/// and VAL the name recorded in the image; on restore, KEY is that name and
+/// VAL the host path to bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtMount {
+    pub key: String,
+    pub value: String,
+}
+
+/// A veth pair to recreate on restore (`--veth-pair IN=OUT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethPair {
+    pub inside: String,
+    pub outside: String,
+}
+
+/// Join an existing namespace on restore (`--join-ns NS:FILE[,EXTRA]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinNamespace {
+    /// "net", "ipc", "uts", "user", "pid", "mnt", "time" or "cgroup".
+    pub ns: String,
+    pub file: PathBuf,
+    pub extra: Option<String>,
+}
+
+/// An fd the restored tree gets in place of an external file
+/// (`--inherit-fd fd[N]:KEY`), e.g. a pipe standing for the container's stdio.
+#[derive(Debug)]
+pub struct InheritFd {
+    pub key: String,
+    pub fd: OwnedFd,
+}
+
+/// Where a page server is, or the socket to one.
+#[derive(Debug)]
+pub enum PageServerAddr {
+    /// TCP: on dump, connect to it; for a page server, listen on it
+    /// (port 0 lets CRIU pick one and report it).
+    Tcp(SocketAddr),
+    /// An already connected (dump) or listening (page server) socket, passed
+    /// into criu's fd table.
+    Socket(OwnedFd),
+}
+
+/// The directories CRIU works in and how it logs.
+#[derive(Debug)]
+pub struct ImageDirs {
+    pub images: OwnedFd,
+    /// Where the log and temporary files go; CRIU uses the images dir when unset.
+    pub work: Option<OwnedFd>,
+    /// A file name inside the work dir (CRIU refuses sub-directories);
+    /// CRIU's default is `criu.log`.
+    pub log_file: Option<PathBuf>,
+    pub log_level: LogLevel,
+}
+
+/// The log file name CRIU uses when none is given.
+pub(crate) const DEFAULT_LOG_FILE: &str = "criu.log";
+
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(|fd| {
+        // SAFETY: open returned a fresh fd that nothing else owns.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    })
+    .map_err(|e| Error::Io {
+        op: "opening directory",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+impl ImageDirs {
+    /// Opens `images` (which must exist) as the images and work dir, with
+    /// CRIU's log at `Info` in `criu.log` there.
+    pub fn open(images: &Path) -> Result<Self> {
+        Ok(ImageDirs {
+            images: open_dir(images)?,
+            work: None,
+            log_file: None,
+            log_level: LogLevel::Info,
+        })
+    }
+
+    /// Uses `work` (which must exist) for the log and temporary files.
+    pub fn work_dir(mut self, work: &Path) -> Result<Self> {
+        self.work = Some(open_dir(work)?);
+        Ok(self)
+    }
+
+    pub fn log_file(mut self, name: impl Into<PathBuf>) -> Self {
+        self.log_file = Some(name.into());
+        self
+    }
+
+    pub fn log_level(mut self, level: LogLevel) -> Self {
+        self.log_level = level;
+        self
+    }
+
+    /// The directory that holds CRIU's log.
+    pub(crate) fn log_dir(&self) -> BorrowedFd<'_> {
+        self.work.as_ref().unwrap_or(&self.images).as_fd()
+    }
+
+    pub(crate) fn log_name(&self) -> &Path {
+        self.log_file
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_LOG_FILE))
+    }
+
+    fn apply(&self, m: &mut proto::Criu_opts) -> Result<()> {
+        m.images_dir_fd = Some(self.images.as_raw_fd());
+        m.work_dir_fd = self.work.as_ref().map(|w| w.as_raw_fd());
+        if let Some(name) = &self.log_file {
+            if name.components().count() != 1 || name.to_str().is_none_or(|s| s.contains('/')) {
+                return Err(Error::InvalidOption {
+                    option: "log_file",
+                    reason: "must be a plain file name: CRIU writes it inside the work dir",
+                });
+            }
+            m.log_file = Some(path_str("log_file", name)?);
+        }
+        m.log_level = Some(self.log_level as i32);
+        Ok(())
+    }
+}
+
+fn path_str(option: &'static str, p: &Path) -> Result<String> {
+    p.to_str().map(str::to_owned).ok_or(Error::InvalidOption {
+        option,
+        reason: "path is not valid UTF-8, which CRIU's protocol requires",
+    })
+}
+
+fn cg_mode(m: CgroupMode) -> proto::Criu_cg_mode {
+    match m {
+        CgroupMode::Ignore => proto::Criu_cg_mode::IGNORE,
+        CgroupMode::None => proto::Criu_cg_mode::CG_NONE,
+        CgroupMode::Props => proto::Criu_cg_mode::PROPS,
+        CgroupMode::Soft => proto::Criu_cg_mode::SOFT,
+        CgroupMode::Full => proto::Criu_cg_mode::FULL,
+        CgroupMode::Strict => proto::Criu_cg_mode::STRICT,
+        CgroupMode::Default => proto::Criu_cg_mode::DEFAULT,
+    }
+}
+
+fn net_lock(l: NetworkLock) -> proto::Criu_network_lock_method {
+    match l {
+        NetworkLock::Iptables => proto::Criu_network_lock_method::IPTABLES,
+        NetworkLock::Nftables => proto::Criu_network_lock_method::NFTABLES,
+        NetworkLock::Skip => proto::Criu_network_lock_method::SKIP,
+    }
+}
+
+/// The options dump and restore share: how the tree relates to the world
+/// outside it (mounts, cgroups, sockets, terminal) and how CRIU reports.
+#[derive(Debug, Clone, Default)]
+pub struct TreeOptions {
+    /// The root of the tree's filesystem (`--root`), for restore; on dump
+    /// CRIU finds it itself.
+    pub root: Option<PathBuf>,
+    pub tcp_established: bool,
+    /// Close established TCP connections instead of restoring them.
+    pub tcp_close: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub manage_cgroups: Option<CgroupMode>,
+    pub cg_root: Vec<CgroupRoot>,
+    pub ext_mounts: Vec<ExtMount>,
+    /// `--external` keys: `mnt[KEY]:VAL`, `net[INODE]:NAME`, `veth[IF]:OUT`, ...
+    pub external: Vec<String>,
+    /// Send notifies to the handler (the `notify_scripts` option).
+    pub notify_scripts: bool,
+    pub network_lock: Option<NetworkLock>,
+    pub auto_ext_mnt: bool,
+    pub ext_sharing: bool,
+    pub ext_masters: bool,
+    pub lsm_profile: Option<String>,
+    /// Write statistics (stats-dump / stats-restore) and print them in the log.
+    pub display_stats: bool,
+    /// Ask CRIU to fail when an operation takes longer (seconds).
+    pub timeout_secs: Option<u32>,
+}
+
+impl TreeOptions {
+    fn apply(&self, m: &mut proto::Criu_opts) -> Result<()> {
+        if let Some(root) = &self.root {
+            m.root = Some(path_str("root", root)?);
+        }
+        let flag = |b: bool| b.then_some(true);
+        m.tcp_established = flag(self.tcp_established);
+        m.tcp_close = flag(self.tcp_close);
+        m.ext_unix_sk = flag(self.ext_unix_sk);
+        m.shell_job = flag(self.shell_job);
+        m.file_locks = flag(self.file_locks);
+        m.notify_scripts = flag(self.notify_scripts);
+        m.auto_ext_mnt = flag(self.auto_ext_mnt);
+        m.ext_sharing = flag(self.ext_sharing);
+        m.ext_masters = flag(self.ext_masters);
+        m.display_stats = flag(self.display_stats);
+        if let Some(mode) = self.manage_cgroups {
+            // runc sets both: manage_cgroups for old CRIUs, the mode for new.
+            m.manage_cgroups = Some(true);
+            m.manage_cgroups_mode = Some(EnumOrUnknown::new(cg_mode(mode)));
+        }
+        for cg in &self.cg_root {
+            let mut r = proto::Cgroup_root::new();
+            r.ctrl = cg.controller.clone();
+            r.path = Some(path_str("cg_root", &cg.path)?);
+            m.cg_root.push(r);
+        }
+        for em in &self.ext_mounts {
+            let mut e = proto::Ext_mount_map::new();
+            e.key = Some(em.key.clone());
+            e.val = Some(em.value.clone());
+            m.ext_mnt.push(e);
+        }
+        m.external = self.external.clone();
+        m.network_lock = self.network_lock.map(|l| EnumOrUnknown::new(net_lock(l)));
+        m.lsm_profile = self.lsm_profile.clone();
+        m.timeout = self.timeout_secs;
+        Ok(())
+    }
+}
+
+/// Fds criu must find in its own fd table, in the order they are placed
+/// from [`FIRST_PASSED_FD`] on.
+pub trait ChildFds {
+    fn child_fds(&self) -> Vec<BorrowedFd<'_>>;
+}
+
+fn page_server_info(
+    ps: &PageServerAddr,
+    child_fd: i32,
+) -> MessageField<proto::Criu_page_server_info> {
+    let mut info = proto::Criu_page_server_info::new();
+    match ps {
+        PageServerAddr::Tcp(addr) => {
+            info.address = Some(addr.ip().to_string());
+            info.port = Some(addr.port() as i32);
+        }
+        PageServerAddr::Socket(_) => info.fd = Some(child_fd),
+    }
+    MessageField::some(info)
+}
+
+/// Options of a DUMP (and PRE_DUMP) request.
+#[derive(Debug)]
+pub struct DumpOptions {
+    pub dirs: ImageDirs,
+    /// The root of the tree to dump.
+    pub pid: Pid,
+    pub tree: TreeOptions,
+    /// Resume the tasks after the dump (a clone runs beside the original).
+    pub leave_running: bool,
+    /// Leave the tasks frozen after the dump: live migration kills the
+    /// source only once the destination runs.
+    pub leave_stopped: bool,
+    /// Track memory changes for a later incremental dump (soft-dirty).
+    pub track_mem: bool,
+    /// Previous pre-dump's images, relative to the images dir.
+    pub parent_img: Option<PathBuf>,
+    pub auto_dedup: bool,
+    /// Send pages to a page server instead of writing them.
+    pub page_server: Option<PageServerAddr>,
+    /// Post-copy: serve pages lazily from this process.
+    pub lazy_pages: bool,
+    /// CRIU writes one byte here when ready (lazy pages, page server).
+    pub status_fd: Option<OwnedFd>,
+    /// Freeze through this freezer cgroup rather than with ptrace (runc
+    /// passes the container's freezer).
+    pub freeze_cgroup: Option<PathBuf>,
+    /// Namespaces to restore empty (only the network namespace is supported
+    /// by CRIU), e.g. for a netns the runtime recreates.
+    pub empty_ns: CloneFlags,
+    pub cgroup_dump_controllers: Vec<String>,
+    pub link_remap: bool,
+    pub evasive_devices: bool,
+    pub tcp_skip_in_flight: bool,
+    pub ghost_limit: Option<u32>,
+    pub skip_mounts: Vec<PathBuf>,
+    pub enable_fs: Vec<String>,
+    pub irmap_scan_paths: Vec<PathBuf>,
+    pub force_irmap: bool,
+    pub pre_dump_mode: Option<PreDumpMode>,
+}
+
+impl DumpOptions {
+    pub fn new(dirs: ImageDirs, pid: Pid) -> Self {
+        DumpOptions {
+            dirs,
+            pid,
+            tree: TreeOptions::default(),
+            leave_running: false,
+            leave_stopped: false,
+            track_mem: false,
+            parent_img: None,
+            auto_dedup: false,
+            page_server: None,
+            lazy_pages: false,
+            status_fd: None,
+            freeze_cgroup: None,
+            empty_ns: CloneFlags::empty(),
+            cgroup_dump_controllers: Vec::new(),
+            link_remap: false,
+            evasive_devices: false,
+            tcp_skip_in_flight: false,
+            ghost_limit: None,
+            skip_mounts: Vec::new(),
+            enable_fs: Vec::new(),
+            irmap_scan_paths: Vec::new(),
+            force_irmap: false,
+            pre_dump_mode: None,
+        }
+    }
+
+    /// The `criu_opts` message for these options.
+    pub(crate) fn to_rpc(&self) -> Result<proto::Criu_opts> {
+        if self.leave_running && self.leave_stopped {
+            return Err(Error::InvalidOption {
+                option: "leave_running",
+                reason: "leave_running and leave_stopped exclude each other",
+            });
+        }
+        if !(self.empty_ns - CloneFlags::CLONE_NEWNET).is_empty() {
+            return Err(Error::InvalidOption {
+                option: "empty_ns",
+                reason: "CRIU can only leave the network namespace empty",
+            });
+        }
+        if self.pid.as_raw() <= 0 {
+            return Err(Error::InvalidOption {
+                option: "pid",
+                reason: "must be the positive pid of the tree's root (criu would dump the caller itself)",
+            });
+        }
+        let mut m = proto::Criu_opts::new();
+        self.dirs.apply(&mut m)?;
+        self.tree.apply(&mut m)?;
+        let flag = |b: bool| b.then_some(true);
+        m.pid = Some(self.pid.as_raw());
+        m.leave_running = flag(self.leave_running);
+        m.leave_stopped = flag(self.leave_stopped);
+        m.track_mem = flag(self.track_mem);
+        m.auto_dedup = flag(self.auto_dedup);
+        m.lazy_pages = flag(self.lazy_pages);
+        m.link_remap = flag(self.link_remap);
+        m.evasive_devices = flag(self.evasive_devices);
+        m.tcp_skip_in_flight = flag(self.tcp_skip_in_flight);
+        m.force_irmap = flag(self.force_irmap);
+        if let Some(p) = &self.parent_img {
+            m.parent_img = Some(path_str("parent_img", p)?);
+        }
+        if let Some(ps) = &self.page_server {
+            m.ps = page_server_info(ps, FIRST_PASSED_FD);
+        }
+        m.status_fd = self.status_fd.as_ref().map(|f| f.as_raw_fd());
+        if let Some(f) = &self.freeze_cgroup {
+            m.freeze_cgroup = Some(path_str("freeze_cgroup", f)?);
+        }
+        if !self.empty_ns.is_empty() {
+            m.empty_ns = Some(self.empty_ns.bits() as u32);
+        }
+        m.cgroup_dump_controller = self.cgroup_dump_controllers.clone();
+        m.ghost_limit = self.ghost_limit;
+        m.skip_mnt = paths("skip_mounts", &self.skip_mounts)?;
+        m.enable_fs = self.enable_fs.clone();
+        m.irmap_scan_paths = paths("irmap_scan_paths", &self.irmap_scan_paths)?;
+        m.pre_dump_mode = self.pre_dump_mode.map(|p| {
+            EnumOrUnknown::new(match p {
+                PreDumpMode::Splice => proto::Criu_pre_dump_mode::SPLICE,
+                PreDumpMode::VmRead => proto::Criu_pre_dump_mode::VM_READ,
+            })
+        });
+        Ok(m)
+    }
+}
+
+fn paths(option: &'static str, ps: &[PathBuf]) -> Result<Vec<String>> {
+    ps.iter().map(|p| path_str(option, p)).collect()
+}
+
+impl ChildFds for DumpOptions {
+    fn child_fds(&self) -> Vec<BorrowedFd<'_>> {
+        match &self.page_server {
+            Some(PageServerAddr::Socket(fd)) => vec![fd.as_fd()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Options of a RESTORE request.
+#[derive(Debug)]
+pub struct RestoreOptions {
+    pub dirs: ImageDirs,
+    pub tree: TreeOptions,
+    /// Restore the tree as a sibling of criu, i.e. as the caller's child, so
+    /// the caller can wait for it (runc always sets it). Default: true.
+    pub rst_sibling: bool,
+    pub inherit_fds: Vec<InheritFd>,
+    pub join_ns: Vec<JoinNamespace>,
+    pub veths: Vec<VethPair>,
+    /// Post-copy: register memory with userfaultfd and fetch it lazily
+    /// through a lazy-pages daemon.
+    pub lazy_pages: bool,
+    /// Hand the console's pty master to the handler
+    /// ([`crate::Notify::OrphanPtsMaster`]).
+    pub orphan_pts_master: bool,
+    pub status_fd: Option<OwnedFd>,
+    pub lsm_mount_context: Option<String>,
+    pub weak_sysctls: bool,
+    pub evasive_devices: bool,
+    pub mntns_compat_mode: bool,
+}
+
+impl RestoreOptions {
+    pub fn new(dirs: ImageDirs) -> Self {
+        RestoreOptions {
+            dirs,
+            tree: TreeOptions::default(),
+            rst_sibling: true,
+            inherit_fds: Vec::new(),
+            join_ns: Vec::new(),
+            veths: Vec::new(),
+            lazy_pages: false,
+            orphan_pts_master: false,
+            status_fd: None,
+            lsm_mount_context: None,
+            weak_sysctls: false,
+            evasive_devices: false,
+            mntns_compat_mode: false,
+        }
+    }
+
+    pub(crate) fn to_rpc(&self) -> Result<proto::Criu_opts> {
+        let mut m = proto::Criu_opts::new();
+        self.dirs.apply(&mut m)?;
+        self.tree.apply(&mut m)?;
+        let flag = |b: bool| b.then_some(true);
+        m.rst_sibling = flag(self.rst_sibling);
+        for (i, inh) in self.inherit_fds.iter().enumerate() {
+            let mut f = proto::Inherit_fd::new();
+            f.key = Some(inh.key.clone());
+            f.fd = Some(FIRST_PASSED_FD + i as i32);
+            m.inherit_fd.push(f);
+        }
+        for j in &self.join_ns {
+            let mut n = proto::Join_namespace::new();
+            n.ns = Some(j.ns.clone());
+            n.ns_file = Some(path_str("join_ns", &j.file)?);
+            n.extra_opt = j.extra.clone();
+            m.join_ns.push(n);
+        }
+        for v in &self.veths {
+            let mut p = proto::Criu_veth_pair::new();
+            p.if_in = Some(v.inside.clone());
+            p.if_out = Some(v.outside.clone());
+            m.veths.push(p);
+        }
+        m.lazy_pages = flag(self.lazy_pages);
+        m.orphan_pts_master = flag(self.orphan_pts_master);
+        m.status_fd = self.status_fd.as_ref().map(|f| f.as_raw_fd());
+        m.lsm_mount_context = self.lsm_mount_context.clone();
+        m.weak_sysctls = flag(self.weak_sysctls);
+        m.evasive_devices = flag(self.evasive_devices);
+        m.mntns_compat_mode = flag(self.mntns_compat_mode);
+        Ok(m)
+    }
+}
+
+impl ChildFds for RestoreOptions {
+    fn child_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.inherit_fds.iter().map(|i| i.fd.as_fd()).collect()
+    }
+}
+
+/// Options of a PAGE_SERVER / PAGE_SERVER_CHLD request: a server that
+/// receives a dump's pages into `dirs.images` (the destination side of a
+/// pre-copy migration) or, with `lazy_pages`, serves them.
+#[derive(Debug)]
+pub struct PageServerOptions {
+    pub dirs: ImageDirs,
+    pub listen: PageServerAddr,
+    pub lazy_pages: bool,
+    pub parent_img: Option<PathBuf>,
+    pub auto_dedup: bool,
+    pub display_stats: bool,
+}
+
+impl PageServerOptions {
+    pub fn new(dirs: ImageDirs, listen: PageServerAddr) -> Self {
+        PageServerOptions {
+            dirs,
+            listen,
+            lazy_pages: false,
+            parent_img: None,
+            auto_dedup: false,
+            display_stats: false,
+        }
+    }
+
+    pub(crate) fn to_rpc(&self) -> Result<proto::Criu_opts> {
+        let mut m = proto::Criu_opts::new();
+        self.dirs.apply(&mut m)?;
+        m.ps = page_server_info(&self.listen, FIRST_PASSED_FD);
+        let flag = |b: bool| b.then_some(true);
+        m.lazy_pages = flag(self.lazy_pages);
+        m.auto_dedup = flag(self.auto_dedup);
+        m.display_stats = flag(self.display_stats);
+        if let Some(p) = &self.parent_img {
+            m.parent_img = Some(path_str("parent_img", p)?);
+        }
+        Ok(m)
+    }
+}
+
+impl ChildFds for PageServerOptions {
+    fn child_fds(&self) -> Vec<BorrowedFd<'_>> {
+        match &self.listen {
+            PageServerAddr::Socket(fd) => vec![fd.as_fd()],
+            PageServerAddr::Tcp(_) => Vec::new(),
+        }
+    }
+}
+
+/// Options of a CHECK request: only where CRIU logs.
+#[derive(Debug, Default)]
+pub struct CheckOptions {
+    pub work_dir: Option<OwnedFd>,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<LogLevel>,
+}
+
+impl CheckOptions {
+    pub(crate) fn to_rpc(&self) -> Result<proto::Criu_opts> {
+        let mut m = proto::Criu_opts::new();
+        m.images_dir_fd = Some(-1);
+        m.work_dir_fd = self.work_dir.as_ref().map(|w| w.as_raw_fd());
+        if let Some(name) = &self.log_file {
+            m.log_file = Some(path_str("log_file", name)?);
+        }
+        m.log_level = self.log_level.map(|l| l as i32);
+        Ok(m)
+    }
+}
+
+impl ChildFds for CheckOptions {
+    fn child_fds(&self) -> Vec<BorrowedFd<'_>> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,296 @@
+//! Dump and restore a real process tree through the RPC client, against the
+//! real CRIU (run as root). The tree is a shell counter that appends one
+//! number per line to a file through an fd it keeps open: a restore that
+//! resumes from the wrong point shows as a gap or a repeat in the file.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criu_rpc::{Criu, DumpOptions, HandlerError, ImageDirs, LogLevel, Notify, RestoreOptions};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+struct Counter {
+    child: Option<Child>,
+    pid: Pid,
+    file: PathBuf,
+}
+
+impl Counter {
+    fn start(dir: &Path) -> Counter {
+        let file = dir.join("count");
+        let script = format!(
+            "i=0; exec 3>>{}; while :; do echo $i >&3; i=$((i+1)); sleep 0.05; done",
+            file.display()
+        );
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // CRIU dumps a tree whose root leads its own session (or needs
+        // shell_job); a daemon-like counter is the plain case.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let child = cmd.spawn().expect("start counter");
+        let pid = Pid::from_raw(child.id() as i32);
+        let c = Counter {
+            child: Some(child),
+            pid,
+            file,
+        };
+        c.wait_for_lines(5);
+        c
+    }
+
+    fn numbers(&self) -> Vec<u64> {
+        numbers(&self.file)
+    }
+
+    fn wait_for_lines(&self, n: usize) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.numbers();
+            if v.len() >= n {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counter stuck at {} lines",
+                v.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn numbers(file: &Path) -> Vec<u64> {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Every pid of the tree rooted at `pid`, from /proc's children lists.
+fn tree(pid: Pid) -> Vec<Pid> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse().ok())
+                        .map(Pid::from_raw),
+                );
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether any process still uses `pid` as its pid, process group or session.
+fn pid_in_use(pid: Pid) -> bool {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return true;
+    };
+    procs.flatten().any(|p| {
+        let stat = fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp session ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let id = pid.as_raw().to_string();
+        p.file_name().to_str() == Some(id.as_str())
+            || f.get(2) == Some(&id.as_str())
+            || f.get(3) == Some(&id.as_str())
+    })
+}
+
+/// A dumped tree's orphans are reaped by init a moment later; CRIU restores
+/// the same pids (and the session and group ids) and fails with EEXIST until
+/// no zombie holds them (NOTES.md).
+fn wait_gone(pids: &[Pid]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids.iter().any(|p| pid_in_use(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "dumped pids {pids:?} still exist"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+type Seen = Arc<Mutex<Vec<String>>>;
+
+fn recorder(seen: &Seen) -> impl FnMut(Notify) -> Result<(), HandlerError> {
+    let seen = seen.clone();
+    move |n: Notify| {
+        seen.lock().unwrap().push(n.script().to_string());
+        Ok(())
+    }
+}
+
+fn dirs(images: &Path, log: &str) -> ImageDirs {
+    ImageDirs::open(images)
+        .unwrap()
+        .log_file(log)
+        .log_level(LogLevel::Debug)
+}
+
+/// Checks that `v` is 0, 1, 2, ... with no gap and no repeat.
+fn assert_consecutive(v: &[u64]) {
+    for (i, n) in v.iter().enumerate() {
+        assert_eq!(*n, i as u64, "line {i} of the counter is {n}: {v:?}");
+    }
+}
+
+struct Restored(Pid);
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGKILL);
+        let _ = waitpid(self.0, None);
+    }
+}
+
+#[test]
+fn dump_then_restore_continues_the_counter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    fs::create_dir(&images).unwrap();
+    let mut counter = Counter::start(tmp.path());
+
+    let seen: Seen = Default::default();
+    let mut opts = DumpOptions::new(dirs(&images, "dump.log"), counter.pid);
+    opts.tree.notify_scripts = true;
+    // The tree as dumped (its `sleep` child changes every 50 ms), read while
+    // CRIU holds it frozen.
+    let frozen: Arc<Mutex<Vec<Pid>>> = Default::default();
+    let (root, f) = (counter.pid, frozen.clone());
+    let mut record = recorder(&seen);
+    let mut handler = move |n: Notify| {
+        if let Notify::PostDump = n {
+            *f.lock().unwrap() = tree(root);
+        }
+        record(n)
+    };
+    Criu::new().dump(&opts, &mut handler).unwrap();
+    let pids = frozen.lock().unwrap().clone();
+    let dump_notifies = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(dump_notifies, ["pre-dump", "post-dump"]);
+
+    // CRIU killed the tree after dumping it.
+    let status = counter.child.take().unwrap().wait().unwrap();
+    assert!(
+        !status.success(),
+        "counter was not killed by the dump: {status}"
+    );
+    let before = counter.numbers();
+    assert_consecutive(&before);
+    wait_gone(&pids);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counter.numbers(), before, "counter wrote after the dump");
+
+    let mut ropts = RestoreOptions::new(dirs(&images, "restore.log"));
+    ropts.tree.notify_scripts = true;
+    let restored = Criu::new().restore(&ropts, &mut recorder(&seen)).unwrap();
+    let guard = Restored(restored.pid);
+    assert_eq!(restored.pid, counter.pid, "CRIU restores the original pid");
+    let restore_notifies = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(
+        restore_notifies,
+        [
+            // No setup-namespaces: this tree has no namespaces of its own.
+            "pre-restore",
+            "post-restore",
+            "pre-resume",
+            "post-resume"
+        ]
+    );
+
+    let after = counter.wait_for_lines(before.len() + 10);
+    assert_consecutive(&after);
+    drop(guard);
+}
+
+#[test]
+fn leave_running_dump_restores_a_clone_from_the_dump_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    fs::create_dir(&images).unwrap();
+    let counter = Counter::start(tmp.path());
+
+    // The last number written while CRIU has the tree frozen: the restored
+    // clone must continue right after it.
+    let at_dump: Arc<Mutex<Option<u64>>> = Default::default();
+    let file = counter.file.clone();
+    let at = at_dump.clone();
+    let frozen: Arc<Mutex<Vec<Pid>>> = Default::default();
+    let (root, f) = (counter.pid, frozen.clone());
+    let mut handler = move |n: Notify| -> Result<(), HandlerError> {
+        if let Notify::PostDump = n {
+            *at.lock().unwrap() = numbers(&file).last().copied();
+            *f.lock().unwrap() = tree(root);
+        }
+        Ok(())
+    };
+    let mut opts = DumpOptions::new(dirs(&images, "dump.log"), counter.pid);
+    opts.leave_running = true;
+    opts.tree.notify_scripts = true;
+    Criu::new().dump(&opts, &mut handler).unwrap();
+    let k = at_dump.lock().unwrap().expect("post-dump notify seen");
+
+    // The original keeps counting.
+    let running = counter.wait_for_lines(k as usize + 10);
+    assert_consecutive(&running);
+    let pids = frozen.lock().unwrap().clone();
+    let file = counter.file.clone();
+    drop(counter);
+    wait_gone(&pids);
+    let m = numbers(&file).len();
+
+    let restored = Criu::new()
+        .restore(
+            &RestoreOptions::new(dirs(&images, "restore.log")),
+            &mut criu_rpc::IgnoreNotify,
+        )
+        .unwrap_or_else(|e| {
+            let ps = Command::new("ps").arg("-ef").output().unwrap();
+            panic!("{e}\n{pids:?}\n{}", String::from_utf8_lossy(&ps.stdout))
+        });
+    let _guard = Restored(restored.pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while numbers(&file).len() < m + 10 {
+        assert!(Instant::now() < deadline, "restored clone does not count");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let all = numbers(&file);
+    assert_consecutive(&all[..m]);
+    let clone: Vec<u64> = all[m..].to_vec();
+    let expected: Vec<u64> = (k + 1..k + 1 + clone.len() as u64).collect();
+    assert_eq!(
+        clone, expected,
+        "the clone continues from the dump point {k}"
+    );
+}
