@@ -626,3 +626,422 @@ impl ChildFds for CheckOptions {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! One test per option: the typed field lands in the right `criu_opts`
+    //! field, and nothing is set that the caller did not ask for.
+
+    use super::*;
+
+    fn dirs() -> ImageDirs {
+        ImageDirs::open(Path::new("/")).unwrap()
+    }
+
+    fn dump() -> DumpOptions {
+        DumpOptions::new(dirs(), Pid::from_raw(1234))
+    }
+
+    fn restore() -> RestoreOptions {
+        RestoreOptions::new(dirs())
+    }
+
+    fn pipe_fd() -> OwnedFd {
+        nix::unistd::pipe().unwrap().0
+    }
+
+    /// A dump-side bool option: off by default, on when set.
+    macro_rules! dump_flag {
+        ($test:ident, $($field:ident).+ => $rpc:ident) => {
+            #[test]
+            fn $test() {
+                assert_eq!(dump().to_rpc().unwrap().$rpc, None);
+                let mut o = dump();
+                o.$($field).+ = true;
+                assert_eq!(o.to_rpc().unwrap().$rpc, Some(true));
+            }
+        };
+    }
+
+    macro_rules! restore_flag {
+        ($test:ident, $($field:ident).+ => $rpc:ident) => {
+            #[test]
+            fn $test() {
+                assert_eq!(restore().to_rpc().unwrap().$rpc, None);
+                let mut o = restore();
+                o.$($field).+ = true;
+                assert_eq!(o.to_rpc().unwrap().$rpc, Some(true));
+            }
+        };
+    }
+
+    dump_flag!(leave_running, leave_running => leave_running);
+    dump_flag!(leave_stopped, leave_stopped => leave_stopped);
+    dump_flag!(track_mem, track_mem => track_mem);
+    dump_flag!(auto_dedup, auto_dedup => auto_dedup);
+    dump_flag!(dump_lazy_pages, lazy_pages => lazy_pages);
+    dump_flag!(link_remap, link_remap => link_remap);
+    dump_flag!(evasive_devices, evasive_devices => evasive_devices);
+    dump_flag!(tcp_skip_in_flight, tcp_skip_in_flight => tcp_skip_in_flight);
+    dump_flag!(force_irmap, force_irmap => force_irmap);
+    dump_flag!(tcp_established, tree.tcp_established => tcp_established);
+    dump_flag!(tcp_close, tree.tcp_close => tcp_close);
+    dump_flag!(ext_unix_sk, tree.ext_unix_sk => ext_unix_sk);
+    dump_flag!(shell_job, tree.shell_job => shell_job);
+    dump_flag!(file_locks, tree.file_locks => file_locks);
+    dump_flag!(notify_scripts, tree.notify_scripts => notify_scripts);
+    dump_flag!(auto_ext_mnt, tree.auto_ext_mnt => auto_ext_mnt);
+    dump_flag!(ext_sharing, tree.ext_sharing => ext_sharing);
+    dump_flag!(ext_masters, tree.ext_masters => ext_masters);
+    dump_flag!(display_stats, tree.display_stats => display_stats);
+    restore_flag!(restore_tcp_established, tree.tcp_established => tcp_established);
+    restore_flag!(restore_shell_job, tree.shell_job => shell_job);
+    restore_flag!(restore_lazy_pages, lazy_pages => lazy_pages);
+    restore_flag!(orphan_pts_master, orphan_pts_master => orphan_pts_master);
+    restore_flag!(weak_sysctls, weak_sysctls => weak_sysctls);
+    restore_flag!(mntns_compat_mode, mntns_compat_mode => mntns_compat_mode);
+
+    #[test]
+    fn images_and_work_dir_fds() {
+        let o = dump();
+        let m = o.to_rpc().unwrap();
+        assert_eq!(m.images_dir_fd, Some(o.dirs.images.as_raw_fd()));
+        assert_eq!(m.work_dir_fd, None);
+        let o = DumpOptions::new(
+            dirs().work_dir(Path::new("/tmp")).unwrap(),
+            Pid::from_raw(1),
+        );
+        let m = o.to_rpc().unwrap();
+        assert_eq!(
+            m.work_dir_fd,
+            Some(o.dirs.work.as_ref().unwrap().as_raw_fd())
+        );
+    }
+
+    #[test]
+    fn log_file_and_level() {
+        let m = dump().to_rpc().unwrap();
+        assert_eq!(m.log_file, None);
+        assert_eq!(m.log_level, Some(LogLevel::Info as i32));
+        let o = DumpOptions::new(
+            dirs().log_file("dump.log").log_level(LogLevel::Debug),
+            Pid::from_raw(1),
+        );
+        let m = o.to_rpc().unwrap();
+        assert_eq!(m.log_file.as_deref(), Some("dump.log"));
+        assert_eq!(m.log_level, Some(4));
+    }
+
+    #[test]
+    fn log_file_with_a_directory_is_refused() {
+        let o = DumpOptions::new(dirs().log_file("logs/dump.log"), Pid::from_raw(1));
+        assert!(matches!(
+            o.to_rpc(),
+            Err(Error::InvalidOption {
+                option: "log_file",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn pid() {
+        assert_eq!(dump().to_rpc().unwrap().pid, Some(1234));
+        let o = DumpOptions::new(dirs(), Pid::from_raw(0));
+        assert!(matches!(
+            o.to_rpc(),
+            Err(Error::InvalidOption { option: "pid", .. })
+        ));
+    }
+
+    #[test]
+    fn leave_running_and_stopped_exclude_each_other() {
+        let mut o = dump();
+        o.leave_running = true;
+        o.leave_stopped = true;
+        assert!(o.to_rpc().is_err());
+    }
+
+    #[test]
+    fn manage_cgroups_mode() {
+        let m = dump().to_rpc().unwrap();
+        assert_eq!((m.manage_cgroups, m.manage_cgroups_mode), (None, None));
+        for (mode, rpc) in [
+            (CgroupMode::Ignore, proto::Criu_cg_mode::IGNORE),
+            (CgroupMode::None, proto::Criu_cg_mode::CG_NONE),
+            (CgroupMode::Props, proto::Criu_cg_mode::PROPS),
+            (CgroupMode::Soft, proto::Criu_cg_mode::SOFT),
+            (CgroupMode::Full, proto::Criu_cg_mode::FULL),
+            (CgroupMode::Strict, proto::Criu_cg_mode::STRICT),
+            (CgroupMode::Default, proto::Criu_cg_mode::DEFAULT),
+        ] {
+            let mut o = restore();
+            o.tree.manage_cgroups = Some(mode);
+            let m = o.to_rpc().unwrap();
+            assert_eq!(m.manage_cgroups, Some(true));
+            assert_eq!(m.manage_cgroups_mode.unwrap().enum_value(), Ok(rpc));
+        }
+    }
+
+    #[test]
+    fn cg_root() {
+        let mut o = restore();
+        o.tree.cg_root = vec![
+            CgroupRoot {
+                controller: None,
+                path: "/ferry/a".into(),
+            },
+            CgroupRoot {
+                controller: Some("memory".into()),
+                path: "/m".into(),
+            },
+        ];
+        let m = o.to_rpc().unwrap();
+        assert_eq!(m.cg_root.len(), 2);
+        assert_eq!(
+            (m.cg_root[0].ctrl.as_deref(), m.cg_root[0].path()),
+            (None, "/ferry/a")
+        );
+        assert_eq!(
+            (m.cg_root[1].ctrl.as_deref(), m.cg_root[1].path()),
+            (Some("memory"), "/m")
+        );
+    }
+
+    #[test]
+    fn ext_mnt() {
+        let mut o = dump();
+        o.tree.ext_mounts.push(ExtMount {
+            key: "/etc/hosts".into(),
+            value: "/etc/hosts".into(),
+        });
+        let m = o.to_rpc().unwrap();
+        assert_eq!(m.ext_mnt.len(), 1);
+        assert_eq!(
+            (m.ext_mnt[0].key(), m.ext_mnt[0].val()),
+            ("/etc/hosts", "/etc/hosts")
+        );
+    }
+
+    #[test]
+    fn external() {
+        let mut o = restore();
+        o.tree.external = vec!["net[4026531840]:extRootNetNS".into()];
+        assert_eq!(
+            o.to_rpc().unwrap().external,
+            ["net[4026531840]:extRootNetNS"]
+        );
+    }
+
+    #[test]
+    fn root() {
+        assert_eq!(restore().to_rpc().unwrap().root, None);
+        let mut o = restore();
+        o.tree.root = Some("/run/ferry/c/rootfs".into());
+        assert_eq!(
+            o.to_rpc().unwrap().root.as_deref(),
+            Some("/run/ferry/c/rootfs")
+        );
+    }
+
+    #[test]
+    fn parent_img() {
+        let mut o = dump();
+        o.parent_img = Some("../pre1".into());
+        assert_eq!(o.to_rpc().unwrap().parent_img.as_deref(), Some("../pre1"));
+    }
+
+    #[test]
+    fn page_server_address_and_port() {
+        let mut o = dump();
+        o.page_server = Some(PageServerAddr::Tcp("10.0.0.2:27000".parse().unwrap()));
+        let m = o.to_rpc().unwrap();
+        assert_eq!(m.ps.address(), "10.0.0.2");
+        assert_eq!(m.ps.port(), 27000);
+        assert_eq!(m.ps.fd, None);
+        assert!(o.child_fds().is_empty());
+    }
+
+    #[test]
+    fn page_server_socket_is_passed_to_criu() {
+        let mut o = dump();
+        o.page_server = Some(PageServerAddr::Socket(pipe_fd()));
+        let m = o.to_rpc().unwrap();
+        assert_eq!(m.ps.fd, Some(FIRST_PASSED_FD));
+        assert_eq!(m.ps.address, None);
+        assert_eq!(o.child_fds().len(), 1);
+    }
+
+    #[test]
+    fn status_fd() {
+        let mut o = dump();
+        let fd = pipe_fd();
+        let raw = fd.as_raw_fd();
+        o.status_fd = Some(fd);
+        assert_eq!(o.to_rpc().unwrap().status_fd, Some(raw));
+    }
+
+    #[test]
+    fn network_lock() {
+        assert_eq!(dump().to_rpc().unwrap().network_lock, None);
+        let mut o = dump();
+        o.tree.network_lock = Some(NetworkLock::Nftables);
+        assert_eq!(
+            o.to_rpc().unwrap().network_lock.unwrap().enum_value(),
+            Ok(proto::Criu_network_lock_method::NFTABLES)
+        );
+    }
+
+    #[test]
+    fn freeze_cgroup() {
+        let mut o = dump();
+        o.freeze_cgroup = Some("/sys/fs/cgroup/freezer/ferry/c".into());
+        assert_eq!(
+            o.to_rpc().unwrap().freeze_cgroup.as_deref(),
+            Some("/sys/fs/cgroup/freezer/ferry/c")
+        );
+    }
+
+    #[test]
+    fn empty_ns_only_network() {
+        assert_eq!(dump().to_rpc().unwrap().empty_ns, None);
+        let mut o = dump();
+        o.empty_ns = CloneFlags::CLONE_NEWNET;
+        assert_eq!(
+            o.to_rpc().unwrap().empty_ns,
+            Some(libc::CLONE_NEWNET as u32)
+        );
+        o.empty_ns |= CloneFlags::CLONE_NEWPID;
+        assert!(matches!(
+            o.to_rpc(),
+            Err(Error::InvalidOption {
+                option: "empty_ns",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn cgroup_dump_controllers_skip_mounts_enable_fs() {
+        let mut o = dump();
+        o.cgroup_dump_controllers = vec!["memory".into()];
+        o.skip_mounts = vec!["/proc/sys".into()];
+        o.enable_fs = vec!["fuse".into()];
+        o.irmap_scan_paths = vec!["/".into()];
+        o.ghost_limit = Some(1 << 20);
+        let m = o.to_rpc().unwrap();
+        assert_eq!(m.cgroup_dump_controller, ["memory"]);
+        assert_eq!(m.skip_mnt, ["/proc/sys"]);
+        assert_eq!(m.enable_fs, ["fuse"]);
+        assert_eq!(m.irmap_scan_paths, ["/"]);
+        assert_eq!(m.ghost_limit, Some(1 << 20));
+    }
+
+    #[test]
+    fn pre_dump_mode() {
+        let mut o = dump();
+        o.pre_dump_mode = Some(PreDumpMode::VmRead);
+        assert_eq!(
+            o.to_rpc().unwrap().pre_dump_mode.unwrap().enum_value(),
+            Ok(proto::Criu_pre_dump_mode::VM_READ)
+        );
+    }
+
+    #[test]
+    fn lsm_profile_and_timeout() {
+        let mut o = dump();
+        o.tree.lsm_profile = Some("apparmor:ferry".into());
+        o.tree.timeout_secs = Some(30);
+        let m = o.to_rpc().unwrap();
+        assert_eq!(m.lsm_profile.as_deref(), Some("apparmor:ferry"));
+        assert_eq!(m.timeout, Some(30));
+    }
+
+    #[test]
+    fn rst_sibling_defaults_on() {
+        assert_eq!(restore().to_rpc().unwrap().rst_sibling, Some(true));
+        let mut o = restore();
+        o.rst_sibling = false;
+        assert_eq!(o.to_rpc().unwrap().rst_sibling, None);
+    }
+
+    #[test]
+    fn inherit_fd_numbers_follow_the_swrk_socket() {
+        let mut o = restore();
+        for key in ["fd[0]", "fd[1]"] {
+            o.inherit_fds.push(InheritFd {
+                key: key.into(),
+                fd: pipe_fd(),
+            });
+        }
+        let m = o.to_rpc().unwrap();
+        let got: Vec<(&str, i32)> = m.inherit_fd.iter().map(|i| (i.key(), i.fd())).collect();
+        assert_eq!(got, [("fd[0]", 4), ("fd[1]", 5)]);
+        assert_eq!(o.child_fds().len(), 2);
+    }
+
+    #[test]
+    fn join_ns() {
+        let mut o = restore();
+        o.join_ns.push(JoinNamespace {
+            ns: "net".into(),
+            file: "/var/run/netns/b".into(),
+            extra: None,
+        });
+        let m = o.to_rpc().unwrap();
+        assert_eq!(
+            (m.join_ns[0].ns(), m.join_ns[0].ns_file()),
+            ("net", "/var/run/netns/b")
+        );
+        assert_eq!(m.join_ns[0].extra_opt, None);
+    }
+
+    #[test]
+    fn veths() {
+        let mut o = restore();
+        o.veths.push(VethPair {
+            inside: "eth0".into(),
+            outside: "veth1234".into(),
+        });
+        let m = o.to_rpc().unwrap();
+        assert_eq!(
+            (m.veths[0].if_in(), m.veths[0].if_out()),
+            ("eth0", "veth1234")
+        );
+    }
+
+    #[test]
+    fn lsm_mount_context() {
+        let mut o = restore();
+        o.lsm_mount_context = Some("system_u:object_r:container_file_t:s0".into());
+        assert!(o.to_rpc().unwrap().lsm_mount_context.is_some());
+    }
+
+    #[test]
+    fn page_server_listen() {
+        let mut o =
+            PageServerOptions::new(dirs(), PageServerAddr::Tcp("0.0.0.0:0".parse().unwrap()));
+        o.lazy_pages = true;
+        let m = o.to_rpc().unwrap();
+        assert_eq!((m.ps.address(), m.ps.port()), ("0.0.0.0", 0));
+        assert_eq!(m.lazy_pages, Some(true));
+    }
+
+    #[test]
+    fn non_utf8_paths_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut o = restore();
+        o.tree.root = Some(PathBuf::from(std::ffi::OsStr::from_bytes(b"/\xff")));
+        assert!(matches!(
+            o.to_rpc(),
+            Err(Error::InvalidOption { option: "root", .. })
+        ));
+    }
+
+    #[test]
+    fn check_options() {
+        let m = CheckOptions::default().to_rpc().unwrap();
+        assert_eq!(m.images_dir_fd, Some(-1));
+        assert_eq!(m.log_file, None);
+    }
+}
