@@ -64,7 +64,11 @@ pub struct Restored {
 /// A page server started with PAGE_SERVER: a daemon of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageServer {
-    pub pid: Pid,
+    /// `None` for a daemon: CRIU (4.2) answers pid 0 for it, because
+    /// cr_page_server() returns 0 to the parent once the daemon started.
+    /// Use PAGE_SERVER_CHLD ([`Criu::page_server_child`]) to know and wait
+    /// for the server.
+    pub pid: Option<Pid>,
     pub port: u16,
 }
 
@@ -467,13 +471,13 @@ impl Swrk {
         let resp = self.request(kind, req, &mut crate::IgnoreNotify)?;
         let ps = resp.ps.as_ref();
         match (ps.and_then(|p| p.pid), ps.and_then(|p| p.port)) {
-            (Some(pid), Some(port)) if pid > 0 && (0..=65535).contains(&port) => Ok(PageServer {
-                pid: Pid::from_raw(pid),
+            (Some(pid), Some(port)) if pid >= 0 && (1..=65535).contains(&port) => Ok(PageServer {
+                pid: (pid > 0).then(|| Pid::from_raw(pid)),
                 port: port as u16,
             }),
             _ => Err(Error::UnexpectedResponse {
                 request: kind,
-                got: "PAGE_SERVER without pid and port".into(),
+                got: format!("PAGE_SERVER without pid and port ({:?})", resp.ps),
             }),
         }
     }
@@ -489,7 +493,15 @@ impl Swrk {
     pub fn page_server_child(mut self, options: &PageServerOptions) -> Result<ChildPageServer> {
         let server = self.start_page_server(RequestKind::PageServerChild, options)?;
         self.kept_open = true;
-        Ok(ChildPageServer { swrk: self, server })
+        let pid = server.pid.ok_or_else(|| Error::UnexpectedResponse {
+            request: RequestKind::PageServerChild,
+            got: "PAGE_SERVER_CHLD without the server's pid".into(),
+        })?;
+        Ok(ChildPageServer {
+            swrk: self,
+            pid,
+            port: server.port,
+        })
     }
 
     /// Sends `req`, answers notifies, returns the successful response.
@@ -499,7 +511,12 @@ impl Swrk {
         req: proto::Criu_req,
         handler: &mut dyn NotifyHandler,
     ) -> Result<proto::Criu_resp> {
-        let expected = req.type_();
+        // CRIU answers PAGE_SERVER_CHLD with a PAGE_SERVER response
+        // (cr-service.c: start_page_server_req).
+        let expected = match req.type_() {
+            proto::Criu_req_type::PAGE_SERVER_CHLD => proto::Criu_req_type::PAGE_SERVER,
+            t => t,
+        };
         tracing::debug!(pid = self.pid.as_raw(), request = %kind, "criu request");
         self.send(kind, &req)?;
         // An error of ours (handler, unexpected notify) is reported in
@@ -750,23 +767,24 @@ impl Drop for Swrk {
 #[derive(Debug)]
 pub struct ChildPageServer {
     swrk: Swrk,
-    server: PageServer,
+    pid: Pid,
+    port: u16,
 }
 
 impl ChildPageServer {
     pub fn pid(&self) -> Pid {
-        self.server.pid
+        self.pid
     }
 
     pub fn port(&self) -> u16 {
-        self.server.port
+        self.port
     }
 
     /// Waits for the page server to finish (WAIT_PID) and checks that it
     /// received a complete dump.
     pub fn wait(mut self) -> Result<()> {
         let mut req = new_req(proto::Criu_req_type::WAIT_PID, None);
-        req.pid = Some(self.server.pid.as_raw() as u32);
+        req.pid = Some(self.pid.as_raw() as u32);
         let resp = self
             .swrk
             .request(RequestKind::WaitPid, req, &mut crate::IgnoreNotify)?;
@@ -790,9 +808,9 @@ impl ChildPageServer {
 
     /// Stops a page server whose dump will not come (a cancelled migration).
     pub fn terminate(self) -> Result<()> {
-        match nix::sys::signal::kill(self.server.pid, nix::sys::signal::Signal::SIGTERM) {
+        match nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGTERM) {
             Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => return Err(sys("stopping the page server", self.server.pid.as_raw())(e)),
+            Err(e) => return Err(sys("stopping the page server", self.pid.as_raw())(e)),
         }
         self.wait().or(Ok(()))
     }
