@@ -26,6 +26,10 @@ struct Counter {
 
 impl Counter {
     fn start(dir: &Path) -> Counter {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "these tests run real CRIU and need root"
+        );
         let file = dir.join("count");
         let script = format!(
             "i=0; exec 3>>{}; while :; do echo $i >&3; i=$((i+1)); sleep 0.05; done",

@@ -33,12 +33,20 @@ pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Resul
             *LOG_FILE.lock().unwrap() = Some(file.try_clone()?);
             let writer = Mutex::new(file);
             match format {
-                LogFormat::Json => builder.json().flatten_event(true).with_writer(writer).init(),
+                LogFormat::Json => builder
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(writer)
+                    .init(),
                 LogFormat::Text => builder.with_ansi(false).with_writer(writer).init(),
             }
         }
         None => match format {
-            LogFormat::Json => builder.json().flatten_event(true).with_writer(std::io::stderr).init(),
+            LogFormat::Json => builder
+                .json()
+                .flatten_event(true)
+                .with_writer(std::io::stderr)
+                .init(),
             LogFormat::Text => builder.with_writer(std::io::stderr).init(),
         },
     }

@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 
 /// Global flags, as runc spells them.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "An OCI container runtime built for checkpoint/restore and live migration with CRIU")]
+#[command(
+    name = "ferry",
+    version,
+    about = "An OCI container runtime built for checkpoint/restore and live migration with CRIU"
+)]
 pub struct Cli {
     /// Root directory for the state of containers.
     #[arg(long, global = true, default_value = "/run/ferry")]

@@ -4,14 +4,18 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// The binary under test: $FERRY_BIN (hack/test sets it), else the debug
+/// build, which `cargo test --workspace` builds.
 fn ferry() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("ferry"))
-        .filter(|p| p.exists())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .expect("no ferry binary under target/: run `cargo build --bins` (hack/test does)")
+    let p = std::env::var_os("FERRY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ferry"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` (hack/test does)",
+        p.display()
+    );
+    p
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -65,8 +69,14 @@ fn check_fails_clearly_without_criu() {
     let out = run(&["check"], &[("FERRY_CRIU", "/nonexistent/criu")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/criu") && err.contains("not found"), "{err}");
-    assert!(err.contains("hack/setup"), "the error says how to fix it: {err}");
+    assert!(
+        err.contains("/nonexistent/criu") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hack/setup"),
+        "the error says how to fix it: {err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("criu");

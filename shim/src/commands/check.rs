@@ -57,11 +57,7 @@ struct FeatureReport {
 }
 
 pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let criu = cli
-        .criu
-        .as_ref()
-        .map(Criu::with_binary)
-        .unwrap_or_default();
+    let criu = cli.criu.as_ref().map(Criu::with_binary).unwrap_or_default();
     let path = criu.resolve()?;
     let version = criu
         .version()
@@ -112,7 +108,8 @@ fn run_criu_check(criu: &Criu) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ferry-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = (|| {
-        let work = std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        let work =
+            std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
         let opts = CheckOptions {
             work_dir: Some(work.into()),
             log_file: Some("check.log".into()),
@@ -175,7 +172,11 @@ fn print_text(r: &Report) {
         f.mem_dirty_track,
         "pre-dump and --track-mem are unavailable; checkpoints are full dumps",
     );
-    line("pidfd_store", f.pidfd_store, "pid reuse across pre-dumps is not detected");
+    line(
+        "pidfd_store",
+        f.pidfd_store,
+        "pid reuse across pre-dumps is not detected",
+    );
     match &f.network_lock_iptables {
         Some(p) => println!("{:<26} iptables ({})", "network lock", p.display()),
         None => println!(
@@ -183,8 +184,16 @@ fn print_text(r: &Report) {
             "network lock"
         ),
     }
-    println!("{:<26} {}", "nftables (kernel)", yes_no(f.network_lock_nftables));
-    line("time namespaces", f.timens, "containers with a time namespace cannot be restored");
+    println!(
+        "{:<26} {}",
+        "nftables (kernel)",
+        yes_no(f.network_lock_nftables)
+    );
+    line(
+        "time namespaces",
+        f.timens,
+        "containers with a time namespace cannot be restored",
+    );
     if let Some(size) = r.pipe_max_size {
         if size >= 4 << 20 {
             println!("{:<26} {size}", "fs.pipe-max-size");
