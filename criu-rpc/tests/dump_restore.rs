@@ -434,3 +434,56 @@ fn pre_dump_needs_soft_dirty_tracking() {
     let n = counter.numbers().len();
     counter.wait_for_lines(n + 5);
 }
+
+/// A handler that fails at post-dump makes CRIU abort: the tree is resumed,
+/// not killed (a failed checkpoint loses nothing), and the error names the
+/// notify and quotes CRIU's log.
+#[test]
+fn handler_failure_aborts_the_dump_and_the_tree_keeps_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    fs::create_dir(&images).unwrap();
+    let mut counter = Counter::start(tmp.path());
+    let mut opts = DumpOptions::new(dirs(&images, "dump.log"), counter.pid);
+    opts.tree.notify_scripts = true;
+    let mut handler = |n: Notify| -> Result<(), HandlerError> {
+        match n {
+            Notify::PostDump => Err("the destination is gone".into()),
+            _ => Ok(()),
+        }
+    };
+    let err = Criu::new().dump(&opts, &mut handler).unwrap_err();
+    match &err {
+        Error::Notify { script, source, .. } => {
+            assert_eq!(*script, "post-dump");
+            assert_eq!(source.to_string(), "the destination is gone");
+        }
+        e => panic!("expected a notify error, got {e:?}"),
+    }
+    assert!(err.log().is_some(), "CRIU's log is quoted: {err}");
+    // Still running, still counting, nothing lost.
+    assert!(counter.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    let n = counter.numbers().len();
+    assert_consecutive(&counter.wait_for_lines(n + 5));
+}
+
+/// CRIU's own failure carries its errno and message and quotes its log.
+#[test]
+fn criu_failure_quotes_its_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A pid that exists but is not ours to dump sensibly: a kernel thread.
+    let opts = DumpOptions::new(dirs(tmp.path(), "dump.log"), Pid::from_raw(2));
+    let err = Criu::new()
+        .dump(&opts, &mut criu_rpc::IgnoreNotify)
+        .unwrap_err();
+    let Error::Failed { log, .. } = &err else {
+        panic!("expected Failed, got {err:?}");
+    };
+    let log = log.as_ref().expect("the log is quoted");
+    assert!(log.path.ends_with("dump.log"));
+    assert!(log.lines.iter().any(|l| l.contains("Error (")), "{log}");
+    let text = err.to_string();
+    println!("{text}");
+    assert!(text.starts_with("criu dump failed: "), "{text}");
+    assert!(text.contains("criu log "), "{text}");
+}
