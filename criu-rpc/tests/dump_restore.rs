@@ -446,7 +446,13 @@ fn handler_failure_aborts_the_dump_and_the_tree_keeps_running() {
     }
     assert!(err.log().is_some(), "CRIU's log is quoted: {err}");
     // Still running, still counting, nothing lost.
-    assert!(counter.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(counter
+        .child
+        .as_mut()
+        .unwrap()
+        .try_wait()
+        .unwrap()
+        .is_none());
     let n = counter.numbers().len();
     assert_consecutive(&counter.wait_for_lines(n + 5));
 }
