@@ -12,7 +12,27 @@ pub enum Error {
     #[error(transparent)]
     Criu(#[from] criu_rpc::Error),
 
-    #[error("{op} {path}: {source}")]
+    #[error("netlink: {op}{}", netns.as_ref().map(|n| format!(" in netns {}", n.display())).unwrap_or_default())]
+    Netlink {
+        op: &'static str,
+        netns: Option<PathBuf>,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("no link named {name}{}", netns.as_ref().map(|n| format!(" in netns {}", n.display())).unwrap_or_default())]
+    NoSuchLink {
+        name: String,
+        netns: Option<PathBuf>,
+    },
+
+    #[error("network namespace {path} already exists: pick another name or remove it")]
+    NetnsExists { path: PathBuf },
+
+    #[error("invalid network set-up: {reason}")]
+    InvalidNetwork { reason: &'static str },
+
+    #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,

@@ -7,5 +7,6 @@
 //! `criu-rpc` requests; it knows nothing of command lines.
 
 pub mod error;
+pub mod network;
 
 pub use error::{Error, Result};
