@@ -29,6 +29,12 @@ pub enum Error {
     #[error("network namespace {path} already exists: pick another name or remove it")]
     NetnsExists { path: PathBuf },
 
+    #[error("{what} is not supported: {hint}")]
+    Unsupported {
+        what: &'static str,
+        hint: &'static str,
+    },
+
     #[error("invalid network set-up: {reason}")]
     InvalidNetwork { reason: &'static str },
 

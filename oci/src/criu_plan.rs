@@ -1,0 +1,319 @@
+//! What CRIU must be told about a container, derived from its spec: the
+//! pure half of checkpoint and restore.
+//!
+//! CRIU dumps what it can see inside the container and must be told about
+//! everything that comes from outside it. These rules follow runc
+//! (libcontainer/criu_linux.go) so that images are interchangeable in
+//! spirit and reviewers find what they expect:
+//! - bind mounts are external mounts, named by their destination on dump
+//!   (`addCriuDumpMount`) and bound again from their source on restore
+//!   (`addCriuRestoreMount`);
+//! - masked paths that are files are /dev/null bind mounts: external, named
+//!   "/dev/null" (`addMaskPaths`); masked directories are tmpfs, which CRIU
+//!   dumps itself;
+//! - device nodes are named by their path both ways;
+//! - a network or pid namespace given by path in the spec is external:
+//!   `net[INODE]:extRootNetNS` on dump, the namespace's fd handed to the
+//!   restore under the key `extRootNetNS` (`criuNsToKey`); other namespaces
+//!   given by path are joined on restore (`join_ns`); a cgroup namespace by
+//!   path cannot be restored;
+//! - cgroup mounts need nothing when the container has a cgroup namespace
+//!   (they are real mounts CRIU dumps), which Ferry's containers always have.
+//!
+//! Nothing here touches the system: callers pass what must be looked up
+//! (which masked paths are files, namespace inodes).
+
+use std::path::{Path, PathBuf};
+
+use criu_rpc::{ExtMount, JoinNamespace};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+use crate::error::{Error, Result};
+
+/// CRIU's key for an external namespace of this type, as runc names it.
+pub fn external_ns_key(ty: LinuxNamespaceType) -> Option<&'static str> {
+    match ty {
+        LinuxNamespaceType::Network => Some("extRootNetNS"),
+        LinuxNamespaceType::Pid => Some("extRootPidNS"),
+        _ => None,
+    }
+}
+
+fn ns_name(ty: LinuxNamespaceType) -> &'static str {
+    match ty {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// A bind mount: type "bind", or "bind"/"rbind" among its options (docker
+/// writes `"type": "bind"`, some tools only the option).
+pub fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
+fn dest_key(p: &Path) -> String {
+    // Mount destinations are container paths; CRIU keys are absolute.
+    let s = p.to_string_lossy();
+    if s.starts_with('/') {
+        s.into_owned()
+    } else {
+        format!("/{s}")
+    }
+}
+
+fn mounts(spec: &Spec) -> &[Mount] {
+    spec.mounts().as_deref().unwrap_or_default()
+}
+
+fn masked(spec: &Spec) -> &[String] {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or_default()
+}
+
+fn device_paths(spec: &Spec) -> Vec<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
+        .map(|d| d.iter().map(|d| dest_key(d.path())).collect())
+        .unwrap_or_default()
+}
+
+/// The namespaces the spec gives by path.
+pub fn namespaces_by_path(spec: &Spec) -> Vec<(LinuxNamespaceType, PathBuf)> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .map(|ns| {
+            ns.iter()
+                .filter_map(|n| n.path().as_ref().map(|p| (n.typ(), p.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// External mounts for a dump. `is_file(p)` says whether the masked path
+/// `p` is a file inside the running container (runc stats
+/// /proc/PID/root/p).
+pub fn dump_ext_mounts(spec: &Spec, is_file: impl Fn(&str) -> bool) -> Vec<ExtMount> {
+    let mut out: Vec<ExtMount> = mounts(spec)
+        .iter()
+        .filter(|m| is_bind(m))
+        .map(|m| {
+            let k = dest_key(m.destination());
+            ExtMount {
+                key: k.clone(),
+                value: k,
+            }
+        })
+        .collect();
+    out.extend(
+        masked(spec)
+            .iter()
+            .filter(|p| is_file(p))
+            .map(|p| ExtMount {
+                key: p.clone(),
+                value: "/dev/null".into(),
+            }),
+    );
+    out.extend(device_paths(spec).into_iter().map(|p| ExtMount {
+        key: p.clone(),
+        value: p,
+    }));
+    out
+}
+
+/// External mounts for a restore: each name recorded at dump time, bound
+/// to where it comes from on this host.
+pub fn restore_ext_mounts(spec: &Spec) -> Vec<ExtMount> {
+    let mut out: Vec<ExtMount> = mounts(spec)
+        .iter()
+        .filter(|m| is_bind(m))
+        .map(|m| ExtMount {
+            key: dest_key(m.destination()),
+            value: m
+                .source()
+                .as_ref()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        })
+        .collect();
+    if !masked(spec).is_empty() {
+        out.push(ExtMount {
+            key: "/dev/null".into(),
+            value: "/dev/null".into(),
+        });
+    }
+    out.extend(device_paths(spec).into_iter().map(|p| ExtMount {
+        key: p.clone(),
+        value: p,
+    }));
+    out
+}
+
+/// `external` entries for a dump: namespaces given by path.
+/// `inode(path)` is the namespace file's inode.
+pub fn dump_external_namespaces(
+    spec: &Spec,
+    inode: impl Fn(&Path) -> Result<u64>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (ty, path) in namespaces_by_path(spec) {
+        if let Some(key) = external_ns_key(ty) {
+            out.push(format!("{}[{}]:{key}", ns_name(ty), inode(&path)?));
+        }
+    }
+    Ok(out)
+}
+
+/// How a restore gets the namespaces the spec gives by path: the external
+/// ones (net, pid) as (key, path) to open and hand in with `inherit_fd`,
+/// the others as `join_ns`.
+pub fn restore_namespaces(
+    spec: &Spec,
+) -> Result<(Vec<(&'static str, PathBuf)>, Vec<JoinNamespace>)> {
+    let mut inherit = Vec::new();
+    let mut join = Vec::new();
+    for (ty, path) in namespaces_by_path(spec) {
+        if let Some(key) = external_ns_key(ty) {
+            inherit.push((key, path));
+        } else if ty == LinuxNamespaceType::Cgroup {
+            // runc: "CRIU has no code to handle NEWCGROUP".
+            return Err(Error::Unsupported {
+                what: "restoring into a cgroup namespace given by path",
+                hint: "drop linux.namespaces[cgroup].path from config.json: Ferry creates the cgroup namespace",
+            });
+        } else {
+            join.push(JoinNamespace {
+                ns: ns_name(ty).to_string(),
+                file: path,
+                extra: None,
+            });
+        }
+    }
+    Ok(RestoreNamespaces { inherit, join })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const DOCKERISH: &str = r#"{
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/c/hosts", "options": ["rbind", "rprivate"]},
+            {"destination": "/data", "source": "/srv/data", "options": ["rbind", "ro"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "mount"}, {"type": "cgroup"},
+                {"type": "network", "path": "/var/run/netns/c1"},
+                {"type": "uts", "path": "/proc/42/ns/uts"}
+            ],
+            "maskedPaths": ["/proc/kcore", "/proc/acpi"],
+            "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
+        }
+    }"#;
+
+    #[test]
+    fn bind_mounts_by_type_or_option() {
+        let s = spec(DOCKERISH);
+        let binds: Vec<bool> = mounts(&s).iter().map(is_bind).collect();
+        assert_eq!(binds, [false, true, true, false]);
+    }
+
+    #[test]
+    fn dump_names_binds_masked_files_and_devices() {
+        let s = spec(DOCKERISH);
+        let got = dump_ext_mounts(&s, |p| p == "/proc/kcore");
+        let pairs: Vec<(&str, &str)> = got
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("/etc/hosts", "/etc/hosts"),
+                ("/data", "/data"),
+                ("/proc/kcore", "/dev/null"),
+                ("/dev/fuse", "/dev/fuse"),
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_binds_names_to_sources() {
+        let s = spec(DOCKERISH);
+        let pairs: Vec<(String, String)> = restore_ext_mounts(&s)
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("/etc/hosts".into(), "/var/lib/docker/c/hosts".into()),
+                ("/data".into(), "/srv/data".into()),
+                ("/dev/null".into(), "/dev/null".into()),
+                ("/dev/fuse".into(), "/dev/fuse".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn network_namespace_by_path_is_external() {
+        let s = spec(DOCKERISH);
+        let ext = dump_external_namespaces(&s, |p| {
+            assert_eq!(p, Path::new("/var/run/netns/c1"));
+            Ok(4026532000)
+        })
+        .unwrap();
+        assert_eq!(ext, ["net[4026532000]:extRootNetNS"]);
+        let RestoreNamespaces { inherit, join } = restore_namespaces(&s).unwrap();
+        assert_eq!(
+            inherit,
+            [("extRootNetNS", PathBuf::from("/var/run/netns/c1"))]
+        );
+        assert_eq!(join.len(), 1);
+        assert_eq!(
+            (join[0].ns.as_str(), join[0].file.as_path()),
+            ("uts", Path::new("/proc/42/ns/uts"))
+        );
+    }
+
+    #[test]
+    fn cgroup_namespace_by_path_cannot_be_restored() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "cgroup", "path": "/proc/1/ns/cgroup"}]}}"#,
+        );
+        let err = restore_namespaces(&s).unwrap_err();
+        assert!(err.to_string().contains("cgroup namespace"), "{err}");
+    }
+
+    #[test]
+    fn nothing_external_in_a_plain_spec() {
+        let s = spec(r#"{"ociVersion": "1.0.2"}"#);
+        assert!(dump_ext_mounts(&s, |_| true).is_empty());
+        assert!(restore_ext_mounts(&s).is_empty());
+        assert!(dump_external_namespaces(&s, |_| unreachable!())
+            .unwrap()
+            .is_empty());
+    }
+}
