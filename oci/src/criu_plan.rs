@@ -177,12 +177,17 @@ pub fn dump_external_namespaces(
     Ok(out)
 }
 
-/// How a restore gets the namespaces the spec gives by path: the external
-/// ones (net, pid) as (key, path) to open and hand in with `inherit_fd`,
-/// the others as `join_ns`.
-pub fn restore_namespaces(
-    spec: &Spec,
-) -> Result<(Vec<(&'static str, PathBuf)>, Vec<JoinNamespace>)> {
+/// How a restore gets the namespaces the spec gives by path.
+#[derive(Debug, Default)]
+pub struct RestoreNamespaces {
+    /// External ones (net, pid): (key, path) to open and hand in with
+    /// `inherit_fd`.
+    pub inherit: Vec<(&'static str, PathBuf)>,
+    /// The others, joined with `join_ns`.
+    pub join: Vec<JoinNamespace>,
+}
+
+pub fn restore_namespaces(spec: &Spec) -> Result<RestoreNamespaces> {
     let mut inherit = Vec::new();
     let mut join = Vec::new();
     for (ty, path) in namespaces_by_path(spec) {
