@@ -35,6 +35,35 @@ pub enum Error {
         hint: &'static str,
     },
 
+    #[error("key file {}: {reason}", path.display())]
+    KeyFile { path: PathBuf, reason: &'static str },
+
+    #[error("the system's random source failed")]
+    Random,
+
+    #[error("peer {peer} failed authentication: {reason}")]
+    AuthFailed { peer: String, reason: &'static str },
+
+    #[error("{op} with peer {peer}")]
+    Peer {
+        op: &'static str,
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("migration connection")]
+    Wire(#[source] std::io::Error),
+
+    #[error("migration protocol violated: {what}")]
+    Protocol { what: &'static str },
+
+    #[error("malformed migration message")]
+    BadMessage {
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("invalid network set-up: {reason}")]
     InvalidNetwork { reason: &'static str },
 

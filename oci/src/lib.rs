@@ -8,6 +8,7 @@
 
 pub mod criu_plan;
 pub mod error;
+pub mod migrate;
 pub mod network;
 
 pub use error::{Error, Result};
