@@ -25,6 +25,8 @@ pub enum RequestKind {
     PageServer,
     PageServerChild,
     WaitPid,
+    CpuinfoDump,
+    CpuinfoCheck,
 }
 
 impl fmt::Display for RequestKind {
@@ -40,6 +42,8 @@ impl fmt::Display for RequestKind {
             RequestKind::PageServer => "page-server",
             RequestKind::PageServerChild => "page-server",
             RequestKind::WaitPid => "wait-pid",
+            RequestKind::CpuinfoDump => "cpuinfo dump",
+            RequestKind::CpuinfoCheck => "cpuinfo check",
         })
     }
 }

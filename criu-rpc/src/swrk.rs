@@ -169,6 +169,18 @@ impl Criu {
         self.spawn_for(options)?.page_server(options)
     }
 
+    /// Writes this host's CPU description (cpuinfo.img) into `dirs.images`,
+    /// for another host to check before a migration (CPUINFO_DUMP).
+    pub fn cpuinfo_dump(&self, dirs: &ImageDirs) -> Result<()> {
+        self.spawn(&[])?.cpuinfo(RequestKind::CpuinfoDump, dirs)
+    }
+
+    /// Checks that tasks dumped on the host that wrote `dirs.images`'s
+    /// cpuinfo.img can run on this CPU (CPUINFO_CHECK).
+    pub fn cpuinfo_check(&self, dirs: &ImageDirs) -> Result<()> {
+        self.spawn(&[])?.cpuinfo(RequestKind::CpuinfoCheck, dirs)
+    }
+
     pub fn page_server_child(&self, options: &PageServerOptions) -> Result<ChildPageServer> {
         self.spawn_for(options)?.page_server_child(options)
     }
@@ -339,6 +351,24 @@ impl Swrk {
             &mut crate::IgnoreNotify,
         )?;
         self.finish(RequestKind::Check)
+    }
+
+    fn cpuinfo(mut self, kind: RequestKind, dirs: &ImageDirs) -> Result<()> {
+        let ty = match kind {
+            RequestKind::CpuinfoDump => proto::Criu_req_type::CPUINFO_DUMP,
+            _ => proto::Criu_req_type::CPUINFO_CHECK,
+        };
+        let mut opts = proto::Criu_opts::new();
+        opts.images_dir_fd = Some(dirs.images.as_raw_fd());
+        opts.work_dir_fd = dirs.work.as_ref().map(|w| w.as_raw_fd());
+        opts.log_file = dirs
+            .log_file
+            .as_ref()
+            .map(|l| l.to_string_lossy().into_owned());
+        opts.log_level = Some(dirs.log_level as i32);
+        self.remember_log(dirs);
+        self.request(kind, new_req(ty, Some(opts)), &mut crate::IgnoreNotify)?;
+        self.finish(kind)
     }
 
     pub fn features(mut self) -> Result<Features> {

@@ -477,3 +477,23 @@ fn criu_failure_quotes_its_log() {
     assert!(text.starts_with("criu dump failed: "), "{text}");
     assert!(text.contains("criu log "), "{text}");
 }
+
+/// The CPU description a migration's pre-flight compares: dumped here, it
+/// checks out here; a corrupt one is refused.
+#[test]
+fn cpuinfo_dump_and_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    Criu::new()
+        .cpuinfo_dump(&dirs(tmp.path(), "cpuinfo-dump.log"))
+        .unwrap();
+    let img = tmp.path().join("cpuinfo.img");
+    assert!(fs::metadata(&img).unwrap().len() > 0);
+    Criu::new()
+        .cpuinfo_check(&dirs(tmp.path(), "cpuinfo-check.log"))
+        .unwrap();
+    fs::write(&img, b"not a cpuinfo image").unwrap();
+    let err = Criu::new()
+        .cpuinfo_check(&dirs(tmp.path(), "cpuinfo-check2.log"))
+        .unwrap_err();
+    assert!(matches!(err, Error::Failed { .. }), "{err:?}");
+}
