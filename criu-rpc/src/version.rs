@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The oldest CRIU Ferry works with: 4.1 cannot dump TCP sockets on kernels
 /// >= 6.16 (the kernel refuses SO_PASSCRED on inet sockets), fixed in 4.2.
@@ -16,7 +16,7 @@ pub const MIN_VERSION: Version = Version {
 
 /// A CRIU version. Ordered by (major, minor, sublevel); the git id of a
 /// development build is informative only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
     pub major: u32,
     pub minor: u32,
@@ -59,7 +59,7 @@ impl fmt::Display for Version {
 }
 
 /// What FEATURE_CHECK reports about the kernel and CRIU build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Features {
     /// Soft-dirty memory tracking: pre-dump and `track_mem` need it.
     pub mem_track: bool,

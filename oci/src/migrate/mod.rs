@@ -9,4 +9,5 @@
 //! between and no unauthenticated port ever open.
 
 pub mod auth;
+pub mod preflight;
 pub mod wire;
