@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
-use ferry_oci::network::{self, Cidr, Endpoint, Netns, VethPair};
+use ferry_oci::network::{self, Cidr, ContainerNet, DefaultRoute, Endpoint, Netns, VethPair};
 
 struct Dir(tempfile::TempDir);
 
@@ -35,7 +35,7 @@ fn two_namespaces_talk_tcp_over_a_veth_pair() {
             name: "eth0".into(),
             address: Some("10.77.0.2/24".parse().unwrap()),
         },
-        inner_gateway: Some("10.77.0.1".parse().unwrap()),
+        inner_route: DefaultRoute::Gateway("10.77.0.1".parse().unwrap()),
     })
     .unwrap();
     let addrs = network::addresses(Some(&b)).unwrap();
@@ -109,7 +109,7 @@ fn routes_and_sysctls_apply_inside_the_namespace() {
             name: "eth0".into(),
             address: Some("10.78.5.5/32".parse().unwrap()),
         },
-        inner_gateway: None,
+        inner_route: DefaultRoute::None,
     })
     .unwrap();
     // Host-route style (as for a container keeping its /32 across hosts).
@@ -135,4 +135,95 @@ fn routes_and_sysctls_apply_inside_the_namespace() {
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
         host
     );
+}
+
+/// The hosts of hack/hosts, under a name of this test's own.
+struct Hosts {
+    name: String,
+}
+
+impl Hosts {
+    fn up(name: &str, subnet: &str) -> Hosts {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/hosts");
+        let st = std::process::Command::new("bash")
+            .args([script, "up"])
+            .env("FERRY_HOSTS", name)
+            .env("FERRY_HOSTS_SUBNET", subnet)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        // Built before the check, so a half-made topology is torn down.
+        let hosts = Hosts { name: name.into() };
+        assert!(st.success(), "hack/hosts up failed");
+        hosts
+    }
+
+    fn ns(&self, h: &str) -> Netns {
+        Netns::at(&PathBuf::from(format!("/run/netns/{}-{h}", self.name))).unwrap()
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/hosts");
+        let _ = std::process::Command::new("bash")
+            .args([script, "down"])
+            .env("FERRY_HOSTS", &self.name)
+            .status();
+    }
+}
+
+fn serve_once(ns: &Netns, addr: &'static str, reply: &'static [u8]) -> std::thread::JoinHandle<()> {
+    let l = ns.run(move || TcpListener::bind(addr).unwrap()).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(reply).unwrap();
+    })
+}
+
+fn fetch(ns: &Netns, addr: &'static str) -> Vec<u8> {
+    ns.run(move || {
+        let mut c =
+            TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(5))
+                .unwrap();
+        let mut buf = Vec::new();
+        c.read_to_end(&mut buf).unwrap();
+        buf
+    })
+    .unwrap()
+}
+
+/// A container address moves from host A to host B: the client reaches it
+/// on A, then on B once B took the route and announced the address.
+#[test]
+fn a_container_address_moves_between_hosts() {
+    let d = scratch();
+    let hosts = Hosts::up(&format!("nt{}", std::process::id() % 100000), "10.67.0");
+    let (a, b, client) = (hosts.ns("a"), hosts.ns("b"), hosts.ns("client"));
+    let addr: Cidr = "10.67.0.50/32".parse().unwrap();
+
+    let c1 = path(&d, "c-on-a");
+    let net_a = a
+        .run(move || ContainerNet::attach(&c1, "fyc1", addr).unwrap())
+        .unwrap();
+    let on_a = Netns::at(&net_a.netns).unwrap();
+    let server = serve_once(&on_a, "10.67.0.50:8080", b"from A");
+    assert_eq!(fetch(&client, "10.67.0.50:8080"), b"from A");
+    server.join().unwrap();
+
+    // Move: tear down on A, recreate on B with the same address, announce.
+    let n = net_a.clone();
+    a.run(move || n.detach().unwrap()).unwrap();
+    assert!(!net_a.netns.exists());
+    let c2 = path(&d, "c-on-b");
+    let net_b = b
+        .run(move || ContainerNet::attach(&c2, "fyc1", addr).unwrap())
+        .unwrap();
+    b.run(|| network::announce(None, "eth0", "10.67.0.50".parse().unwrap(), 2).unwrap())
+        .unwrap();
+    let on_b = Netns::at(&net_b.netns).unwrap();
+    let server = serve_once(&on_b, "10.67.0.50:8080", b"from B");
+    assert_eq!(fetch(&client, "10.67.0.50:8080"), b"from B");
+    server.join().unwrap();
+    b.run(move || net_b.detach().unwrap()).unwrap();
 }

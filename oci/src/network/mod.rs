@@ -12,7 +12,9 @@
 //! thread that first `setns`es into the target namespace (a per-thread
 //! change) and drives rtnetlink on a current-thread tokio runtime.
 
+mod arp;
 mod cidr;
+mod container;
 mod netns;
 
 use std::net::IpAddr;
@@ -21,7 +23,9 @@ use std::path::{Path, PathBuf};
 use futures_util::TryStreamExt;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+pub use arp::announce;
 pub use cidr::Cidr;
+pub use container::ContainerNet;
 pub use netns::Netns;
 
 use crate::error::{Error, Result};
@@ -40,8 +44,19 @@ pub struct Endpoint<'a> {
 pub struct VethPair<'a> {
     pub outer: Endpoint<'a>,
     pub inner: Endpoint<'a>,
-    /// A default route in the inner namespace through this gateway.
-    pub inner_gateway: Option<IpAddr>,
+    /// The inner namespace's default route.
+    pub inner_route: DefaultRoute,
+}
+
+/// How the inner namespace reaches the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultRoute {
+    None,
+    /// Through a gateway on the link's subnet.
+    Gateway(IpAddr),
+    /// Straight out of the link: the outer side answers ARP for every
+    /// address (proxy ARP), so a /32 address needs no subnet or gateway.
+    Device,
 }
 
 fn netlink_err(op: &'static str, netns: Option<&Path>) -> impl FnOnce(rtnetlink::Error) -> Error {
@@ -167,10 +182,10 @@ pub fn connect(pair: &VethPair<'_>) -> Result<()> {
         configure(&h, outer, outer_addr, p).await
     })?;
     drop(inner_fd);
-    let (inner_name, inner_addr, gw) = (
+    let (inner_name, inner_addr, route) = (
         pair.inner.name.clone(),
         pair.inner.address,
-        pair.inner_gateway,
+        pair.inner_route,
     );
     with_netlink(Some(inner_ns), move |h, path| async move {
         let p = path.as_deref();
@@ -183,15 +198,32 @@ pub fn connect(pair: &VethPair<'_>) -> Result<()> {
         configure(&h, idx, inner_addr, p).await?;
         let lo = link_index(&h, "lo", p).await?;
         configure(&h, lo, None, p).await?;
-        if let Some(gw) = gw {
-            let route = match gw {
-                IpAddr::V4(g) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+        let v6 = inner_addr.is_some_and(|a| a.addr.is_ipv6());
+        let route = match route {
+            DefaultRoute::None => None,
+            DefaultRoute::Gateway(IpAddr::V4(g)) => Some(
+                RouteMessageBuilder::<std::net::Ipv4Addr>::new()
                     .gateway(g)
                     .build(),
-                IpAddr::V6(g) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            ),
+            DefaultRoute::Gateway(IpAddr::V6(g)) => Some(
+                RouteMessageBuilder::<std::net::Ipv6Addr>::new()
                     .gateway(g)
                     .build(),
-            };
+            ),
+            DefaultRoute::Device if v6 => Some(
+                RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .output_interface(idx)
+                    .build(),
+            ),
+            DefaultRoute::Device => Some(
+                RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .output_interface(idx)
+                    .scope(rtnetlink::packet_route::route::RouteScope::Link)
+                    .build(),
+            ),
+        };
+        if let Some(route) = route {
             h.route()
                 .add(route)
                 .execute()
