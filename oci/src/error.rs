@@ -29,6 +29,13 @@ pub enum Error {
     #[error("network namespace {path} already exists: pick another name or remove it")]
     NetnsExists { path: PathBuf },
 
+    #[error("JSON in {}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("{what} is not supported: {hint}")]
     Unsupported {
         what: &'static str,

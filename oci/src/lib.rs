@@ -6,6 +6,7 @@
 //! container state kept under the runtime root. It turns a spec into typed
 //! `criu-rpc` requests; it knows nothing of command lines.
 
+pub mod checkpoint;
 pub mod criu_plan;
 pub mod error;
 pub mod migrate;

@@ -1,0 +1,304 @@
+//! Checkpointing a running container: what `ferry checkpoint` does once it
+//! has found the container.
+//!
+//! Follows runc's `Container.Checkpoint` (libcontainer/criu_linux.go): the
+//! image directory is created 0700 (it holds the container's memory), the
+//! container's rootfs is CRIU's root, bind mounts, masked files and devices
+//! are external mounts and a namespace given by path is external
+//! ([`crate::criu_plan`]), CRIU freezes through the container's freezer
+//! cgroup, and the container's stdio targets are recorded in
+//! `descriptors.json` so that a restore can hand in new pipes for them.
+//! A failed dump leaves the container running: CRIU resumes what it froze.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criu_rpc::{
+    CgroupMode, Criu, DumpOptions, HandlerError, ImageDirs, LogLevel, Notify, PageServerAddr,
+};
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use crate::criu_plan;
+use crate::error::{Error, Result};
+
+/// runc's name for the stdio record in the image directory.
+pub const DESCRIPTORS: &str = "descriptors.json";
+pub const DUMP_LOG: &str = "dump.log";
+
+/// `ferry checkpoint`'s options, as runc names them.
+#[derive(Debug, Default)]
+pub struct CheckpointOptions {
+    pub image_path: PathBuf,
+    /// Where CRIU's log and scratch files go (default: the image path).
+    pub work_path: Option<PathBuf>,
+    pub leave_running: bool,
+    /// Leave the tasks stopped (SIGSTOP) after the dump: a live migration
+    /// keeps the source until the destination runs.
+    pub leave_stopped: bool,
+    pub tcp_established: bool,
+    pub tcp_skip_in_flight: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub link_remap: bool,
+    pub auto_dedup: bool,
+    pub lazy_pages: bool,
+    pub page_server: Option<PageServerAddr>,
+    pub status_fd: Option<OwnedFd>,
+    /// Default: soft, as runc.
+    pub manage_cgroups_mode: Option<CgroupMode>,
+    pub empty_ns: Option<CloneFlags>,
+    pub pre_dump: bool,
+    /// A previous pre-dump, relative to the image path.
+    pub parent_path: Option<PathBuf>,
+}
+
+/// The running container, as checkpoint needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub id: &'a str,
+    pub init: Pid,
+    pub spec: &'a Spec,
+    /// The rootfs as the host sees it.
+    pub rootfs: &'a Path,
+    /// The container's freezer cgroup dir (v1) or cgroup dir (v2).
+    pub freezer: Option<&'a Path>,
+}
+
+/// What a checkpoint produced.
+#[derive(Debug, Clone)]
+pub struct Checkpointed {
+    pub image_path: PathBuf,
+    pub log: PathBuf,
+    /// From sending the request to CRIU's answer.
+    pub duration: Duration,
+    /// From the network lock (tasks frozen) to the end of the dump.
+    pub frozen: Option<Duration>,
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}
+
+/// Creates `dir` (and parents) with mode 0700, or tightens an existing one.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("chmod 0700", dir))
+}
+
+/// The targets of the init's fds 0-2 (`pipe:[123]`, `/dev/null`, ...), in
+/// runc's descriptors.json format.
+pub fn descriptors(init: Pid) -> Result<Vec<String>> {
+    (0..3)
+        .map(|fd| {
+            let p = PathBuf::from(format!("/proc/{init}/fd/{fd}"));
+            fs::read_link(&p)
+                .map(|t| t.to_string_lossy().into_owned())
+                .map_err(io("reading", &p))
+        })
+        .collect()
+}
+
+/// The DUMP (or PRE_DUMP) options for `target`; pure but for the masked
+/// path and namespace look-ups it is given.
+pub fn dump_options(
+    target: &Target<'_>,
+    opts: &mut CheckpointOptions,
+    dirs: ImageDirs,
+    is_file: impl Fn(&str) -> bool,
+    ns_inode: impl Fn(&Path) -> Result<u64>,
+) -> Result<DumpOptions> {
+    let mut d = DumpOptions::new(dirs, target.init);
+    let t = &mut d.tree;
+    t.root = Some(target.rootfs.to_path_buf());
+    t.manage_cgroups = Some(opts.manage_cgroups_mode.unwrap_or(CgroupMode::Soft));
+    t.notify_scripts = true;
+    t.shell_job = opts.shell_job;
+    t.tcp_established = opts.tcp_established;
+    t.ext_unix_sk = opts.ext_unix_sk;
+    t.file_locks = opts.file_locks;
+    t.display_stats = true;
+    d.leave_running = opts.leave_running;
+    d.leave_stopped = opts.leave_stopped;
+    d.tcp_skip_in_flight = opts.tcp_skip_in_flight;
+    d.link_remap = opts.link_remap;
+    d.auto_dedup = opts.auto_dedup;
+    d.lazy_pages = opts.lazy_pages;
+    d.page_server = opts.page_server.take();
+    d.status_fd = opts.status_fd.take();
+    d.empty_ns = opts.empty_ns.unwrap_or(CloneFlags::empty());
+    d.freeze_cgroup = target.freezer.map(Path::to_path_buf);
+    if let Some(parent) = &opts.parent_path {
+        // runc: a parent image implies memory tracking.
+        d.parent_img = Some(parent.clone());
+        d.track_mem = true;
+    }
+    d.tree.external = criu_plan::dump_external_namespaces(target.spec, ns_inode)?;
+    if !opts.pre_dump {
+        // runc: no need to describe mounts for a pre-dump.
+        d.tree.ext_mounts = criu_plan::dump_ext_mounts(target.spec, is_file);
+    }
+    Ok(d)
+}
+
+/// Checkpoints `target` into `opts.image_path`.
+///
+/// `on_notify` sees CRIU's notifies as they come (e.g. to show progress).
+/// On error the container keeps running (CRIU resumes the tasks it froze).
+pub fn checkpoint(
+    criu: &Criu,
+    target: &Target<'_>,
+    mut opts: CheckpointOptions,
+    on_notify: &mut dyn FnMut(&Notify),
+) -> Result<Checkpointed> {
+    private_dir(&opts.image_path)?;
+    let mut dirs = ImageDirs::open(&opts.image_path)?
+        .log_file(DUMP_LOG)
+        .log_level(LogLevel::Debug);
+    let log_dir = match &opts.work_path {
+        Some(w) => {
+            private_dir(w)?;
+            dirs = dirs.work_dir(w)?;
+            w.clone()
+        }
+        None => opts.image_path.clone(),
+    };
+    let root = PathBuf::from(format!("/proc/{}/root", target.init));
+    let is_file = |p: &str| {
+        fs::metadata(root.join(p.trim_start_matches('/')))
+            .map(|m| !m.is_dir())
+            .unwrap_or(false)
+    };
+    let ns_inode = |p: &Path| -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(p)
+            .map(|m| m.ino())
+            .map_err(io("stat of namespace", p))
+    };
+    let pre_dump = opts.pre_dump;
+    let dump = dump_options(target, &mut opts, dirs, is_file, ns_inode)?;
+    if !pre_dump {
+        let fds = descriptors(target.init)?;
+        let p = opts.image_path.join(DESCRIPTORS);
+        let json = serde_json::to_vec(&fds).map_err(|source| Error::Json {
+            path: p.clone(),
+            source,
+        })?;
+        fs::write(&p, json).map_err(io("writing", &p))?;
+    }
+
+    let mut frozen_at: Option<Instant> = None;
+    let mut handler = |n: Notify| -> Result<(), HandlerError> {
+        if matches!(n, Notify::NetworkLock | Notify::PreDump) && frozen_at.is_none() {
+            frozen_at = Some(Instant::now());
+        }
+        on_notify(&n);
+        Ok(())
+    };
+    let start = Instant::now();
+    if pre_dump {
+        criu.pre_dump(&dump, &mut handler)?;
+    } else {
+        criu.dump(&dump, &mut handler)?;
+    }
+    let end = Instant::now();
+    Ok(Checkpointed {
+        image_path: opts.image_path.clone(),
+        log: log_dir.join(DUMP_LOG),
+        duration: end - start,
+        frozen: frozen_at.map(|t| end - t),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"{
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]}],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/c1"}],
+            "maskedPaths": ["/proc/kcore"]
+        }
+    }"#;
+
+    fn target(spec: &Spec) -> Target<'_> {
+        Target {
+            id: "c1",
+            init: Pid::from_raw(4321),
+            spec,
+            rootfs: Path::new("/var/lib/ferry/c1/rootfs"),
+            freezer: Some(Path::new("/sys/fs/cgroup/freezer/c1")),
+        }
+    }
+
+    #[test]
+    fn dump_options_follow_runc() {
+        let spec: Spec = serde_json::from_str(SPEC).unwrap();
+        let mut opts = CheckpointOptions {
+            tcp_established: true,
+            leave_stopped: true,
+            ..Default::default()
+        };
+        let dirs = ImageDirs::open(Path::new("/")).unwrap();
+        let d = dump_options(&target(&spec), &mut opts, dirs, |_| true, |_| Ok(77)).unwrap();
+        assert_eq!(d.pid, Pid::from_raw(4321));
+        assert_eq!(
+            d.tree.root.as_deref(),
+            Some(Path::new("/var/lib/ferry/c1/rootfs"))
+        );
+        assert_eq!(d.tree.manage_cgroups, Some(CgroupMode::Soft));
+        assert!(d.tree.notify_scripts && d.tree.tcp_established && d.leave_stopped);
+        assert_eq!(d.tree.external, ["net[77]:extRootNetNS"]);
+        let keys: Vec<&str> = d.tree.ext_mounts.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(keys, ["/data", "/proc/kcore"]);
+        assert_eq!(
+            d.freeze_cgroup.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/freezer/c1"))
+        );
+    }
+
+    #[test]
+    fn pre_dump_skips_mounts_and_parent_implies_tracking() {
+        let spec: Spec = serde_json::from_str(SPEC).unwrap();
+        let mut opts = CheckpointOptions {
+            pre_dump: true,
+            parent_path: Some("../pre0".into()),
+            ..Default::default()
+        };
+        let dirs = ImageDirs::open(Path::new("/")).unwrap();
+        let d = dump_options(&target(&spec), &mut opts, dirs, |_| true, |_| Ok(1)).unwrap();
+        assert!(d.tree.ext_mounts.is_empty());
+        assert!(d.track_mem);
+        assert_eq!(d.parent_img.as_deref(), Some(Path::new("../pre0")));
+    }
+
+    #[test]
+    fn image_dirs_are_private() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/b");
+        private_dir(&d).unwrap();
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&d).unwrap();
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+}
