@@ -36,6 +36,9 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    #[error("{} is not a checkpoint: it has no inventory.img (give the --image-path that `ferry checkpoint` wrote)", path.display())]
+    NotAnImageDir { path: PathBuf },
+
     #[error("{what} is not supported: {hint}")]
     Unsupported {
         what: &'static str,

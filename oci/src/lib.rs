@@ -11,5 +11,6 @@ pub mod criu_plan;
 pub mod error;
 pub mod migrate;
 pub mod network;
+pub mod restore;
 
 pub use error::{Error, Result};

@@ -1,0 +1,393 @@
+//! Restoring a container from a checkpoint: what `ferry restore` does once
+//! it has the bundle, the images and a fresh container id.
+//!
+//! Follows runc's `Container.Restore` (libcontainer/criu_linux.go):
+//! - the image directory is checked before anything is touched;
+//! - missing mountpoints are created in the rootfs (CRIU does not), except
+//!   under tmpfs mounts whose content CRIU restores itself;
+//! - the rootfs is bind-mounted on a private mountpoint, because CRIU wants
+//!   a root that is a mountpoint with a parent it may pivot from;
+//! - bind mounts, /dev/null for masked files and devices are mapped to
+//!   their sources on this host; namespaces given by path are handed in
+//!   (net, pid: `inherit_fd` under runc's keys) or joined;
+//! - the stdio pipes recorded in descriptors.json are replaced by the
+//!   caller's (so `docker start` gets the restored container's output);
+//! - CRIU is moved into the container's cgroups before the request, and the
+//!   runtime's hooks run at CRIU's notifies ([`RestoreHooks`]).
+
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criu_rpc::{
+    CgroupMode, CgroupRoot, Criu, HandlerError, ImageDirs, InheritFd, LogLevel, Notify,
+    RestoreOptions as CriuRestoreOptions,
+};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use crate::checkpoint::DESCRIPTORS;
+use crate::criu_plan;
+use crate::error::{Error, Result};
+
+pub const RESTORE_LOG: &str = "restore.log";
+
+/// `ferry restore`'s options, as runc names them.
+#[derive(Debug, Default)]
+pub struct RestoreOptions {
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub auto_dedup: bool,
+    /// Post-copy: pages come from a lazy-pages daemon listening in the work
+    /// directory.
+    pub lazy_pages: bool,
+    /// Default: soft, as runc.
+    pub manage_cgroups_mode: Option<CgroupMode>,
+    pub lsm_profile: Option<String>,
+    pub lsm_mount_context: Option<String>,
+}
+
+/// Where the container is restored.
+#[derive(Debug)]
+pub struct Destination<'a> {
+    pub id: &'a str,
+    pub spec: &'a Spec,
+    /// The rootfs as the host sees it.
+    pub rootfs: &'a Path,
+    /// A directory of the container's own (its state dir), for CRIU's root
+    /// mountpoint.
+    pub state_dir: &'a Path,
+    /// The container's cgroup roots, one per hierarchy (controller, path).
+    pub cgroup_roots: Vec<CgroupRoot>,
+    /// What stands in for the checkpointed stdio pipes: the restored
+    /// container's fds 0-2 (runc passes its own stdio).
+    pub stdio: [Option<OwnedFd>; 3],
+}
+
+/// The runtime's part of a restore, called at the right moments.
+pub trait RestoreHooks {
+    /// criu runs but has not started restoring: move it into the
+    /// container's cgroups and apply their limits (runc's criuApplyCgroups).
+    fn criu_started(&mut self, criu: Pid) -> Result<()>;
+    /// The root task exists in its namespaces: run the createRuntime and
+    /// prestart hooks (runc does it at this notify).
+    fn setup_namespaces(&mut self, pid: Pid) -> Result<()>;
+    /// The tree is restored, not yet resumed: record the new init pid.
+    fn restored(&mut self, pid: Pid) -> Result<()>;
+    /// The container had a console: hand its pty master to the console
+    /// socket.
+    fn console(&mut self, master: OwnedFd) -> Result<()>;
+}
+
+/// What a restore produced.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub pid: Pid,
+    pub log: PathBuf,
+    pub duration: Duration,
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}
+
+/// Refuses what is not an image directory before anything else happens.
+pub fn check_image_dir(dir: &Path) -> Result<()> {
+    let inv = dir.join("inventory.img");
+    match fs::metadata(&inv) {
+        Ok(m) if m.is_file() && m.len() > 0 => Ok(()),
+        _ => Err(Error::NotAnImageDir {
+            path: dir.to_path_buf(),
+        }),
+    }
+}
+
+/// Mount destinations to create before the restore: everything but what
+/// lies under a tmpfs (CRIU restores tmpfs content) and cgroup mounts
+/// (they appear with /sys/fs/cgroup). runc: prepareCriuRestoreMounts.
+pub fn mountpoints_to_create(spec: &Spec) -> Vec<(PathBuf, bool)> {
+    let mounts = spec.mounts().as_deref().unwrap_or_default();
+    let tmpfs: Vec<&Path> = mounts
+        .iter()
+        .filter(|m| m.typ().as_deref() == Some("tmpfs"))
+        .map(|m| m.destination().as_path())
+        .collect();
+    mounts
+        .iter()
+        .filter(|m| m.typ().as_deref() != Some("cgroup"))
+        .filter(|m| {
+            !tmpfs
+                .iter()
+                .any(|t| m.destination() != *t && m.destination().starts_with(t))
+        })
+        .map(|m| {
+            // A bind of a file needs a file to mount on.
+            let file = criu_plan::is_bind(m) && m.source().as_ref().is_some_and(|s| s.is_file());
+            (m.destination().clone(), file)
+        })
+        .collect()
+}
+
+fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<()> {
+    for (dest, file) in mountpoints_to_create(spec) {
+        let p = rootfs.join(dest.strip_prefix("/").unwrap_or(&dest));
+        if fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        if file {
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent).map_err(io("creating mountpoint", parent))?;
+            }
+            fs::File::create(&p).map_err(io("creating mountpoint", &p))?;
+        } else {
+            fs::create_dir_all(&p).map_err(io("creating mountpoint", &p))?;
+        }
+    }
+    Ok(())
+}
+
+/// The rootfs bind-mounted where CRIU wants its root; unmounted on drop.
+struct CriuRoot(PathBuf);
+
+impl CriuRoot {
+    fn mount(rootfs: &Path, state_dir: &Path) -> Result<CriuRoot> {
+        let root = state_dir.join("criu-root");
+        fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        mount(
+            Some(rootfs),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| Error::Io {
+            op: "bind-mounting the rootfs for CRIU on",
+            path: root.clone(),
+            source: e.into(),
+        })?;
+        Ok(CriuRoot(root))
+    }
+}
+
+impl Drop for CriuRoot {
+    fn drop(&mut self) {
+        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// The checkpointed stdio: pipes get the caller's new fds (runc hands
+/// `pipe:[...]` descriptors back with inherit_fd).
+fn stdio_inherits(image_dir: &Path, stdio: &mut [Option<OwnedFd>; 3]) -> Result<Vec<InheritFd>> {
+    let p = image_dir.join(DESCRIPTORS);
+    let text = match fs::read(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("reading", &p)(e)),
+    };
+    let fds: Vec<String> = serde_json::from_slice(&text).map_err(|source| Error::Json {
+        path: p.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, key) in fds.into_iter().enumerate().take(3) {
+        if key.contains("pipe:") {
+            if let Some(fd) = stdio[i].take() {
+                out.push(InheritFd { key, fd });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The RESTORE options for `dest` (no system calls but reading
+/// descriptors.json).
+pub fn restore_options(
+    dest: &mut Destination<'_>,
+    opts: &RestoreOptions,
+    dirs: ImageDirs,
+    root: &Path,
+) -> Result<(CriuRestoreOptions, Vec<(&'static str, PathBuf)>)> {
+    let mut r = CriuRestoreOptions::new(dirs);
+    let t = &mut r.tree;
+    t.root = Some(root.to_path_buf());
+    t.manage_cgroups = Some(opts.manage_cgroups_mode.unwrap_or(CgroupMode::Soft));
+    t.cg_root = dest.cgroup_roots.clone();
+    t.notify_scripts = true;
+    t.shell_job = opts.shell_job;
+    t.tcp_established = opts.tcp_established;
+    t.ext_unix_sk = opts.ext_unix_sk;
+    t.file_locks = opts.file_locks;
+    t.display_stats = true;
+    t.lsm_profile = opts.lsm_profile.clone();
+    t.ext_mounts = criu_plan::restore_ext_mounts(dest.spec);
+    r.rst_sibling = true;
+    r.evasive_devices = true;
+    r.orphan_pts_master = true;
+    r.lazy_pages = opts.lazy_pages;
+    r.lsm_mount_context = opts.lsm_mount_context.clone();
+    let ns = criu_plan::restore_namespaces(dest.spec)?;
+    r.join_ns = ns.join;
+    r.inherit_fds = stdio_inherits(&opts.image_path, &mut dest.stdio)?;
+    Ok((r, ns.inherit))
+}
+
+/// Restores the checkpoint in `opts.image_path` as `dest`.
+pub fn restore(
+    criu: &Criu,
+    mut dest: Destination<'_>,
+    opts: &RestoreOptions,
+    hooks: &mut dyn RestoreHooks,
+) -> Result<Restored> {
+    check_image_dir(&opts.image_path)?;
+    let mut dirs = ImageDirs::open(&opts.image_path)?
+        .log_file(RESTORE_LOG)
+        .log_level(LogLevel::Debug);
+    let log_dir = match &opts.work_path {
+        Some(w) => {
+            crate::checkpoint::private_dir(w)?;
+            dirs = dirs.work_dir(w)?;
+            w.clone()
+        }
+        None => opts.image_path.clone(),
+    };
+    create_mountpoints(dest.spec, dest.rootfs)?;
+    let root = CriuRoot::mount(dest.rootfs, dest.state_dir)?;
+    let (mut ropts, external) = restore_options(&mut dest, opts, dirs, &root.0)?;
+    for (key, path) in external {
+        let fd = fs::File::open(&path).map_err(|source| Error::Io {
+            op: "opening the namespace to restore into (it must exist)",
+            path: path.clone(),
+            source,
+        })?;
+        ropts.inherit_fds.push(InheritFd {
+            key: key.to_string(),
+            fd: fd.into(),
+        });
+    }
+
+    let swrk = criu.spawn_for(&ropts)?;
+    hooks.criu_started(swrk.pid())?;
+    let mut handler = |n: Notify| -> Result<(), HandlerError> {
+        match n {
+            Notify::SetupNamespaces { pid } => hooks.setup_namespaces(pid)?,
+            Notify::PostRestore { pid } => hooks.restored(pid)?,
+            Notify::OrphanPtsMaster { master } => hooks.console(master)?,
+            _ => {}
+        }
+        Ok(())
+    };
+    let start = Instant::now();
+    let restored = swrk.restore(&ropts, &mut handler)?;
+    let duration = start.elapsed();
+    drop(root);
+    Ok(Restored {
+        pid: restored.pid,
+        log: log_dir.join(RESTORE_LOG),
+        duration,
+    })
+}
+
+/// The caller's stdio, duplicated, for [`Destination::stdio`].
+pub fn own_stdio() -> Result<[Option<OwnedFd>; 3]> {
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok();
+    Ok([
+        dup(std::io::stdin().as_fd()),
+        dup(std::io::stdout().as_fd()),
+        dup(std::io::stderr().as_fd()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"{
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/run/secrets", "type": "bind", "source": "/srv/secrets", "options": ["rbind"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},
+            {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]}
+        ],
+        "linux": {"namespaces": [{"type": "network", "path": "/run/netns/c1"}], "maskedPaths": ["/proc/kcore"]}
+    }"#;
+
+    #[test]
+    fn mountpoints_skip_tmpfs_content_and_cgroup() {
+        let spec: Spec = serde_json::from_str(SPEC).unwrap();
+        let got: Vec<PathBuf> = mountpoints_to_create(&spec)
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        assert_eq!(got, [PathBuf::from("/proc"), "/run".into(), "/data".into()]);
+    }
+
+    #[test]
+    fn options_map_mounts_namespaces_and_stdio() {
+        let spec: Spec = serde_json::from_str(SPEC).unwrap();
+        let images = tempfile::tempdir().unwrap();
+        fs::write(
+            images.path().join(DESCRIPTORS),
+            r#"["/dev/null", "pipe:[1234]", "pipe:[1235]"]"#,
+        )
+        .unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut dest = Destination {
+            id: "c2",
+            spec: &spec,
+            rootfs: Path::new("/x/rootfs"),
+            state_dir: Path::new("/run/ferry/c2"),
+            cgroup_roots: vec![CgroupRoot {
+                controller: None,
+                path: "/ferry/c2".into(),
+            }],
+            stdio: [Some(r), Some(w), None],
+        };
+        let opts = RestoreOptions {
+            image_path: images.path().to_path_buf(),
+            tcp_established: true,
+            ..Default::default()
+        };
+        let dirs = ImageDirs::open(images.path()).unwrap();
+        let (ro, external) =
+            restore_options(&mut dest, &opts, dirs, Path::new("/run/ferry/c2/criu-root")).unwrap();
+        assert!(ro.rst_sibling && ro.orphan_pts_master && ro.tree.tcp_established);
+        assert_eq!(ro.tree.cg_root[0].path, PathBuf::from("/ferry/c2"));
+        let pairs: Vec<(&str, &str)> = ro
+            .tree
+            .ext_mounts
+            .iter()
+            .map(|m| (m.key.as_str(), m.value.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("/run/secrets", "/srv/secrets"),
+                ("/data", "/srv/data"),
+                ("/dev/null", "/dev/null")
+            ]
+        );
+        assert_eq!(external, [("extRootNetNS", PathBuf::from("/run/netns/c1"))]);
+        // stdin was /dev/null: nothing to hand in; stdout was a pipe and
+        // gets the new fd; stderr was a pipe but no fd was given.
+        let keys: Vec<&str> = ro.inherit_fds.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["pipe:[1234]"]);
+    }
+
+    #[test]
+    fn a_directory_without_inventory_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let err = check_image_dir(d.path()).unwrap_err();
+        assert!(err.to_string().contains("inventory.img"), "{err}");
+    }
+}
