@@ -29,6 +29,9 @@ use crate::error::{Error, Result};
 /// runc's name for the stdio record in the image directory.
 pub const DESCRIPTORS: &str = "descriptors.json";
 pub const DUMP_LOG: &str = "dump.log";
+/// Ferry's record of the cgroup hierarchies bind-mounted into the
+/// container, for the restore to bind the new container's dirs.
+pub const CGROUP_BINDS: &str = "ferry-cgroup-binds.json";
 
 /// `ferry checkpoint`'s options, as runc names them.
 #[derive(Debug, Default)]
@@ -84,6 +87,14 @@ pub struct Checkpointed {
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
     move |source| Error::Io { op, path, source }
+}
+
+fn write_json(p: &Path, v: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_vec(v).map_err(|source| Error::Json {
+        path: p.to_path_buf(),
+        source,
+    })?;
+    fs::write(p, json).map_err(io("writing", p))
 }
 
 /// Creates `dir` (and parents) with mode 0700, or tightens an existing one.
@@ -186,15 +197,22 @@ pub fn checkpoint(
             .map_err(io("stat of namespace", p))
     };
     let pre_dump = opts.pre_dump;
-    let dump = dump_options(target, &mut opts, dirs, is_file, ns_inode)?;
+    let mut dump = dump_options(target, &mut opts, dirs, is_file, ns_inode)?;
     if !pre_dump {
-        let fds = descriptors(target.init)?;
-        let p = opts.image_path.join(DESCRIPTORS);
-        let json = serde_json::to_vec(&fds).map_err(|source| Error::Json {
-            path: p.clone(),
-            source,
-        })?;
-        fs::write(&p, json).map_err(io("writing", &p))?;
+        let mi = PathBuf::from(format!("/proc/{}/mountinfo", target.init));
+        let text = fs::read_to_string(&mi).map_err(io("reading", &mi))?;
+        let binds = criu_plan::cgroup_binds(&text);
+        dump.tree
+            .ext_mounts
+            .extend(binds.iter().map(|b| criu_rpc::ExtMount {
+                key: b.mountpoint.clone(),
+                value: b.mountpoint.clone(),
+            }));
+        write_json(&opts.image_path.join(CGROUP_BINDS), &binds)?;
+        write_json(
+            &opts.image_path.join(DESCRIPTORS),
+            &descriptors(target.init)?,
+        )?;
     }
 
     let mut frozen_at: Option<Instant> = None;

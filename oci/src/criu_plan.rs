@@ -18,7 +18,11 @@
 //!   given by path are joined on restore (`join_ns`); a cgroup namespace by
 //!   path cannot be restored;
 //! - cgroup mounts need nothing when the container has a cgroup namespace
-//!   (they are real mounts CRIU dumps), which Ferry's containers always have.
+//!   (they are real mounts CRIU dumps); without one (docker's default on
+//!   cgroup v1), each hierarchy is a bind of the container's cgroup dir and
+//!   is external, bound on restore to the new container's dir in the same
+//!   hierarchy (runc's getCgroupMounts). Ferry finds them in the running
+//!   container's mountinfo rather than guessing from the spec.
 //!
 //! Nothing here touches the system: callers pass what must be looked up
 //! (which masked paths are files, namespace inodes).
@@ -210,6 +214,146 @@ pub fn restore_namespaces(spec: &Spec) -> Result<RestoreNamespaces> {
     Ok(RestoreNamespaces { inherit, join })
 }
 
+/// One line of /proc/PID/mountinfo, the fields Ferry uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub root: String,
+    pub mountpoint: String,
+    pub fstype: String,
+    pub super_options: String,
+}
+
+/// Parses /proc/PID/mountinfo (proc(5)).
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            Some(MountInfo {
+                root: unescape(pre.get(3)?),
+                mountpoint: unescape(pre.get(4)?),
+                fstype: post.first()?.to_string(),
+                super_options: post.get(2).unwrap_or(&"").to_string(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A cgroup hierarchy: its controllers as mounted ("cpu,cpuacct",
+/// "name=systemd"), or "" for cgroup2.
+pub fn hierarchy_of(m: &MountInfo) -> Option<String> {
+    match m.fstype.as_str() {
+        "cgroup2" => Some(String::new()),
+        "cgroup" => {
+            let mut ctrls: Vec<&str> = m
+                .super_options
+                .split(',')
+                .filter(|o| {
+                    !matches!(*o, "rw" | "ro" | "xattr" | "clone_children" | "noprefix")
+                        && !o.starts_with("release_agent=")
+                })
+                .collect();
+            ctrls.sort_unstable();
+            Some(ctrls.join(","))
+        }
+        _ => None,
+    }
+}
+
+/// A cgroup hierarchy bind-mounted into a container without a cgroup
+/// namespace: external to CRIU.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupBind {
+    pub mountpoint: String,
+    pub hierarchy: String,
+}
+
+/// The cgroup binds in a container's mountinfo: cgroup mounts whose root is
+/// not the hierarchy's root.
+pub fn cgroup_binds(container_mountinfo: &str) -> Vec<CgroupBind> {
+    parse_mountinfo(container_mountinfo)
+        .into_iter()
+        .filter(|m| m.root != "/")
+        .filter_map(|m| {
+            Some(CgroupBind {
+                hierarchy: hierarchy_of(&m)?,
+                mountpoint: m.mountpoint,
+            })
+        })
+        .collect()
+}
+
+/// Where each hierarchy's cgroup of a process is, from /proc/PID/cgroup:
+/// hierarchy (as [`hierarchy_of`] names it) -> path in the hierarchy.
+pub fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _id = f.next()?;
+            let mut ctrls: Vec<&str> = f.next()?.split(',').filter(|c| !c.is_empty()).collect();
+            ctrls.sort_unstable();
+            Some((ctrls.join(","), f.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// For a restore: each cgroup bind's name mapped to the new container's
+/// dir in that hierarchy on this host. `host_mountinfo` locates the
+/// hierarchies, `cgroup` is /proc/PID/cgroup of a process already placed in
+/// the new container's cgroups (criu, as runc does).
+pub fn restore_cgroup_binds(
+    binds: &[CgroupBind],
+    host_mountinfo: &str,
+    cgroup: &str,
+) -> Result<Vec<ExtMount>> {
+    let hierarchies: Vec<(String, String)> = parse_mountinfo(host_mountinfo)
+        .into_iter()
+        .filter(|m| m.root == "/")
+        .filter_map(|m| Some((hierarchy_of(&m)?, m.mountpoint)))
+        .collect();
+    let placed = parse_proc_cgroup(cgroup);
+    binds
+        .iter()
+        .map(|b| {
+            let missing = || Error::CgroupHierarchyMissing {
+                hierarchy: b.hierarchy.clone(),
+            };
+            let (_, host) = hierarchies
+                .iter()
+                .find(|(h, _)| *h == b.hierarchy)
+                .ok_or_else(missing)?;
+            let (_, rel) = placed
+                .iter()
+                .find(|(h, _)| *h == b.hierarchy)
+                .ok_or_else(missing)?;
+            Ok(ExtMount {
+                key: b.mountpoint.clone(),
+                value: format!("{host}{}", if rel == "/" { "" } else { rel }),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +454,59 @@ mod tests {
         );
         let err = restore_namespaces(&s).unwrap_err();
         assert!(err.to_string().contains("cgroup namespace"), "{err}");
+    }
+
+    const RUNC_MOUNTINFO: &str = "\
+74 73 0:45 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755
+75 74 0:29 /c1 /sys/fs/cgroup/cpu,cpuacct ro,nosuid - cgroup cgroup rw,cpuacct,cpu
+78 74 0:32 /nested/c1 /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory
+83 74 0:37 /c1 /sys/fs/cgroup/systemd ro,nosuid - cgroup cgroup rw,xattr,name=systemd
+90 73 0:50 / /data\\040dir rw - ext4 /dev/vda rw
+";
+
+    #[test]
+    fn mountinfo_lines_and_escapes() {
+        let m = parse_mountinfo(RUNC_MOUNTINFO);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[1].root, "/c1");
+        assert_eq!(m[4].mountpoint, "/data dir");
+        assert_eq!(hierarchy_of(&m[1]).as_deref(), Some("cpu,cpuacct"));
+        assert_eq!(hierarchy_of(&m[3]).as_deref(), Some("name=systemd"));
+        assert_eq!(hierarchy_of(&m[0]), None);
+    }
+
+    #[test]
+    fn cgroup_binds_map_to_the_new_containers_dirs() {
+        let binds = cgroup_binds(RUNC_MOUNTINFO);
+        assert_eq!(binds.len(), 3);
+        let host = "\
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+33 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+34 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+";
+        let placed =
+            "9:name=systemd:/ferry/c2\n4:memory:/nested/ferry/c2\n2:cpu,cpuacct:/ferry/c2\n0::/\n";
+        let got = restore_cgroup_binds(&binds, host, placed).unwrap();
+        let pairs: Vec<(&str, &str)> = got
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (
+                    "/sys/fs/cgroup/cpu,cpuacct",
+                    "/sys/fs/cgroup/cpu,cpuacct/ferry/c2"
+                ),
+                (
+                    "/sys/fs/cgroup/memory",
+                    "/sys/fs/cgroup/memory/nested/ferry/c2"
+                ),
+                ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd/ferry/c2"),
+            ]
+        );
+        let err = restore_cgroup_binds(&binds, "", placed).unwrap_err();
+        assert!(err.to_string().contains("cpu,cpuacct"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub enum Error {
     #[error("{} is not a checkpoint: it has no inventory.img (give the --image-path that `ferry checkpoint` wrote)", path.display())]
     NotAnImageDir { path: PathBuf },
 
+    #[error(
+        "the checkpoint bind-mounts cgroup hierarchy `{hierarchy}`, which this host does not mount"
+    )]
+    CgroupHierarchyMissing { hierarchy: String },
+
     #[error("{what} is not supported: {hint}")]
     Unsupported {
         what: &'static str,

@@ -28,7 +28,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
-use crate::checkpoint::DESCRIPTORS;
+use crate::checkpoint::{CGROUP_BINDS, DESCRIPTORS};
 use crate::criu_plan;
 use crate::error::{Error, Result};
 
@@ -63,8 +63,6 @@ pub struct Destination<'a> {
     /// A directory of the container's own (its state dir), for CRIU's root
     /// mountpoint.
     pub state_dir: &'a Path,
-    /// The container's cgroup roots, one per hierarchy (controller, path).
-    pub cgroup_roots: Vec<CgroupRoot>,
     /// What stands in for the checkpointed stdio pipes: the restored
     /// container's fds 0-2 (runc passes its own stdio).
     pub stdio: [Option<OwnedFd>; 3],
@@ -219,7 +217,6 @@ pub fn restore_options(
     let t = &mut r.tree;
     t.root = Some(root.to_path_buf());
     t.manage_cgroups = Some(opts.manage_cgroups_mode.unwrap_or(CgroupMode::Soft));
-    t.cg_root = dest.cgroup_roots.clone();
     t.notify_scripts = true;
     t.shell_job = opts.shell_job;
     t.tcp_established = opts.tcp_established;
@@ -275,6 +272,22 @@ pub fn restore(
 
     let swrk = criu.spawn_for(&ropts)?;
     hooks.criu_started(swrk.pid())?;
+    // runc (criuApplyCgroups): the cgroups criu now runs in are the
+    // container's; they become CRIU's roots and the targets of the cgroup
+    // bind mounts.
+    let cg = PathBuf::from(format!("/proc/{}/cgroup", swrk.pid()));
+    let placed = fs::read_to_string(&cg).map_err(io("reading", &cg))?;
+    ropts.tree.cg_root = cgroup_roots(&placed);
+    let binds_file = opts.image_path.join(CGROUP_BINDS);
+    if binds_file.exists() {
+        let binds: Vec<criu_plan::CgroupBind> = read_json(&binds_file)?;
+        let mi = Path::new("/proc/self/mountinfo");
+        let host = fs::read_to_string(mi).map_err(io("reading", mi))?;
+        ropts
+            .tree
+            .ext_mounts
+            .extend(criu_plan::restore_cgroup_binds(&binds, &host, &placed)?);
+    }
     let mut handler = |n: Notify| -> Result<(), HandlerError> {
         match n {
             Notify::SetupNamespaces { pid } => hooks.setup_namespaces(pid)?,
@@ -293,6 +306,34 @@ pub fn restore(
         log: log_dir.join(RESTORE_LOG),
         duration,
     })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
+    let text = fs::read(p).map_err(io("reading", p))?;
+    serde_json::from_slice(&text).map_err(|source| Error::Json {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+/// CRIU's cgroup roots from a placed process's /proc/PID/cgroup: one per
+/// v1 controller, and the cgroup2 path as the default for the rest.
+pub fn cgroup_roots(proc_cgroup: &str) -> Vec<CgroupRoot> {
+    let mut out = Vec::new();
+    for (hierarchy, path) in criu_plan::parse_proc_cgroup(proc_cgroup) {
+        if hierarchy.is_empty() {
+            out.push(CgroupRoot {
+                controller: None,
+                path: path.into(),
+            });
+        } else {
+            out.extend(hierarchy.split(',').map(|c| CgroupRoot {
+                controller: Some(c.to_string()),
+                path: PathBuf::from(&path),
+            }));
+        }
+    }
+    out
 }
 
 /// The caller's stdio, duplicated, for [`Destination::stdio`].
@@ -347,10 +388,6 @@ mod tests {
             spec: &spec,
             rootfs: Path::new("/x/rootfs"),
             state_dir: Path::new("/run/ferry/c2"),
-            cgroup_roots: vec![CgroupRoot {
-                controller: None,
-                path: "/ferry/c2".into(),
-            }],
             stdio: [Some(r), Some(w), None],
         };
         let opts = RestoreOptions {
@@ -362,7 +399,6 @@ mod tests {
         let (ro, external) =
             restore_options(&mut dest, &opts, dirs, Path::new("/run/ferry/c2/criu-root")).unwrap();
         assert!(ro.rst_sibling && ro.orphan_pts_master && ro.tree.tcp_established);
-        assert_eq!(ro.tree.cg_root[0].path, PathBuf::from("/ferry/c2"));
         let pairs: Vec<(&str, &str)> = ro
             .tree
             .ext_mounts
@@ -382,6 +418,24 @@ mod tests {
         // gets the new fd; stderr was a pipe but no fd was given.
         let keys: Vec<&str> = ro.inherit_fds.iter().map(|i| i.key.as_str()).collect();
         assert_eq!(keys, ["pipe:[1234]"]);
+    }
+
+    #[test]
+    fn cgroup_roots_per_controller() {
+        let roots = cgroup_roots("4:memory:/n/c2\n2:cpu,cpuacct:/c2\n0::/c2\n");
+        let got: Vec<(Option<&str>, &Path)> = roots
+            .iter()
+            .map(|r| (r.controller.as_deref(), r.path.as_path()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("memory"), Path::new("/n/c2")),
+                (Some("cpu"), Path::new("/c2")),
+                (Some("cpuacct"), Path::new("/c2")),
+                (None, Path::new("/c2")),
+            ]
+        );
     }
 
     #[test]
