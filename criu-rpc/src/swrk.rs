@@ -35,8 +35,8 @@ use crate::error::{CriuMessage, Error, RequestKind, Result};
 use crate::log::LogExcerpt;
 use crate::notify::{Notify, NotifyHandler};
 use crate::options::{
-    CheckOptions, ChildFds, DumpOptions, ImageDirs, PageServerOptions, RestoreOptions,
-    FIRST_PASSED_FD, SWRK_FD,
+    CheckOptions, ChildFds, DumpOptions, ImageDirs, PageServerAddr, PageServerOptions,
+    RestoreOptions, FIRST_PASSED_FD, SWRK_FD,
 };
 use crate::proto;
 use crate::version::{Features, Version};
@@ -69,6 +69,7 @@ pub struct PageServer {
     /// Use PAGE_SERVER_CHLD ([`Criu::page_server_child`]) to know and wait
     /// for the server.
     pub pid: Option<Pid>,
+    /// The TCP port it listens on; 0 for a server on a handed-in socket.
     pub port: u16,
 }
 
@@ -501,10 +502,17 @@ impl Swrk {
         let resp = self.request(kind, req, &mut crate::IgnoreNotify)?;
         let ps = resp.ps.as_ref();
         match (ps.and_then(|p| p.pid), ps.and_then(|p| p.port)) {
-            (Some(pid), Some(port)) if pid >= 0 && (1..=65535).contains(&port) => Ok(PageServer {
-                pid: (pid > 0).then(|| Pid::from_raw(pid)),
-                port: port as u16,
-            }),
+            // A server on a socket we handed in listens on no port.
+            (Some(pid), Some(port))
+                if pid >= 0
+                    && (0..=65535).contains(&port)
+                    && (port != 0 || matches!(options.listen, PageServerAddr::Socket(_))) =>
+            {
+                Ok(PageServer {
+                    pid: (pid > 0).then(|| Pid::from_raw(pid)),
+                    port: port as u16,
+                })
+            }
             _ => Err(Error::UnexpectedResponse {
                 request: kind,
                 got: format!("PAGE_SERVER without pid and port ({:?})", resp.ps),
