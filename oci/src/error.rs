@@ -44,6 +44,60 @@ pub enum Error {
     )]
     CgroupHierarchyMissing { hierarchy: String },
 
+    #[error("invalid container id `{id}`: use letters, digits and _ - . +")]
+    InvalidId { id: String },
+
+    #[error("container `{id}` already exists: pick another id or `ferry delete {id}`")]
+    ContainerExists { id: String },
+
+    #[error("container `{id}` does not exist (under {})", root.display())]
+    NoSuchContainer { id: String, root: PathBuf },
+
+    #[error("bundle {} does not exist", path.display())]
+    NoBundle { path: PathBuf },
+
+    #[error("{} is missing: a bundle needs a config.json (`ferry spec` writes one)", path.display())]
+    NoConfig { path: PathBuf },
+
+    #[error("invalid {}: {reason}", path.display())]
+    InvalidConfig { path: PathBuf, reason: String },
+
+    #[error("rootfs {} does not exist: create it or fix root.path in config.json", path.display())]
+    NoRootfs { path: PathBuf },
+
+    #[error("container init failed at {step}: {message}")]
+    Init { step: String, message: String },
+
+    #[error("talking to the container's init")]
+    Sync {
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("container `{id}` is {status}; it must be {wanted}")]
+    WrongStatus {
+        id: String,
+        status: String,
+        wanted: &'static str,
+    },
+
+    #[error("unknown signal `{signal}`")]
+    InvalidSignal { signal: String },
+
+    #[error("{which} hook {} failed: {reason}", path.display())]
+    Hook {
+        which: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+
+    #[error("cgroup: {op} {}: {reason}", path.display())]
+    Cgroup {
+        op: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+
     #[error("{what} is not supported: {hint}")]
     Unsupported {
         what: &'static str,

@@ -12,5 +12,6 @@ pub mod error;
 pub mod migrate;
 pub mod network;
 pub mod restore;
+pub mod runtime;
 
 pub use error::{Error, Result};

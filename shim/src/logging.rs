@@ -20,8 +20,13 @@ pub enum LogFormat {
 static LOG_FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
 pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "warn" }));
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(if debug {
+            "debug"
+        } else {
+            "warn,libcgroups=error"
+        })
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log {
         Some(path) => {

@@ -47,16 +47,134 @@ pub struct Cli {
 pub enum Command {
     /// Check CRIU's version and the kernel features Ferry relies on.
     Check(commands::check::CheckArgs),
+    /// Create a container (its init waits for `start`).
+    Create(commands::lifecycle::CreateArgs),
+    /// Start a created container.
+    Start(commands::lifecycle::IdArgs),
+    /// Create and start a container.
+    Run(commands::lifecycle::RunArgs),
+    /// Output the state of a container as JSON.
+    State(commands::lifecycle::IdArgs),
+    /// List containers.
+    List(commands::lifecycle::ListArgs),
+    /// Send a signal to a container's init (or all its processes).
+    Kill(commands::lifecycle::KillArgs),
+    /// Delete a container and its cgroups.
+    Delete(commands::lifecycle::DeleteArgs),
+    /// Freeze every process of a container.
+    Pause(commands::lifecycle::IdArgs),
+    /// Thaw a paused container.
+    Resume(commands::lifecycle::IdArgs),
+    /// Run a new process in a container.
+    Exec(commands::exec::ExecArgs),
+    /// List the processes of a container.
+    Ps(commands::inspect_cmds::PsArgs),
+    /// Change a container's resource limits.
+    Update(commands::inspect_cmds::UpdateArgs),
+    /// Show a container's resource usage.
+    Events(commands::inspect_cmds::EventsArgs),
+    /// Show what this runtime supports, as JSON.
+    Features,
+    /// Write a default config.json.
+    Spec(commands::inspect_cmds::SpecArgs),
+}
+
+/// go-runc (containerd, dockerd) spells long flags with one dash
+/// (`-pid-file`, `-no-subreaper`); clap wants two.
+fn normalize_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const LONG: &[&str] = &[
+        "root",
+        "log",
+        "log-format",
+        "debug",
+        "systemd-cgroup",
+        "criu",
+        "bundle",
+        "pid-file",
+        "console-socket",
+        "no-pivot",
+        "no-new-keyring",
+        "preserve-fds",
+        "detach",
+        "no-subreaper",
+        "keep",
+        "force",
+        "all",
+        "format",
+        "process",
+        "tty",
+        "env",
+        "cwd",
+        "user",
+        "resources",
+        "memory",
+        "memory-swap",
+        "cpu-quota",
+        "cpu-period",
+        "cpu-share",
+        "cpuset-cpus",
+        "pids-limit",
+        "stats",
+        "interval",
+        "image-path",
+        "work-path",
+        "leave-running",
+        "tcp-established",
+        "ext-unix-sk",
+        "shell-job",
+        "file-locks",
+        "page-server",
+        "lazy-pages",
+        "status-fd",
+        "manage-cgroups-mode",
+        "empty-ns",
+        "auto-dedup",
+        "pre-dump",
+        "parent-path",
+        "print-stats",
+        "quiet",
+        "rootless",
+        "json",
+    ];
+    args.map(|a| {
+        if let Some(s) = a.to_str() {
+            if let Some(rest) = s.strip_prefix('-') {
+                if !rest.starts_with('-') {
+                    let name = rest.split('=').next().unwrap_or(rest);
+                    if name.len() > 1 && LONG.contains(&name) {
+                        return format!("-{s}").into();
+                    }
+                }
+            }
+        }
+        a
+    })
+    .collect()
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(normalize_args(std::env::args_os()));
     if let Err(e) = logging::init(cli.log.as_deref(), cli.log_format, cli.debug) {
         eprintln!("ferry: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
     let result = match &cli.command {
         Command::Check(args) => commands::check::run(&cli, args),
+        Command::Create(a) => commands::lifecycle::create(&cli, a),
+        Command::Start(a) => commands::lifecycle::start(&cli, a),
+        Command::Run(a) => commands::lifecycle::run(&cli, a),
+        Command::State(a) => commands::lifecycle::state(&cli, a),
+        Command::List(a) => commands::lifecycle::list(&cli, a),
+        Command::Kill(a) => commands::lifecycle::kill(&cli, a),
+        Command::Delete(a) => commands::lifecycle::delete(&cli, a),
+        Command::Pause(a) => commands::lifecycle::pause(&cli, a),
+        Command::Resume(a) => commands::lifecycle::resume(&cli, a),
+        Command::Exec(a) => commands::exec::exec(&cli, a),
+        Command::Ps(a) => commands::inspect_cmds::ps(&cli, a),
+        Command::Update(a) => commands::inspect_cmds::update(&cli, a),
+        Command::Events(a) => commands::inspect_cmds::events(&cli, a),
+        Command::Features => commands::inspect_cmds::features(&cli),
+        Command::Spec(a) => commands::inspect_cmds::spec(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -1,3 +1,6 @@
-//! One module per command.
+//! One module per command (or family of commands).
 
 pub mod check;
+pub mod exec;
+pub mod inspect_cmds;
+pub mod lifecycle;

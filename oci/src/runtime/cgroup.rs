@@ -1,0 +1,261 @@
+//! A container's cgroups, through libcgroups.
+//!
+//! libcgroups manages the v1 controllers (legacy and hybrid hosts) or the
+//! unified hierarchy (v2 hosts). On a hybrid host runc also places the
+//! container in the cgroup2 hierarchy mounted beside the v1 controllers and
+//! in the named `name=systemd` hierarchy; libcgroups does not, so this file
+//! does, finding those mounts in /proc/self/mountinfo.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{
+    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+    FreezerState,
+};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+use serde::{Deserialize, Serialize};
+
+use crate::criu_plan::{hierarchy_of, parse_mountinfo};
+use crate::error::{Error, Result};
+
+/// A container's place in the cgroup hierarchies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerCgroup {
+    /// The path inside each hierarchy, e.g. `/ferry/c1`.
+    pub path: PathBuf,
+}
+
+fn cg_err(op: &'static str, path: &Path) -> impl FnOnce(String) -> Error {
+    let path = path.to_path_buf();
+    move |reason| Error::Cgroup { op, path, reason }
+}
+
+/// The extra hierarchies of a hybrid host: (name, mountpoint) of cgroup2
+/// ("unified") and of named v1 hierarchies ("name=systemd"), when libcgroups'
+/// v1 manager is the one in charge.
+fn extra_hierarchies() -> Vec<(String, PathBuf)> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mounts = parse_mountinfo(&text);
+    let has_v1 = mounts.iter().any(|m| m.fstype == "cgroup");
+    if !has_v1 {
+        return Vec::new();
+    }
+    mounts
+        .into_iter()
+        .filter(|m| m.root == "/")
+        .filter_map(|m| {
+            let h = hierarchy_of(&m)?;
+            if h.is_empty() {
+                Some(("unified".to_string(), PathBuf::from(m.mountpoint)))
+            } else if h.starts_with("name=") {
+                Some((h, PathBuf::from(m.mountpoint)))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn join_rel(base: &Path, rel: &Path) -> PathBuf {
+    base.join(rel.strip_prefix("/").unwrap_or(rel))
+}
+
+impl ContainerCgroup {
+    /// Resolves the spec's `linux.cgroupsPath`, as runc does with cgroupfs:
+    /// a path is taken from each hierarchy's root (a relative one too), and
+    /// none means `/<id>`. Nothing is created yet.
+    pub fn new(cgroups_path: Option<&Path>, id: &str, systemd: bool) -> Result<Self> {
+        if systemd {
+            return Err(Error::Unsupported {
+                what: "--systemd-cgroup",
+                hint: "Ferry manages cgroupfs directly; drop --systemd-cgroup (dockerd: native.cgroupdriver=cgroupfs)",
+            });
+        }
+        let path = match cgroups_path {
+            Some(p) if p.is_absolute() => p.to_path_buf(),
+            Some(p) if !p.as_os_str().is_empty() => Path::new("/").join(p),
+            _ => PathBuf::from(format!("/{id}")),
+        };
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(Error::Cgroup {
+                op: "resolving cgroupsPath",
+                path,
+                reason: "it contains `..`".into(),
+            });
+        }
+        Ok(ContainerCgroup { path })
+    }
+
+    fn manager(&self) -> Result<AnyCgroupManager> {
+        create_cgroup_manager(CgroupConfig {
+            cgroup_path: self.path.clone(),
+            systemd_cgroup: false,
+            container_name: String::new(),
+        })
+        .map_err(|e| cg_err("setting up the cgroup manager for", &self.path)(e.to_string()))
+    }
+
+    /// Creates the cgroups and moves `pid` in.
+    pub fn create_and_add(&self, pid: Pid) -> Result<()> {
+        self.add(pid)
+    }
+
+    /// Moves `pid` into every hierarchy (creating the cgroups as needed).
+    pub fn add(&self, pid: Pid) -> Result<()> {
+        self.manager()?
+            .add_task(pid)
+            .map_err(|e| cg_err("adding a task to", &self.path)(e.to_string()))?;
+        for (_, mnt) in extra_hierarchies() {
+            let dir = join_rel(&mnt, &self.path);
+            fs::create_dir_all(&dir).map_err(|e| cg_err("creating", &dir)(e.to_string()))?;
+            let procs = dir.join("cgroup.procs");
+            fs::write(&procs, pid.as_raw().to_string())
+                .map_err(|e| cg_err("writing", &procs)(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn apply(&self, resources: &LinuxResources) -> Result<()> {
+        self.manager()?
+            .apply(&ControllerOpt {
+                resources,
+                disable_oom_killer: resources
+                    .memory()
+                    .as_ref()
+                    .and_then(|m| m.disable_oom_killer())
+                    .unwrap_or(false),
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(|e| cg_err("applying resources to", &self.path)(e.to_string()))
+    }
+
+    pub fn freeze(&self) -> Result<()> {
+        self.manager()?
+            .freeze(FreezerState::Frozen)
+            .map_err(|e| cg_err("freezing", &self.path)(e.to_string()))
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        self.manager()?
+            .freeze(FreezerState::Thawed)
+            .map_err(|e| cg_err("thawing", &self.path)(e.to_string()))
+    }
+
+    /// Whether the freezer says frozen.
+    pub fn is_frozen(&self) -> bool {
+        let p = self.freezer_path();
+        fs::read_to_string(p.join("freezer.state"))
+            .map(|s| s.trim() == "FROZEN")
+            .or_else(|_| fs::read_to_string(p.join("cgroup.freeze")).map(|s| s.trim() == "1"))
+            .unwrap_or(false)
+    }
+
+    pub fn pids(&self) -> Result<Vec<Pid>> {
+        match self.manager()?.get_all_pids() {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                if !self.freezer_path().exists() {
+                    return Ok(Vec::new());
+                }
+                Err(cg_err("listing the processes of", &self.path)(
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Result<libcgroups::stats::Stats> {
+        self.manager()?
+            .stats()
+            .map_err(|e| cg_err("reading the statistics of", &self.path)(e.to_string()))
+    }
+
+    /// Removes the cgroups from every hierarchy; fine if already gone.
+    pub fn destroy(&self) -> Result<()> {
+        if self.freezer_path().exists() {
+            self.manager()?
+                .remove()
+                .map_err(|e| cg_err("removing", &self.path)(e.to_string()))?;
+        }
+        for (_, mnt) in extra_hierarchies() {
+            let dir = join_rel(&mnt, &self.path);
+            if dir.exists() {
+                // A cgroup dir is removed with rmdir once empty; the
+                // processes were killed through the v1 hierarchies.
+                for _ in 0..50 {
+                    match fs::remove_dir(&dir) {
+                        Ok(()) => break,
+                        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                            std::thread::sleep(std::time::Duration::from_millis(20))
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                        Err(e) => return Err(cg_err("removing", &dir)(e.to_string())),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every hierarchy's directory for this container.
+    pub fn paths(&self) -> BTreeMap<String, PathBuf> {
+        let mut out = BTreeMap::new();
+        if let Ok(text) = fs::read_to_string("/proc/self/mountinfo") {
+            for m in parse_mountinfo(&text) {
+                if m.root != "/" {
+                    continue;
+                }
+                if let Some(h) = hierarchy_of(&m) {
+                    let name = if h.is_empty() {
+                        "unified".to_string()
+                    } else {
+                        h
+                    };
+                    out.insert(name, join_rel(Path::new(&m.mountpoint), &self.path));
+                }
+            }
+        }
+        out
+    }
+
+    /// The freezer cgroup dir (v1) or the cgroup dir (v2): what CRIU's
+    /// freeze_cgroup takes.
+    pub fn freezer_path(&self) -> PathBuf {
+        let paths = self.paths();
+        paths
+            .iter()
+            .find(|(h, _)| h.split(',').any(|c| c == "freezer"))
+            .map(|(_, p)| p.clone())
+            .or_else(|| paths.get("unified").cloned())
+            .unwrap_or_else(|| join_rel(Path::new("/sys/fs/cgroup"), &self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_like_runc() {
+        let c =
+            |p: Option<&str>| ContainerCgroup::new(p.map(Path::new), "c1", false).map(|c| c.path);
+        assert_eq!(c(None).unwrap(), PathBuf::from("/c1"));
+        assert_eq!(
+            c(Some("/docker/abc")).unwrap(),
+            PathBuf::from("/docker/abc")
+        );
+        assert_eq!(c(Some("ferry/c1")).unwrap(), PathBuf::from("/ferry/c1"));
+        assert!(c(Some("/a/../../etc")).is_err());
+        let err = ContainerCgroup::new(None, "c1", true).unwrap_err();
+        assert!(err.to_string().contains("--systemd-cgroup"), "{err}");
+    }
+}

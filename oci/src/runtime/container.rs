@@ -1,0 +1,950 @@
+//! Container lifecycle: create, start, state, kill, delete, pause, resume,
+//! exec, update, with runc's semantics.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process, Spec};
+use serde::Serialize;
+
+use super::cgroup::ContainerCgroup;
+use super::hooks::{self, OciState};
+use super::init::{self, CgroupView};
+use super::process::{self, StepError};
+use super::spec::Bundle;
+use super::state::{self, State, StateDir};
+use super::sync::{self, Msg};
+use crate::error::{Error, Result};
+
+/// runc's container statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// `ferry create`'s options.
+#[derive(Debug, Default)]
+pub struct CreateOptions {
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    /// Make this process a subreaper (runc does, unless --no-subreaper):
+    /// needed to wait for the container in `run`.
+    pub subreaper: bool,
+    pub systemd_cgroup: bool,
+}
+
+/// `ferry exec`'s options.
+#[derive(Debug, Default)]
+pub struct ExecOptions {
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+}
+
+/// A container found under the root.
+#[derive(Debug)]
+pub struct Container {
+    pub dir: StateDir,
+    pub state: State,
+}
+
+fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { y + 1 } else { y };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+fn hooks_of(spec: &Spec, f: impl Fn(&oci_spec::runtime::Hooks) -> Option<Vec<Hook>>) -> Vec<Hook> {
+    spec.hooks().as_ref().and_then(f).unwrap_or_default()
+}
+
+/// Connects to a console socket (runc's --console-socket protocol: the pty
+/// master goes over it with SCM_RIGHTS).
+fn console_connect(path: &Path) -> Result<UnixStream> {
+    UnixStream::connect(path).map_err(|source| Error::Io {
+        op: "connecting to the console socket",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Opens a pty in the container's /dev/pts, sends the master to the console
+/// socket and makes the slave the controlling terminal and stdio.
+fn setup_console(console: &UnixStream) -> std::result::Result<(), StepError> {
+    let fail = |step: &str, e: &dyn std::fmt::Display| StepError {
+        step: step.into(),
+        message: e.to_string(),
+    };
+    let master = nix::pty::posix_openpt(
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+    )
+    .map_err(|e| fail("opening /dev/ptmx", &e))?;
+    nix::pty::grantpt(&master).map_err(|e| fail("grantpt", &e))?;
+    nix::pty::unlockpt(&master).map_err(|e| fail("unlockpt", &e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| fail("ptsname", &e))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail("opening the pty slave", &e))?;
+    let fds = [master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(name.as_bytes())];
+    nix::sys::socket::sendmsg::<()>(
+        console.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| fail("sending the pty master to the console socket", &e))?;
+    for fd in 0..3 {
+        nix::unistd::dup2(slave, fd).map_err(|e| fail("dup2 of the pty slave", &e))?;
+    }
+    let _ = nix::unistd::close(slave);
+    // SAFETY: ioctl on our stdin, now the pty slave.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(fail("TIOCSCTTY", &std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Runs in the container's init (pid 1 of its pid namespace).
+#[allow(clippy::too_many_arguments)]
+fn init_main(
+    mut sock: UnixStream,
+    bundle: &Bundle,
+    fifo: &OwnedFd,
+    console: Option<&UnixStream>,
+    cgroup_ns: bool,
+    cg: &CgroupView,
+) -> std::result::Result<(), StepError> {
+    let fail = |step: &str, e: &dyn std::fmt::Display| StepError {
+        step: step.into(),
+        message: e.to_string(),
+    };
+    // CRIU needs the container's init to lead its own session.
+    nix::unistd::setsid().map_err(|e| fail("setsid", &e))?;
+    match sync::recv(&mut sock) {
+        Ok(Msg::Go) => {}
+        other => return Err(fail("waiting for cgroups", &format!("{other:?}"))),
+    }
+    if cgroup_ns {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| fail("unshare(CLONE_NEWCGROUP)", &e))?;
+    }
+    sync::send(&mut sock, &Msg::NamespacesReady).map_err(|e| fail("sync", &e))?;
+    match sync::recv(&mut sock) {
+        Ok(Msg::HooksDone) => {}
+        other => return Err(fail("waiting for hooks", &format!("{other:?}"))),
+    }
+    let spec = &bundle.spec;
+    init::prepare_rootfs(spec, &bundle.rootfs, cg)?;
+    let state = OciState {
+        oci_version: spec.version().clone(),
+        id: String::new(),
+        status: "creating".into(),
+        pid: 1,
+        bundle: bundle.dir.to_string_lossy().into_owned(),
+        annotations: Default::default(),
+    };
+    hooks::run(
+        "createContainer",
+        &hooks_of(spec, |h| h.create_container().clone()),
+        &state,
+    )
+    .map_err(|e| fail("createContainer hooks", &e))?;
+    init::pivot(&bundle.rootfs)?;
+    init::finish_rootfs(spec)?;
+    let proc_ = spec.process().clone().unwrap_or_default();
+    if let Some(c) = console {
+        if proc_.terminal().unwrap_or(false) {
+            setup_console(c)?;
+        }
+    }
+    process::limits(&proc_)?;
+    sync::send(&mut sock, &Msg::Ready).map_err(|e| fail("sync", &e))?;
+    drop(sock);
+    // Block until `ferry start` opens the fifo for reading (runc's
+    // exec.fifo; opened through /proc because the host path is gone).
+    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    let w = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| fail("opening exec.fifo", &e))?;
+    use std::io::Write;
+    (&w).write_all(b"0")
+        .map_err(|e| fail("writing exec.fifo", &e))?;
+    drop(w);
+    hooks::run(
+        "startContainer",
+        &hooks_of(spec, |h| h.start_container().clone()),
+        &state,
+    )
+    .map_err(|e| fail("startContainer hooks", &e))?;
+    process::close_fds_on_exec(2)?;
+    process::credentials(&proc_)?;
+    Err(process::exec(&proc_))
+}
+
+fn report_and_exit(mut sock: UnixStream, r: std::result::Result<(), StepError>) -> ! {
+    if let Err(e) = r {
+        // After `create` returned nobody reads the socket: the container's
+        // stderr is where the user will look (runc does the same).
+        eprintln!("ferry: container init failed at {}: {}", e.step, e.message);
+        let _ = sync::send(
+            &mut sock,
+            &Msg::Failed {
+                step: e.step,
+                message: e.message,
+            },
+        );
+    }
+    // SAFETY: leaving the forked child without running the parent's
+    // destructors or atexit handlers.
+    unsafe { libc::_exit(1) }
+}
+
+/// The pid of the init, and its start time, once it runs.
+fn wait_pid_msg(sock: &mut UnixStream) -> Result<i32> {
+    match sync::recv(sock)? {
+        Msg::Pid(p) => Ok(p),
+        Msg::Failed { step, message } => Err(Error::Init { step, message }),
+        m => Err(Error::Init {
+            step: "starting the init".into(),
+            message: format!("unexpected {m:?}"),
+        }),
+    }
+}
+
+/// Opens the namespaces the spec gives by path, in an order setns accepts
+/// (user first, mount last).
+fn ns_paths(spec: &Spec) -> Result<(Vec<(CloneFlags, OwnedFd)>, CloneFlags)> {
+    let mut join = Vec::new();
+    let mut new = CloneFlags::empty();
+    let mut nss = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    nss.sort_by_key(|n| match n.typ() {
+        LinuxNamespaceType::User => 0,
+        LinuxNamespaceType::Mount => 2,
+        _ => 1,
+    });
+    for n in nss {
+        let flag = ns_flag(n.typ());
+        match n.path() {
+            Some(p) => {
+                let f = fs::File::open(p).map_err(|source| Error::Io {
+                    op: "opening the namespace to join",
+                    path: p.clone(),
+                    source,
+                })?;
+                join.push((flag, OwnedFd::from(f)));
+            }
+            None => new |= flag,
+        }
+    }
+    if new.contains(CloneFlags::CLONE_NEWUSER) {
+        return Err(Error::Unsupported {
+            what: "user namespaces",
+            hint: "remove the user namespace from linux.namespaces in config.json",
+        });
+    }
+    Ok((join, new))
+}
+
+impl Container {
+    /// `ferry create`: everything up to the init waiting on exec.fifo. On
+    /// failure nothing is left: no state dir, no cgroup, no process.
+    pub fn create(
+        root: &Path,
+        id: &str,
+        bundle_dir: &Path,
+        opts: &CreateOptions,
+    ) -> Result<Container> {
+        let bundle = Bundle::load(bundle_dir)?;
+        let spec = &bundle.spec;
+        let cgroup = ContainerCgroup::new(
+            spec.linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_deref()),
+            id,
+            opts.systemd_cgroup,
+        )?;
+        let (join, new) = ns_paths(spec)?;
+        let console = match (
+            &opts.console_socket,
+            spec.process().as_ref().and_then(|p| p.terminal()),
+        ) {
+            (Some(p), Some(true)) => Some(console_connect(p)?),
+            (None, Some(true)) => {
+                return Err(Error::InvalidConfig {
+                    path: bundle.dir.join("config.json"),
+                    reason: "process.terminal is true but no --console-socket was given".into(),
+                })
+            }
+            _ => None,
+        };
+        let dir = StateDir::create(root, id)?;
+        let guard = Cleanup {
+            dir: Some(dir.dir.clone()),
+            cgroup: None,
+            pid: None,
+        };
+        let fifo_path = dir.fifo();
+        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(
+            |e| Error::Io {
+                op: "creating",
+                path: fifo_path.clone(),
+                source: e.into(),
+            },
+        )?;
+        let fifo = OwnedFd::from(
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                .open(&fifo_path)
+                .map_err(|source| Error::Io {
+                    op: "opening",
+                    path: fifo_path.clone(),
+                    source,
+                })?,
+        );
+        if opts.subreaper {
+            // SAFETY: prctl on our own process.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        }
+        let cg_view = CgroupView {
+            hierarchies: cgroup
+                .paths()
+                .into_iter()
+                .map(|(h, p)| {
+                    let name = if h == "unified" {
+                        "unified".to_string()
+                    } else if let Some(n) = h.strip_prefix("name=") {
+                        n.to_string()
+                    } else {
+                        h
+                    };
+                    (name, p)
+                })
+                .collect(),
+        };
+        let (mut parent, child) = UnixStream::pair().map_err(|source| Error::Sync { source })?;
+        let cgroup_ns = new.contains(CloneFlags::CLONE_NEWCGROUP);
+        // SAFETY: ferry is single-threaded here; the child only makes
+        // system calls and exits with _exit.
+        match unsafe { fork() }.map_err(|e| Error::Io {
+            op: "fork",
+            path: PathBuf::new(),
+            source: e.into(),
+        })? {
+            ForkResult::Child => {
+                drop(parent);
+                let mut sock = child;
+                let r = (|| -> std::result::Result<(), StepError> {
+                    for (flag, fd) in &join {
+                        nix::sched::setns(fd, *flag).map_err(|e| StepError {
+                            step: "setns".into(),
+                            message: e.to_string(),
+                        })?;
+                    }
+                    // The cgroup namespace is unshared by the init once it
+                    // is in the container's cgroups.
+                    let unshare = new - CloneFlags::CLONE_NEWCGROUP;
+                    nix::sched::unshare(unshare).map_err(|e| StepError {
+                        step: "unshare".into(),
+                        message: e.to_string(),
+                    })?;
+                    Ok(())
+                })();
+                if r.is_err() {
+                    report_and_exit(sock, r);
+                }
+                // SAFETY: as above.
+                match unsafe { fork() } {
+                    Ok(ForkResult::Child) => {
+                        let r = init_main(
+                            sock.try_clone().expect("dup"),
+                            &bundle,
+                            &fifo,
+                            console.as_ref(),
+                            cgroup_ns,
+                            &cg_view,
+                        );
+                        report_and_exit(sock, r);
+                    }
+                    Ok(ForkResult::Parent { child }) => {
+                        let _ = sync::send(&mut sock, &Msg::Pid(child.as_raw()));
+                        unsafe { libc::_exit(0) }
+                    }
+                    Err(e) => report_and_exit(
+                        sock,
+                        Err(StepError {
+                            step: "fork".into(),
+                            message: e.to_string(),
+                        }),
+                    ),
+                }
+            }
+            ForkResult::Parent { child: c1 } => {
+                drop(child);
+                drop(console);
+                let mut guard = guard;
+                let pid = wait_pid_msg(&mut parent);
+                let _ = waitpid(c1, None);
+                let pid = Pid::from_raw(pid?);
+                guard.pid = Some(pid);
+                guard.cgroup = Some(cgroup.clone());
+                cgroup.create_and_add(pid)?;
+                if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+                    cgroup.apply(r)?;
+                }
+                sync::send(&mut parent, &Msg::Go)?;
+                match sync::recv(&mut parent)? {
+                    Msg::NamespacesReady => {}
+                    Msg::Failed { step, message } => return Err(Error::Init { step, message }),
+                    m => {
+                        return Err(Error::Init {
+                            step: "namespaces".into(),
+                            message: format!("unexpected {m:?}"),
+                        })
+                    }
+                }
+                let oci = OciState {
+                    oci_version: spec.version().clone(),
+                    id: id.to_string(),
+                    status: "creating".into(),
+                    pid: pid.as_raw(),
+                    bundle: bundle.dir.to_string_lossy().into_owned(),
+                    annotations: spec
+                        .annotations()
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                };
+                let mut pre = hooks_of(spec, |h| {
+                    #[allow(deprecated)]
+                    h.prestart().clone()
+                });
+                pre.extend(hooks_of(spec, |h| h.create_runtime().clone()));
+                hooks::run("createRuntime", &pre, &oci)?;
+                sync::send(&mut parent, &Msg::HooksDone)?;
+                match sync::recv(&mut parent)? {
+                    Msg::Ready => {}
+                    Msg::Failed { step, message } => return Err(Error::Init { step, message }),
+                    m => {
+                        return Err(Error::Init {
+                            step: "rootfs".into(),
+                            message: format!("unexpected {m:?}"),
+                        })
+                    }
+                }
+                let st = State {
+                    id: id.to_string(),
+                    pid: pid.as_raw(),
+                    start_time: state::start_time(pid.as_raw()).unwrap_or(0),
+                    bundle: bundle.dir.clone(),
+                    rootfs: bundle.rootfs.clone(),
+                    created: now_rfc3339(),
+                    annotations: oci.annotations.clone(),
+                    cgroup,
+                    started: false,
+                    config: bundle.dir.join("config.json"),
+                };
+                dir.save(&st)?;
+                if let Some(p) = &opts.pid_file {
+                    write_pid_file(p, pid)?;
+                }
+                guard.disarm();
+                Ok(Container { dir, state: st })
+            }
+        }
+    }
+
+    /// Finds and locks the container `id`.
+    pub fn load(root: &Path, id: &str) -> Result<Container> {
+        let dir = StateDir::open(root, id)?;
+        let state = dir.load()?;
+        Ok(Container { dir, state })
+    }
+
+    pub fn status(&self) -> Status {
+        if !state::alive(&self.state) {
+            return Status::Stopped;
+        }
+        if self.dir.fifo().exists() {
+            return Status::Created;
+        }
+        if self.state.cgroup.is_frozen() {
+            return Status::Paused;
+        }
+        Status::Running
+    }
+
+    /// The runtime-spec state document (`ferry state`).
+    pub fn oci_state(&self) -> OciState {
+        let status = self.status();
+        OciState {
+            oci_version: "1.0.2".into(),
+            id: self.state.id.clone(),
+            status: status.to_string(),
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.state.pid
+            },
+            bundle: self.state.bundle.to_string_lossy().into_owned(),
+            annotations: self.state.annotations.clone(),
+        }
+    }
+
+    pub fn spec(&self) -> Result<Spec> {
+        let text = fs::read(&self.state.config).map_err(|source| Error::Io {
+            op: "reading",
+            path: self.state.config.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| Error::Json {
+            path: self.state.config.clone(),
+            source,
+        })
+    }
+
+    /// `ferry start`: releases the init waiting on exec.fifo.
+    pub fn start(&mut self) -> Result<()> {
+        match self.status() {
+            Status::Created => {}
+            s => {
+                return Err(Error::WrongStatus {
+                    id: self.state.id.clone(),
+                    status: s.to_string(),
+                    wanted: "created",
+                })
+            }
+        }
+        let fifo = self.dir.fifo();
+        let mut f = fs::File::open(&fifo).map_err(|source| Error::Io {
+            op: "opening",
+            path: fifo.clone(),
+            source,
+        })?;
+        let mut b = [0u8; 1];
+        use std::io::Read;
+        let n = f.read(&mut b).map_err(|source| Error::Io {
+            op: "reading",
+            path: fifo.clone(),
+            source,
+        })?;
+        let _ = fs::remove_file(&fifo);
+        if n != 1 {
+            return Err(Error::Init {
+                step: "start".into(),
+                message: "the container's init exited before it could start".into(),
+            });
+        }
+        self.state.started = true;
+        self.dir.save(&self.state)?;
+        let spec = self.spec()?;
+        let mut oci = self.oci_state();
+        oci.status = "running".into();
+        hooks::run(
+            "poststart",
+            &hooks_of(&spec, |h| h.poststart().clone()),
+            &oci,
+        )?;
+        Ok(())
+    }
+
+    /// `ferry kill`.
+    pub fn kill(&self, sig: Signal, all: bool) -> Result<()> {
+        let status = self.status();
+        if status == Status::Stopped && !all {
+            return Err(Error::WrongStatus {
+                id: self.state.id.clone(),
+                status: status.to_string(),
+                wanted: "running, created or paused",
+            });
+        }
+        if all {
+            for p in self.state.cgroup.pids()? {
+                let _ = kill(p, sig);
+            }
+            if self.status() == Status::Paused && sig == Signal::SIGKILL {
+                let _ = self.state.cgroup.thaw();
+            }
+            return Ok(());
+        }
+        kill(Pid::from_raw(self.state.pid), sig).map_err(|e| Error::Io {
+            op: "signalling the container's init",
+            path: PathBuf::new(),
+            source: e.into(),
+        })
+    }
+
+    /// `ferry delete`: a running container only with `force`.
+    pub fn delete(self, force: bool) -> Result<()> {
+        let status = self.status();
+        if status != Status::Stopped && status != Status::Created && !force {
+            return Err(Error::WrongStatus {
+                id: self.state.id.clone(),
+                status: status.to_string(),
+                wanted: "stopped (or use --force)",
+            });
+        }
+        if status != Status::Stopped {
+            for p in self.state.cgroup.pids().unwrap_or_default() {
+                let _ = kill(p, Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+            if status == Status::Paused {
+                let _ = self.state.cgroup.thaw();
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while state::alive(&self.state) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Orphans of a dead init still count until they are reaped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.state.cgroup.pids().unwrap_or_default().is_empty() && Instant::now() < deadline
+        {
+            for p in self.state.cgroup.pids().unwrap_or_default() {
+                let _ = kill(p, Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.state.cgroup.destroy()?;
+        let spec = self.spec().ok();
+        let mut oci = self.oci_state();
+        oci.status = "stopped".into();
+        let dir = self.dir;
+        dir.remove()?;
+        if let Some(spec) = spec {
+            // Poststop hook failures are logged by runc, not fatal.
+            if let Err(e) = hooks::run("poststop", &hooks_of(&spec, |h| h.poststop().clone()), &oci)
+            {
+                tracing::warn!(error = %e, "poststop hook failed");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self) -> Result<()> {
+        match self.status() {
+            Status::Running | Status::Created => self.state.cgroup.freeze(),
+            s => Err(Error::WrongStatus {
+                id: self.state.id.clone(),
+                status: s.to_string(),
+                wanted: "running",
+            }),
+        }
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        match self.status() {
+            Status::Paused => self.state.cgroup.thaw(),
+            s => Err(Error::WrongStatus {
+                id: self.state.id.clone(),
+                status: s.to_string(),
+                wanted: "paused",
+            }),
+        }
+    }
+
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        self.state.cgroup.apply(resources)
+    }
+
+    pub fn pids(&self) -> Result<Vec<Pid>> {
+        self.state.cgroup.pids()
+    }
+
+    /// `ferry exec`: runs `p` in the container. Returns the new process's
+    /// pid; the caller waits for it unless detached (it is our grandchild:
+    /// the caller must be a subreaper to reap it).
+    pub fn exec(&self, p: &Process, opts: &ExecOptions) -> Result<Pid> {
+        match self.status() {
+            Status::Running | Status::Created => {}
+            s => {
+                return Err(Error::WrongStatus {
+                    id: self.state.id.clone(),
+                    status: s.to_string(),
+                    wanted: "running",
+                })
+            }
+        }
+        let init = self.state.pid;
+        let mut nss = Vec::new();
+        for (name, flag) in [
+            ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ] {
+            let mine = fs::read_link(format!("/proc/self/ns/{name}")).ok();
+            let theirs_path = PathBuf::from(format!("/proc/{init}/ns/{name}"));
+            let theirs = fs::read_link(&theirs_path).ok();
+            if mine == theirs {
+                continue;
+            }
+            let f = fs::File::open(&theirs_path).map_err(|source| Error::Io {
+                op: "opening the container's namespace",
+                path: theirs_path.clone(),
+                source,
+            })?;
+            nss.push((flag, OwnedFd::from(f)));
+        }
+        let console = match (&opts.console_socket, p.terminal()) {
+            (Some(s), Some(true)) => Some(console_connect(s)?),
+            _ => None,
+        };
+        let (mut parent, child) = UnixStream::pair().map_err(|source| Error::Sync { source })?;
+        // SAFETY: single-threaded; the child makes system calls and exits.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        match unsafe { fork() }.map_err(|e| Error::Io {
+            op: "fork",
+            path: PathBuf::new(),
+            source: e.into(),
+        })? {
+            ForkResult::Child => {
+                drop(parent);
+                let mut sock = child;
+                for (flag, fd) in &nss {
+                    if let Err(e) = nix::sched::setns(fd, *flag) {
+                        report_and_exit(
+                            sock,
+                            Err(StepError {
+                                step: "setns".into(),
+                                message: e.to_string(),
+                            }),
+                        );
+                    }
+                }
+                match unsafe { fork() } {
+                    Ok(ForkResult::Child) => {
+                        let r = (|| -> std::result::Result<(), StepError> {
+                            match sync::recv(&mut sock) {
+                                Ok(Msg::Go) => {}
+                                other => {
+                                    return Err(StepError {
+                                        step: "waiting for cgroups".into(),
+                                        message: format!("{other:?}"),
+                                    })
+                                }
+                            }
+                            if let Some(c) = &console {
+                                nix::unistd::setsid().map_err(|e| StepError {
+                                    step: "setsid".into(),
+                                    message: e.to_string(),
+                                })?;
+                                setup_console(c)?;
+                            }
+                            process::limits(p)?;
+                            sync::send(&mut sock, &Msg::Ready).map_err(|e| StepError {
+                                step: "sync".into(),
+                                message: e.to_string(),
+                            })?;
+                            process::close_fds_on_exec(2)?;
+                            process::credentials(p)?;
+                            Err(process::exec(p))
+                        })();
+                        report_and_exit(sock, r);
+                    }
+                    Ok(ForkResult::Parent { child }) => {
+                        let _ = sync::send(&mut sock, &Msg::Pid(child.as_raw()));
+                        unsafe { libc::_exit(0) }
+                    }
+                    Err(e) => report_and_exit(
+                        sock,
+                        Err(StepError {
+                            step: "fork".into(),
+                            message: e.to_string(),
+                        }),
+                    ),
+                }
+            }
+            ForkResult::Parent { child: c1 } => {
+                drop(child);
+                drop(console);
+                let pid = wait_pid_msg(&mut parent);
+                let _ = waitpid(c1, None);
+                let pid = Pid::from_raw(pid?);
+                let placed = self.state.cgroup.add(pid);
+                if let Err(e) = placed {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    return Err(e);
+                }
+                sync::send(&mut parent, &Msg::Go)?;
+                match sync::recv(&mut parent) {
+                    Ok(Msg::Ready) => {}
+                    Ok(Msg::Failed { step, message }) => {
+                        let _ = waitpid(pid, None);
+                        return Err(Error::Init { step, message });
+                    }
+                    other => {
+                        let _ = waitpid(pid, None);
+                        return Err(Error::Init {
+                            step: "exec".into(),
+                            message: format!("unexpected {other:?}"),
+                        });
+                    }
+                }
+                // The exec succeeded when the socket closes without a
+                // failure message.
+                if let Ok(Msg::Failed { step, message }) = sync::recv(&mut parent) {
+                    let _ = waitpid(pid, None);
+                    return Err(Error::Init { step, message });
+                }
+                if let Some(f) = &opts.pid_file {
+                    write_pid_file(f, pid)?;
+                }
+                Ok(pid)
+            }
+        }
+    }
+}
+
+/// Waits for `pid` (our child or, as subreaper, grandchild) and returns its
+/// exit code as a shell would (128 + signal).
+pub fn wait_exit(pid: Pid) -> i32 {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, c)) => return c,
+            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}
+
+pub fn write_pid_file(path: &Path, pid: Pid) -> Result<()> {
+    // runc writes it atomically: a temp file renamed into place.
+    let tmp = path.with_extension("ferry-tmp");
+    fs::write(&tmp, pid.as_raw().to_string()).map_err(|source| Error::Io {
+        op: "writing pid file",
+        path: tmp.clone(),
+        source,
+    })?;
+    fs::rename(&tmp, path).map_err(|source| Error::Io {
+        op: "writing pid file",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Undoes a half-made container.
+struct Cleanup {
+    dir: Option<PathBuf>,
+    cgroup: Option<ContainerCgroup>,
+    pid: Option<Pid>,
+}
+
+impl Cleanup {
+    fn disarm(&mut self) {
+        self.dir = None;
+        self.cgroup = None;
+        self.pid = None;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = kill(pid, Signal::SIGKILL);
+            // Reaped by us if we are its subreaper; otherwise by init.
+            let _ = waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && Instant::now() < deadline
+            {
+                let _ = waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.destroy();
+        }
+        if let Some(d) = &self.dir {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Ids and statuses of all containers (`ferry list`).
+pub fn list(root: &Path) -> Result<Vec<(State, Status)>> {
+    let mut out = Vec::new();
+    for id in state::list(root)? {
+        if let Ok(c) = Container::load(root, &id) {
+            let s = c.status();
+            out.push((c.state, s));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,493 @@
+//! The container's root filesystem, built by its init inside the new mount
+//! namespace: the spec's mounts, device nodes, pivot_root, masked and
+//! read-only paths, hostname and sysctls (runc: rootfs_linux.go).
+//!
+//! pivot_root, never chroot: CRIU restores mount namespaces and needs a
+//! real root mount (`mnt: No parent found for mountpoint` otherwise).
+
+use std::fs;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
+
+use super::process::StepError;
+
+fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> StepError {
+    StepError {
+        step: step.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Where the container's cgroup is, for binding it at /sys/fs/cgroup.
+pub struct CgroupView {
+    /// (hierarchy dir name under /sys/fs/cgroup, host dir of the container)
+    pub hierarchies: Vec<(String, PathBuf)>,
+}
+
+/// Mount flags and the leftover data string, from fstab-style options.
+pub fn parse_options(opts: &[String]) -> (MsFlags, MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut propagation = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in opts {
+        let (set, clear) = match o.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                let rec = if o.starts_with('r') {
+                    MsFlags::MS_REC
+                } else {
+                    MsFlags::empty()
+                };
+                propagation |= rec
+                    | match o.trim_start_matches('r') {
+                        "private" => MsFlags::MS_PRIVATE,
+                        "shared" => MsFlags::MS_SHARED,
+                        "slave" => MsFlags::MS_SLAVE,
+                        _ => MsFlags::MS_UNBINDABLE,
+                    };
+                continue;
+            }
+            other => {
+                data.push(other.to_string());
+                continue;
+            }
+        };
+        flags |= set;
+        flags &= !clear;
+    }
+    (flags, propagation, data.join(","))
+}
+
+/// `dest` inside `rootfs`, refusing `..` that would climb out.
+pub fn inside(rootfs: &Path, dest: &Path) -> Result<PathBuf, StepError> {
+    let mut p = rootfs.to_path_buf();
+    for c in dest.components() {
+        match c {
+            Component::Normal(n) => p.push(n),
+            Component::ParentDir => {
+                return Err(fail(
+                    "mount",
+                    format!("destination {} climbs out of the rootfs", dest.display()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    // A symlink on the way could point out: resolve and check.
+    if let Ok(real) = fs::canonicalize(&p) {
+        let root = fs::canonicalize(rootfs).unwrap_or_else(|_| rootfs.to_path_buf());
+        if !real.starts_with(&root) {
+            return Err(fail(
+                "mount",
+                format!("destination {} resolves outside the rootfs", dest.display()),
+            ));
+        }
+        return Ok(real);
+    }
+    Ok(p)
+}
+
+fn ensure_target(p: &Path, file: bool) -> Result<(), StepError> {
+    if fs::symlink_metadata(p).is_ok() {
+        return Ok(());
+    }
+    if file {
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| fail(format!("mkdir {}", parent.display()), e))?;
+        }
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o644)
+            .open(p)
+            .map(drop)
+            .map_err(|e| fail(format!("creating {}", p.display()), e))
+    } else {
+        fs::create_dir_all(p).map_err(|e| fail(format!("mkdir {}", p.display()), e))
+    }
+}
+
+fn do_mount(
+    src: Option<&Path>,
+    dst: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: &str,
+) -> Result<(), StepError> {
+    mount(src, dst, fstype, flags, (!data.is_empty()).then_some(data)).map_err(|e| {
+        fail(
+            format!(
+                "mounting {} on {}",
+                src.map(|s| s.display().to_string())
+                    .unwrap_or_else(|| fstype.unwrap_or("?").to_string()),
+                dst.display()
+            ),
+            e,
+        )
+    })
+}
+
+fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError> {
+    let dest = inside(rootfs, m.destination())?;
+    let opts = m.options().clone().unwrap_or_default();
+    let (flags, propagation, data) = parse_options(&opts);
+    let typ = m.typ().as_deref().unwrap_or("");
+    let is_bind = typ == "bind" || flags.contains(MsFlags::MS_BIND);
+    if typ == "cgroup" || typ == "cgroup2" {
+        // A tmpfs with the container's cgroup dir of each hierarchy bound
+        // in (runc without cgroup namespace; CRIU treats them as external).
+        ensure_target(&dest, false)?;
+        do_mount(
+            Some(Path::new("tmpfs")),
+            &dest,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            "mode=755",
+        )?;
+        for (name, host) in &cg.hierarchies {
+            let t = dest.join(name);
+            ensure_target(&t, false)?;
+            do_mount(Some(host), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, "")?;
+            let ro = flags & MsFlags::MS_RDONLY;
+            do_mount(
+                None,
+                &t,
+                None,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC
+                    | ro,
+                "",
+            )?;
+        }
+        return Ok(());
+    }
+    if is_bind {
+        let src = m.source().as_ref().ok_or_else(|| {
+            fail(
+                "mount",
+                format!("bind mount on {} has no source", m.destination().display()),
+            )
+        })?;
+        let file = fs::metadata(src)
+            .map_err(|e| fail(format!("bind mount source {}", src.display()), e))?
+            .is_file();
+        ensure_target(&dest, file)?;
+        do_mount(
+            Some(src),
+            &dest,
+            None,
+            MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
+            "",
+        )?;
+        // Flags other than bind/rec need a remount.
+        let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !rest.is_empty() {
+            do_mount(
+                None,
+                &dest,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rest,
+                "",
+            )?;
+        }
+    } else {
+        ensure_target(&dest, false)?;
+        let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        let r = do_mount(Some(&src), &dest, Some(typ), flags, &data);
+        if let Err(e) = r {
+            // sysfs cannot be mounted in a joined (not owned) netns: bind
+            // the host's, read-only, as runc does.
+            if typ == "sysfs" {
+                do_mount(
+                    Some(Path::new("/sys")),
+                    &dest,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    "",
+                )?;
+                do_mount(
+                    None,
+                    &dest,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    "",
+                )?;
+            } else {
+                return Err(e);
+            }
+        }
+    }
+    if !propagation.is_empty() {
+        do_mount(None, &dest, None, propagation, "")?;
+    }
+    Ok(())
+}
+
+/// The device nodes every container gets (runc's defaults) plus the spec's.
+fn devices(rootfs: &Path, spec: &Spec) -> Result<(), StepError> {
+    let dev = rootfs.join("dev");
+    ensure_target(&dev, false)?;
+    let mut nodes: Vec<(PathBuf, SFlag, u64, u64, u32)> = vec![
+        ("/dev/null".into(), SFlag::S_IFCHR, 1, 3, 0o666),
+        ("/dev/zero".into(), SFlag::S_IFCHR, 1, 5, 0o666),
+        ("/dev/full".into(), SFlag::S_IFCHR, 1, 7, 0o666),
+        ("/dev/random".into(), SFlag::S_IFCHR, 1, 8, 0o666),
+        ("/dev/urandom".into(), SFlag::S_IFCHR, 1, 9, 0o666),
+        ("/dev/tty".into(), SFlag::S_IFCHR, 5, 0, 0o666),
+    ];
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
+        let kind = match d.typ() {
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            _ => SFlag::S_IFCHR,
+        };
+        nodes.push((
+            d.path().clone(),
+            kind,
+            d.major() as u64,
+            d.minor() as u64,
+            d.file_mode().unwrap_or(0o666),
+        ));
+    }
+    for (path, kind, major, minor, mode) in nodes {
+        let p = inside(rootfs, &path)?;
+        if fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).map_err(|e| fail("mkdir for device", e))?;
+        }
+        let made = mknod(
+            &p,
+            kind,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        );
+        if made.is_err() {
+            // Without the right to mknod: bind the host's node.
+            ensure_target(&p, true)?;
+            do_mount(Some(&path), &p, None, MsFlags::MS_BIND, "")?;
+        } else {
+            // mknod honours the umask; the spec's mode is exact.
+            let _ = nix::sys::stat::fchmodat(
+                None,
+                &p,
+                Mode::from_bits_truncate(mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            );
+        }
+    }
+    // The links workloads (and CRIU-restored shells) expect.
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        let p = dev.join(name);
+        if fs::symlink_metadata(&p).is_err() {
+            let _ = symlink(target, &p);
+        }
+    }
+    let ptmx = dev.join("ptmx");
+    if dev.join("pts").is_dir()
+        && fs::symlink_metadata(&ptmx)
+            .map(|m| !m.file_type().is_symlink())
+            .unwrap_or(true)
+    {
+        let _ = fs::remove_file(&ptmx);
+        let _ = symlink("pts/ptmx", &ptmx);
+    }
+    Ok(())
+}
+
+/// Everything before pivot_root: mounts and devices under `rootfs`.
+pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, cg: &CgroupView) -> Result<(), StepError> {
+    let prop = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().clone());
+    let root_prop = match prop.as_deref() {
+        Some("shared") | Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        Some("private") | Some("rprivate") => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+    };
+    // Nothing we mount may propagate back to the host.
+    do_mount(None, Path::new("/"), None, root_prop, "")?;
+    // pivot_root needs the new root to be a mount point.
+    do_mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        "",
+    )?;
+    for m in spec.mounts().iter().flatten() {
+        mount_one(rootfs, m, cg)?;
+    }
+    devices(rootfs, spec)
+}
+
+/// pivot_root into `rootfs` and drop the old root (runc's `pivot_root(".", ".")`).
+pub fn pivot(rootfs: &Path) -> Result<(), StepError> {
+    nix::unistd::chdir(rootfs).map_err(|e| fail("chdir to the rootfs", e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| fail("pivot_root", e))?;
+    // The old root sits on top of the new one; make it private and go.
+    do_mount(
+        None,
+        Path::new("."),
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "",
+    )?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detaching the old root", e))?;
+    nix::unistd::chdir("/").map_err(|e| fail("chdir /", e))
+}
+
+/// After pivot_root: masked and read-only paths, read-only root, hostname,
+/// sysctls.
+pub fn finish_rootfs(spec: &Spec) -> Result<(), StepError> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    for p in linux.readonly_paths().clone().unwrap_or_default() {
+        let path = Path::new(&p);
+        if !path.exists() {
+            continue;
+        }
+        do_mount(
+            Some(path),
+            path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            "",
+        )?;
+        do_mount(
+            None,
+            path,
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            "",
+        )?;
+    }
+    for p in linux.masked_paths().clone().unwrap_or_default() {
+        let path = Path::new(&p);
+        match fs::metadata(path) {
+            Ok(m) if m.is_dir() => do_mount(
+                Some(Path::new("tmpfs")),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                "",
+            )?,
+            Ok(_) => do_mount(
+                Some(Path::new("/dev/null")),
+                path,
+                None,
+                MsFlags::MS_BIND,
+                "",
+            )?,
+            Err(_) => {}
+        }
+    }
+    for (k, v) in linux.sysctl().clone().unwrap_or_default() {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        fs::write(&p, v).map_err(|e| fail(format!("sysctl {k}"), e))?;
+    }
+    if let Some(h) = spec.hostname() {
+        nix::unistd::sethostname(h).map_err(|e| fail("sethostname", e))?;
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        do_mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            "",
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let o = |v: &[&str]| parse_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let (f, p, d) = o(&[
+            "rbind",
+            "ro",
+            "nosuid",
+            "rprivate",
+            "mode=755",
+            "size=65536k",
+        ]);
+        assert!(f.contains(
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        ));
+        assert_eq!(p, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert_eq!(d, "mode=755,size=65536k");
+        let (f, _, _) = o(&["ro", "rw"]);
+        assert!(!f.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn destinations_stay_inside() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(
+            inside(t.path(), Path::new("/etc/hosts")).unwrap(),
+            t.path().join("etc/hosts")
+        );
+        assert!(inside(t.path(), Path::new("/../../etc")).is_err());
+        std::os::unix::fs::symlink("/etc", t.path().join("evil")).unwrap();
+        assert!(inside(t.path(), Path::new("/evil")).is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! The OCI runtime: containers created from a bundle, started, signalled,
+//! paused, inspected and deleted with runc's semantics.
+//!
+//! The design is runc's: `create` forks the container's init into its new
+//! namespaces (pid 1 of its own pid namespace, a session leader, as CRIU
+//! requires); the init prepares the rootfs and its mounts, pivots into it,
+//! and blocks opening `exec.fifo` for writing until `start` opens it for
+//! reading; then it execs the user's process. State lives in
+//! `<root>/<id>/state.json`, survives every ferry process, and a flock on
+//! the container's directory serializes concurrent commands.
+
+pub mod cgroup;
+pub mod container;
+pub mod hooks;
+pub mod init;
+pub mod process;
+pub mod signal;
+pub mod spec;
+pub mod state;
+mod sync;
+
+pub use container::{Container, CreateOptions, ExecOptions, Status};
+pub use state::{State, StateDir};

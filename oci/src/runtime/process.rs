@@ -1,0 +1,215 @@
+//! The last steps before the container's process runs, in the order runc
+//! takes them (libcontainer/init_linux.go finalizeNamespace): rlimits and
+//! oom_score_adj, no fd but stdio survives exec, the bounding set dropped
+//! while still root, groups and ids switched keeping capabilities, the
+//! process's capability sets applied, cwd, no_new_privs, then exec.
+//!
+//! Runs in the child between fork and exec: plain system calls, errors
+//! returned as values for the caller to report to `ferry create`.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability as Cap, CapsHashSet};
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::{Capabilities, Process};
+
+/// A failure before exec: the step and the reason.
+#[derive(Debug)]
+pub struct StepError {
+    pub step: String,
+    pub message: String,
+}
+
+fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> StepError {
+    StepError {
+        step: step.into(),
+        message: e.to_string(),
+    }
+}
+
+fn caps_of(set: &Option<Capabilities>) -> CapsHashSet {
+    let mut out = HashSet::new();
+    for c in set.iter().flatten() {
+        let name = serde_json::to_string(c).unwrap_or_default();
+        if let Ok(cap) = name.trim_matches('"').parse::<Cap>() {
+            out.insert(cap);
+        }
+    }
+    out
+}
+
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        _ => return None,
+    })
+}
+
+/// rlimits and oom_score_adj: while still privileged.
+pub fn limits(p: &Process) -> Result<(), StepError> {
+    for r in p.rlimits().iter().flatten() {
+        let name = serde_json::to_string(&r.typ()).unwrap_or_default();
+        let name = name.trim_matches('"');
+        let res = rlimit_resource(name)
+            .ok_or_else(|| fail("rlimits", format!("unknown rlimit {name}")))?;
+        let lim = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
+        // SAFETY: plain setrlimit on our own process.
+        if unsafe { libc::setrlimit(res, &lim) } != 0 {
+            return Err(fail(
+                format!("setrlimit {name}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    if let Some(adj) = p.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| fail("oom_score_adj", e))?;
+    }
+    Ok(())
+}
+
+/// Marks every fd above `keep` close-on-exec: the container inherits only
+/// its stdio (CRIU cannot dump host fds, and they would leak).
+pub fn close_fds_on_exec(keep: i32) -> Result<(), StepError> {
+    // SAFETY: close_range only flips flags on our own fds.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            (keep + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(fail("close_range", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Switches to the process's user keeping only its capabilities, goes to
+/// its cwd, applies no_new_privs.
+pub fn credentials(p: &Process) -> Result<(), StepError> {
+    let c = p.capabilities().as_ref();
+    let bounding = caps_of(&c.and_then(|c| c.bounding().clone()));
+    let effective = caps_of(&c.and_then(|c| c.effective().clone()));
+    let permitted = caps_of(&c.and_then(|c| c.permitted().clone()));
+    let inheritable = caps_of(&c.and_then(|c| c.inheritable().clone()));
+    let ambient = caps_of(&c.and_then(|c| c.ambient().clone()));
+
+    // The bounding set can only shrink, and only with CAP_SETPCAP: now.
+    for cap in caps::all() {
+        if !bounding.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| fail("dropping bounding capabilities", e))?;
+        }
+    }
+    let user = p.user();
+    // SAFETY: prctl on our own process.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
+    nix::unistd::setresgid(
+        Gid::from_raw(user.gid()),
+        Gid::from_raw(user.gid()),
+        Gid::from_raw(user.gid()),
+    )
+    .map_err(|e| fail(format!("setgid {}", user.gid()), e))?;
+    nix::unistd::setresuid(
+        Uid::from_raw(user.uid()),
+        Uid::from_raw(user.uid()),
+        Uid::from_raw(user.uid()),
+    )
+    .map_err(|e| fail(format!("setuid {}", user.uid()), e))?;
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    if let Some(mask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+
+    // capset checks each change against the others: inheritable while the
+    // permitted set is still full, effective before permitted shrinks
+    // under it, permitted last.
+    caps::set(None, CapSet::Inheritable, &inheritable)
+        .map_err(|e| fail("setting inheritable capabilities", e))?;
+    caps::set(None, CapSet::Effective, &effective)
+        .map_err(|e| fail("setting effective capabilities", e))?;
+    caps::set(None, CapSet::Permitted, &permitted)
+        .map_err(|e| fail("setting permitted capabilities", e))?;
+    caps::clear(None, CapSet::Ambient).ok();
+    for cap in ambient {
+        caps::raise(None, CapSet::Ambient, cap)
+            .map_err(|e| fail("raising ambient capabilities", e))?;
+    }
+
+    let cwd = p.cwd();
+    if !cwd.as_os_str().is_empty() {
+        nix::unistd::chdir(cwd).map_err(|e| fail(format!("chdir {}", cwd.display()), e))?;
+    }
+    if p.no_new_privileges().unwrap_or(false) {
+        // SAFETY: prctl on our own process.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(fail("no_new_privs", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Finds `prog` in the process's PATH (from its env), as execvp would.
+pub fn resolve(prog: &str, env: &[String]) -> PathBuf {
+    if prog.contains('/') {
+        return PathBuf::from(prog);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(prog))
+}
+
+/// Replaces this process with the container's. Returns only on failure.
+pub fn exec(p: &Process) -> StepError {
+    let args = p.args().clone().unwrap_or_default();
+    let Some(prog) = args.first() else {
+        return fail("exec", "process.args is empty");
+    };
+    let env = p.env().clone().unwrap_or_default();
+    let path = resolve(prog, &env);
+    let cstr = |s: &str| CString::new(s).unwrap_or_default();
+    let argv: Vec<CString> = args.iter().map(|a| cstr(a)).collect();
+    let envp: Vec<CString> = env.iter().map(|e| cstr(e)).collect();
+    let Ok(cpath) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return fail("exec", "the program path has a NUL byte");
+    };
+    match nix::unistd::execve(&cpath, &argv, &envp) {
+        Err(e) => fail(format!("exec {}", path.display()), e),
+        Ok(never) => match never {},
+    }
+}

@@ -1,0 +1,68 @@
+//! Loading a bundle: config.json read and checked, with errors that name
+//! the bundle, the file and what is wrong.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+use crate::error::{Error, Result};
+
+/// A bundle whose config.json parsed and whose rootfs exists.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = std::fs::canonicalize(dir).map_err(|_| Error::NoBundle {
+            path: dir.to_path_buf(),
+        })?;
+        let config = dir.join("config.json");
+        let text = std::fs::read(&config).map_err(|_| Error::NoConfig {
+            path: config.clone(),
+        })?;
+        let spec: Spec = serde_json::from_slice(&text).map_err(|source| Error::InvalidConfig {
+            path: config.clone(),
+            reason: source.to_string(),
+        })?;
+        let root = spec.root().as_ref().ok_or_else(|| Error::InvalidConfig {
+            path: config.clone(),
+            reason: "it has no root.path".into(),
+        })?;
+        let rootfs = if root.path().is_absolute() {
+            root.path().clone()
+        } else {
+            dir.join(root.path())
+        };
+        if !rootfs.is_dir() {
+            return Err(Error::NoRootfs { path: rootfs });
+        }
+        if spec.process().is_none() {
+            return Err(Error::InvalidConfig {
+                path: config,
+                reason: "it has no process to run".into(),
+            });
+        }
+        if spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .is_some()
+        {
+            return Err(Error::Unsupported {
+                what: "seccomp (linux.seccomp in config.json)",
+                hint: "remove linux.seccomp from config.json (docker: --security-opt seccomp=unconfined)",
+            });
+        }
+        Ok(Bundle { dir, spec, rootfs })
+    }
+}
+
+/// The config.json `ferry spec` writes: runc's default (a shell in a
+/// terminal, read-only rootfs, the usual namespaces, masked paths).
+pub fn default_spec() -> Spec {
+    Spec::default()
+}

@@ -1,0 +1,46 @@
+//! Messages between `ferry create` (the parent) and the container's init
+//! over a socketpair: the init reports its pid and readiness, or the error
+//! that stopped it, which the parent returns as its own.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Msg {
+    /// The init exists: its pid in the host's pid namespace.
+    Pid(i32),
+    /// Parent to init: cgroups are set, go on.
+    Go,
+    /// The init's namespaces are ready (run createRuntime/prestart hooks).
+    NamespacesReady,
+    /// Parent to init: hooks done.
+    HooksDone,
+    /// The init is ready and waits on exec.fifo.
+    Ready,
+    /// The init failed: the message and the step.
+    Failed { step: String, message: String },
+}
+
+pub fn send(s: &mut UnixStream, m: &Msg) -> Result<()> {
+    let body = serde_json::to_vec(m).unwrap_or_default();
+    let len = (body.len() as u32).to_be_bytes();
+    s.write_all(&len)
+        .and_then(|_| s.write_all(&body))
+        .map_err(|source| Error::Sync { source })
+}
+
+pub fn recv(s: &mut UnixStream) -> Result<Msg> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)
+        .map_err(|source| Error::Sync { source })?;
+    let mut body = vec![0u8; u32::from_be_bytes(len).min(1 << 20) as usize];
+    s.read_exact(&mut body)
+        .map_err(|source| Error::Sync { source })?;
+    serde_json::from_slice(&body).map_err(|e| Error::Sync {
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}

@@ -1,0 +1,242 @@
+//! Commands that look at a container or the runtime: ps, update, events,
+//! features, spec.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_oci::runtime::{spec::default_spec, Container, Status};
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+};
+
+use crate::Cli;
+
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    pub id: String,
+    #[arg(short, long, default_value = "table")]
+    pub format: String,
+    /// Options passed to ps (default -ef).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_args: Vec<String>,
+}
+
+pub fn ps(cli: &Cli, a: &PsArgs) -> anyhow::Result<ExitCode> {
+    let c = Container::load(&cli.root, &a.id)?;
+    let pids: Vec<i32> = c.pids()?.into_iter().map(|p| p.as_raw()).collect();
+    match a.format.as_str() {
+        "json" => println!("{}", serde_json::to_string(&pids)?),
+        "table" => {
+            // runc runs ps and keeps the header and the container's lines.
+            let args = if a.ps_args.is_empty() {
+                vec!["-ef".to_string()]
+            } else {
+                a.ps_args.clone()
+            };
+            let out = Command::new("ps")
+                .args(&args)
+                .output()
+                .context("running ps")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ps {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or("");
+            let col = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("ps output has no PID column")?;
+            println!("{header}");
+            for l in lines {
+                if l.split_whitespace()
+                    .nth(col)
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .is_some_and(|p| pids.contains(&p))
+                {
+                    println!("{l}");
+                }
+            }
+        }
+        f => anyhow::bail!("invalid format `{f}`: use table or json"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    pub id: String,
+    /// Resources as JSON (runtime-spec linux.resources); `-` for stdin.
+    #[arg(short, long)]
+    pub resources: Option<PathBuf>,
+    /// Memory limit in bytes.
+    #[arg(long)]
+    pub memory: Option<i64>,
+    #[arg(long = "memory-swap")]
+    pub memory_swap: Option<i64>,
+    #[arg(long = "cpu-quota")]
+    pub cpu_quota: Option<i64>,
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<u64>,
+    #[arg(long = "cpu-share")]
+    pub cpu_share: Option<u64>,
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    #[arg(long = "pids-limit")]
+    pub pids_limit: Option<i64>,
+}
+
+pub fn update(cli: &Cli, a: &UpdateArgs) -> anyhow::Result<ExitCode> {
+    let c = Container::load(&cli.root, &a.id)?;
+    let r: LinuxResources = match &a.resources {
+        Some(p) => {
+            let text = if p.as_os_str() == "-" {
+                let mut s = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+            };
+            serde_json::from_slice(&text).context("parsing the resources JSON")?
+        }
+        None => {
+            let mut b = LinuxResourcesBuilder::default();
+            if a.memory.is_some() || a.memory_swap.is_some() {
+                let mut m = LinuxMemoryBuilder::default();
+                if let Some(v) = a.memory {
+                    m = m.limit(v);
+                }
+                if let Some(v) = a.memory_swap {
+                    m = m.swap(v);
+                }
+                b = b.memory(m.build()?);
+            }
+            if a.cpu_quota.is_some()
+                || a.cpu_period.is_some()
+                || a.cpu_share.is_some()
+                || a.cpuset_cpus.is_some()
+            {
+                let mut cpu = LinuxCpuBuilder::default();
+                if let Some(v) = a.cpu_quota {
+                    cpu = cpu.quota(v);
+                }
+                if let Some(v) = a.cpu_period {
+                    cpu = cpu.period(v);
+                }
+                if let Some(v) = a.cpu_share {
+                    cpu = cpu.shares(v);
+                }
+                if let Some(v) = &a.cpuset_cpus {
+                    cpu = cpu.cpus(v.clone());
+                }
+                b = b.cpu(cpu.build()?);
+            }
+            if let Some(v) = a.pids_limit {
+                b = b.pids(LinuxPidsBuilder::default().limit(v).build()?);
+            }
+            b.build()?
+        }
+    };
+    c.update(&r)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    pub id: String,
+    /// Print the statistics once and exit.
+    #[arg(long)]
+    pub stats: bool,
+    /// Interval between statistics.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration `{s}`"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration `{s}`")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn stats_event(c: &Container) -> anyhow::Result<serde_json::Value> {
+    let s = c.state.cgroup.stats()?;
+    Ok(serde_json::json!({"type": "stats", "id": c.state.id, "data": s}))
+}
+
+pub fn events(cli: &Cli, a: &EventsArgs) -> anyhow::Result<ExitCode> {
+    if a.stats {
+        let c = Container::load(&cli.root, &a.id)?;
+        println!("{}", stats_event(&c)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        let c = Container::load(&cli.root, &a.id)?;
+        if c.status() == Status::Stopped {
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("{}", stats_event(&c)?);
+        drop(c);
+        std::thread::sleep(a.interval);
+    }
+}
+
+pub fn features(_cli: &Cli) -> anyhow::Result<ExitCode> {
+    let v = serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync",
+            "remount", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
+            "strictatime", "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave",
+            "unbindable", "runbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+        },
+        "annotations": {
+            "org.opencontainers.runc.checkpoint.enabled": "true",
+            "io.github.ferry.criu.version": criu_rpc::Criu::new().version().map(|v| v.to_string()).unwrap_or_default(),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SpecArgs {
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Accepted for runc compatibility; rootless specs are not supported.
+    #[arg(long)]
+    pub rootless: bool,
+}
+
+pub fn spec(_cli: &Cli, a: &SpecArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !a.rootless,
+        "rootless containers are not supported by Ferry"
+    );
+    let p = a.bundle.join("config.json");
+    anyhow::ensure!(!p.exists(), "File {} exists. Remove it first", p.display());
+    std::fs::write(&p, serde_json::to_string_pretty(&default_spec())?)
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,214 @@
+//! runc's lifecycle commands: create, start, run, state, list, kill,
+//! delete, pause, resume. Output formats and exit codes follow runc, which
+//! dockerd and containerd parse.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ferry_oci::runtime::container::{self, wait_exit};
+use ferry_oci::runtime::{signal, Container, CreateOptions, Status};
+
+use crate::Cli;
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    pub id: String,
+    /// Path to the bundle (default: the current directory).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility; Ferry always uses pivot_root.
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    #[arg(long = "no-new-keyring")]
+    pub no_new_keyring: bool,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Detach: exit once the container started.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long = "no-subreaper")]
+    pub no_subreaper: bool,
+    /// Keep the container's state after it exits.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IdArgs {
+    pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    pub id: String,
+    #[arg(default_value = "SIGTERM")]
+    pub signal: String,
+    /// Signal every process of the container.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    pub id: String,
+    /// Kill the container first if it runs.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[arg(short, long, default_value = "table")]
+    pub format: String,
+    /// Only the ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn create_opts(cli: &Cli, a: &CreateArgs, subreaper: bool) -> CreateOptions {
+    CreateOptions {
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        subreaper,
+        systemd_cgroup: cli.systemd_cgroup,
+    }
+}
+
+pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
+    Container::create(&cli.root, &a.id, &a.bundle, &create_opts(cli, a, false))
+        .with_context(|| format!("creating container {}", a.id))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn start(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Container::load(&cli.root, &a.id)?;
+    c.start()
+        .with_context(|| format!("starting container {}", a.id))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let subreaper = !a.detach && !a.no_subreaper;
+    let mut c = Container::create(
+        &cli.root,
+        &a.create.id,
+        &a.create.bundle,
+        &create_opts(cli, &a.create, subreaper || !a.detach),
+    )
+    .with_context(|| format!("creating container {}", a.create.id))?;
+    if let Err(e) = c.start() {
+        let _ = c.delete(true);
+        return Err(e).context(format!("starting container {}", a.create.id));
+    }
+    if a.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pid = nix::unistd::Pid::from_raw(c.state.pid);
+    drop(c);
+    // Forward the signals a foreground runc forwards.
+    let code = wait_exit(pid);
+    if !a.keep {
+        if let Ok(c) = Container::load(&cli.root, &a.create.id) {
+            let _ = c.delete(true);
+        }
+    }
+    Ok(ExitCode::from(code as u8))
+}
+
+pub fn state(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
+    let c = Container::load(&cli.root, &a.id)?;
+    let mut v = serde_json::to_value(c.oci_state())?;
+    v["rootfs"] = c.state.rootfs.to_string_lossy().into();
+    v["created"] = c.state.created.clone().into();
+    v["owner"] = "".into();
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<ExitCode> {
+    let all = container::list(&cli.root)?;
+    if a.quiet {
+        for (s, _) in &all {
+            println!("{}", s.id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match a.format.as_str() {
+        "json" => {
+            let v: Vec<serde_json::Value> = all
+                .iter()
+                .map(|(s, st)| {
+                    serde_json::json!({
+                        "ociVersion": "1.0.2",
+                        "id": s.id,
+                        "pid": if *st == Status::Stopped { 0 } else { s.pid },
+                        "status": st.to_string(),
+                        "bundle": s.bundle,
+                        "rootfs": s.rootfs,
+                        "created": s.created,
+                        "owner": "root",
+                        "annotations": s.annotations,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string(&v)?);
+        }
+        "table" => {
+            println!(
+                "{:<12}{:<12}{:<12}{:<40}{:<32}OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+            );
+            for (s, st) in &all {
+                let pid = if *st == Status::Stopped { 0 } else { s.pid };
+                println!(
+                    "{:<12}{:<12}{:<12}{:<40}{:<32}root",
+                    s.id,
+                    pid,
+                    st.to_string(),
+                    s.bundle.display(),
+                    s.created
+                );
+            }
+        }
+        f => anyhow::bail!("invalid format `{f}`: use table or json"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn kill(cli: &Cli, a: &KillArgs) -> anyhow::Result<ExitCode> {
+    let c = Container::load(&cli.root, &a.id)?;
+    let sig = signal::parse(&a.signal)?;
+    c.kill(sig, a.all)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn delete(cli: &Cli, a: &DeleteArgs) -> anyhow::Result<ExitCode> {
+    match Container::load(&cli.root, &a.id) {
+        Ok(c) => c.delete(a.force)?,
+        // runc: deleting what is not there with --force is fine.
+        Err(ferry_oci::Error::NoSuchContainer { .. }) if a.force => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn pause(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
+    Container::load(&cli.root, &a.id)?.pause()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn resume(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
+    Container::load(&cli.root, &a.id)?.resume()?;
+    Ok(ExitCode::SUCCESS)
+}
