@@ -1,2 +1,264 @@
-//! Helpers shared by Ferry's end-to-end tests: where the built binaries are,
-//! how to make a test bundle, and guards that clean up what a test created.
+//! Helpers shared by Ferry's end-to-end tests: where the built binary is,
+//! test bundles made by hack/ scripts, and guards that clean up what a test
+//! created (containers, state roots) even when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test: $FERRY_BIN (hack/test sets it), else the debug
+/// build, which `cargo test --workspace` builds.
+pub fn ferry_bin() -> PathBuf {
+    let p = std::env::var_os("FERRY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/debug/ferry"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` (hack/test does)",
+        p.display()
+    );
+    p
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests run containers and CRIU: run them as root (hack/test)"
+    );
+}
+
+/// A state root of the test's own; every container left in it is
+/// force-deleted on drop.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+}
+
+impl Root {
+    pub fn new() -> Root {
+        require_root();
+        Root {
+            dir: tempfile::Builder::new()
+                .prefix("ferry-root-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `ferry --root ROOT args...`. Its stdout and stderr are pipes, as
+    /// dockerd's are (CRIU cannot dump a container whose stdio is a host
+    /// file); a container created here inherits them, so ferry's own output
+    /// is read once ferry exits rather than at EOF.
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        run_ferry(
+            Command::new(ferry_bin())
+                .arg("--root")
+                .arg(self.path())
+                .args(args),
+        )
+    }
+
+    /// Like [`Root::ferry`], asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like [`Root::ferry`], asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        assert!(
+            !out.status.success(),
+            "ferry {args:?} succeeded but should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
+        v["status"].as_str().unwrap().to_string()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.ok(&["list", "-q"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root::new()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        for id in self.ids_quiet() {
+            let _ = Command::new(ferry_bin())
+                .arg("--root")
+                .arg(self.path())
+                .args(["delete", "--force", &id])
+                .output();
+        }
+    }
+}
+
+impl Root {
+    fn ids_quiet(&self) -> Vec<String> {
+        let o = self.ferry(&["list", "-q"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Runs `cmd` with piped stdout/stderr; returns when it exits, with what
+/// it wrote, even if a child it left behind keeps the pipes open.
+pub fn run_ferry(cmd: &mut Command) -> Output {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running ferry");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    // Drain while it runs (a full pipe would block it), without waiting
+    // for EOF.
+    for fd in [out.as_raw_fd(), err.as_raw_fd()] {
+        // SAFETY: flags of fds we own.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) };
+    }
+    let drain = |r: &mut dyn Read, buf: &mut Vec<u8>| {
+        let mut chunk = [0u8; 65536];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let (mut ob, mut eb) = (Vec::new(), Vec::new());
+    let status = loop {
+        drain(&mut out, &mut ob);
+        drain(&mut err, &mut eb);
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drain(&mut out, &mut ob);
+    drain(&mut err, &mut eb);
+    Output {
+        status,
+        stdout: ob,
+        stderr: eb,
+    }
+}
+
+/// A busybox bundle made by hack/mkbundle-busybox running `cmd`.
+pub fn busybox_bundle(dir: &Path, cmd: &[&str]) -> PathBuf {
+    let b = dir.join("bundle");
+    let out = Command::new("bash")
+        .arg(repo().join("hack/mkbundle-busybox"))
+        .arg(&b)
+        .arg("--")
+        .args(cmd)
+        .env("FERRY_BIN", ferry_bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hack/mkbundle-busybox failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b
+}
+
+/// The busybox counter: one number per line in /out/count, every 50 ms.
+pub const COUNTER: &[&str] = &[
+    "sh",
+    "-c",
+    "i=0; while :; do echo $i >> /out/count; i=$((i+1)); sleep 0.05; done",
+];
+
+pub fn numbers(file: &Path) -> Vec<u64> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits until `file` has at least `n` numbers.
+pub fn wait_numbers(file: &Path, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = numbers(file);
+        if v.len() >= n {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} stuck at {} numbers",
+            file.display(),
+            v.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 0, 1, 2, ... with no gap and no repeat.
+pub fn assert_consecutive(v: &[u64]) {
+    for (i, n) in v.iter().enumerate() {
+        assert_eq!(*n, i as u64, "number {i} is {n}: a gap or a repeat");
+    }
+}
+
+/// Cgroup directories named `name` in any hierarchy.
+pub fn cgroup_leftovers(name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in rd.flatten() {
+            let p = h.path().join(name);
+            if p.exists() {
+                out.push(p);
+            }
+        }
+    }
+    let p = Path::new("/sys/fs/cgroup").join(name);
+    if p.join("cgroup.procs").exists() {
+        out.push(p);
+    }
+    out
+}
+
+/// Mounts whose mountpoint contains `needle`.
+pub fn mount_leftovers(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.contains(needle)))
+        .map(str::to_string)
+        .collect()
+}

@@ -323,6 +323,7 @@ impl Container {
         bundle_dir: &Path,
         opts: &CreateOptions,
     ) -> Result<Container> {
+        state::validate_id(id)?;
         let bundle = Bundle::load(bundle_dir)?;
         let spec = &bundle.spec;
         let cgroup = ContainerCgroup::new(

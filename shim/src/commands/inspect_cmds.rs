@@ -173,8 +173,48 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn stats_event(c: &Container) -> anyhow::Result<serde_json::Value> {
-    let s = c.state.cgroup.stats()?;
-    Ok(serde_json::json!({"type": "stats", "id": c.state.id, "data": s}))
+    let s = serde_json::to_value(c.state.cgroup.stats()?)?;
+    Ok(serde_json::json!({"type": "stats", "id": c.state.id, "data": runc_stats(&s)}))
+}
+
+/// libcgroups' statistics in the shape of runc's `events --stats` data
+/// (runc's types.Stats), which tools that drive runc parse.
+fn runc_stats(s: &serde_json::Value) -> serde_json::Value {
+    let usage = |m: &serde_json::Value| {
+        serde_json::json!({
+            "usage": m["usage"], "max": m["max_usage"], "failcnt": m["fail_count"], "limit": m["limit"],
+        })
+    };
+    let cpu = &s["cpu"]["usage"];
+    let mem = &s["memory"];
+    serde_json::json!({
+        "cpu": {
+            "usage": {
+                "total": cpu["usage_total"],
+                "percpu": cpu["per_core_usage_total"],
+                "percpu_kernel": cpu["per_core_usage_kernel"],
+                "percpu_user": cpu["per_core_usage_user"],
+                "kernel": cpu["usage_kernel"],
+                "user": cpu["usage_user"],
+            },
+            "throttling": {
+                "periods": s["cpu"]["throttling"]["periods"],
+                "throttled_periods": s["cpu"]["throttling"]["throttled_periods"],
+                "throttled_time": s["cpu"]["throttling"]["throttled_time"],
+            },
+        },
+        "memory": {
+            "cache": mem["cache"],
+            "usage": usage(&mem["memory"]),
+            "swap": usage(&mem["memswap"]),
+            "kernel": usage(&mem["kernel"]),
+            "kernelTCP": usage(&mem["kernel_tcp"]),
+            "raw": mem["stats"],
+        },
+        "pids": {"current": s["pids"]["current"], "limit": s["pids"]["limit"]},
+        "blkio": s["blkio"],
+        "hugetlb": s["hugetlb"],
+    })
 }
 
 pub fn events(cli: &Cli, a: &EventsArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,215 @@
+//! `ferry` as an OCI runtime, end to end, as root: the lifecycle of a
+//! busybox container with each step checked, and bad input refused cleanly.
+
+use std::time::Duration;
+
+use ferry_tests::*;
+
+fn unique(tag: &str) -> String {
+    format!("{tag}-{}", std::process::id())
+}
+
+#[test]
+fn busybox_lifecycle() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let count = bundle.join("rootfs/out/count");
+    let id = unique("life");
+    let b = bundle.to_str().unwrap();
+
+    let pidfile = tmp.path().join("pid");
+    root.ok(&[
+        "create",
+        "--bundle",
+        b,
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(root.status(&id), "created");
+    let state: serde_json::Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
+    let pid = state["pid"].as_i64().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        pid.to_string()
+    );
+    assert!(numbers(&count).is_empty(), "the process ran before start");
+    // The init leads its own session in its own pid namespace (CRIU needs both).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    assert_eq!(fields[3], pid.to_string(), "init is its session's leader");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap(),
+        std::fs::read_link("/proc/self/ns/pid").unwrap()
+    );
+
+    root.ok(&["start", &id]);
+    assert_eq!(root.status(&id), "running");
+    wait_numbers(&count, 3);
+
+    let out = root.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo hello from $(hostname) pid $$; ls /dev/fd/",
+    ]);
+    assert!(out.starts_with("hello from ferry pid "), "{out}");
+    let fds: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(
+        fds.len(),
+        4,
+        "the exec'd shell has only stdio (+ the ls dir fd): {fds:?}"
+    );
+    let code = root
+        .ferry(&["exec", &id, "sh", "-c", "exit 3"])
+        .status
+        .code();
+    assert_eq!(code, Some(3), "exec returns the process's exit code");
+
+    let ps: Vec<i64> = serde_json::from_str(&root.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert!(ps.contains(&pid), "{ps:?}");
+    let table = root.ok(&["ps", &id]);
+    assert!(table.lines().next().unwrap().contains("PID"));
+    assert!(table.contains(&pid.to_string()));
+
+    root.ok(&["pause", &id]);
+    assert_eq!(root.status(&id), "paused");
+    let frozen = numbers(&count).len();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(numbers(&count).len(), frozen, "a paused container counted");
+    root.ok(&["resume", &id]);
+    assert_eq!(root.status(&id), "running");
+    wait_numbers(&count, frozen + 3);
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&root.ok(&["events", "--stats", &id])).unwrap();
+    assert_eq!(stats["type"], "stats");
+    assert!(
+        stats["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    root.ok(&["update", "--memory", "67108864", "--pids-limit", "50", &id]);
+    let mem = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{id}/memory.limit_in_bytes"))
+        .unwrap();
+    assert_eq!(mem.trim(), "67108864");
+    let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{id}/pids.max")).unwrap();
+    assert_eq!(pids.trim(), "50");
+    // Hybrid host: the container is in the unified and name=systemd
+    // hierarchies too, as runc puts it.
+    for h in ["unified", "systemd"] {
+        let procs =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/{h}/{id}/cgroup.procs")).unwrap();
+        assert!(procs.lines().any(|l| l == pid.to_string()), "{h}: {procs}");
+    }
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&root.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["status"], "running");
+
+    let err = root.fails(&["delete", &id]);
+    assert!(err.contains("running"), "{err}");
+    root.ok(&["kill", &id, "KILL"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while root.status(&id) != "stopped" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kill did not stop the container"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    root.ok(&["delete", &id]);
+    assert!(root.ids().is_empty());
+    assert_eq!(cgroup_leftovers(&id), Vec::<std::path::PathBuf>::new());
+    assert!(!root.path().join(&id).exists());
+}
+
+#[test]
+fn run_in_the_foreground_returns_the_exit_code() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    let id = unique("fg");
+    let out = root.ferry(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    assert!(root.ids().is_empty(), "run removes the container");
+    assert!(cgroup_leftovers(&id).is_empty());
+}
+
+#[test]
+fn go_runc_single_dash_flags() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), &["sleep", "30"]);
+    let id = unique("dash");
+    let pidfile = tmp.path().join("p");
+    root.ok(&[
+        "create",
+        "-bundle",
+        bundle.to_str().unwrap(),
+        "-pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(pidfile.exists());
+    root.ok(&["delete", "-force", &id]);
+}
+
+#[test]
+fn bad_input_is_refused_cleanly() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let id = unique("bad");
+
+    let err = root.fails(&["create", "--bundle", "/nonexistent/bundle", &id]);
+    assert!(
+        err.contains("/nonexistent/bundle") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    let bundle = busybox_bundle(tmp.path(), &["sleep", "30"]);
+    let config = bundle.join("config.json");
+    let good = std::fs::read(&config).unwrap();
+    std::fs::write(&config, b"{ not json").unwrap();
+    let err = root.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::write(&config, &good).unwrap();
+
+    std::fs::rename(bundle.join("rootfs"), bundle.join("rootfs.away")).unwrap();
+    let err = root.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(
+        err.contains("rootfs") && err.contains("does not exist"),
+        "{err}"
+    );
+    std::fs::rename(bundle.join("rootfs.away"), bundle.join("rootfs")).unwrap();
+
+    let err = root.fails(&["state", "no-such-container"]);
+    assert!(
+        err.contains("no-such-container") && err.contains("does not exist"),
+        "{err}"
+    );
+    let err = root.fails(&["kill", "no-such-container"]);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = root.fails(&["create", "--bundle", bundle.to_str().unwrap(), "../escape"]);
+    assert!(err.contains("invalid container id"), "{err}");
+
+    // Nothing half-made by the failures above.
+    assert!(root.ids().is_empty());
+    assert!(cgroup_leftovers(&id).is_empty());
+    assert!(mount_leftovers(bundle.to_str().unwrap()).is_empty());
+
+    root.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    let err = root.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        root.status(&id),
+        "created",
+        "the first container is untouched"
+    );
+    root.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&id).is_empty());
+}
