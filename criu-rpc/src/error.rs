@@ -172,6 +172,13 @@ pub enum Error {
         got: usize,
     },
 
+    #[error("{} at offset {offset}: {what}", path.display())]
+    BadImage {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+    },
+
     #[error("{op} {}", path.display())]
     Io {
         op: &'static str,

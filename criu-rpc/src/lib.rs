@@ -25,6 +25,7 @@ mod log;
 mod notify;
 mod options;
 mod proto;
+pub mod stats;
 mod swrk;
 mod version;
 

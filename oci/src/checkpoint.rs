@@ -107,15 +107,39 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("chmod 0700", dir))
 }
 
-/// The targets of the init's fds 0-2 (`pipe:[123]`, `/dev/null`, ...), in
-/// runc's descriptors.json format.
+/// The init's fds 0-2 as descriptors.json records them: runc writes the
+/// link targets (`pipe:[123]`, `/dev/null`...). A file from a mount the
+/// container does not have (a host `/dev/null` as stdin, say) is something
+/// CRIU cannot dump ("Can't lookup mount"); Ferry declares it external as
+/// `file[MNT_ID:INODE]` (CRIU's key) and records that key, so the restore
+/// hands its own stdio in its place.
 pub fn descriptors(init: Pid) -> Result<Vec<String>> {
+    let mi = PathBuf::from(format!("/proc/{init}/mountinfo"));
+    let mounts = fs::read_to_string(&mi).map_err(io("reading", &mi))?;
+    let ids: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').next()).collect();
     (0..3)
         .map(|fd| {
             let p = PathBuf::from(format!("/proc/{init}/fd/{fd}"));
-            fs::read_link(&p)
+            let target = fs::read_link(&p)
                 .map(|t| t.to_string_lossy().into_owned())
-                .map_err(io("reading", &p))
+                .map_err(io("reading", &p))?;
+            if !target.starts_with('/') {
+                return Ok(target); // pipe:[..], socket:[..], anon_inode:..
+            }
+            let info = PathBuf::from(format!("/proc/{init}/fdinfo/{fd}"));
+            let text = fs::read_to_string(&info).map_err(io("reading", &info))?;
+            let mnt = text
+                .lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))
+                .map(str::trim)
+                .unwrap_or("");
+            if ids.contains(&mnt) {
+                return Ok(target);
+            }
+            use std::os::unix::fs::MetadataExt;
+            let ino = fs::metadata(&p).map_err(io("stat of", &p))?.ino();
+            let mnt: u64 = mnt.parse().unwrap_or(0);
+            Ok(format!("file[{mnt:x}:{ino:x}]"))
         })
         .collect()
 }
@@ -209,10 +233,11 @@ pub fn checkpoint(
                 value: b.mountpoint.clone(),
             }));
         write_json(&opts.image_path.join(CGROUP_BINDS), &binds)?;
-        write_json(
-            &opts.image_path.join(DESCRIPTORS),
-            &descriptors(target.init)?,
-        )?;
+        let fds = descriptors(target.init)?;
+        dump.tree
+            .external
+            .extend(fds.iter().filter(|k| k.starts_with("file[")).cloned());
+        write_json(&opts.image_path.join(DESCRIPTORS), &fds)?;
     }
 
     let mut frozen_at: Option<Instant> = None;

@@ -182,7 +182,8 @@ impl Drop for CriuRoot {
 }
 
 /// The checkpointed stdio: pipes get the caller's new fds (runc hands
-/// `pipe:[...]` descriptors back with inherit_fd).
+/// `pipe:[...]` descriptors back with inherit_fd), and so do the host files
+/// the checkpoint declared external (`file[..]`).
 fn stdio_inherits(image_dir: &Path, stdio: &mut [Option<OwnedFd>; 3]) -> Result<Vec<InheritFd>> {
     let p = image_dir.join(DESCRIPTORS);
     let text = match fs::read(&p) {
@@ -196,7 +197,7 @@ fn stdio_inherits(image_dir: &Path, stdio: &mut [Option<OwnedFd>; 3]) -> Result<
     })?;
     let mut out = Vec::new();
     for (i, key) in fds.into_iter().enumerate().take(3) {
-        if key.contains("pipe:") {
+        if key.contains("pipe:") || key.starts_with("file[") {
             if let Some(fd) = stdio[i].take() {
                 out.push(InheritFd { key, fd });
             }

@@ -77,6 +77,10 @@ pub enum Command {
     Features,
     /// Write a default config.json.
     Spec(commands::inspect_cmds::SpecArgs),
+    /// Checkpoint a running container with CRIU.
+    Checkpoint(commands::checkpoint::CheckpointArgs),
+    /// Restore a container from a checkpoint.
+    Restore(commands::restore::RestoreArgs),
 }
 
 /// go-runc (containerd, dockerd) spells long flags with one dash
@@ -175,6 +179,8 @@ fn main() -> ExitCode {
         Command::Events(a) => commands::inspect_cmds::events(&cli, a),
         Command::Features => commands::inspect_cmds::features(&cli),
         Command::Spec(a) => commands::inspect_cmds::spec(&cli, a),
+        Command::Checkpoint(a) => commands::checkpoint::checkpoint(&cli, a),
+        Command::Restore(a) => commands::restore::restore(&cli, a),
     };
     match result {
         Ok(code) => code,

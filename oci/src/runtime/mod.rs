@@ -11,6 +11,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod cr;
 pub mod hooks;
 pub mod init;
 pub mod process;

@@ -1,0 +1,249 @@
+//! Checkpoint and restore of containers this runtime manages: the glue
+//! between the container state ([`super::state`]) and the CRIU logic of
+//! [`crate::checkpoint`] and [`crate::restore`].
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use criu_rpc::{Criu, Notify};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use super::cgroup::ContainerCgroup;
+use super::container::{now_rfc3339, write_pid_file, Container, Status};
+use super::hooks::{self, OciState};
+use super::spec::Bundle;
+use super::state::{self, State, StateDir};
+use crate::checkpoint::{self, CheckpointOptions, Checkpointed, Target};
+use crate::error::{Error, Result};
+use crate::restore::{self, Destination, RestoreHooks, RestoreOptions, Restored};
+
+impl Container {
+    /// `ferry checkpoint`. Unless the tasks are left running (or stopped,
+    /// or this is a pre-dump), the container is gone afterwards and its
+    /// state is deleted, as runc does. On failure it runs on untouched.
+    pub fn checkpoint(
+        self,
+        criu: &Criu,
+        opts: CheckpointOptions,
+        on_notify: &mut dyn FnMut(&Notify),
+    ) -> Result<Checkpointed> {
+        match self.status() {
+            Status::Running | Status::Paused => {}
+            s => {
+                return Err(Error::WrongStatus {
+                    id: self.state.id.clone(),
+                    status: s.to_string(),
+                    wanted: "running",
+                })
+            }
+        }
+        let spec = self.spec()?;
+        let freezer = self.state.cgroup.freezer_path();
+        let keeps = opts.leave_running || opts.leave_stopped || opts.pre_dump;
+        let target = Target {
+            id: &self.state.id,
+            init: Pid::from_raw(self.state.pid),
+            spec: &spec,
+            rootfs: &self.state.rootfs,
+            freezer: freezer.exists().then_some(freezer.as_path()),
+        };
+        let done = checkpoint::checkpoint(criu, &target, opts, on_notify)?;
+        if !keeps {
+            self.delete(true)?;
+        }
+        Ok(done)
+    }
+}
+
+/// `ferry restore`'s runtime-side options.
+#[derive(Debug, Default)]
+pub struct RestoreRuntimeOptions {
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub systemd_cgroup: bool,
+}
+
+struct Hooks<'a> {
+    cgroup: &'a ContainerCgroup,
+    spec: &'a Spec,
+    oci: OciState,
+    dir: &'a StateDir,
+    state: State,
+    console: Option<UnixStream>,
+    placed: bool,
+}
+
+impl RestoreHooks for Hooks<'_> {
+    fn criu_started(&mut self, criu: Pid) -> Result<()> {
+        // runc's criuApplyCgroups: the restored tasks go where criu is.
+        self.cgroup.create_and_add(criu)?;
+        self.placed = true;
+        if let Some(r) = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+        {
+            self.cgroup.apply(r)?;
+        }
+        Ok(())
+    }
+
+    fn setup_namespaces(&mut self, pid: Pid) -> Result<()> {
+        self.oci.pid = pid.as_raw();
+        let mut pre = self
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| {
+                #[allow(deprecated)]
+                h.prestart().clone()
+            })
+            .unwrap_or_default();
+        pre.extend(
+            self.spec
+                .hooks()
+                .as_ref()
+                .and_then(|h| h.create_runtime().clone())
+                .unwrap_or_default(),
+        );
+        hooks::run("createRuntime", &pre, &self.oci)
+    }
+
+    fn restored(&mut self, pid: Pid) -> Result<()> {
+        self.state.pid = pid.as_raw();
+        self.state.start_time = state::start_time(pid.as_raw()).unwrap_or(0);
+        self.dir.save(&self.state)
+    }
+
+    fn console(&mut self, master: OwnedFd) -> Result<()> {
+        let Some(sock) = &self.console else {
+            return Err(Error::Unsupported {
+                what: "restoring a container with a terminal without --console-socket",
+                hint: "pass --console-socket, as for create",
+            });
+        };
+        let fds = [std::os::fd::AsRawFd::as_raw_fd(&master)];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(b"/dev/pts/0")];
+        nix::sys::socket::sendmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| Error::Io {
+            op: "sending the pty master to the console socket",
+            path: PathBuf::new(),
+            source: e.into(),
+        })?;
+        Ok(())
+    }
+}
+
+/// `ferry restore`: a new container `id` from the bundle at `bundle_dir`
+/// and the checkpoint in `opts.image_path`. The image directory and the id
+/// are checked before anything is created; on failure nothing is left.
+pub fn restore_container(
+    root: &Path,
+    id: &str,
+    bundle_dir: &Path,
+    criu: &Criu,
+    opts: &RestoreOptions,
+    rt: &RestoreRuntimeOptions,
+) -> Result<(Container, Restored)> {
+    state::validate_id(id)?;
+    restore::check_image_dir(&opts.image_path)?;
+    let bundle = Bundle::load(bundle_dir)?;
+    let spec = &bundle.spec;
+    let cgroup = ContainerCgroup::new(
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_deref()),
+        id,
+        rt.systemd_cgroup,
+    )?;
+    let console = match &rt.console_socket {
+        Some(p) => Some(UnixStream::connect(p).map_err(|source| Error::Io {
+            op: "connecting to the console socket",
+            path: p.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let dir = StateDir::create(root, id)?;
+    let state = State {
+        id: id.to_string(),
+        pid: 0,
+        start_time: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: now_rfc3339(),
+        annotations: spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        cgroup: cgroup.clone(),
+        started: true,
+        config: bundle.dir.join("config.json"),
+    };
+    let mut hooks = Hooks {
+        cgroup: &cgroup,
+        spec,
+        oci: OciState {
+            oci_version: spec.version().clone(),
+            id: id.to_string(),
+            status: "creating".into(),
+            pid: 0,
+            bundle: bundle.dir.to_string_lossy().into_owned(),
+            annotations: state.annotations.clone(),
+        },
+        dir: &dir,
+        state,
+        console,
+        placed: false,
+    };
+    let result = restore::restore(
+        criu,
+        Destination {
+            id,
+            spec,
+            rootfs: &bundle.rootfs,
+            state_dir: &dir.dir,
+            stdio: restore::own_stdio()?,
+        },
+        opts,
+        &mut hooks,
+    );
+    let restored = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if hooks.placed {
+                let _ = cgroup.destroy();
+            }
+            let _ = dir.remove();
+            return Err(e);
+        }
+    };
+    let state = hooks.state;
+    if let Some(p) = &rt.pid_file {
+        write_pid_file(p, restored.pid)?;
+    }
+    let oci = OciState {
+        status: "running".into(),
+        pid: restored.pid.as_raw(),
+        ..hooks.oci
+    };
+    let poststart = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.poststart().clone())
+        .unwrap_or_default();
+    hooks::run("poststart", &poststart, &oci)?;
+    Ok((Container { dir, state }, restored))
+}

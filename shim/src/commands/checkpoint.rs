@@ -1,0 +1,191 @@
+//! `ferry checkpoint`: runc's flags, through Ferry's own CRIU client.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use criu_rpc::{CgroupMode, Criu, PageServerAddr};
+use ferry_oci::checkpoint::CheckpointOptions;
+use ferry_oci::runtime::Container;
+use nix::sched::CloneFlags;
+
+use crate::Cli;
+
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    pub id: String,
+    /// Where to write the images (created 0700).
+    #[arg(long = "image-path", default_value = "checkpoint")]
+    pub image_path: PathBuf,
+    /// Where CRIU writes its log and scratch files (default: the image path).
+    #[arg(long = "work-path")]
+    pub work_path: Option<PathBuf>,
+    /// A previous pre-dump, relative to the image path.
+    #[arg(long = "parent-path")]
+    pub parent_path: Option<PathBuf>,
+    #[arg(long = "leave-running")]
+    pub leave_running: bool,
+    /// Leave the tasks stopped after the dump (for a move: the source
+    /// stays until the destination runs).
+    #[arg(long = "leave-stopped")]
+    pub leave_stopped: bool,
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    #[arg(long = "tcp-skip-in-flight")]
+    pub tcp_skip_in_flight: bool,
+    #[arg(long = "link-remap")]
+    pub link_remap: bool,
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    #[arg(long = "shell-job")]
+    pub shell_job: bool,
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
+    /// An fd CRIU writes to when lazy pages are ready to be served.
+    #[arg(long = "status-fd")]
+    pub status_fd: Option<i32>,
+    /// IP:PORT of a CRIU page server to send memory to.
+    #[arg(long = "page-server")]
+    pub page_server: Option<String>,
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    #[arg(long = "pre-dump")]
+    pub pre_dump: bool,
+    /// soft, full, strict or ignore.
+    #[arg(long = "manage-cgroups-mode")]
+    pub manage_cgroups_mode: Option<String>,
+    /// Namespaces to leave empty in the image (only `network`).
+    #[arg(long = "empty-ns")]
+    pub empty_ns: Vec<String>,
+    #[arg(long = "auto-dedup")]
+    pub auto_dedup: bool,
+    /// Print CRIU's statistics (also saved as stats-dump.json).
+    #[arg(long = "print-stats")]
+    pub print_stats: bool,
+}
+
+pub fn cgroup_mode(s: &Option<String>) -> anyhow::Result<Option<CgroupMode>> {
+    Ok(match s.as_deref() {
+        None => None,
+        Some("soft") => Some(CgroupMode::Soft),
+        Some("full") => Some(CgroupMode::Full),
+        Some("strict") => Some(CgroupMode::Strict),
+        Some("ignore") => Some(CgroupMode::Ignore),
+        Some(m) => {
+            anyhow::bail!("invalid --manage-cgroups-mode `{m}`: use soft, full, strict or ignore")
+        }
+    })
+}
+
+pub fn empty_ns(v: &[String]) -> anyhow::Result<Option<CloneFlags>> {
+    let mut f = CloneFlags::empty();
+    for ns in v {
+        match ns.as_str() {
+            "network" | "net" => f |= CloneFlags::CLONE_NEWNET,
+            other => {
+                anyhow::bail!("--empty-ns {other}: CRIU can only leave the network namespace empty")
+            }
+        }
+    }
+    Ok((!f.is_empty()).then_some(f))
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+pub fn criu(cli: &Cli) -> Criu {
+    cli.criu.as_ref().map(Criu::with_binary).unwrap_or_default()
+}
+
+pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
+    let criu = criu(cli);
+    let page_server = a
+        .page_server
+        .as_ref()
+        .map(|s| {
+            s.parse()
+                .map(PageServerAddr::Tcp)
+                .with_context(|| format!("--page-server {s}: expected IP:PORT"))
+        })
+        .transpose()?;
+    let status_fd = match a.status_fd {
+        Some(fd) => {
+            // runc checks that the fd is open and writable.
+            let fl = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+                .with_context(|| format!("--status-fd {fd} is not an open fd"))?;
+            anyhow::ensure!(
+                fl & libc::O_ACCMODE != libc::O_RDONLY,
+                "--status-fd {fd} is not writable"
+            );
+            // SAFETY: the caller handed us this fd to write to.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+        None => None,
+    };
+    let image_path = absolute(&a.image_path)?;
+    let opts = CheckpointOptions {
+        image_path: image_path.clone(),
+        work_path: a.work_path.as_deref().map(absolute).transpose()?,
+        leave_running: a.leave_running,
+        leave_stopped: a.leave_stopped,
+        tcp_established: a.tcp_established,
+        tcp_skip_in_flight: a.tcp_skip_in_flight,
+        ext_unix_sk: a.ext_unix_sk,
+        shell_job: a.shell_job,
+        file_locks: a.file_locks,
+        link_remap: a.link_remap,
+        auto_dedup: a.auto_dedup,
+        lazy_pages: a.lazy_pages,
+        page_server,
+        status_fd,
+        manage_cgroups_mode: cgroup_mode(&a.manage_cgroups_mode)?,
+        empty_ns: empty_ns(&a.empty_ns)?,
+        pre_dump: a.pre_dump,
+        parent_path: a.parent_path.clone(),
+    };
+    let c = Container::load(&cli.root, &a.id)?;
+    let done = c
+        .checkpoint(&criu, opts, &mut |n| {
+            tracing::debug!(notify = n.script(), "criu")
+        })
+        .with_context(|| format!("checkpointing container {}", a.id))?;
+    let stats = criu_rpc::stats::read_dump_stats(&image_path)?;
+    let report = serde_json::json!({
+        "id": a.id,
+        "image_path": image_path,
+        "checkpoint_ms": done.duration.as_secs_f64() * 1000.0,
+        "frozen_ms": done.frozen.map(|f| f.as_secs_f64() * 1000.0),
+        "criu": stats,
+    });
+    std::fs::write(
+        image_path.join("stats-dump.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )
+    .with_context(|| format!("writing stats-dump.json in {}", image_path.display()))?;
+    if a.print_stats {
+        print_dump_stats(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_dump_stats(r: &serde_json::Value) {
+    let c = &r["criu"];
+    let ms = |v: &serde_json::Value| v.as_f64().map(|us| us / 1000.0).unwrap_or(0.0);
+    println!(
+        "checkpoint of {}: {:.1} ms",
+        r["id"].as_str().unwrap_or(""),
+        r["checkpoint_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!("  freezing time   {:>10.1} ms", ms(&c["freezing_time"]));
+    println!("  frozen time     {:>10.1} ms", ms(&c["frozen_time"]));
+    println!("  memdump time    {:>10.1} ms", ms(&c["memdump_time"]));
+    println!("  memwrite time   {:>10.1} ms", ms(&c["memwrite_time"]));
+    println!("  pages scanned   {:>10}", c["pages_scanned"]);
+    println!("  pages written   {:>10}", c["pages_written"]);
+}
