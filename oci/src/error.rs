@@ -98,6 +98,13 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("corrupt checkpoint: {} at offset {offset}: {what}; nothing was restored", path.display())]
+    CorruptImage {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+    },
+
     #[error("{what} is not supported: {hint}")]
     Unsupported {
         what: &'static str,

@@ -262,3 +262,125 @@ pub fn mount_leftovers(needle: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Edits a bundle's config.json.
+pub fn edit_config(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = bundle.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// A busybox bundle that can also run the host's Python: /usr bound
+/// read-only (Debian's /lib and /lib64 are links into it).
+pub fn python_bundle(dir: &Path, script: &str) -> PathBuf {
+    let b = busybox_bundle(dir, &["/usr/bin/python3", "-u", "-c", script]);
+    let root = b.join("rootfs");
+    for (l, t) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        let _ = std::os::unix::fs::symlink(t, root.join(l));
+    }
+    std::fs::create_dir_all(root.join("usr")).unwrap();
+    edit_config(&b, |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]
+        }));
+        c["process"]["env"] =
+            serde_json::json!(["PATH=/usr/bin:/bin", "HOME=/root", "LANG=C.UTF-8"]);
+    });
+    b
+}
+
+/// `cp -a` of a bundle, for restoring a checkpoint as another container.
+pub fn copy_bundle(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// Runs `cmd` (an `ip` command line) and asserts success.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2) is missing");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two network namespaces joined by a veth pair: `NAME-srv` (10.79.x.1)
+/// and `NAME-ctr` (10.79.x.2). Removed on drop.
+pub struct NetPair {
+    pub name: String,
+}
+
+impl NetPair {
+    pub fn new(name: &str, subnet: &str) -> NetPair {
+        let p = NetPair { name: name.into() };
+        let (srv, ctr) = (p.srv(), p.ctr());
+        ip(&["netns", "add", &srv]);
+        ip(&["netns", "add", &ctr]);
+        let (a, b) = (format!("{name}s"), format!("{name}c"));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", &srv]);
+        ip(&["link", "set", &b, "netns", &ctr]);
+        ip(&[
+            "-n",
+            &srv,
+            "addr",
+            "add",
+            &format!("{subnet}.1/24"),
+            "dev",
+            &a,
+        ]);
+        ip(&[
+            "-n",
+            &ctr,
+            "addr",
+            "add",
+            &format!("{subnet}.2/24"),
+            "dev",
+            &b,
+        ]);
+        for (ns, dev) in [(&srv, &a), (&ctr, &b)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        p
+    }
+
+    pub fn srv(&self) -> String {
+        format!("{}-srv", self.name)
+    }
+
+    pub fn ctr(&self) -> String {
+        format!("{}-ctr", self.name)
+    }
+
+    /// Runs `f` on a thread inside the server namespace.
+    pub fn in_srv<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.srv());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [self.srv(), self.ctr()] {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}

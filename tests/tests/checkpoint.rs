@@ -1,0 +1,436 @@
+//! `ferry checkpoint` and `ferry restore`, end to end against real CRIU,
+//! on containers ferry runs: the counter continues exactly, a
+//! --leave-running clone runs beside its original, 256 MiB of patterned
+//! memory survive, an established TCP connection survives, and bad input
+//! is refused with nothing left behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_tests::*;
+
+fn unique(tag: &str) -> String {
+    format!("{tag}-{}", std::process::id())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn wait_stopped_or_gone(root: &Root, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while root.ids().contains(&id.to_string()) && root.status(id) != "stopped" {
+        assert!(Instant::now() < deadline, "{id} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn counter_continues_after_restore_under_a_new_id() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let (a, b) = (unique("cra"), unique("crb"));
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &a]);
+    wait_numbers(&bundle.join("rootfs/out/count"), 5);
+
+    let images = tmp.path().join("images");
+    root.ok(&["checkpoint", "--image-path", s(&images), &a]);
+    assert!(!root.ids().contains(&a), "checkpoint removes the container");
+    assert!(cgroup_leftovers(&a).is_empty());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&images).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert!(images.join("dump.log").exists(), "CRIU's log is kept");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images.join("stats-dump.json")).unwrap()).unwrap();
+    assert!(
+        stats["criu"]["pages_written"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+
+    let copy = tmp.path().join("copy");
+    copy_bundle(&bundle, &copy);
+    let count = copy.join("rootfs/out/count");
+    let before = numbers(&count);
+    assert_consecutive(&before);
+    let out = root.ok(&[
+        "restore",
+        "-d",
+        "--print-stats",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&copy),
+        &b,
+    ]);
+    assert!(out.contains("pages restored"), "{out}");
+    assert_eq!(root.status(&b), "running");
+    let after = wait_numbers(&count, before.len() + 10);
+    assert_consecutive(&after);
+    // The original bundle saw nothing of the clone.
+    assert_eq!(numbers(&bundle.join("rootfs/out/count")), before);
+    root.ok(&["delete", "--force", &b]);
+    assert!(cgroup_leftovers(&b).is_empty());
+}
+
+#[test]
+fn a_leave_running_clone_runs_beside_its_original() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let (a, b) = (unique("lra"), unique("lrb"));
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &a]);
+    let orig = bundle.join("rootfs/out/count");
+    wait_numbers(&orig, 5);
+    // Paused, the rootfs copy matches the memory image exactly.
+    root.ok(&["pause", &a]);
+    let images = tmp.path().join("images");
+    root.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        s(&images),
+        &a,
+    ]);
+    let copy = tmp.path().join("copy");
+    copy_bundle(&bundle, &copy);
+    root.ok(&["resume", &a]);
+    assert_eq!(root.status(&a), "running");
+    let k = numbers(&orig).len();
+
+    root.ok(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&copy),
+        &b,
+    ]);
+    let clone = copy.join("rootfs/out/count");
+    assert_consecutive(&wait_numbers(&clone, k + 10));
+    assert_consecutive(&wait_numbers(&orig, k + 10));
+    assert_eq!(root.status(&a), "running");
+    assert_eq!(root.status(&b), "running");
+}
+
+#[test]
+fn patterned_memory_survives() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let script = r#"
+import zlib, time
+N = 256 << 20
+m = bytearray(range(256)) * (N // 256)
+want = zlib.crc32(m)
+i = 0
+f = open('/out/mem', 'a')
+while True:
+    f.write(('ok %d\n' if zlib.crc32(m) == want else 'BAD %d\n') % i)
+    f.flush()
+    i += 1
+    time.sleep(0.1)
+"#;
+    let bundle = python_bundle(tmp.path(), script);
+    let id = unique("mem");
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    let mem = bundle.join("rootfs/out/mem");
+    let lines = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines(&mem).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the memory checker did not start: {:?}",
+            lines(&mem)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let images = tmp.path().join("images");
+    root.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    let pages: u64 = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        pages >= 256 << 20,
+        "only {pages} bytes of pages were dumped"
+    );
+    let n = lines(&mem).len();
+    root.ok(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&bundle),
+        &id,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines(&mem).len() < n + 3 {
+        assert!(Instant::now() < deadline, "the restored checker is silent");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = lines(&mem);
+    for (i, l) in all.iter().enumerate() {
+        assert_eq!(l, &format!("ok {i}"), "memory check {i} after restore");
+    }
+}
+
+#[test]
+fn an_established_tcp_connection_survives() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = NetPair::new(&format!("t{}", std::process::id() % 100000), "10.79.0");
+    // The server: one connection, answers `ping N` with `pong N` and
+    // records the numbers it saw.
+    let seen: Arc<Mutex<Vec<u64>>> = Default::default();
+    let accepted = Arc::new(Mutex::new(0));
+    let (seen2, acc2) = (seen.clone(), accepted.clone());
+    let listener = net
+        .in_srv(|| TcpListener::bind("10.79.0.1:9000").unwrap())
+        .join()
+        .unwrap();
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        *acc2.lock().unwrap() += 1;
+        let mut w = s.try_clone().unwrap();
+        for line in BufReader::new(s).lines() {
+            let Ok(line) = line else { break };
+            let n: u64 = line.trim_start_matches("ping ").parse().unwrap();
+            seen2.lock().unwrap().push(n);
+            if writeln!(w, "pong {n}").is_err() {
+                break;
+            }
+        }
+    });
+    let script = r#"
+import socket, time
+s = socket.create_connection(('10.79.0.1', 9000))
+f = s.makefile('rw')
+o = open('/out/tcp', 'a')
+i = 0
+while True:
+    f.write('ping %d\n' % i)
+    f.flush()
+    o.write(f.readline())
+    o.flush()
+    i += 1
+    time.sleep(0.05)
+"#;
+    let bundle = python_bundle(tmp.path(), script);
+    let netns = format!("/run/netns/{}", net.ctr());
+    edit_config(&bundle, |c| {
+        for ns in c["linux"]["namespaces"].as_array_mut().unwrap() {
+            if ns["type"] == "network" {
+                ns["path"] = netns.clone().into();
+            }
+        }
+    });
+    let id = unique("tcp");
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    let out = bundle.join("rootfs/out/tcp");
+    let pongs = |p: &Path| -> Vec<u64> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("pong ")?.parse().ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pongs(&out).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "no TCP traffic before the checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let images = tmp.path().join("images");
+    root.ok(&[
+        "checkpoint",
+        "--tcp-established",
+        "--image-path",
+        s(&images),
+        &id,
+    ]);
+    wait_stopped_or_gone(&root, &id);
+    let n = pongs(&out).len();
+    std::thread::sleep(Duration::from_millis(500));
+    root.ok(&[
+        "restore",
+        "-d",
+        "--tcp-established",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&bundle),
+        &id,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pongs(&out).len() < n + 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the connection did not resume: {:?}",
+            pongs(&out).len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = pongs(&out);
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(*p as usize, i, "pong {i}");
+    }
+    assert_eq!(
+        *accepted.lock().unwrap(),
+        1,
+        "the client reconnected instead of keeping its connection"
+    );
+    let s2 = seen.lock().unwrap().clone();
+    for (i, p) in s2.iter().enumerate() {
+        assert_eq!(*p as usize, i, "the server saw ping {p} at {i}");
+    }
+    root.ok(&["delete", "--force", &id]);
+}
+
+fn iptables_rules() -> String {
+    let out = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("0xc114") || l.contains("CRIU"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn bad_input_is_refused_and_a_failed_checkpoint_keeps_the_container() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let (a, b) = (unique("bada"), unique("badb"));
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &a]);
+    let count = bundle.join("rootfs/out/count");
+    wait_numbers(&count, 3);
+
+    // A checkpoint that cannot reach its page server fails; the container
+    // runs on.
+    let err = root.fails(&[
+        "checkpoint",
+        "--page-server",
+        "127.0.0.1:1",
+        "--image-path",
+        s(&tmp.path().join("x")),
+        &a,
+    ]);
+    assert!(err.contains("criu dump failed"), "{err}");
+    assert!(
+        err.contains("criu log"),
+        "the error quotes CRIU's log: {err}"
+    );
+    assert_eq!(root.status(&a), "running");
+    let n = numbers(&count).len();
+    assert_consecutive(&wait_numbers(&count, n + 3));
+
+    let images = tmp.path().join("images");
+    root.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        s(&images),
+        &a,
+    ]);
+
+    // The id is in use.
+    let err = root.fails(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&bundle),
+        &a,
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(root.status(&a), "running");
+
+    // A corrupt image dir: refused before anything is created.
+    let bad = tmp.path().join("bad");
+    copy_bundle(&images, &bad);
+    let core = std::fs::read_dir(&bad)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("core-"))
+        .unwrap()
+        .path();
+    let len = std::fs::metadata(&core).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&core)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let err = root.fails(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&bad),
+        "--bundle",
+        s(&bundle),
+        &b,
+    ]);
+    assert!(
+        err.contains("corrupt checkpoint") && err.contains("core-"),
+        "{err}"
+    );
+    let err = root.fails(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&tmp.path().join("nothing")),
+        "--bundle",
+        s(&bundle),
+        &b,
+    ]);
+    assert!(err.contains("inventory.img"), "{err}");
+
+    // A missing rootfs.
+    let gone = tmp.path().join("gone");
+    copy_bundle(&bundle, &gone);
+    std::fs::remove_dir_all(gone.join("rootfs")).unwrap();
+    let err = root.fails(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&gone),
+        &b,
+    ]);
+    assert!(
+        err.contains("rootfs") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    assert!(!root.ids().contains(&b));
+    assert!(cgroup_leftovers(&b).is_empty());
+    assert!(mount_leftovers("criu-root").is_empty());
+    assert_eq!(
+        iptables_rules(),
+        "",
+        "CRIU's network-lock rules were left behind"
+    );
+    assert_eq!(root.status(&a), "running");
+}
