@@ -77,9 +77,7 @@ pub fn report_error(err: &anyhow::Error, format: LogFormat) {
     }
 }
 
+/// RFC 3339, which go-runc parses the "time" of runtime log lines as.
 fn humantime_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+    ferry_oci::runtime::container::now_rfc3339()
 }

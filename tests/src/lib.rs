@@ -101,6 +101,21 @@ impl Root {
     }
 }
 
+impl Root {
+    /// `ferry --root ROOT args...` on a root that is not the test's (a
+    /// dockerd's), asserting success; returns stdout.
+    pub fn ferry_at(root: &Path, args: &[&str]) -> String {
+        let out = run_ferry(Command::new(ferry_bin()).arg("--root").arg(root).args(args));
+        assert!(
+            out.status.success(),
+            "ferry --root {} {args:?}: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 impl Default for Root {
     fn default() -> Self {
         Root::new()

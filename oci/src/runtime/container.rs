@@ -73,7 +73,8 @@ pub struct Container {
     pub state: State,
 }
 
-pub(crate) fn now_rfc3339() -> String {
+/// The current time in RFC 3339 (UTC), as runc writes `created`.
+pub fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -514,6 +515,7 @@ impl Container {
                     cgroup,
                     started: false,
                     config: bundle.dir.join("config.json"),
+                    restored: false,
                 };
                 dir.save(&st)?;
                 if let Some(p) = &opts.pid_file {
@@ -576,6 +578,9 @@ impl Container {
 
     /// `ferry start`: releases the init waiting on exec.fifo.
     pub fn start(&mut self) -> Result<()> {
+        if self.state.restored && self.status() == Status::Running {
+            return Ok(());
+        }
         match self.status() {
             Status::Created => {}
             s => {

@@ -60,6 +60,9 @@ impl Container {
 /// `ferry restore`'s runtime-side options.
 #[derive(Debug, Default)]
 pub struct RestoreRuntimeOptions {
+    /// The restore stands in for `create` (FERRY_RESTORE): a later
+    /// `start` finds the container running and succeeds.
+    pub at_create: bool,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub systemd_cgroup: bool,
@@ -144,6 +147,25 @@ impl RestoreHooks for Hooks<'_> {
     }
 }
 
+/// The environment variable that turns `ferry create` into a restore: how a
+/// dockerd without `--experimental` (which refuses `docker start
+/// --checkpoint`) restores a container Ferry checkpointed: `docker create
+/// --runtime ferry -e FERRY_RESTORE=/path/to/checkpoint ...` then
+/// `docker start`.
+pub const RESTORE_ENV: &str = "FERRY_RESTORE";
+
+/// The checkpoint a bundle asks to be restored from, if any.
+pub fn restore_requested(spec: &Spec) -> Option<PathBuf> {
+    spec.process()
+        .as_ref()?
+        .env()
+        .as_ref()?
+        .iter()
+        .find_map(|e| e.strip_prefix(RESTORE_ENV)?.strip_prefix('='))
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// `ferry restore`: a new container `id` from the bundle at `bundle_dir`
 /// and the checkpoint in `opts.image_path`. The image directory and the id
 /// are checked before anything is created; on failure nothing is left.
@@ -191,6 +213,7 @@ pub fn restore_container(
         cgroup: cgroup.clone(),
         started: true,
         config: bundle.dir.join("config.json"),
+        restored: rt.at_create,
     };
     let mut hooks = Hooks {
         cgroup: &cgroup,

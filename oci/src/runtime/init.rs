@@ -386,6 +386,11 @@ pub fn pivot(rootfs: &Path) -> Result<(), StepError> {
 /// sysctls.
 pub fn finish_rootfs(spec: &Spec) -> Result<(), StepError> {
     let linux = spec.linux().clone().unwrap_or_default();
+    // Sysctls first: /proc/sys becomes read-only below (runc's order).
+    for (k, v) in linux.sysctl().clone().unwrap_or_default() {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        fs::write(&p, v).map_err(|e| fail(format!("sysctl {k}"), e))?;
+    }
     for p in linux.readonly_paths().clone().unwrap_or_default() {
         let path = Path::new(&p);
         if !path.exists() {
@@ -430,10 +435,6 @@ pub fn finish_rootfs(spec: &Spec) -> Result<(), StepError> {
             )?,
             Err(_) => {}
         }
-    }
-    for (k, v) in linux.sysctl().clone().unwrap_or_default() {
-        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        fs::write(&p, v).map_err(|e| fail(format!("sysctl {k}"), e))?;
     }
     if let Some(h) = spec.hostname() {
         nix::unistd::sethostname(h).map_err(|e| fail("sethostname", e))?;

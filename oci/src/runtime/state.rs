@@ -35,6 +35,10 @@ pub struct State {
     pub started: bool,
     /// The config the container was created with (hooks for delete).
     pub config: PathBuf,
+    /// Restored from a checkpoint when it was created (FERRY_RESTORE):
+    /// it already runs, and `start` has nothing left to do.
+    #[serde(default)]
+    pub restored: bool,
 }
 
 /// One container's directory, locked for the lifetime of this value.

@@ -86,6 +86,9 @@ fn create_opts(cli: &Cli, a: &CreateArgs, subreaper: bool) -> CreateOptions {
 }
 
 pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
+    if let Some(images) = restore_request(&a.bundle)? {
+        return restore_at_create(cli, a, images);
+    }
     Container::create(&cli.root, &a.id, &a.bundle, &create_opts(cli, a, false))
         .with_context(|| format!("creating container {}", a.id))?;
     Ok(ExitCode::SUCCESS)
@@ -210,5 +213,48 @@ pub fn pause(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
 
 pub fn resume(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
     Container::load(&cli.root, &a.id)?.resume()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore_request(bundle: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
+    // A bundle that does not load is create's to report.
+    let Ok(b) = ferry_oci::runtime::spec::Bundle::load(bundle) else {
+        return Ok(None);
+    };
+    Ok(ferry_oci::runtime::cr::restore_requested(&b.spec))
+}
+
+/// `create` of a bundle whose env names a checkpoint (FERRY_RESTORE): the
+/// container is restored from it, detached, with this process's stdio
+/// (dockerd's pipes) standing in for the checkpointed ones.
+fn restore_at_create(cli: &Cli, a: &CreateArgs, images: PathBuf) -> anyhow::Result<ExitCode> {
+    use ferry_oci::runtime::cr::{restore_container, RestoreRuntimeOptions};
+    let opts = ferry_oci::restore::RestoreOptions {
+        image_path: images.clone(),
+        tcp_established: true,
+        file_locks: true,
+        ..Default::default()
+    };
+    let rt = RestoreRuntimeOptions {
+        at_create: true,
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        systemd_cgroup: cli.systemd_cgroup,
+    };
+    restore_container(
+        &cli.root,
+        &a.id,
+        &a.bundle,
+        &super::checkpoint::criu(cli),
+        &opts,
+        &rt,
+    )
+    .with_context(|| {
+        format!(
+            "restoring container {} from {} (FERRY_RESTORE)",
+            a.id,
+            images.display()
+        )
+    })?;
     Ok(ExitCode::SUCCESS)
 }

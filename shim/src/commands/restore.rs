@@ -85,6 +85,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         lsm_mount_context: a.lsm_mount_context.clone(),
     };
     let rt = RestoreRuntimeOptions {
+        at_create: false,
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         systemd_cgroup: cli.systemd_cgroup,
