@@ -23,7 +23,7 @@ const LOOP: &str = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done";
 struct Dockerd {
     dir: tempfile::TempDir,
     netns: String,
-    pid: Option<i32>,
+    child: Option<std::process::Child>,
 }
 
 impl Dockerd {
@@ -68,8 +68,7 @@ impl Dockerd {
         if experimental {
             cmd.arg("--experimental");
         }
-        let child = cmd.spawn().expect("starting dockerd");
-        d.pid = Some(child.id() as i32);
+        d.child = Some(cmd.spawn().expect("starting dockerd"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while !d.docker(&["info"]).status.success() {
             assert!(
@@ -81,7 +80,7 @@ impl Dockerd {
         }
         // A busybox image, imported: no registry here.
         let rootfs = busybox_bundle(d.path(), &["sh"]).join("rootfs");
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
             .args(["-c", "."])
@@ -92,10 +91,14 @@ impl Dockerd {
             .arg("-H")
             .arg(format!("unix://{}", d.sock().display()))
             .args(["import", "-", "busybox:ferry"])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .stdout(Stdio::null())
             .status()
             .unwrap();
+        assert!(
+            tar.wait().unwrap().success(),
+            "tar of the busybox rootfs failed"
+        );
         assert!(st.success(), "docker import failed");
         d
     }
@@ -175,8 +178,8 @@ impl Drop for Dockerd {
                 }
             }
         }
-        if let Some(pid) = self.pid {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
