@@ -43,7 +43,7 @@ impl Dockerd {
         let mut d = Dockerd {
             dir,
             netns,
-            pid: None,
+            child: None,
         };
         let log = std::fs::File::create(d.path().join("dockerd.log")).unwrap();
         // nsenter, not `ip netns exec`: the latter remounts /sys and hides
