@@ -213,3 +213,123 @@ fn bad_input_is_refused_cleanly() {
     root.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&id).is_empty());
 }
+
+#[test]
+fn hooks_run_with_the_state_on_stdin() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), &["sleep", "30"]);
+    let out = tmp.path().join("hooks");
+    std::fs::create_dir(&out).unwrap();
+    let hook = |name: &str| {
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {}/{name}.json", out.display())],
+        })
+    };
+    edit_config(&bundle, |c| {
+        c["hooks"] = serde_json::json!({
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")],
+        });
+    });
+    let id = unique("hooks");
+    root.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("createRuntime.json")).unwrap()).unwrap();
+    assert_eq!(state["id"], id.as_str());
+    assert_eq!(state["status"], "creating");
+    assert!(state["pid"].as_i64().unwrap() > 0);
+    assert!(!out.join("poststart.json").exists());
+    root.ok(&["start", &id]);
+    assert!(out.join("poststart.json").exists());
+    root.ok(&["delete", "--force", &id]);
+    let stopped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("poststop.json")).unwrap()).unwrap();
+    assert_eq!(stopped["status"], "stopped");
+
+    // A failing hook fails the create, and nothing is left.
+    edit_config(&bundle, |c| {
+        c["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/false"}]});
+    });
+    let err = root.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(
+        err.contains("createRuntime hook /bin/false failed"),
+        "{err}"
+    );
+    assert!(root.ids().is_empty());
+    assert!(cgroup_leftovers(&id).is_empty());
+}
+
+#[test]
+fn a_terminal_goes_to_the_console_socket() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), &["sh", "-c", "echo hello-tty; tty; sleep 2"]);
+    edit_config(&bundle, |c| c["process"]["terminal"] = true.into());
+    let sock_path = tmp.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 256];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = nix::sys::socket::recvmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                nix::sys::socket::ControlMessageOwned::ScmRights(f) => f.first().copied(),
+                _ => None,
+            })
+            .expect("a pty master over the console socket");
+        let master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut out = Vec::new();
+        let mut m = master;
+        let mut chunk = [0u8; 256];
+        // Read until the container's output is there (the slave closes
+        // when the container exits: EIO).
+        while let Ok(n) = m.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&out).contains("/dev/pts/") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let id = unique("tty");
+    root.ok(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--console-socket",
+        sock_path.to_str().unwrap(),
+        &id,
+    ]);
+    root.ok(&["start", &id]);
+    let out = receiver.join().unwrap();
+    assert!(out.contains("hello-tty"), "{out:?}");
+    assert!(
+        out.contains("/dev/pts/0"),
+        "the shell's stdin is the pty: {out:?}"
+    );
+    let err = root.fails(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        &unique("tty2"),
+    ]);
+    assert!(err.contains("--console-socket"), "{err}");
+}
