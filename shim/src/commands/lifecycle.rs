@@ -168,20 +168,30 @@ pub fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&v)?);
         }
         "table" => {
-            println!(
-                "{:<12}{:<12}{:<12}{:<40}{:<32}OWNER",
-                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
-            );
+            // runc's tabwriter: columns as wide as their widest cell.
+            let mut rows =
+                vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
             for (s, st) in &all {
                 let pid = if *st == Status::Stopped { 0 } else { s.pid };
-                println!(
-                    "{:<12}{:<12}{:<12}{:<40}{:<32}root",
-                    s.id,
-                    pid,
+                rows.push([
+                    s.id.clone(),
+                    pid.to_string(),
                     st.to_string(),
-                    s.bundle.display(),
-                    s.created
-                );
+                    s.bundle.display().to_string(),
+                    s.created.clone(),
+                    "root".into(),
+                ]);
+            }
+            let widths: Vec<usize> = (0..6)
+                .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+                .collect();
+            for r in &rows {
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", line.join("   ").trim_end());
             }
         }
         f => anyhow::bail!("invalid format `{f}`: use table or json"),
