@@ -49,7 +49,23 @@ impl Container {
             rootfs: &self.state.rootfs,
             freezer: freezer.exists().then_some(freezer.as_path()),
         };
-        let done = checkpoint::checkpoint(criu, &target, opts, on_notify)?;
+        // Freeze first: CRIU then finds the cgroup frozen and goes on at
+        // once, where freezing it itself costs a 100 ms poll (seize.c:
+        // "100 x 100ms attempts"); it leaves a cgroup it found frozen
+        // frozen, so the container is thawed here if it is to run on.
+        let was_paused = self.state.cgroup.is_frozen();
+        if target.freezer.is_some() && !was_paused {
+            self.state.cgroup.freeze()?;
+        }
+        let leave_stopped = opts.leave_stopped;
+        let result = checkpoint::checkpoint(criu, &target, opts, on_notify);
+        // Only a successful --leave-stopped dump stays frozen (a move keeps
+        // its source that way until the destination runs).
+        let stays_frozen = was_paused || (result.is_ok() && leave_stopped);
+        if !stays_frozen {
+            let _ = self.state.cgroup.thaw();
+        }
+        let done = result?;
         if !keeps {
             self.delete(true)?;
         }
