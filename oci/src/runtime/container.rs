@@ -265,6 +265,59 @@ fn report_and_exit(mut sock: UnixStream, r: std::result::Result<(), StepError>) 
     unsafe { libc::_exit(1) }
 }
 
+/// The double fork runc's nsexec does: a child enters the namespaces
+/// (`enter`; a new pid namespace only applies to its children), forks the
+/// process that lives there (`body`, which reports its own failure and
+/// never returns on success: it execs), tells us that process's pid and
+/// exits. Returns the pid (as the host sees it) and our end of the sync
+/// socket.
+fn fork_into(
+    enter: impl FnOnce() -> std::result::Result<(), StepError>,
+    body: impl FnOnce(UnixStream) -> std::result::Result<(), StepError>,
+) -> Result<(Pid, UnixStream)> {
+    let (mut parent, child) = UnixStream::pair().map_err(|source| Error::Sync { source })?;
+    // SAFETY: ferry is single-threaded when it forks; the children make
+    // system calls and leave with _exit.
+    match unsafe { fork() }.map_err(|e| Error::Io {
+        op: "fork",
+        path: PathBuf::new(),
+        source: e.into(),
+    })? {
+        ForkResult::Child => {
+            drop(parent);
+            let mut sock = child;
+            if let Err(e) = enter() {
+                report_and_exit(sock, Err(e));
+            }
+            // SAFETY: as above.
+            match unsafe { fork() } {
+                Ok(ForkResult::Child) => {
+                    let r = body(sock.try_clone().expect("dup of the sync socket"));
+                    report_and_exit(sock, r);
+                }
+                Ok(ForkResult::Parent { child }) => {
+                    let _ = sync::send(&mut sock, &Msg::Pid(child.as_raw()));
+                    // SAFETY: leaving the intermediate child.
+                    unsafe { libc::_exit(0) }
+                }
+                Err(e) => report_and_exit(
+                    sock,
+                    Err(StepError {
+                        step: "fork".into(),
+                        message: e.to_string(),
+                    }),
+                ),
+            }
+        }
+        ForkResult::Parent { child: c1 } => {
+            drop(child);
+            let pid = wait_pid_msg(&mut parent);
+            let _ = waitpid(c1, None);
+            Ok((Pid::from_raw(pid?), parent))
+        }
+    }
+}
+
 /// The pid of the init, and its start time, once it runs.
 fn wait_pid_msg(sock: &mut UnixStream) -> Result<i32> {
     match sync::recv(sock)? {
@@ -393,138 +446,93 @@ impl Container {
                 })
                 .collect(),
         };
-        let (mut parent, child) = UnixStream::pair().map_err(|source| Error::Sync { source })?;
         let cgroup_ns = new.contains(CloneFlags::CLONE_NEWCGROUP);
-        // SAFETY: ferry is single-threaded here; the child only makes
-        // system calls and exits with _exit.
-        match unsafe { fork() }.map_err(|e| Error::Io {
-            op: "fork",
-            path: PathBuf::new(),
-            source: e.into(),
-        })? {
-            ForkResult::Child => {
-                drop(parent);
-                let mut sock = child;
-                let r = (|| -> std::result::Result<(), StepError> {
-                    for (flag, fd) in &join {
-                        nix::sched::setns(fd, *flag).map_err(|e| StepError {
-                            step: "setns".into(),
-                            message: e.to_string(),
-                        })?;
-                    }
-                    // The cgroup namespace is unshared by the init once it
-                    // is in the container's cgroups.
-                    let unshare = new - CloneFlags::CLONE_NEWCGROUP;
-                    nix::sched::unshare(unshare).map_err(|e| StepError {
-                        step: "unshare".into(),
-                        message: e.to_string(),
-                    })?;
-                    Ok(())
-                })();
-                if r.is_err() {
-                    report_and_exit(sock, r);
-                }
-                // SAFETY: as above.
-                match unsafe { fork() } {
-                    Ok(ForkResult::Child) => {
-                        let r = init_main(
-                            sock.try_clone().expect("dup"),
-                            &bundle,
-                            &fifo,
-                            console.as_ref(),
-                            cgroup_ns,
-                            &cg_view,
-                        );
-                        report_and_exit(sock, r);
-                    }
-                    Ok(ForkResult::Parent { child }) => {
-                        let _ = sync::send(&mut sock, &Msg::Pid(child.as_raw()));
-                        unsafe { libc::_exit(0) }
-                    }
-                    Err(e) => report_and_exit(
-                        sock,
-                        Err(StepError {
-                            step: "fork".into(),
-                            message: e.to_string(),
-                        }),
-                    ),
-                }
+        let enter = || -> std::result::Result<(), StepError> {
+            for (flag, fd) in &join {
+                nix::sched::setns(fd, *flag).map_err(|e| StepError {
+                    step: "setns".into(),
+                    message: e.to_string(),
+                })?;
             }
-            ForkResult::Parent { child: c1 } => {
-                drop(child);
-                drop(console);
-                let mut guard = guard;
-                let pid = wait_pid_msg(&mut parent);
-                let _ = waitpid(c1, None);
-                let pid = Pid::from_raw(pid?);
-                guard.pid = Some(pid);
-                guard.cgroup = Some(cgroup.clone());
-                cgroup.create_and_add(pid)?;
-                if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-                    cgroup.apply(r)?;
-                }
-                sync::send(&mut parent, &Msg::Go)?;
-                match sync::recv(&mut parent)? {
-                    Msg::NamespacesReady => {}
-                    Msg::Failed { step, message } => return Err(Error::Init { step, message }),
-                    m => {
-                        return Err(Error::Init {
-                            step: "namespaces".into(),
-                            message: format!("unexpected {m:?}"),
-                        })
-                    }
-                }
-                let oci = OciState {
-                    oci_version: spec.version().clone(),
-                    id: id.to_string(),
-                    status: "creating".into(),
-                    pid: pid.as_raw(),
-                    bundle: bundle.dir.to_string_lossy().into_owned(),
-                    annotations: spec
-                        .annotations()
-                        .clone()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect(),
-                };
-                let mut pre = hooks_of(spec, |h| {
-                    #[allow(deprecated)]
-                    h.prestart().clone()
-                });
-                pre.extend(hooks_of(spec, |h| h.create_runtime().clone()));
-                hooks::run("createRuntime", &pre, &oci)?;
-                sync::send(&mut parent, &Msg::HooksDone)?;
-                match sync::recv(&mut parent)? {
-                    Msg::Ready => {}
-                    Msg::Failed { step, message } => return Err(Error::Init { step, message }),
-                    m => {
-                        return Err(Error::Init {
-                            step: "rootfs".into(),
-                            message: format!("unexpected {m:?}"),
-                        })
-                    }
-                }
-                let st = State {
-                    id: id.to_string(),
-                    pid: pid.as_raw(),
-                    start_time: state::start_time(pid.as_raw()).unwrap_or(0),
-                    bundle: bundle.dir.clone(),
-                    rootfs: bundle.rootfs.clone(),
-                    created: now_rfc3339(),
-                    annotations: oci.annotations.clone(),
-                    cgroup,
-                    started: false,
-                    config: bundle.dir.join("config.json"),
-                    restored: false,
-                };
-                dir.save(&st)?;
-                if let Some(p) = &opts.pid_file {
-                    write_pid_file(p, pid)?;
-                }
-                guard.disarm();
-                Ok(Container { dir, state: st })
+            // The cgroup namespace is unshared by the init once it is in
+            // the container's cgroups.
+            nix::sched::unshare(new - CloneFlags::CLONE_NEWCGROUP).map_err(|e| StepError {
+                step: "unshare".into(),
+                message: e.to_string(),
+            })
+        };
+        let body = |sock: UnixStream| {
+            init_main(sock, &bundle, &fifo, console.as_ref(), cgroup_ns, &cg_view)
+        };
+        let mut guard = guard;
+        let (pid, mut parent) = fork_into(enter, body)?;
+        drop(console);
+        guard.pid = Some(pid);
+        guard.cgroup = Some(cgroup.clone());
+        cgroup.create_and_add(pid)?;
+        if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            cgroup.apply(r)?;
+        }
+        sync::send(&mut parent, &Msg::Go)?;
+        match sync::recv(&mut parent)? {
+            Msg::NamespacesReady => {}
+            Msg::Failed { step, message } => return Err(Error::Init { step, message }),
+            m => {
+                return Err(Error::Init {
+                    step: "namespaces".into(),
+                    message: format!("unexpected {m:?}"),
+                })
             }
         }
+        let oci = OciState {
+            oci_version: spec.version().clone(),
+            id: id.to_string(),
+            status: "creating".into(),
+            pid: pid.as_raw(),
+            bundle: bundle.dir.to_string_lossy().into_owned(),
+            annotations: spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        };
+        let mut pre = hooks_of(spec, |h| {
+            #[allow(deprecated)]
+            h.prestart().clone()
+        });
+        pre.extend(hooks_of(spec, |h| h.create_runtime().clone()));
+        hooks::run("createRuntime", &pre, &oci)?;
+        sync::send(&mut parent, &Msg::HooksDone)?;
+        match sync::recv(&mut parent)? {
+            Msg::Ready => {}
+            Msg::Failed { step, message } => return Err(Error::Init { step, message }),
+            m => {
+                return Err(Error::Init {
+                    step: "rootfs".into(),
+                    message: format!("unexpected {m:?}"),
+                })
+            }
+        }
+        let st = State {
+            id: id.to_string(),
+            pid: pid.as_raw(),
+            start_time: state::start_time(pid.as_raw()).unwrap_or(0),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: now_rfc3339(),
+            annotations: oci.annotations.clone(),
+            cgroup,
+            started: false,
+            config: bundle.dir.join("config.json"),
+            restored: false,
+        };
+        dir.save(&st)?;
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        guard.disarm();
+        Ok(Container { dir, state: st })
     }
 
     /// Finds and locks the container `id`.
@@ -769,110 +777,78 @@ impl Container {
             (Some(s), Some(true)) => Some(console_connect(s)?),
             _ => None,
         };
-        let (mut parent, child) = UnixStream::pair().map_err(|source| Error::Sync { source })?;
-        // SAFETY: single-threaded; the child makes system calls and exits.
+        // A subreaper, so that the exec'd process (our grandchild) comes
+        // back to us when it exits.
+        // SAFETY: prctl on our own process.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        match unsafe { fork() }.map_err(|e| Error::Io {
-            op: "fork",
-            path: PathBuf::new(),
-            source: e.into(),
-        })? {
-            ForkResult::Child => {
-                drop(parent);
-                let mut sock = child;
-                for (flag, fd) in &nss {
-                    if let Err(e) = nix::sched::setns(fd, *flag) {
-                        report_and_exit(
-                            sock,
-                            Err(StepError {
-                                step: "setns".into(),
-                                message: e.to_string(),
-                            }),
-                        );
-                    }
-                }
-                match unsafe { fork() } {
-                    Ok(ForkResult::Child) => {
-                        let r = (|| -> std::result::Result<(), StepError> {
-                            match sync::recv(&mut sock) {
-                                Ok(Msg::Go) => {}
-                                other => {
-                                    return Err(StepError {
-                                        step: "waiting for cgroups".into(),
-                                        message: format!("{other:?}"),
-                                    })
-                                }
-                            }
-                            if let Some(c) = &console {
-                                nix::unistd::setsid().map_err(|e| StepError {
-                                    step: "setsid".into(),
-                                    message: e.to_string(),
-                                })?;
-                                setup_console(c)?;
-                            }
-                            process::limits(p)?;
-                            sync::send(&mut sock, &Msg::Ready).map_err(|e| StepError {
-                                step: "sync".into(),
-                                message: e.to_string(),
-                            })?;
-                            process::close_fds_on_exec(2)?;
-                            process::credentials(p)?;
-                            Err(process::exec(p))
-                        })();
-                        report_and_exit(sock, r);
-                    }
-                    Ok(ForkResult::Parent { child }) => {
-                        let _ = sync::send(&mut sock, &Msg::Pid(child.as_raw()));
-                        unsafe { libc::_exit(0) }
-                    }
-                    Err(e) => report_and_exit(
-                        sock,
-                        Err(StepError {
-                            step: "fork".into(),
-                            message: e.to_string(),
-                        }),
-                    ),
+        let enter = || -> std::result::Result<(), StepError> {
+            for (flag, fd) in &nss {
+                nix::sched::setns(fd, *flag).map_err(|e| StepError {
+                    step: "setns".into(),
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(())
+        };
+        let body = |mut sock: UnixStream| -> std::result::Result<(), StepError> {
+            match sync::recv(&mut sock) {
+                Ok(Msg::Go) => {}
+                other => {
+                    return Err(StepError {
+                        step: "waiting for cgroups".into(),
+                        message: format!("{other:?}"),
+                    })
                 }
             }
-            ForkResult::Parent { child: c1 } => {
-                drop(child);
-                drop(console);
-                let pid = wait_pid_msg(&mut parent);
-                let _ = waitpid(c1, None);
-                let pid = Pid::from_raw(pid?);
-                let placed = self.state.cgroup.add(pid);
-                if let Err(e) = placed {
-                    let _ = kill(pid, Signal::SIGKILL);
-                    let _ = waitpid(pid, None);
-                    return Err(e);
-                }
-                sync::send(&mut parent, &Msg::Go)?;
-                match sync::recv(&mut parent) {
-                    Ok(Msg::Ready) => {}
-                    Ok(Msg::Failed { step, message }) => {
-                        let _ = waitpid(pid, None);
-                        return Err(Error::Init { step, message });
-                    }
-                    other => {
-                        let _ = waitpid(pid, None);
-                        return Err(Error::Init {
-                            step: "exec".into(),
-                            message: format!("unexpected {other:?}"),
-                        });
-                    }
-                }
-                // The exec succeeded when the socket closes without a
-                // failure message.
-                if let Ok(Msg::Failed { step, message }) = sync::recv(&mut parent) {
-                    let _ = waitpid(pid, None);
-                    return Err(Error::Init { step, message });
-                }
-                if let Some(f) = &opts.pid_file {
-                    write_pid_file(f, pid)?;
-                }
-                Ok(pid)
+            if let Some(c) = &console {
+                nix::unistd::setsid().map_err(|e| StepError {
+                    step: "setsid".into(),
+                    message: e.to_string(),
+                })?;
+                setup_console(c)?;
+            }
+            process::limits(p)?;
+            sync::send(&mut sock, &Msg::Ready).map_err(|e| StepError {
+                step: "sync".into(),
+                message: e.to_string(),
+            })?;
+            process::close_fds_on_exec(2)?;
+            process::credentials(p)?;
+            Err(process::exec(p))
+        };
+        let (pid, mut parent) = fork_into(enter, body)?;
+        drop(console);
+        let placed = self.state.cgroup.add(pid);
+        if let Err(e) = placed {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Err(e);
+        }
+        sync::send(&mut parent, &Msg::Go)?;
+        match sync::recv(&mut parent) {
+            Ok(Msg::Ready) => {}
+            Ok(Msg::Failed { step, message }) => {
+                let _ = waitpid(pid, None);
+                return Err(Error::Init { step, message });
+            }
+            other => {
+                let _ = waitpid(pid, None);
+                return Err(Error::Init {
+                    step: "exec".into(),
+                    message: format!("unexpected {other:?}"),
+                });
             }
         }
+        // The exec succeeded when the socket closes without a
+        // failure message.
+        if let Ok(Msg::Failed { step, message }) = sync::recv(&mut parent) {
+            let _ = waitpid(pid, None);
+            return Err(Error::Init { step, message });
+        }
+        if let Some(f) = &opts.pid_file {
+            write_pid_file(f, pid)?;
+        }
+        Ok(pid)
     }
 }
 

@@ -12,15 +12,43 @@ use nix::sched::CloneFlags;
 
 use crate::Cli;
 
+/// The flags checkpoint and restore share, as runc spells them.
 #[derive(Debug, clap::Args)]
-pub struct CheckpointArgs {
-    pub id: String,
-    /// Where to write the images (created 0700).
+pub struct CriuFlags {
+    /// The images: written (created 0700) or read.
     #[arg(long = "image-path", default_value = "checkpoint")]
     pub image_path: PathBuf,
     /// Where CRIU writes its log and scratch files (default: the image path).
     #[arg(long = "work-path")]
     pub work_path: Option<PathBuf>,
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    #[arg(long = "shell-job")]
+    pub shell_job: bool,
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
+    /// soft, full, strict or ignore.
+    #[arg(long = "manage-cgroups-mode")]
+    pub manage_cgroups_mode: Option<String>,
+    /// Namespaces left empty in the image (only `network`).
+    #[arg(long = "empty-ns")]
+    pub empty_ns: Vec<String>,
+    #[arg(long = "auto-dedup")]
+    pub auto_dedup: bool,
+    /// Print CRIU's statistics (also saved as JSON next to the images).
+    #[arg(long = "print-stats")]
+    pub print_stats: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     /// A previous pre-dump, relative to the image path.
     #[arg(long = "parent-path")]
     pub parent_path: Option<PathBuf>,
@@ -30,39 +58,18 @@ pub struct CheckpointArgs {
     /// stays until the destination runs).
     #[arg(long = "leave-stopped")]
     pub leave_stopped: bool,
-    #[arg(long = "tcp-established")]
-    pub tcp_established: bool,
     #[arg(long = "tcp-skip-in-flight")]
     pub tcp_skip_in_flight: bool,
     #[arg(long = "link-remap")]
     pub link_remap: bool,
-    #[arg(long = "ext-unix-sk")]
-    pub ext_unix_sk: bool,
-    #[arg(long = "shell-job")]
-    pub shell_job: bool,
-    #[arg(long = "lazy-pages")]
-    pub lazy_pages: bool,
     /// An fd CRIU writes to when lazy pages are ready to be served.
     #[arg(long = "status-fd")]
     pub status_fd: Option<i32>,
     /// IP:PORT of a CRIU page server to send memory to.
     #[arg(long = "page-server")]
     pub page_server: Option<String>,
-    #[arg(long = "file-locks")]
-    pub file_locks: bool,
     #[arg(long = "pre-dump")]
     pub pre_dump: bool,
-    /// soft, full, strict or ignore.
-    #[arg(long = "manage-cgroups-mode")]
-    pub manage_cgroups_mode: Option<String>,
-    /// Namespaces to leave empty in the image (only `network`).
-    #[arg(long = "empty-ns")]
-    pub empty_ns: Vec<String>,
-    #[arg(long = "auto-dedup")]
-    pub auto_dedup: bool,
-    /// Print CRIU's statistics (also saved as stats-dump.json).
-    #[arg(long = "print-stats")]
-    pub print_stats: bool,
 }
 
 pub fn cgroup_mode(s: &Option<String>) -> anyhow::Result<Option<CgroupMode>> {
@@ -91,7 +98,7 @@ pub fn empty_ns(v: &[String]) -> anyhow::Result<Option<CloneFlags>> {
     Ok((!f.is_empty()).then_some(f))
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+pub fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -128,24 +135,25 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let image_path = absolute(&a.image_path)?;
+    let f = &a.criu;
+    let image_path = absolute(&f.image_path)?;
     let opts = CheckpointOptions {
         image_path: image_path.clone(),
-        work_path: a.work_path.as_deref().map(absolute).transpose()?,
+        work_path: f.work_path.as_deref().map(absolute).transpose()?,
         leave_running: a.leave_running,
         leave_stopped: a.leave_stopped,
-        tcp_established: a.tcp_established,
+        tcp_established: f.tcp_established,
         tcp_skip_in_flight: a.tcp_skip_in_flight,
-        ext_unix_sk: a.ext_unix_sk,
-        shell_job: a.shell_job,
-        file_locks: a.file_locks,
+        ext_unix_sk: f.ext_unix_sk,
+        shell_job: f.shell_job,
+        file_locks: f.file_locks,
         link_remap: a.link_remap,
-        auto_dedup: a.auto_dedup,
-        lazy_pages: a.lazy_pages,
+        auto_dedup: f.auto_dedup,
+        lazy_pages: f.lazy_pages,
         page_server,
         status_fd,
-        manage_cgroups_mode: cgroup_mode(&a.manage_cgroups_mode)?,
-        empty_ns: empty_ns(&a.empty_ns)?,
+        manage_cgroups_mode: cgroup_mode(&f.manage_cgroups_mode)?,
+        empty_ns: empty_ns(&f.empty_ns)?,
         pre_dump: a.pre_dump,
         parent_path: a.parent_path.clone(),
     };
@@ -168,7 +176,7 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_vec_pretty(&report)?,
     )
     .with_context(|| format!("writing stats-dump.json in {}", image_path.display()))?;
-    if a.print_stats {
+    if f.print_stats {
         print_dump_stats(&report);
     }
     Ok(ExitCode::SUCCESS)

@@ -9,16 +9,14 @@ use ferry_oci::runtime::container::wait_exit;
 use ferry_oci::runtime::cr::{restore_container, RestoreRuntimeOptions};
 use ferry_oci::runtime::Container;
 
-use super::checkpoint::{cgroup_mode, criu, empty_ns};
+use super::checkpoint::{absolute, cgroup_mode, criu, empty_ns, CriuFlags};
 use crate::Cli;
 
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     pub id: String,
-    #[arg(long = "image-path", default_value = "checkpoint")]
-    pub image_path: PathBuf,
-    #[arg(long = "work-path")]
-    pub work_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     #[arg(short, long, default_value = ".")]
     pub bundle: PathBuf,
     #[arg(short, long)]
@@ -32,55 +30,30 @@ pub struct RestoreArgs {
     pub no_pivot: bool,
     #[arg(long = "no-subreaper")]
     pub no_subreaper: bool,
-    #[arg(long = "tcp-established")]
-    pub tcp_established: bool,
-    #[arg(long = "ext-unix-sk")]
-    pub ext_unix_sk: bool,
-    #[arg(long = "shell-job")]
-    pub shell_job: bool,
-    #[arg(long = "file-locks")]
-    pub file_locks: bool,
-    #[arg(long = "manage-cgroups-mode")]
-    pub manage_cgroups_mode: Option<String>,
-    #[arg(long = "empty-ns")]
-    pub empty_ns: Vec<String>,
-    #[arg(long = "auto-dedup")]
-    pub auto_dedup: bool,
-    #[arg(long = "lazy-pages")]
-    pub lazy_pages: bool,
     #[arg(long = "lsm-profile")]
     pub lsm_profile: Option<String>,
     #[arg(long = "lsm-mount-context")]
     pub lsm_mount_context: Option<String>,
-    #[arg(long = "print-stats")]
-    pub print_stats: bool,
 }
 
 pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     // A restored container that leaves its network empty is not something
     // Ferry recreates yet: refuse rather than restore it cut off.
+    let f = &a.criu;
     anyhow::ensure!(
-        empty_ns(&a.empty_ns)?.is_none(),
+        empty_ns(&f.empty_ns)?.is_none(),
         "--empty-ns on restore is not supported: the network namespace is handed in from config.json"
     );
-    let cwd = std::env::current_dir()?;
-    let abs = |p: &PathBuf| {
-        if p.is_absolute() {
-            p.clone()
-        } else {
-            cwd.join(p)
-        }
-    };
     let opts = RestoreOptions {
-        image_path: abs(&a.image_path),
-        work_path: a.work_path.as_ref().map(abs),
-        tcp_established: a.tcp_established,
-        ext_unix_sk: a.ext_unix_sk,
-        shell_job: a.shell_job,
-        file_locks: a.file_locks,
-        auto_dedup: a.auto_dedup,
-        lazy_pages: a.lazy_pages,
-        manage_cgroups_mode: cgroup_mode(&a.manage_cgroups_mode)?,
+        image_path: absolute(&f.image_path)?,
+        work_path: f.work_path.as_deref().map(absolute).transpose()?,
+        tcp_established: f.tcp_established,
+        ext_unix_sk: f.ext_unix_sk,
+        shell_job: f.shell_job,
+        file_locks: f.file_locks,
+        auto_dedup: f.auto_dedup,
+        lazy_pages: f.lazy_pages,
+        manage_cgroups_mode: cgroup_mode(&f.manage_cgroups_mode)?,
         lsm_profile: a.lsm_profile.clone(),
         lsm_mount_context: a.lsm_mount_context.clone(),
     };
@@ -108,7 +81,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         log_dir.join("stats-restore.json"),
         serde_json::to_vec_pretty(&report)?,
     );
-    if a.print_stats {
+    if f.print_stats {
         let c = &report["criu"];
         println!(
             "restore of {}: {:.1} ms",
