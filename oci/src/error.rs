@@ -105,6 +105,20 @@ pub enum Error {
         what: &'static str,
     },
 
+    #[error("the destination refused the container: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Refused {
+        problems: Vec<crate::migrate::preflight::Problem>,
+    },
+
+    #[error("the destination failed: {error}")]
+    DestinationFailed { error: String },
+
+    #[error("the source gave up: {reason}")]
+    SourceAborted { reason: String },
+
+    #[error("the restore failed: {message}")]
+    RestoreFailed { message: String },
+
     #[error("{what} is not supported: {hint}")]
     Unsupported {
         what: &'static str,
@@ -150,4 +164,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An error and its causes on one line, for a peer or a log.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -81,6 +81,10 @@ pub enum Command {
     Checkpoint(commands::checkpoint::CheckpointArgs),
     /// Restore a container from a checkpoint.
     Restore(commands::restore::RestoreArgs),
+    /// Receive migrating containers (the destination's agent).
+    Serve(commands::migrate::ServeArgs),
+    /// Move a running container to another host's `ferry serve`.
+    Migrate(commands::migrate::MigrateArgs),
 }
 
 /// go-runc (containerd, dockerd) spells long flags with one dash
@@ -181,6 +185,8 @@ fn main() -> ExitCode {
         Command::Spec(a) => commands::inspect_cmds::spec(&cli, a),
         Command::Checkpoint(a) => commands::checkpoint::checkpoint(&cli, a),
         Command::Restore(a) => commands::restore::restore(&cli, a),
+        Command::Serve(a) => commands::migrate::serve(&cli, a),
+        Command::Migrate(a) => commands::migrate::migrate(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -9,5 +9,9 @@
 //! between and no unauthenticated port ever open.
 
 pub mod auth;
+pub mod destination;
 pub mod preflight;
+pub mod protocol;
+pub mod source;
+mod tarball;
 pub mod wire;

@@ -5,4 +5,5 @@ pub mod checkpoint;
 pub mod exec;
 pub mod inspect_cmds;
 pub mod lifecycle;
+pub mod migrate;
 pub mod restore;

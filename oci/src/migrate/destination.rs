@@ -1,0 +1,276 @@
+//! The receiving side of a migration (`ferry serve`): authenticates the
+//! source, judges its offer (pre-flight), receives the memory pages through
+//! CRIU's page server on an authenticated socket, the images and the root
+//! filesystem through the control connection, restores, and reports.
+//! Anything that fails before the restore succeeded is cleaned up here and
+//! reported to the source, which then resumes its container.
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criu_rpc::{Criu, ImageDirs, LogLevel, PageServerAddr, PageServerOptions};
+
+use super::auth::{self, Key};
+use super::preflight::{self, HostFacts, Needs};
+use super::protocol::{Hello, Reply, Step};
+use super::tarball;
+use super::wire::{self, StreamReader};
+use crate::checkpoint::private_dir;
+use crate::error::{Error, Result};
+
+/// What `ferry serve` needs.
+pub struct Agent {
+    /// This host's ferry state root.
+    pub root: PathBuf,
+    pub key: Key,
+    pub criu: Criu,
+    /// The ferry binary, run for the restore itself (so that the restored
+    /// container is not this long-lived agent's child).
+    pub ferry: PathBuf,
+    /// Prefixed to the containers' cgroup paths here (two "hosts" on one
+    /// machine must not share a cgroup).
+    pub cgroup_parent: Option<PathBuf>,
+    pages: Mutex<HashMap<String, Sender<TcpStream>>>,
+}
+
+impl Agent {
+    pub fn new(
+        root: PathBuf,
+        key: Key,
+        criu: Criu,
+        ferry: PathBuf,
+        cgroup_parent: Option<PathBuf>,
+    ) -> Agent {
+        Agent {
+            root,
+            key,
+            criu,
+            ferry,
+            cgroup_parent,
+            pages: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Serves connections until the listener fails.
+    pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
+        for conn in listener.incoming() {
+            let conn = conn.map_err(Error::Wire)?;
+            let me = self.clone();
+            std::thread::spawn(move || {
+                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                if let Err(e) = me.handle(conn, &peer) {
+                    tracing::warn!(peer, error = %crate::error::chain(&e), "migration failed");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn handle(&self, mut s: TcpStream, peer: &str) -> Result<()> {
+        auth::server(&mut s, &self.key, peer)?;
+        match wire::recv::<_, Hello>(&mut s)? {
+            Hello::Pages { migration } => {
+                let tx = self.pages.lock().unwrap().remove(&migration);
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.send(s);
+                        Ok(())
+                    }
+                    None => Err(Error::Protocol {
+                        what: "a page connection for an unknown migration",
+                    }),
+                }
+            }
+            Hello::Offer {
+                needs,
+                config,
+                cpuinfo,
+            } => self.receive(s, needs, config, cpuinfo),
+        }
+    }
+
+    fn receive(
+        &self,
+        mut s: TcpStream,
+        needs: Needs,
+        config: String,
+        cpuinfo: Vec<u8>,
+    ) -> Result<()> {
+        let id = needs.container_id.clone();
+        crate::runtime::state::validate_id(&id)?;
+        let dir = self.root.join("incoming").join(&id);
+        let facts = HostFacts::gather(&self.criu, &self.root)?;
+        let taken = self.root.join(&id).exists() || dir.exists();
+        let mut problems = preflight::judge(&facts, &needs, taken, |_| None);
+        let scratch = tempfile_dir(&self.root, "cpu")?;
+        if let Some(p) = preflight::check_cpuinfo(&self.criu, &cpuinfo, &scratch)? {
+            problems.push(p);
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        if !problems.is_empty() {
+            return wire::send(&mut s, &Reply::Refused { problems });
+        }
+        let result = self.take(&mut s, &id, &dir, &config);
+        match &result {
+            Ok(pid) => tracing::info!(id, pid, "migration received"),
+            Err(e) => {
+                let _ = wire::send(
+                    &mut s,
+                    &Reply::Failed {
+                        error: crate::error::chain(e),
+                    },
+                );
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        result.map(drop)
+    }
+
+    fn take(&self, s: &mut TcpStream, id: &str, dir: &Path, config: &str) -> Result<i32> {
+        let images = dir.join("images");
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        private_dir(&images)?;
+        std::fs::create_dir_all(&rootfs).map_err(|source| Error::Io {
+            op: "creating",
+            path: rootfs.clone(),
+            source,
+        })?;
+        let mut spec: serde_json::Value =
+            serde_json::from_str(config).map_err(|source| Error::BadMessage { source })?;
+        spec["root"]["path"] = "rootfs".into();
+        if let Some(parent) = &self.cgroup_parent {
+            let own = spec["linux"]["cgroupsPath"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("/{id}"));
+            spec["linux"]["cgroupsPath"] =
+                format!("{}/{}", parent.display(), own.trim_start_matches('/')).into();
+        }
+        let cfg = bundle.join("config.json");
+        std::fs::write(&cfg, spec.to_string()).map_err(|source| Error::Io {
+            op: "writing",
+            path: cfg.clone(),
+            source,
+        })?;
+
+        let (tx, rx) = channel();
+        self.pages.lock().unwrap().insert(id.to_string(), tx);
+        wire::send(
+            s,
+            &Reply::Accepted {
+                migration: id.to_string(),
+            },
+        )?;
+        let pages = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+            self.pages.lock().unwrap().remove(id);
+            Error::Protocol {
+                what: "the page connection did not come",
+            }
+        })?;
+        let dirs = ImageDirs::open(&images)?
+            .log_file("page-server.log")
+            .log_level(LogLevel::Debug);
+        let server = self.criu.page_server_child(&PageServerOptions::new(
+            dirs,
+            PageServerAddr::Socket(OwnedFd::from(pages)),
+        ))?;
+        wire::send(s, &Reply::PagesReady)?;
+        loop {
+            match wire::recv::<_, Step>(s)? {
+                Step::Images => {
+                    let mut r = StreamReader::new(&mut *s);
+                    tarball::unpack(&mut r, &images)?;
+                    let bytes = r.drain()?;
+                    wire::send(s, &Reply::Received { bytes })?;
+                }
+                Step::Rootfs => {
+                    let mut r = StreamReader::new(&mut *s);
+                    tarball::unpack(&mut r, &rootfs)?;
+                    let bytes = r.drain()?;
+                    wire::send(s, &Reply::Received { bytes })?;
+                }
+                Step::Restore => break,
+                Step::Abort { reason } => {
+                    let _ = server.terminate();
+                    return Err(Error::SourceAborted { reason });
+                }
+            }
+        }
+        // The dump ended with a FLUSH the page server acknowledged: every
+        // page is written.
+        server.wait()?;
+        let start = Instant::now();
+        // The restored container inherits the restore's stdio: /dev/null,
+        // never a pipe (nobody would read it, and waiting for its EOF would
+        // wait for the container). Errors come back through --log.
+        let log = dir.join("restore.ferry.log");
+        let status = Command::new(&self.ferry)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json"])
+            .args([
+                "restore",
+                "--detach",
+                "--tcp-established",
+                "--file-locks",
+                "--image-path",
+            ])
+            .arg(&images)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| Error::Io {
+                op: "running",
+                path: self.ferry.clone(),
+                source,
+            })?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let message = text
+                .lines()
+                .rev()
+                .find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or("").to_string())
+                })
+                .unwrap_or_else(|| format!("ferry restore {status}"));
+            return Err(Error::RestoreFailed { message });
+        }
+        let restore_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let pid = crate::runtime::Container::load(&self.root, id)?.state.pid;
+        wire::send(s, &Reply::Restored { pid, restore_ms })?;
+        Ok(pid)
+    }
+}
+
+fn tempfile_dir(root: &Path, tag: &str) -> Result<PathBuf> {
+    let d = root
+        .join(format!(
+            ".{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ))
+        .to_string_lossy()
+        .replace(['(', ')'], "")
+        .into();
+    let d: PathBuf = d;
+    std::fs::create_dir_all(&d).map_err(|source| Error::Io {
+        op: "creating",
+        path: d.clone(),
+        source,
+    })?;
+    Ok(d)
+}

@@ -1,0 +1,117 @@
+//! `ferry serve` (the destination's agent) and `ferry migrate` (moving a
+//! running container to it). Peers authenticate with a shared key file:
+//! the agent never listens unauthenticated.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_oci::migrate::auth::Key;
+use ferry_oci::migrate::destination::Agent;
+use ferry_oci::migrate::source;
+
+use super::checkpoint::criu;
+use crate::Cli;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 10.66.0.2:7878.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// The shared key (hex, mode 0600), the same file on both hosts.
+    #[arg(long = "key-file")]
+    pub key_file: PathBuf,
+    /// Create the key file (it must not exist) and exit.
+    #[arg(long = "new-key")]
+    pub new_key: bool,
+    /// Prefix for the cgroup paths of containers received here.
+    #[arg(long = "cgroup-parent")]
+    pub cgroup_parent: Option<PathBuf>,
+}
+
+pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
+    if a.new_key {
+        Key::generate()?.save(&a.key_file)?;
+        println!("{}", a.key_file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = Key::load(&a.key_file)?;
+    std::fs::create_dir_all(&cli.root)
+        .with_context(|| format!("creating {}", cli.root.display()))?;
+    let listener =
+        TcpListener::bind(a.listen).with_context(|| format!("listening on {}", a.listen))?;
+    eprintln!(
+        "ferry serve: receiving containers on {} into {}",
+        listener.local_addr()?,
+        cli.root.display()
+    );
+    let agent = Arc::new(Agent::new(
+        cli.root.clone(),
+        key,
+        criu(cli),
+        std::env::current_exe().context("finding the ferry binary")?,
+        a.cgroup_parent.clone(),
+    ));
+    agent.serve(listener)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    pub id: String,
+    /// The destination agent (`ferry serve --listen`).
+    #[arg(long)]
+    pub to: SocketAddr,
+    #[arg(long = "key-file")]
+    pub key_file: PathBuf,
+    /// precopy (the default here; post-copy is not implemented yet).
+    #[arg(long, default_value = "precopy")]
+    pub mode: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        a.mode == "precopy",
+        "--mode {}: only precopy is implemented so far",
+        a.mode
+    );
+    let key = Key::load(&a.key_file)?;
+    let quiet = a.json;
+    let start = std::time::Instant::now();
+    let report = source::migrate(&cli.root, &a.id, a.to, &key, &criu(cli), &mut |phase| {
+        if !quiet {
+            eprintln!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64());
+        }
+    })
+    .with_context(|| {
+        format!(
+            "migrating {} to {} (the source container keeps running)",
+            a.id, a.to
+        )
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} moved to {} ({}): downtime {:.0} ms, total {:.0} ms (pre-flight {:.0}, dump {:.0}, transfer {:.0}, restore {:.0}); pages {:.1} MiB, images {:.1} MiB, rootfs {:.1} MiB",
+            report.id,
+            report.to,
+            report.mode,
+            report.downtime_ms,
+            report.total_ms,
+            report.preflight_ms,
+            report.dump_ms,
+            report.transfer_ms,
+            report.restore_ms,
+            report.pages_bytes as f64 / 1048576.0,
+            report.images_bytes as f64 / 1048576.0,
+            report.rootfs_bytes as f64 / 1048576.0,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,167 @@
+//! `ferry migrate` to `ferry serve`, end to end, as root, between two state
+//! roots of this machine ("hosts" A and B; their cgroups kept apart with
+//! --cgroup-parent): the counter moves and continues without gap or repeat,
+//! files written before the move are there after it, a failed move or a
+//! wrong key leaves the source running, and the container moves back.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_tests::*;
+
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Serve {
+    fn start(root: &Root, key: &std::path::Path, cgroup_parent: &str) -> Serve {
+        // A free port: bind, read it back, release it for ferry serve.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(ferry_bin())
+            .arg("--root")
+            .arg(root.path())
+            .args(["serve", "--listen", &addr, "--key-file"])
+            .arg(key)
+            .args(["--cgroup-parent", cgroup_parent])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ferry serve did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Serve { child, addr }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let out = run_ferry(
+        Command::new(ferry_bin())
+            .args(["serve", "--listen", "127.0.0.1:1", "--key-file"])
+            .arg(&p)
+            .arg("--new-key"),
+    );
+    assert!(out.status.success());
+    p
+}
+
+#[test]
+fn the_counter_moves_and_back_and_failures_keep_the_source() {
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id();
+    let serve_b = Serve::start(&b, &k, &format!("/ferry-b-{tag}"));
+    let serve_a = Serve::start(&a, &k, &format!("/ferry-a-{tag}"));
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let id = format!("mig-{tag}");
+    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    a.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo before > /out/marker; rm /bin/vi",
+    ]);
+    wait_numbers(&bundle.join("rootfs/out/count"), 5);
+
+    // A wrong key: refused, nothing frozen.
+    let wrong = key(tmp.path(), "wrong");
+    let err = a.fails(&[
+        "migrate",
+        &id,
+        "--to",
+        &serve_b.addr,
+        "--key-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(err.contains("authentication"), "{err}");
+    assert_eq!(a.status(&id), "running");
+
+    // A destination whose restore fails: the source resumes and counts on.
+    let bad = Serve::start(&b, &k, "/../escape");
+    let err = a.fails(&[
+        "migrate",
+        &id,
+        "--to",
+        &bad.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+    ]);
+    assert!(err.contains("the destination failed"), "{err}");
+    drop(bad);
+    assert_eq!(a.status(&id), "running");
+    let n = numbers(&bundle.join("rootfs/out/count")).len();
+    assert_consecutive(&wait_numbers(&bundle.join("rootfs/out/count"), n + 3));
+    assert!(
+        b.ids().is_empty(),
+        "a failed move left a container on the destination"
+    );
+
+    // The move.
+    let out = a.ok(&[
+        "migrate",
+        &id,
+        "--to",
+        &serve_b.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["downtime_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["pages_bytes"].as_u64().unwrap() > 0);
+    assert!(a.ids().is_empty(), "the source container is gone");
+    assert_eq!(b.status(&id), "running");
+    let moved = b.path().join("incoming").join(&id).join("bundle/rootfs");
+    let before = numbers(&bundle.join("rootfs/out/count"));
+    let after = wait_numbers(&moved.join("out/count"), before.len() + 10);
+    assert_consecutive(&after);
+    assert_eq!(
+        std::fs::read_to_string(moved.join("out/marker")).unwrap(),
+        "before\n"
+    );
+    assert!(!moved.join("bin/vi").exists(), "a deleted file came back");
+
+    // And back to A.
+    b.ok(&[
+        "migrate",
+        &id,
+        "--to",
+        &serve_a.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+    ]);
+    assert!(b.ids().is_empty());
+    let back = a
+        .path()
+        .join("incoming")
+        .join(&id)
+        .join("bundle/rootfs/out/count");
+    let n = numbers(&moved.join("out/count")).len();
+    assert_consecutive(&wait_numbers(&back, n + 10));
+    a.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&format!("ferry-a-{tag}/{id}")).is_empty());
+    assert!(cgroup_leftovers(&format!("ferry-b-{tag}/{id}")).is_empty());
+}
