@@ -161,7 +161,18 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
         .join("bundle/rootfs/out/count");
     let n = numbers(&moved.join("out/count")).len();
     assert_consecutive(&wait_numbers(&back, n + 10));
-    a.ok(&["delete", "--force", &id]);
+    // Once more to B, where the first move left its files behind.
+    a.ok(&[
+        "migrate",
+        &id,
+        "--to",
+        &serve_b.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+    ]);
+    let n = numbers(&back).len();
+    assert_consecutive(&wait_numbers(&moved.join("out/count"), n + 5));
+    b.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-a-{tag}/{id}")).is_empty());
     assert!(cgroup_leftovers(&format!("ferry-b-{tag}/{id}")).is_empty());
 }

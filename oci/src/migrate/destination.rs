@@ -106,7 +106,15 @@ impl Agent {
         crate::runtime::state::validate_id(&id)?;
         let dir = self.root.join("incoming").join(&id);
         let facts = HostFacts::gather(&self.criu, &self.root)?;
-        let taken = self.root.join(&id).exists() || dir.exists();
+        let taken = self.root.join(&id).exists();
+        if !taken && dir.exists() {
+            // What an earlier move of this id left (its container is gone).
+            std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
+                op: "removing the leftovers of an earlier move in",
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let mut problems = preflight::judge(&facts, &needs, taken, |_| None);
         let scratch = tempfile_dir(&self.root, "cpu")?;
         if let Some(p) = preflight::check_cpuinfo(&self.criu, &cpuinfo, &scratch)? {
