@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::*;
 
+/// The tests here look at every criu process on the machine: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Serve {
     child: Child,
     addr: String,
@@ -68,6 +75,7 @@ fn key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn the_counter_moves_and_back_and_failures_keep_the_source() {
+    let _serial = serial();
     let (a, b) = (Root::new(), Root::new());
     let tmp = tempfile::tempdir().unwrap();
     let k = key(tmp.path(), "key");
@@ -175,4 +183,74 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     b.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-a-{tag}/{id}")).is_empty());
     assert!(cgroup_leftovers(&format!("ferry-b-{tag}/{id}")).is_empty());
+}
+
+/// The destination agent dies in the middle of a move (SIGKILL while a
+/// 256 MiB container's pages are in flight): the migration fails, the
+/// source container runs on with its counter intact, and no CRIU is left.
+#[test]
+fn a_killed_destination_leaves_the_source_running() {
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id();
+    let mut serve_b = Serve::start(&b, &k, &format!("/ferry-kb-{tag}"));
+    let script = r#"
+import time
+m = bytearray(range(256)) * (256 << 12)
+i = 0
+f = open('/out/count', 'a')
+while True:
+    f.write('%d\n' % i)
+    f.flush()
+    i += 1
+    time.sleep(0.05)
+"#;
+    let bundle = python_bundle(tmp.path(), script);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("kill-{tag}");
+    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    wait_numbers(&count, 5);
+    let mut mig = Command::new(ferry_bin())
+        .arg("--root")
+        .arg(a.path())
+        .args([
+            "migrate",
+            &id,
+            "--to",
+            &serve_b.addr,
+            "--key-file",
+            k.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the agent once the pages are flowing (the dump has started).
+    std::thread::sleep(Duration::from_millis(400));
+    serve_b.child.kill().unwrap();
+    let _ = serve_b.child.wait();
+    let status = mig.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(mig.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the migration claimed success: {err}");
+    assert!(err.contains("keeps running"), "{err}");
+    assert_eq!(a.status(&id), "running");
+    let n = numbers(&count).len();
+    assert_consecutive(&wait_numbers(&count, n + 10));
+    // No CRIU left behind on either side.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let criu = Command::new("pgrep").args(["-f", "criu"]).output().unwrap();
+        let left = String::from_utf8_lossy(&criu.stdout).trim().to_string();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "criu processes left: {left}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(b.ids().is_empty());
+    a.ok(&["delete", "--force", &id]);
 }
