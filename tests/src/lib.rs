@@ -399,3 +399,35 @@ impl Drop for NetPair {
         }
     }
 }
+
+/// The hosts of hack/hosts (A, B and a client on a bridge), under a name of
+/// the test's own; removed on drop.
+pub struct Hosts {
+    pub name: String,
+}
+
+impl Hosts {
+    pub fn up(name: &str, subnet: &str) -> Hosts {
+        let st = Command::new("bash")
+            .arg(repo().join("hack/hosts"))
+            .arg("up")
+            .env("FERRY_HOSTS", name)
+            .env("FERRY_HOSTS_SUBNET", subnet)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        let h = Hosts { name: name.into() };
+        assert!(st.success(), "hack/hosts up failed");
+        h
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("hack/hosts"))
+            .arg("down")
+            .env("FERRY_HOSTS", &self.name)
+            .status();
+    }
+}

@@ -254,3 +254,132 @@ while True:
     assert!(b.ids().is_empty());
     a.ok(&["delete", "--force", &id]);
 }
+
+/// A TCP client outside both hosts keeps talking to a server inside the
+/// container across the move: the container keeps its address (Ferry's own
+/// network, `org.ferry.network.address`) and its established connection.
+#[test]
+fn a_tcp_client_keeps_talking_across_the_move() {
+    use std::io::{BufRead, BufReader, Write};
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id() % 100000;
+    let hosts = Hosts::up(&format!("mt{tag}"), "10.68.0");
+    // The agent runs on host B (its network namespace).
+    let port = 7000 + (tag % 1000) as u16;
+    let mut serve_b = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}-b", hosts.name))
+        .arg(ferry_bin())
+        .arg("--root")
+        .arg(b.path())
+        .args([
+            "serve",
+            "--listen",
+            &format!("10.68.0.2:{port}"),
+            "--key-file",
+        ])
+        .arg(&k)
+        .args(["--cgroup-parent", &format!("/ferry-tb-{tag}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let on = |h: &str, root: &Root, args: &[&str]| {
+        let out = run_ferry(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}-{h}", hosts.name))
+                .arg(ferry_bin())
+                .arg("--root")
+                .arg(root.path())
+                .args(args),
+        );
+        assert!(
+            out.status.success(),
+            "ferry {args:?} on {h}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let script = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 9000))
+s.listen(1)
+c, _ = s.accept()
+f = c.makefile('rw')
+for line in f:
+    f.write('pong ' + line.split()[1] + '\n')
+    f.flush()
+"#;
+    let bundle = python_bundle(tmp.path(), script);
+    edit_config(&bundle, |c| {
+        c["annotations"] = serde_json::json!({"org.ferry.network.address": "10.68.0.50/32"});
+    });
+    let id = format!("tcp-{tag}");
+    on(
+        "a",
+        &a,
+        &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
+    );
+
+    // The client, on the client host: one connection, a ping every 50 ms.
+    let client_ns = format!("/run/netns/{}-client", hosts.name);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let client = std::thread::spawn(move || -> Vec<u64> {
+        let ns = std::fs::File::open(&client_ns).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let s = loop {
+            match std::net::TcpStream::connect_timeout(
+                &"10.68.0.50:9000".parse().unwrap(),
+                Duration::from_secs(2),
+            ) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "cannot reach the container: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut got = Vec::new();
+        let mut i = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            writeln!(w, "ping {i}").unwrap();
+            let mut line = String::new();
+            r.read_line(&mut line).expect("the connection broke");
+            assert_eq!(line.trim(), format!("pong {i}"), "wrong answer");
+            got.push(i);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    on(
+        "a",
+        &a,
+        &[
+            "migrate",
+            &id,
+            "--to",
+            &format!("10.68.0.2:{port}"),
+            "--key-file",
+            k.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let got = client.join().expect("the client failed across the move");
+    assert!(got.len() > 40, "too few exchanges: {}", got.len());
+    assert!(a.ids().is_empty());
+    on("b", &b, &["delete", "--force", &id]);
+    let _ = serve_b.kill();
+    let _ = serve_b.wait();
+}

@@ -378,7 +378,24 @@ impl Container {
         opts: &CreateOptions,
     ) -> Result<Container> {
         state::validate_id(id)?;
-        let bundle = Bundle::load(bundle_dir)?;
+        let mut bundle = Bundle::load(bundle_dir)?;
+        let address = super::net::requested(&bundle.spec, &bundle.dir.join("config.json"))?;
+        let dir = StateDir::create(root, id)?;
+        let mut guard = Cleanup {
+            dir: Some(dir.dir.clone()),
+            cgroup: None,
+            pid: None,
+            net: None,
+        };
+        let net = match address {
+            Some(a) => {
+                let n = super::net::attach(&dir.dir, id, a)?;
+                guard.net = Some(n.clone());
+                super::net::use_netns(&mut bundle.spec, &n.netns)?;
+                Some(n)
+            }
+            None => None,
+        };
         let spec = &bundle.spec;
         let cgroup = ContainerCgroup::new(
             spec.linux()
@@ -400,12 +417,6 @@ impl Container {
                 })
             }
             _ => None,
-        };
-        let dir = StateDir::create(root, id)?;
-        let guard = Cleanup {
-            dir: Some(dir.dir.clone()),
-            cgroup: None,
-            pid: None,
         };
         let fifo_path = dir.fifo();
         nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(
@@ -464,7 +475,6 @@ impl Container {
         let body = |sock: UnixStream| {
             init_main(sock, &bundle, &fifo, console.as_ref(), cgroup_ns, &cg_view)
         };
-        let mut guard = guard;
         let (pid, mut parent) = fork_into(enter, body)?;
         drop(console);
         guard.pid = Some(pid);
@@ -526,6 +536,7 @@ impl Container {
             started: false,
             config: bundle.dir.join("config.json"),
             restored: false,
+            net,
         };
         dir.save(&st)?;
         if let Some(p) = &opts.pid_file {
@@ -691,6 +702,9 @@ impl Container {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.state.cgroup.destroy()?;
+        if let Some(n) = &self.state.net {
+            n.detach()?;
+        }
         let spec = self.spec().ok();
         let mut oci = self.oci_state();
         oci.status = "stopped".into();
@@ -886,6 +900,7 @@ struct Cleanup {
     dir: Option<PathBuf>,
     cgroup: Option<ContainerCgroup>,
     pid: Option<Pid>,
+    net: Option<crate::network::ContainerNet>,
 }
 
 impl Cleanup {
@@ -893,6 +908,7 @@ impl Cleanup {
         self.dir = None;
         self.cgroup = None;
         self.pid = None;
+        self.net = None;
     }
 }
 
@@ -912,6 +928,9 @@ impl Drop for Cleanup {
         }
         if let Some(cg) = &self.cgroup {
             let _ = cg.destroy();
+        }
+        if let Some(n) = &self.net {
+            let _ = n.detach();
         }
         if let Some(d) = &self.dir {
             let _ = fs::remove_dir_all(d);

@@ -39,7 +39,11 @@ impl Container {
                 })
             }
         }
-        let spec = self.spec()?;
+        let mut spec = self.spec()?;
+        if let Some(n) = &self.state.net {
+            // Ferry's own netns is external to CRIU, as a path in the spec.
+            super::net::use_netns(&mut spec, &n.netns)?;
+        }
         let freezer = self.state.cgroup.freezer_path();
         let keeps = opts.leave_running || opts.leave_stopped || opts.pre_dump;
         let target = Target {
@@ -195,10 +199,12 @@ pub fn restore_container(
 ) -> Result<(Container, Restored)> {
     state::validate_id(id)?;
     restore::check_image_dir(&opts.image_path)?;
-    let bundle = Bundle::load(bundle_dir)?;
-    let spec = &bundle.spec;
+    let mut bundle = Bundle::load(bundle_dir)?;
+    let address = super::net::requested(&bundle.spec, &bundle.dir.join("config.json"))?;
     let cgroup = ContainerCgroup::new(
-        spec.linux()
+        bundle
+            .spec
+            .linux()
             .as_ref()
             .and_then(|l| l.cgroups_path().as_deref()),
         id,
@@ -213,6 +219,22 @@ pub fn restore_container(
         None => None,
     };
     let dir = StateDir::create(root, id)?;
+    // The same address as before the checkpoint, in a namespace of this
+    // host, handed to CRIU as the external netns.
+    let net = match address {
+        Some(a) => match super::net::attach(&dir.dir, id, a) {
+            Ok(n) => {
+                super::net::use_netns(&mut bundle.spec, &n.netns)?;
+                Some(n)
+            }
+            Err(e) => {
+                let _ = dir.remove();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let spec = &bundle.spec;
     let state = State {
         id: id.to_string(),
         pid: 0,
@@ -230,6 +252,7 @@ pub fn restore_container(
         started: true,
         config: bundle.dir.join("config.json"),
         restored: rt.at_create,
+        net: net.clone(),
     };
     let mut hooks = Hooks {
         cgroup: &cgroup,
@@ -265,10 +288,16 @@ pub fn restore_container(
             if hooks.placed {
                 let _ = cgroup.destroy();
             }
+            if let Some(n) = &net {
+                let _ = n.detach();
+            }
             let _ = dir.remove();
             return Err(e);
         }
     };
+    if let Some(n) = &net {
+        super::net::announce(n.address);
+    }
     let state = hooks.state;
     if let Some(p) = &rt.pid_file {
         write_pid_file(p, restored.pid)?;

@@ -14,6 +14,7 @@ pub mod container;
 pub mod cr;
 pub mod hooks;
 pub mod init;
+pub mod net;
 pub mod process;
 pub mod signal;
 pub mod spec;

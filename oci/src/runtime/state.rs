@@ -39,6 +39,9 @@ pub struct State {
     /// it already runs, and `start` has nothing left to do.
     #[serde(default)]
     pub restored: bool,
+    /// The network Ferry made for it (org.ferry.network.address).
+    #[serde(default)]
+    pub net: Option<crate::network::ContainerNet>,
 }
 
 /// One container's directory, locked for the lifetime of this value.
