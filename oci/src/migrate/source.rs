@@ -94,13 +94,7 @@ pub fn migrate(
 ) -> Result<Report> {
     let t0 = Instant::now();
     let c = Container::load(root, id)?;
-    if c.status() != Status::Running {
-        return Err(Error::WrongStatus {
-            id: id.to_string(),
-            status: c.status().to_string(),
-            wanted: "running",
-        });
-    }
+    c.require(&[Status::Running], "running")?;
     let work = root.join("outgoing").join(id);
     let _ = std::fs::remove_dir_all(&work);
     private_dir(&work)?;

@@ -12,7 +12,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
-use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 use serde::Serialize;
 
 use super::cgroup::ContainerCgroup;
@@ -113,10 +113,6 @@ fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
     }
 }
 
-fn hooks_of(spec: &Spec, f: impl Fn(&oci_spec::runtime::Hooks) -> Option<Vec<Hook>>) -> Vec<Hook> {
-    spec.hooks().as_ref().and_then(f).unwrap_or_default()
-}
-
 /// Connects to a console socket (runc's --console-socket protocol: the pty
 /// master goes over it with SCM_RIGHTS).
 fn console_connect(path: &Path) -> Result<UnixStream> {
@@ -210,7 +206,7 @@ fn init_main(
     };
     hooks::run(
         "createContainer",
-        &hooks_of(spec, |h| h.create_container().clone()),
+        &hooks::of(spec, |h| h.create_container().clone()),
         &state,
     )
     .map_err(|e| fail("createContainer hooks", &e))?;
@@ -238,7 +234,7 @@ fn init_main(
     drop(w);
     hooks::run(
         "startContainer",
-        &hooks_of(spec, |h| h.start_container().clone()),
+        &hooks::of(spec, |h| h.start_container().clone()),
         &state,
     )
     .map_err(|e| fail("startContainer hooks", &e))?;
@@ -507,12 +503,7 @@ impl Container {
                 .into_iter()
                 .collect(),
         };
-        let mut pre = hooks_of(spec, |h| {
-            #[allow(deprecated)]
-            h.prestart().clone()
-        });
-        pre.extend(hooks_of(spec, |h| h.create_runtime().clone()));
-        hooks::run("createRuntime", &pre, &oci)?;
+        hooks::run("createRuntime", &hooks::create_runtime(spec), &oci)?;
         sync::send(&mut parent, &Msg::HooksDone)?;
         match sync::recv(&mut parent)? {
             Msg::Ready => {}
@@ -551,6 +542,21 @@ impl Container {
         let dir = StateDir::open(root, id)?;
         let state = dir.load()?;
         Ok(Container { dir, state })
+    }
+
+    /// The current status, if it is one of `allowed`; otherwise an error
+    /// that says what it is and what it must be.
+    pub fn require(&self, allowed: &[Status], wanted: &'static str) -> Result<Status> {
+        let s = self.status();
+        if allowed.contains(&s) {
+            Ok(s)
+        } else {
+            Err(Error::WrongStatus {
+                id: self.state.id.clone(),
+                status: s.to_string(),
+                wanted,
+            })
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -600,16 +606,7 @@ impl Container {
         if self.state.restored && self.status() == Status::Running {
             return Ok(());
         }
-        match self.status() {
-            Status::Created => {}
-            s => {
-                return Err(Error::WrongStatus {
-                    id: self.state.id.clone(),
-                    status: s.to_string(),
-                    wanted: "created",
-                })
-            }
-        }
+        self.require(&[Status::Created], "created")?;
         let fifo = self.dir.fifo();
         let mut f = fs::File::open(&fifo).map_err(|source| Error::Io {
             op: "opening",
@@ -637,7 +634,7 @@ impl Container {
         oci.status = "running".into();
         hooks::run(
             "poststart",
-            &hooks_of(&spec, |h| h.poststart().clone()),
+            &hooks::of(&spec, |h| h.poststart().clone()),
             &oci,
         )?;
         Ok(())
@@ -712,8 +709,11 @@ impl Container {
         dir.remove()?;
         if let Some(spec) = spec {
             // Poststop hook failures are logged by runc, not fatal.
-            if let Err(e) = hooks::run("poststop", &hooks_of(&spec, |h| h.poststop().clone()), &oci)
-            {
+            if let Err(e) = hooks::run(
+                "poststop",
+                &hooks::of(&spec, |h| h.poststop().clone()),
+                &oci,
+            ) {
                 tracing::warn!(error = %e, "poststop hook failed");
             }
         }
@@ -721,25 +721,13 @@ impl Container {
     }
 
     pub fn pause(&self) -> Result<()> {
-        match self.status() {
-            Status::Running | Status::Created => self.state.cgroup.freeze(),
-            s => Err(Error::WrongStatus {
-                id: self.state.id.clone(),
-                status: s.to_string(),
-                wanted: "running",
-            }),
-        }
+        self.require(&[Status::Running, Status::Created], "running")?;
+        self.state.cgroup.freeze()
     }
 
     pub fn resume(&self) -> Result<()> {
-        match self.status() {
-            Status::Paused => self.state.cgroup.thaw(),
-            s => Err(Error::WrongStatus {
-                id: self.state.id.clone(),
-                status: s.to_string(),
-                wanted: "paused",
-            }),
-        }
+        self.require(&[Status::Paused], "paused")?;
+        self.state.cgroup.thaw()
     }
 
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
@@ -754,16 +742,7 @@ impl Container {
     /// pid; the caller waits for it unless detached (it is our grandchild:
     /// the caller must be a subreaper to reap it).
     pub fn exec(&self, p: &Process, opts: &ExecOptions) -> Result<Pid> {
-        match self.status() {
-            Status::Running | Status::Created => {}
-            s => {
-                return Err(Error::WrongStatus {
-                    id: self.state.id.clone(),
-                    status: s.to_string(),
-                    wanted: "running",
-                })
-            }
-        }
+        self.require(&[Status::Running, Status::Created], "running")?;
         let init = self.state.pid;
         let mut nss = Vec::new();
         for (name, flag) in [

@@ -29,16 +29,7 @@ impl Container {
         opts: CheckpointOptions,
         on_notify: &mut dyn FnMut(&Notify),
     ) -> Result<Checkpointed> {
-        match self.status() {
-            Status::Running | Status::Paused => {}
-            s => {
-                return Err(Error::WrongStatus {
-                    id: self.state.id.clone(),
-                    status: s.to_string(),
-                    wanted: "running",
-                })
-            }
-        }
+        self.require(&[Status::Running, Status::Paused], "running")?;
         let mut spec = self.spec()?;
         if let Some(n) = &self.state.net {
             // Ferry's own netns is external to CRIU, as a path in the spec.
@@ -116,23 +107,11 @@ impl RestoreHooks for Hooks<'_> {
 
     fn setup_namespaces(&mut self, pid: Pid) -> Result<()> {
         self.oci.pid = pid.as_raw();
-        let mut pre = self
-            .spec
-            .hooks()
-            .as_ref()
-            .and_then(|h| {
-                #[allow(deprecated)]
-                h.prestart().clone()
-            })
-            .unwrap_or_default();
-        pre.extend(
-            self.spec
-                .hooks()
-                .as_ref()
-                .and_then(|h| h.create_runtime().clone())
-                .unwrap_or_default(),
-        );
-        hooks::run("createRuntime", &pre, &self.oci)
+        hooks::run(
+            "createRuntime",
+            &hooks::create_runtime(self.spec),
+            &self.oci,
+        )
     }
 
     fn restored(&mut self, pid: Pid) -> Result<()> {
@@ -307,11 +286,10 @@ pub fn restore_container(
         pid: restored.pid.as_raw(),
         ..hooks.oci
     };
-    let poststart = spec
-        .hooks()
-        .as_ref()
-        .and_then(|h| h.poststart().clone())
-        .unwrap_or_default();
-    hooks::run("poststart", &poststart, &oci)?;
+    hooks::run(
+        "poststart",
+        &hooks::of(spec, |h| h.poststart().clone()),
+        &oci,
+    )?;
     Ok((Container { dir, state }, restored))
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::Hook;
+use oci_spec::runtime::{Hook, Hooks, Spec};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -21,6 +21,22 @@ pub struct OciState {
     pub bundle: String,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// The hooks of one point of the spec (`|h| h.poststart().clone()`).
+pub fn of(spec: &Spec, point: impl Fn(&Hooks) -> Option<Vec<Hook>>) -> Vec<Hook> {
+    spec.hooks().as_ref().and_then(point).unwrap_or_default()
+}
+
+/// What runs once the namespaces exist, in the runtime's namespace: the
+/// deprecated prestart hooks, then createRuntime (as runc runs them).
+pub fn create_runtime(spec: &Spec) -> Vec<Hook> {
+    let mut pre = of(spec, |h| {
+        #[allow(deprecated)]
+        h.prestart().clone()
+    });
+    pre.extend(of(spec, |h| h.create_runtime().clone()));
+    pre
 }
 
 /// Runs `hooks` in order; the first failure stops them (`which` names the
