@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use crate::criu_plan;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 
 /// runc's name for the stdio record in the image directory.
 pub const DESCRIPTORS: &str = "descriptors.json";
@@ -84,17 +84,28 @@ pub struct Checkpointed {
     pub frozen: Option<Duration>,
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { op, path, source }
-}
-
 fn write_json(p: &Path, v: &impl serde::Serialize) -> Result<()> {
     let json = serde_json::to_vec(v).map_err(|source| Error::Json {
         path: p.to_path_buf(),
         source,
     })?;
     fs::write(p, json).map_err(io("writing", p))
+}
+
+/// CRIU's directories for a checkpoint or restore: the images, and the
+/// work dir (created 0700) when one is given, CRIU's log there at debug
+/// level, as runc asks. Returns them with the directory that holds the log.
+pub fn open_dirs(images: &Path, work: Option<&Path>, log: &str) -> Result<(ImageDirs, PathBuf)> {
+    let dirs = ImageDirs::open(images)?
+        .log_file(log)
+        .log_level(LogLevel::Debug);
+    match work {
+        Some(w) => {
+            private_dir(w)?;
+            Ok((dirs.work_dir(w)?, w.to_path_buf()))
+        }
+        None => Ok((dirs, images.to_path_buf())),
+    }
 }
 
 /// Creates `dir` (and parents) with mode 0700, or tightens an existing one.
@@ -197,17 +208,7 @@ pub fn checkpoint(
     on_notify: &mut dyn FnMut(&Notify),
 ) -> Result<Checkpointed> {
     private_dir(&opts.image_path)?;
-    let mut dirs = ImageDirs::open(&opts.image_path)?
-        .log_file(DUMP_LOG)
-        .log_level(LogLevel::Debug);
-    let log_dir = match &opts.work_path {
-        Some(w) => {
-            private_dir(w)?;
-            dirs = dirs.work_dir(w)?;
-            w.clone()
-        }
-        None => opts.image_path.clone(),
-    };
+    let (dirs, log_dir) = open_dirs(&opts.image_path, opts.work_path.as_deref(), DUMP_LOG)?;
     let root = PathBuf::from(format!("/proc/{}/root", target.init));
     let is_file = |p: &str| {
         fs::metadata(root.join(p.trim_start_matches('/')))

@@ -166,6 +166,13 @@ pub enum Error {
     },
 }
 
+/// Wraps an io::Error with what was being done to which path
+/// (`.map_err(io("reading", &path))`).
+pub(crate) fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}
+
 /// An error and its causes on one line, for a peer or a log.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

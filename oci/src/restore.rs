@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criu_rpc::{
-    CgroupMode, CgroupRoot, Criu, HandlerError, ImageDirs, InheritFd, LogLevel, Notify,
+    CgroupMode, CgroupRoot, Criu, HandlerError, ImageDirs, InheritFd, Notify,
     RestoreOptions as CriuRestoreOptions,
 };
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -30,7 +30,7 @@ use oci_spec::runtime::Spec;
 
 use crate::checkpoint::{CGROUP_BINDS, DESCRIPTORS};
 use crate::criu_plan;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 
 pub const RESTORE_LOG: &str = "restore.log";
 
@@ -89,11 +89,6 @@ pub struct Restored {
     pub pid: Pid,
     pub log: PathBuf,
     pub duration: Duration,
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { op, path, source }
 }
 
 /// CRIU's image magics (criu/include/magic.h).
@@ -311,17 +306,8 @@ pub fn restore(
     hooks: &mut dyn RestoreHooks,
 ) -> Result<Restored> {
     check_image_dir(&opts.image_path)?;
-    let mut dirs = ImageDirs::open(&opts.image_path)?
-        .log_file(RESTORE_LOG)
-        .log_level(LogLevel::Debug);
-    let log_dir = match &opts.work_path {
-        Some(w) => {
-            crate::checkpoint::private_dir(w)?;
-            dirs = dirs.work_dir(w)?;
-            w.clone()
-        }
-        None => opts.image_path.clone(),
-    };
+    let (dirs, log_dir) =
+        crate::checkpoint::open_dirs(&opts.image_path, opts.work_path.as_deref(), RESTORE_LOG)?;
     create_mountpoints(dest.spec, dest.rootfs)?;
     let root = CriuRoot::mount(dest.rootfs, dest.state_dir)?;
     let (mut ropts, external) = restore_options(&mut dest, opts, dirs, &root.0)?;

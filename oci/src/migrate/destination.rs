@@ -264,21 +264,11 @@ impl Agent {
     }
 }
 
+/// A scratch directory under `root`, unique among this agent's threads.
 fn tempfile_dir(root: &Path, tag: &str) -> Result<PathBuf> {
-    let d = root
-        .join(format!(
-            ".{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ))
-        .to_string_lossy()
-        .replace(['(', ')'], "")
-        .into();
-    let d: PathBuf = d;
-    std::fs::create_dir_all(&d).map_err(|source| Error::Io {
-        op: "creating",
-        path: d.clone(),
-        source,
-    })?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = root.join(format!(".{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&d).map_err(crate::error::io("creating", &d))?;
     Ok(d)
 }

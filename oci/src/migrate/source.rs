@@ -9,7 +9,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criu_rpc::{Criu, PageServerAddr};
@@ -63,13 +63,11 @@ fn du(p: &Path) -> u64 {
     total
 }
 
-fn expect(r: Reply, what: &'static str) -> Result<Reply> {
+/// A reply, unless it reports the destination's failure.
+fn expect(r: Reply) -> Result<Reply> {
     match r {
         Reply::Failed { error } => Err(Error::DestinationFailed { error }),
-        r => {
-            let _ = what;
-            Ok(r)
-        }
+        r => Ok(r),
     }
 }
 
@@ -172,7 +170,7 @@ fn send(
     };
     let mut pages = connect()?;
     wire::send(&mut pages, &Hello::Pages { migration })?;
-    match expect(wire::recv(&mut ctl)?, "page server")? {
+    match expect(wire::recv(&mut ctl)?)? {
         Reply::PagesReady => {}
         _ => {
             return Err(Error::Protocol {
@@ -220,12 +218,12 @@ fn send(
         let mut w = StreamWriter::new(&mut ctl);
         tarball::pack(&images, &mut w, |_| false)?;
         let images_bytes = w.finish()?;
-        expect(wire::recv(&mut ctl)?, "images")?;
+        expect(wire::recv(&mut ctl)?)?;
         wire::send(&mut ctl, &Step::Rootfs)?;
         let mut w = StreamWriter::new(&mut ctl);
         tarball::pack(&rootfs, &mut w, |_| false)?;
         let rootfs_bytes = w.finish()?;
-        expect(wire::recv(&mut ctl)?, "rootfs")?;
+        expect(wire::recv(&mut ctl)?)?;
         let transfer_ms = ms(t.elapsed());
         progress("restore");
         wire::send(&mut ctl, &Step::Restore)?;
@@ -273,9 +271,4 @@ fn send(
             Err(e)
         }
     }
-}
-
-/// Where migrations leave their scratch files.
-pub fn outgoing(root: &Path) -> PathBuf {
-    root.join("outgoing")
 }

@@ -10,17 +10,12 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 
 /// A network namespace pinned at a path.
 #[derive(Debug)]
 pub struct Netns {
     path: PathBuf,
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { op, path, source }
 }
 
 fn sys(op: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> Error {

@@ -10,7 +10,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::cgroup::ContainerCgroup;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 
 pub const STATE_FILE: &str = "state.json";
 pub const EXEC_FIFO: &str = "exec.fifo";
@@ -49,11 +49,6 @@ pub struct State {
 pub struct StateDir {
     pub dir: PathBuf,
     _lock: Flock<File>,
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { op, path, source }
 }
 
 /// Container ids: what runc accepts (no path tricks).
