@@ -135,6 +135,23 @@ impl Dockerd {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// `docker run -d` of the counter with ferry (seccomp unconfined:
+    /// ferry refuses seccomp profiles); returns the container id.
+    fn run_counter(&self) -> String {
+        self.ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            "ferry",
+            "--security-opt",
+            "seccomp=unconfined",
+            "busybox:ferry",
+            "sh",
+            "-c",
+            LOOP,
+        ])
+    }
+
     fn log_numbers(&self, id: &str) -> Vec<u64> {
         let out = self.docker(&["logs", id]);
         String::from_utf8_lossy(&out.stdout)
@@ -216,18 +233,7 @@ fn docker_runs_execs_stops_and_removes_containers_with_ferry() {
         "echo hello from ferry",
     ]);
     assert_eq!(out, "hello from ferry");
-    let id = d.ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "ferry",
-        "--security-opt",
-        "seccomp=unconfined",
-        "busybox:ferry",
-        "sh",
-        "-c",
-        LOOP,
-    ]);
+    let id = d.run_counter();
     d.wait_logs(&id, 3);
     let state: serde_json::Value =
         serde_json::from_str(&Root::ferry_at(&d.runtime_root(), &["state", &id])).unwrap();
@@ -257,18 +263,7 @@ fn docker_runs_execs_stops_and_removes_containers_with_ferry() {
 #[test]
 fn experimental_docker_checkpoint_and_start_from_it() {
     let d = Dockerd::start("x", true);
-    let id = d.ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "ferry",
-        "--security-opt",
-        "seccomp=unconfined",
-        "busybox:ferry",
-        "sh",
-        "-c",
-        LOOP,
-    ]);
+    let id = d.run_counter();
     d.wait_logs(&id, 5);
     d.ok(&["checkpoint", "create", &id, "cp1"]);
     let before = d.log_numbers(&id);
@@ -288,18 +283,7 @@ fn checkpoint_and_restore_across_dockerds_without_experimental() {
         "this dockerd refuses docker checkpoint"
     );
 
-    let src = a.ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "ferry",
-        "--security-opt",
-        "seccomp=unconfined",
-        "busybox:ferry",
-        "sh",
-        "-c",
-        LOOP,
-    ]);
+    let src = a.run_counter();
     a.wait_logs(&src, 5);
     let images = a.path().join("moved");
     Root::ferry_at(
