@@ -179,6 +179,29 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// The lazy-pages daemon lost a connection (the restore's or the
+    /// source's page server).
+    #[error("lazy pages: {op}")]
+    Lazy {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("lazy pages: {what}")]
+    LazyProtocol { what: String },
+
+    #[error("lazy pages: the restore failed before it finished, so the lazy-pages daemon stopped")]
+    LazyCancelled,
+
+    #[error("lazy pages: {op} of pid {pid} (pid in the images)")]
+    Uffd {
+        op: &'static str,
+        pid: i32,
+        #[source]
+        source: Errno,
+    },
+
     #[error("{op} {}", path.display())]
     Io {
         op: &'static str,

@@ -17,10 +17,14 @@
 //! - every failure is an [`Error`] that carries CRIU's errno and message and
 //!   quotes the error lines of CRIU's log file.
 //!
+//! - [`lazy::LazyPages`] is the lazy-pages daemon of post-copy restores
+//!   (CRIU's RPC cannot start CRIU's own).
+//!
 //! It knows nothing of OCI: the runtime (`ferry-oci`) turns a container into
 //! these options.
 
 mod error;
+pub mod lazy;
 mod log;
 mod notify;
 mod options;

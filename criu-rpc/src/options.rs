@@ -391,6 +391,22 @@ impl DumpOptions {
         }
     }
 
+    /// The RPC configuration file these options need, if any.
+    ///
+    /// A lazy dump serves its pages itself, but cr-service.c ignores
+    /// `ps.fd` when `lazy_pages` is set (only `ps.port` is read) and would
+    /// listen on every address, unauthenticated. Its `--ps-socket` option
+    /// has no RPC field, but an RPC config file may set it, so a lazy dump
+    /// on a handed-in socket carries `ps-socket N` in one.
+    pub(crate) fn rpc_config(&self) -> Option<String> {
+        match (&self.page_server, self.lazy_pages) {
+            (Some(PageServerAddr::Socket(_)), true) => {
+                Some(format!("ps-socket {FIRST_PASSED_FD}\n"))
+            }
+            _ => None,
+        }
+    }
+
     /// The `criu_opts` message for these options.
     pub(crate) fn to_rpc(&self) -> Result<proto::Criu_opts> {
         if self.leave_running && self.leave_stopped {
@@ -842,6 +858,17 @@ mod tests {
             o.to_rpc().unwrap().root.as_deref(),
             Some("/run/ferry/c/rootfs")
         );
+    }
+
+    #[test]
+    fn lazy_dump_on_a_socket_gets_ps_socket_from_a_config_file() {
+        let mut o = dump();
+        o.page_server = Some(PageServerAddr::Socket(pipe_fd()));
+        assert_eq!(o.rpc_config(), None);
+        o.lazy_pages = true;
+        assert_eq!(o.rpc_config().as_deref(), Some("ps-socket 4\n"));
+        o.page_server = Some(PageServerAddr::Tcp("10.0.0.2:27000".parse().unwrap()));
+        assert_eq!(o.rpc_config(), None);
     }
 
     #[test]

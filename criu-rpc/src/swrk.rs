@@ -14,7 +14,7 @@
 //! neither criu nor the tasks it restores inherit our fds.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -412,7 +412,22 @@ impl Swrk {
 
     pub fn dump(mut self, options: &DumpOptions, handler: &mut dyn NotifyHandler) -> Result<()> {
         self.check_fds(RequestKind::Dump, options)?;
-        let opts = options.to_rpc()?;
+        let mut opts = options.to_rpc()?;
+        // Kept open until criu answered: criu reads it by its /proc path.
+        let _config = match options.rpc_config() {
+            Some(text) => {
+                let mut f = memfd()?;
+                f.write_all(text.as_bytes()).map_err(|e| Error::Sys {
+                    op: "writing criu's RPC config",
+                    pid: self.pid.as_raw(),
+                    source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                })?;
+                opts.config_file =
+                    Some(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()));
+                Some(f)
+            }
+            None => None,
+        };
         self.remember_log(&options.dirs);
         self.request(
             RequestKind::Dump,

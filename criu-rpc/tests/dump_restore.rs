@@ -497,3 +497,141 @@ fn cpuinfo_dump_and_check() {
         .unwrap_err();
     assert!(matches!(err, Error::Failed { .. }), "{err:?}");
 }
+
+/// A python workload in a PID namespace of its own (so that its restore,
+/// in a new one, does not clash with the lazily dumped original, which stays
+/// until its last page is sent): it fills 48 MiB with a pattern, then writes
+/// `i crc` lines, the crc of the whole buffer every time.
+fn start_memory_counter(dir: &Path) -> (Child, Pid, PathBuf) {
+    let file = dir.join("count");
+    let script = format!(
+        "import os, time, zlib\n\
+         os.setsid()\n\
+         buf = bytearray(os.urandom(1 << 20)) * 48\n\
+         out = open('{}', 'a', buffering=1)\n\
+         i = 0\n\
+         while True:\n\
+         \x20   out.write('%d %d\\n' % (i, zlib.crc32(buf)))\n\
+         \x20   i += 1\n\
+         \x20   time.sleep(0.05)\n",
+        file.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "python3", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare and python3 (hack/setup installs them)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let kids = tree(Pid::from_raw(child.id() as i32));
+        if let (Some(pid), true) = (kids.get(1), crc_lines(&file).len() >= 3) {
+            return (child, *pid, file);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("python workload did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn crc_lines(file: &Path) -> Vec<(u64, u64)> {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Post-copy: the dump keeps the memory back and serves it; the restore
+/// registers it with userfaultfd; Ferry's lazy-pages daemon fills it in from
+/// the dump's page server, on faults and in the background. The workload
+/// goes on with the same 48 MiB (same crc) and no gap in its count.
+#[test]
+fn lazy_dump_and_restore_through_the_lazy_pages_daemon() {
+    use criu_rpc::lazy::LazyPages;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::AtomicBool;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (images, work) = (tmp.path().join("images"), tmp.path().join("work"));
+    fs::create_dir(&images).unwrap();
+    fs::create_dir(&work).unwrap();
+    let (mut unshare, pid, file) = start_memory_counter(tmp.path());
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let source_end = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (dest_end, _) = listener.accept().unwrap();
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let img = images.clone();
+    let dump = std::thread::spawn(move || {
+        let mut opts = DumpOptions::new(dirs(&img, "dump.log"), pid);
+        opts.tree.notify_scripts = true;
+        opts.lazy_pages = true;
+        opts.page_server = Some(PageServerAddr::Socket(source_end.into()));
+        let mut handler = move |n: Notify| -> Result<(), HandlerError> {
+            if let Notify::StatusReady = n {
+                let _ = ready_tx.send(());
+            }
+            Ok(())
+        };
+        Criu::new().dump(&opts, &mut handler)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the lazy dump never said status-ready");
+    let before = crc_lines(&file);
+    let crc = before[0].1;
+    assert!(before.iter().all(|(_, c)| *c == crc));
+    // Only the non-lazy pages (vdso and the like) were written here.
+    let written: u64 = fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        written < 8 << 20,
+        "{written} bytes of pages written locally"
+    );
+
+    let daemon = LazyPages::bind(&images, &work).unwrap();
+    let serve = std::thread::spawn(move || daemon.serve(dest_end, &AtomicBool::new(false)));
+    let mut ropts = RestoreOptions::new(dirs(&images, "restore.log").work_dir(&work).unwrap());
+    ropts.lazy_pages = true;
+    let restored = Criu::new()
+        .restore(&ropts, &mut criu_rpc::IgnoreNotify)
+        .unwrap();
+    let _guard = Restored(restored.pid);
+    let stats = serve.join().unwrap().unwrap();
+    dump.join().unwrap().unwrap();
+    assert!(
+        stats.received_bytes >= 48 << 20,
+        "only {} bytes came lazily: {stats:?}",
+        stats.received_bytes
+    );
+    assert!(stats.processes >= 1);
+    // The original was killed once its last page left.
+    unshare.wait().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let v = crc_lines(&file);
+        if v.len() >= before.len() + 10 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the restored workload is stuck");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (i, (n, c)) in after.iter().enumerate() {
+        assert_eq!(*n, i as u64, "line {i}: {after:?}");
+        assert_eq!(*c, crc, "line {i}: memory changed across the move");
+    }
+}

@@ -1,0 +1,498 @@
+//! A lazy-pages daemon: the destination half of post-copy migration.
+//!
+//! CRIU's RPC has no request for `criu lazy-pages`, so this module plays its
+//! part, speaking the same two protocols CRIU's own daemon does
+//! (criu/uffd.c):
+//!
+//! - with the restore: a restore run with `lazy_pages` connects to
+//!   `lazy-pages.socket` in its work directory and, for each task it creates,
+//!   sends the task's pid (an `i32`; negative for a zombie) and then, with
+//!   one dummy byte, its userfaultfd as `SCM_RIGHTS`; when the restore is
+//!   complete it sends `LAZY_PAGES_RESTORE_FINISHED`;
+//! - with the source: the dump run with `lazy_pages` serves the pages it
+//!   kept back ([`remote`]).
+//!
+//! Page faults are served first, one read-ahead chunk at a time; once the
+//! restore is finished the rest is pulled in the background, in chunks that
+//! grow while no fault comes (CRIU's heuristic: 64 KiB, up to 4 MiB, back to
+//! 64 KiB on a fault). `fork`, `mremap`, `munmap` and `MADV_DONTNEED` in the
+//! restored tasks arrive as userfaultfd events and keep each process's
+//! [`iovs::Iovs`] true. When every range of every process is in, the daemon
+//! closes the page server (the source's dump then finishes) and returns.
+
+mod images;
+mod iovs;
+mod remote;
+mod uffd;
+
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recv, recvmsg, ControlMessageOwned, MsgFlags};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use iovs::Iovs;
+pub use remote::PAGE_SIZE;
+use uffd::{Event, Fill, Uffd};
+
+/// The socket name CRIU's restore connects to, in its work directory.
+pub const SOCKET_NAME: &str = "lazy-pages.socket";
+const RESTORE_FINISHED: u32 = 0x5253_5446;
+const FAULT_CHUNK: u64 = 64 << 10;
+const MAX_CHUNK: u64 = 4 << 20;
+
+/// What the daemon did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LazyStats {
+    /// Processes whose memory was served (forked children included).
+    pub processes: u64,
+    pub faults: u64,
+    /// Pages copied in because a task touched them.
+    pub fault_bytes: u64,
+    /// Pages copied in by the background transfer.
+    pub background_bytes: u64,
+    /// Faults on never-dumped pages, answered with the zero page.
+    pub zero_pages: u64,
+    /// Page bytes received from the source (a page copied into a process
+    /// that then left is received but not copied).
+    pub received_bytes: u64,
+    /// From accepting the restore's connection to its "finished".
+    pub restore_ms: f64,
+    /// From accepting the restore's connection to the last page.
+    pub total_ms: f64,
+}
+
+/// One restored process (or a child it forked) with pages still to come.
+struct Proc {
+    /// The pid in the images, by which the source knows the pages (a
+    /// forked child asks for its parent's).
+    image_pid: i32,
+    uffd: Uffd,
+    iovs: Iovs,
+    gone: bool,
+}
+
+#[repr(C, align(4096))]
+struct Page([u8; PAGE_SIZE as usize]);
+
+/// A page-aligned buffer for UFFDIO_COPY (the kernel wants `src` aligned).
+struct Buffer(Vec<Page>);
+
+impl Buffer {
+    fn new(bytes: u64) -> Buffer {
+        Buffer(
+            (0..bytes / PAGE_SIZE)
+                .map(|_| Page([0; PAGE_SIZE as usize]))
+                .collect(),
+        )
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        let len = self.0.len() * PAGE_SIZE as usize;
+        // SAFETY: Page is repr(C) around a byte array with no padding, so
+        // the Vec's storage is `len` initialised bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), len) }
+    }
+}
+
+/// A bound lazy-pages socket, waiting for a restore.
+pub struct LazyPages {
+    listener: UnixListener,
+    images: PathBuf,
+    path: PathBuf,
+}
+
+impl LazyPages {
+    /// Listens on `work_dir/lazy-pages.socket`. Call it before starting the
+    /// restore with `lazy_pages` and the same work dir; `images_dir` is the
+    /// restore's images (the daemon reads pagemap and mm images there).
+    pub fn bind(images_dir: &Path, work_dir: &Path) -> Result<LazyPages> {
+        let path = work_dir.join(SOCKET_NAME);
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(|source| Error::Io {
+            op: "listening for the lazy-pages restore on",
+            path: path.clone(),
+            source,
+        })?;
+        listener.set_nonblocking(true).map_err(|source| Error::Io {
+            op: "configuring",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(LazyPages {
+            listener,
+            images: images_dir.to_path_buf(),
+            path,
+        })
+    }
+
+    /// Serves the restore's tasks with pages from `source` (a connection to
+    /// the lazy dump's page server) until every page is in. `cancel` stops a
+    /// daemon whose restore failed before connecting or finishing.
+    pub fn serve<S: Read + Write>(self, source: S, cancel: &AtomicBool) -> Result<LazyStats> {
+        let client = self.accept(cancel)?;
+        let t0 = Instant::now();
+        let mut d = Daemon {
+            images: self.images.clone(),
+            remote: remote::Remote::new(source),
+            procs: Vec::new(),
+            buf: Buffer::new(MAX_CHUNK),
+            chunk: FAULT_CHUNK,
+            stats: LazyStats::default(),
+        };
+        let result = d.run(client, cancel, t0);
+        let _ = std::fs::remove_file(&self.path);
+        result?;
+        d.remote.close()?;
+        d.stats.received_bytes = d.remote.received;
+        d.stats.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        Ok(d.stats)
+    }
+
+    fn accept(&self, cancel: &AtomicBool) -> Result<UnixStream> {
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).map_err(|source| Error::Lazy {
+                        op: "configuring the restore's connection",
+                        source,
+                    })?;
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(Error::LazyCancelled);
+                    }
+                    let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, PollTimeout::from(100u8));
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "accepting the restore's connection on",
+                        path: self.path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// One message of the restore on the lazy-pages socket.
+enum FromRestore {
+    Task { pid: i32, uffd: OwnedFd },
+    Zombie,
+    Finished,
+    Closed,
+}
+
+fn read_restore(client: &UnixStream) -> Result<FromRestore> {
+    let sys = |op: &'static str| {
+        move |e: Errno| Error::Lazy {
+            op,
+            source: e.into(),
+        }
+    };
+    let mut word = [0u8; 4];
+    let n = recv(client.as_raw_fd(), &mut word, MsgFlags::MSG_WAITALL)
+        .map_err(sys("reading the restore's message"))?;
+    if n == 0 {
+        return Ok(FromRestore::Closed);
+    }
+    if n != 4 {
+        return Err(Error::LazyProtocol {
+            what: format!("the restore sent a {n}-byte message"),
+        });
+    }
+    let v = u32::from_le_bytes(word);
+    if v == RESTORE_FINISHED {
+        return Ok(FromRestore::Finished);
+    }
+    let pid = v as i32;
+    if pid < 0 {
+        return Ok(FromRestore::Zombie);
+    }
+    let mut dummy = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut dummy)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        client.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(sys("receiving a task's userfaultfd"))?;
+    for c in msg.cmsgs().map_err(sys("reading the control message"))? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: SCM_RIGHTS installed this fd in our table.
+                let uffd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) };
+                return Ok(FromRestore::Task { pid, uffd });
+            }
+        }
+    }
+    Err(Error::LazyProtocol {
+        what: format!("the restore sent pid {pid} without its userfaultfd"),
+    })
+}
+
+struct Daemon<S> {
+    images: PathBuf,
+    remote: remote::Remote<S>,
+    procs: Vec<Proc>,
+    buf: Buffer,
+    /// The next background chunk's size.
+    chunk: u64,
+    stats: LazyStats,
+}
+
+impl<S: Read + Write> Daemon<S> {
+    fn run(&mut self, client: UnixStream, cancel: &AtomicBool, t0: Instant) -> Result<()> {
+        let mut client = Some(client);
+        let mut finished = false;
+        loop {
+            let work_left = self.procs.iter().any(|p| !p.gone && !p.iovs.is_empty());
+            if finished && !work_left {
+                return Ok(());
+            }
+            let timeout = if finished && work_left {
+                PollTimeout::ZERO
+            } else {
+                PollTimeout::from(200u8)
+            };
+            let (client_ev, proc_ev) = {
+                let mut fds: Vec<PollFd> = Vec::with_capacity(self.procs.len() + 1);
+                if let Some(c) = &client {
+                    fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                }
+                for p in &self.procs {
+                    fds.push(PollFd::new(p.uffd.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => {
+                        return Err(Error::Lazy {
+                            op: "polling the userfaultfds",
+                            source: e.into(),
+                        })
+                    }
+                }
+                let ev: Vec<PollFlags> = fds
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect();
+                let off = usize::from(client.is_some());
+                (client.as_ref().map(|_| ev[0]), ev[off..].to_vec())
+            };
+            if !finished && cancel.load(Ordering::Relaxed) {
+                return Err(Error::LazyCancelled);
+            }
+            let mut busy = false;
+            for (i, ev) in proc_ev.iter().enumerate() {
+                if !ev.is_empty() && !self.procs[i].gone {
+                    busy = true;
+                    self.events(i)?;
+                }
+            }
+            if let Some(ev) = client_ev.filter(|e| !e.is_empty()) {
+                busy = true;
+                let c = client.as_ref().expect("polled the client");
+                let msg = if ev.contains(PollFlags::POLLIN) {
+                    read_restore(c)?
+                } else {
+                    FromRestore::Closed
+                };
+                match msg {
+                    FromRestore::Task { pid, uffd } => {
+                        let iovs = images::collect(&self.images, pid)?;
+                        tracing::debug!(pid, bytes = iovs.bytes(), "lazy task");
+                        self.stats.processes += 1;
+                        self.procs.push(Proc {
+                            image_pid: pid,
+                            uffd: Uffd::new(uffd),
+                            iovs,
+                            gone: false,
+                        });
+                    }
+                    FromRestore::Zombie => {}
+                    FromRestore::Finished => {
+                        finished = true;
+                        self.stats.restore_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                    }
+                    FromRestore::Closed if finished => client = None,
+                    FromRestore::Closed => {
+                        return Err(Error::LazyProtocol {
+                            what: "the restore hung up before it finished (it failed; see its log)"
+                                .into(),
+                        })
+                    }
+                }
+            }
+            // A process whose pages are all in needs us no more: closing its
+            // userfaultfd unregisters its ranges (userfaultfd_release).
+            if finished {
+                self.procs.retain(|p| !p.gone && !p.iovs.is_empty());
+            } else {
+                self.procs.retain(|p| !p.gone);
+            }
+            if finished && !busy {
+                self.background()?;
+            }
+        }
+    }
+
+    fn events(&mut self, i: usize) -> Result<()> {
+        let events = match self.procs[i].uffd.read_events() {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                self.procs[i].gone = true;
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(self.uffd_error("reading the userfaultfd", i, e));
+            }
+        };
+        for ev in events {
+            if self.procs[i].gone {
+                break;
+            }
+            match ev {
+                Event::PageFault { addr } => self.fault(i, addr & !(PAGE_SIZE - 1))?,
+                Event::Fork { uffd } => {
+                    let child = Proc {
+                        image_pid: self.procs[i].image_pid,
+                        uffd: Uffd::new(uffd),
+                        iovs: self.procs[i].iovs.clone(),
+                        gone: false,
+                    };
+                    self.stats.processes += 1;
+                    self.procs.push(child);
+                }
+                Event::Remap { from, to, len } => self.procs[i].iovs.remap(from, to, len),
+                Event::Remove { start, end } => {
+                    // The range stays mapped: stop catching its faults so
+                    // the kernel zero-fills it, as MADV_DONTNEED means.
+                    match self.procs[i].uffd.unregister(start, end - start) {
+                        Ok(()) => {}
+                        Err(Errno::ENOMEM) => self.procs[i].gone = true,
+                        Err(e) => {
+                            return Err(self.uffd_error("unregistering a removed range", i, e))
+                        }
+                    }
+                    self.procs[i].iovs.drop_range(start, end - start);
+                }
+                Event::Unmap { start, end } => self.procs[i].iovs.drop_range(start, end - start),
+                Event::Unknown { event } => {
+                    return Err(Error::LazyProtocol {
+                        what: format!("unknown userfaultfd event {event:#x}"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn uffd_error(&self, op: &'static str, i: usize, e: Errno) -> Error {
+        Error::Uffd {
+            op,
+            pid: self.procs[i].image_pid,
+            source: e,
+        }
+    }
+
+    fn fault(&mut self, i: usize, page: u64) -> Result<()> {
+        self.stats.faults += 1;
+        self.chunk = FAULT_CHUNK;
+        match self.procs[i].iovs.find(page).copied() {
+            Some(iov) => {
+                let len = (iov.end - page).min(FAULT_CHUNK);
+                let copied = self.fetch(i, page, iov.img_addr(page), len)?;
+                self.stats.fault_bytes += copied;
+            }
+            None => {
+                // Never dumped (or already copied by an earlier fault of
+                // another thread): the zero page, or just a wake-up.
+                let p = &mut self.procs[i];
+                match p.uffd.zero(page, PAGE_SIZE) {
+                    Ok(Fill::Done) => self.stats.zero_pages += 1,
+                    Ok(Fill::Partial { .. }) => {
+                        let _ = p.uffd.wake(page, PAGE_SIZE);
+                    }
+                    Ok(Fill::Gone) => p.gone = true,
+                    Err(e) => return Err(self.uffd_error("mapping the zero page", i, e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn background(&mut self) -> Result<()> {
+        let Some(i) = self
+            .procs
+            .iter()
+            .position(|p| !p.gone && !p.iovs.is_empty())
+        else {
+            return Ok(());
+        };
+        let iov = *self.procs[i].iovs.first().expect("non-empty");
+        let len = iov.len().min(self.chunk);
+        self.chunk = (self.chunk + FAULT_CHUNK).min(MAX_CHUNK);
+        let copied = self.fetch(i, iov.start, iov.img_start, len)?;
+        self.stats.background_bytes += copied;
+        Ok(())
+    }
+
+    /// Brings `len` bytes at run-time `addr` (dump-time `img_addr`) from the
+    /// source into process `i`; returns the bytes copied in.
+    fn fetch(&mut self, i: usize, addr: u64, img_addr: u64, len: u64) -> Result<u64> {
+        let pid = self.procs[i].image_pid;
+        let got = self
+            .remote
+            .get(pid, img_addr, len / PAGE_SIZE, self.buf.bytes())?;
+        let bytes = got * PAGE_SIZE;
+        let mut off = 0;
+        let mut copied = 0;
+        while off < bytes {
+            let p = &self.procs[i];
+            match p
+                .uffd
+                .copy(addr + off, &self.buf.bytes()[off as usize..bytes as usize])
+            {
+                Ok(Fill::Done) => {
+                    copied += bytes - off;
+                    off = bytes;
+                }
+                // A page is there already (another thread's fault raced
+                // us): skip it.
+                Ok(Fill::Partial {
+                    bytes: b,
+                    errno: Errno::EEXIST,
+                }) => {
+                    copied += b;
+                    off += b + PAGE_SIZE;
+                }
+                // The mm is changing (a fork or mremap event is queued):
+                // the rest stays in the set and comes again.
+                Ok(Fill::Partial { bytes: b, .. }) => {
+                    copied += b;
+                    off += b;
+                    break;
+                }
+                Ok(Fill::Gone) => {
+                    self.procs[i].gone = true;
+                    return Ok(copied);
+                }
+                Err(e) => return Err(self.uffd_error("copying pages in", i, e)),
+            }
+        }
+        self.procs[i].iovs.drop_range(addr, off.min(bytes));
+        Ok(copied)
+    }
+}
