@@ -502,7 +502,17 @@ fn cpuinfo_dump_and_check() {
 /// in a new one, does not clash with the lazily dumped original, which stays
 /// until its last page is sent): it fills 48 MiB with a pattern, then writes
 /// `i crc` lines, the crc of the whole buffer every time.
-fn start_memory_counter(dir: &Path) -> (Child, Pid, PathBuf) {
+/// The `unshare` process above the workload; killed (with it) on drop.
+struct Unshare(Child);
+
+impl Drop for Unshare {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_memory_counter(dir: &Path) -> (Unshare, Pid, PathBuf) {
     let file = dir.join("count");
     let script = format!(
         "import os, time, zlib\n\
@@ -516,24 +526,22 @@ fn start_memory_counter(dir: &Path) -> (Child, Pid, PathBuf) {
          \x20   time.sleep(0.05)\n",
         file.display()
     );
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "python3", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("unshare and python3 (hack/setup installs them)");
+    let child = Unshare(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "python3", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare and python3 (hack/setup installs them)"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let kids = tree(Pid::from_raw(child.id() as i32));
+        let kids = tree(Pid::from_raw(child.0.id() as i32));
         if let (Some(pid), true) = (kids.get(1), crc_lines(&file).len() >= 3) {
             return (child, *pid, file);
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("python workload did not start");
-        }
+        assert!(Instant::now() < deadline, "python workload did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -619,7 +627,7 @@ fn lazy_dump_and_restore_through_the_lazy_pages_daemon() {
     );
     assert!(stats.processes >= 1);
     // The original was killed once its last page left.
-    unshare.wait().unwrap();
+    unshare.0.wait().unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let after = loop {
