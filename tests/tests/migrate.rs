@@ -135,9 +135,12 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
         &serve_b.addr,
         "--key-file",
         k.to_str().unwrap(),
+        "--mode",
+        "precopy",
         "--json",
     ]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["mode"], "precopy");
     assert!(report["downtime_ms"].as_f64().unwrap() > 0.0);
     assert!(report["pages_bytes"].as_u64().unwrap() > 0);
     assert!(a.ids().is_empty(), "the source container is gone");
@@ -152,15 +155,21 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     );
     assert!(!moved.join("bin/vi").exists(), "a deleted file came back");
 
-    // And back to A.
-    b.ok(&[
+    // And back to A, post-copy this time.
+    let out = b.ok(&[
         "migrate",
         &id,
         "--to",
         &serve_a.addr,
         "--key-file",
         k.to_str().unwrap(),
+        "--mode",
+        "postcopy",
+        "--json",
     ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["mode"], "postcopy");
+    assert!(report["lazy"]["received_bytes"].as_u64().unwrap() > 0);
     assert!(b.ids().is_empty());
     let back = a
         .path()
@@ -169,15 +178,20 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
         .join("bundle/rootfs/out/count");
     let n = numbers(&moved.join("out/count")).len();
     assert_consecutive(&wait_numbers(&back, n + 10));
-    // Once more to B, where the first move left its files behind.
-    a.ok(&[
+    // Once more to B, where the first move left its files behind; `auto`
+    // picks pre-copy for so small a container, and says so.
+    let out = a.ok(&[
         "migrate",
         &id,
         "--to",
         &serve_b.addr,
         "--key-file",
         k.to_str().unwrap(),
+        "--json",
     ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["mode"], "precopy", "{report}");
+    assert!(report["mode_reason"].as_str().unwrap().starts_with("auto"));
     let n = numbers(&back).len();
     assert_consecutive(&wait_numbers(&moved.join("out/count"), n + 5));
     b.ok(&["delete", "--force", &id]);
@@ -222,6 +236,8 @@ while True:
             &serve_b.addr,
             "--key-file",
             k.to_str().unwrap(),
+            "--mode",
+            "precopy",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -253,6 +269,75 @@ while True:
     }
     assert!(b.ids().is_empty());
     a.ok(&["delete", "--force", &id]);
+}
+
+/// Post-copy of a 256 MiB container: it runs on B before its memory has
+/// arrived; every page comes (the lazy-pages daemon's count), the memory is
+/// the same (its crc, printed by the workload on every line, never changes)
+/// and the count goes on without gap. `auto` picks post-copy for it.
+#[test]
+fn postcopy_moves_256_mib_with_the_memory_intact() {
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id();
+    let serve_b = Serve::start(&b, &k, &format!("/ferry-pb-{tag}"));
+    let script = r#"
+import os, time, zlib
+m = bytearray(os.urandom(1 << 20)) * 256
+i = 0
+f = open('/out/count', 'a')
+while True:
+    f.write('%d %d\n' % (i, zlib.crc32(m)))
+    f.flush()
+    i += 1
+    time.sleep(0.05)
+"#;
+    let bundle = python_bundle(tmp.path(), script);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("post-{tag}");
+    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    wait_numbers(&count, 3);
+    let out = a.ok(&[
+        "migrate",
+        &id,
+        "--to",
+        &serve_b.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["mode"], "postcopy", "{report}");
+    let received = report["lazy"]["received_bytes"].as_u64().unwrap();
+    assert!(received >= 256 << 20, "{report}");
+    assert!(a.ids().is_empty());
+    let lines = |p: &std::path::Path| -> Vec<(u64, u64)> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let before = lines(&count);
+    let moved = b
+        .path()
+        .join("incoming")
+        .join(&id)
+        .join("bundle/rootfs/out/count");
+    wait_numbers(&moved, before.len() + 10);
+    let after = lines(&moved);
+    let crc = before[0].1;
+    for (i, (n, c)) in after.iter().enumerate() {
+        assert_eq!(*n, i as u64, "line {i}: {after:?}");
+        assert_eq!(*c, crc, "line {i}: the memory changed in the move");
+    }
+    b.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&format!("ferry-pb-{tag}/{id}")).is_empty());
 }
 
 /// A TCP client outside both hosts keeps talking to a server inside the

@@ -35,7 +35,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, recvmsg, ControlMessageOwned, MsgFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use iovs::Iovs;
@@ -49,7 +49,7 @@ const FAULT_CHUNK: u64 = 64 << 10;
 const MAX_CHUNK: u64 = 4 << 20;
 
 /// What the daemon did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LazyStats {
     /// Processes whose memory was served (forked children included).
     pub processes: u64,

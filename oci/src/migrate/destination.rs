@@ -10,10 +10,12 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use criu_rpc::lazy::LazyPages;
 use criu_rpc::{Criu, ImageDirs, LogLevel, PageServerAddr, PageServerOptions};
 
 use super::auth::{self, Key};
@@ -124,7 +126,7 @@ impl Agent {
         if !problems.is_empty() {
             return wire::send(&mut s, &Reply::Refused { problems });
         }
-        let result = self.take(&mut s, &id, &dir, &config);
+        let result = self.take(&mut s, &id, &dir, &config, needs.postcopy);
         match &result {
             Ok(pid) => tracing::info!(id, pid, "migration received"),
             Err(e) => {
@@ -140,7 +142,14 @@ impl Agent {
         result.map(drop)
     }
 
-    fn take(&self, s: &mut TcpStream, id: &str, dir: &Path, config: &str) -> Result<i32> {
+    fn take(
+        &self,
+        s: &mut TcpStream,
+        id: &str,
+        dir: &Path,
+        config: &str,
+        postcopy: bool,
+    ) -> Result<i32> {
         let images = dir.join("images");
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
@@ -182,13 +191,20 @@ impl Agent {
                 what: "the page connection did not come",
             }
         })?;
-        let dirs = ImageDirs::open(&images)?
-            .log_file("page-server.log")
-            .log_level(LogLevel::Debug);
-        let server = self.criu.page_server_child(&PageServerOptions::new(
-            dirs,
-            PageServerAddr::Socket(OwnedFd::from(pages)),
-        ))?;
+        // Pre-copy: CRIU's page server writes the pages as the dump sends
+        // them. Post-copy: the connection waits for the lazy-pages daemon.
+        let (server, lazy_source) = if postcopy {
+            (None, Some(pages))
+        } else {
+            let dirs = ImageDirs::open(&images)?
+                .log_file("page-server.log")
+                .log_level(LogLevel::Debug);
+            let server = self.criu.page_server_child(&PageServerOptions::new(
+                dirs,
+                PageServerAddr::Socket(OwnedFd::from(pages)),
+            ))?;
+            (Some(server), None)
+        };
         wire::send(s, &Reply::PagesReady)?;
         loop {
             match wire::recv::<_, Step>(s)? {
@@ -206,14 +222,80 @@ impl Agent {
                 }
                 Step::Restore => break,
                 Step::Abort { reason } => {
-                    let _ = server.terminate();
+                    if let Some(server) = server {
+                        let _ = server.terminate();
+                    }
                     return Err(Error::SourceAborted { reason });
                 }
             }
         }
         // The dump ended with a FLUSH the page server acknowledged: every
         // page is written.
-        server.wait()?;
+        if let Some(server) = server {
+            server.wait()?;
+        }
+        let Some(source) = lazy_source else {
+            let (pid, restore_ms) = self.restore(id, dir, &images, &bundle, None)?;
+            wire::send(s, &Reply::Restored { pid, restore_ms })?;
+            return Ok(pid);
+        };
+        // Post-copy: the daemon listens before the restore starts, and
+        // serves the restored tasks until their last page is in.
+        let work = dir.join("lazy-work");
+        private_dir(&work)?;
+        let daemon = LazyPages::bind(&images, &work)?;
+        let cancel = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let served = scope.spawn(|| daemon.serve(source, &cancel));
+            let restored = self.restore(id, dir, &images, &bundle, Some(&work));
+            let (pid, restore_ms) = match restored {
+                Ok(r) => r,
+                Err(e) => {
+                    cancel.store(true, Ordering::Relaxed);
+                    let _ = served.join();
+                    return Err(e);
+                }
+            };
+            wire::send(s, &Reply::Restored { pid, restore_ms })?;
+            match served.join() {
+                Ok(Ok(lazy)) => {
+                    tracing::info!(id, ?lazy, "every page arrived");
+                    wire::send(s, &Reply::PagesDone { lazy })?;
+                    Ok(pid)
+                }
+                Ok(Err(e)) => {
+                    // Its memory is incomplete: it must not run on.
+                    self.kill_restored(id);
+                    Err(Error::from(e))
+                }
+                Err(_) => {
+                    self.kill_restored(id);
+                    Err(Error::Protocol {
+                        what: "the lazy-pages daemon panicked",
+                    })
+                }
+            }
+        })
+    }
+
+    fn kill_restored(&self, id: &str) {
+        if let Ok(c) = crate::runtime::Container::load(&self.root, id) {
+            if let Err(e) = c.delete(true) {
+                tracing::warn!(id, error = %crate::error::chain(&e), "removing the half-restored container");
+            }
+        }
+    }
+
+    /// Runs `ferry restore` for the received container; returns its pid and
+    /// how long the restore took.
+    fn restore(
+        &self,
+        id: &str,
+        dir: &Path,
+        images: &Path,
+        bundle: &Path,
+        lazy_work: Option<&Path>,
+    ) -> Result<(i32, f64)> {
         let start = Instant::now();
         // The restored container inherits the restore's stdio: /dev/null,
         // never a pipe (nobody would read it, and waiting for its EOF would
@@ -232,9 +314,16 @@ impl Agent {
                 "--file-locks",
                 "--image-path",
             ])
-            .arg(&images)
+            .arg(images)
+            .args(lazy_work.iter().flat_map(|w| {
+                [
+                    std::ffi::OsStr::new("--lazy-pages"),
+                    "--work-path".as_ref(),
+                    w.as_os_str(),
+                ]
+            }))
             .arg("--bundle")
-            .arg(&bundle)
+            .arg(bundle)
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -259,8 +348,7 @@ impl Agent {
         }
         let restore_ms = start.elapsed().as_secs_f64() * 1000.0;
         let pid = crate::runtime::Container::load(&self.root, id)?.state.pid;
-        wire::send(s, &Reply::Restored { pid, restore_ms })?;
-        Ok(pid)
+        Ok((pid, restore_ms))
     }
 }
 

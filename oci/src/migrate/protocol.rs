@@ -38,10 +38,25 @@ pub enum Step {
 /// Destination to source.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Accepted { migration: String },
-    Refused { problems: Vec<Problem> },
+    Accepted {
+        migration: String,
+    },
+    Refused {
+        problems: Vec<Problem>,
+    },
     PagesReady,
-    Received { bytes: u64 },
-    Restored { pid: i32, restore_ms: f64 },
-    Failed { error: String },
+    Received {
+        bytes: u64,
+    },
+    Restored {
+        pid: i32,
+        restore_ms: f64,
+    },
+    /// Post-copy: every page arrived (after `Restored`).
+    PagesDone {
+        lazy: criu_rpc::lazy::LazyStats,
+    },
+    Failed {
+        error: String,
+    },
 }

@@ -12,7 +12,8 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use criu_rpc::{Criu, PageServerAddr};
+use criu_rpc::lazy::LazyStats;
+use criu_rpc::{Criu, Notify, PageServerAddr};
 use nix::sys::signal::{kill, Signal};
 use serde::Serialize;
 
@@ -21,6 +22,8 @@ use super::preflight::{self, Needs};
 use super::protocol::{Hello, Reply, Step};
 use super::tarball;
 use super::wire::{self, StreamWriter};
+use super::Mode;
+use crate::checkpoint::Checkpointed;
 use crate::checkpoint::{private_dir, CheckpointOptions};
 use crate::error::{Error, Result};
 use crate::runtime::{Container, Status};
@@ -30,7 +33,9 @@ use crate::runtime::{Container, Status};
 pub struct Report {
     pub id: String,
     pub to: String,
-    pub mode: &'static str,
+    pub mode: Mode,
+    /// Why this mode (asked for, or what `auto` saw).
+    pub mode_reason: String,
     /// From freezing the source to the destination reporting it running.
     pub downtime_ms: f64,
     pub total_ms: f64,
@@ -43,6 +48,10 @@ pub struct Report {
     /// Memory pages CRIU sent to the destination's page server.
     pub pages_bytes: u64,
     pub destination_pid: i32,
+    /// Post-copy: from the restore until the last page was in.
+    pub lazy_ms: Option<f64>,
+    /// Post-copy: what the destination's lazy-pages daemon did.
+    pub lazy: Option<LazyStats>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -87,6 +96,7 @@ pub fn migrate(
     id: &str,
     to: SocketAddr,
     key: &Key,
+    mode: Mode,
     criu: &Criu,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report> {
@@ -96,7 +106,7 @@ pub fn migrate(
     let work = root.join("outgoing").join(id);
     let _ = std::fs::remove_dir_all(&work);
     private_dir(&work)?;
-    let result = send(root, c, &work, to, key, criu, progress, t0);
+    let result = send(root, c, &work, to, key, mode, criu, progress, t0);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -108,6 +118,7 @@ fn send(
     work: &Path,
     to: SocketAddr,
     key: &Key,
+    mode: Mode,
     criu: &Criu,
     progress: &mut dyn FnMut(&str),
     t0: Instant,
@@ -125,13 +136,17 @@ fn send(
         .map(|s| s.memory.memory.usage)
         .unwrap_or(0);
     let rootfs_size = du(&c.state.rootfs);
+    let lazy_here = criu.features()?.lazy_pages;
+    let (mode, mode_reason) = mode.resolve(memory, lazy_here);
+    let postcopy = mode == Mode::Postcopy;
+    progress(&format!("mode {mode} ({mode_reason})"));
     let needs = Needs {
         container_id: id.clone(),
         memory,
         disk: memory + rootfs_size,
         lower_layers: Vec::new(),
         arch: std::env::consts::ARCH.to_string(),
-        postcopy: false,
+        postcopy,
     };
     let config = std::fs::read_to_string(&c.state.config).map_err(|source| Error::Io {
         op: "reading",
@@ -184,91 +199,179 @@ fn send(
     let images = work.join("images");
     let frozen_at = Instant::now();
     let rootfs = c.state.rootfs.clone();
+    // Kept to cut the page connection under a post-copy dump that must end
+    // early (CRIU's page server then returns and leaves the tasks stopped).
+    let pages_cut = pages.try_clone().map_err(Error::Wire)?;
     let opts = CheckpointOptions {
         image_path: images.clone(),
         leave_stopped: true,
         tcp_established: true,
         file_locks: true,
+        lazy_pages: postcopy,
         page_server: Some(PageServerAddr::Socket(OwnedFd::from(pages))),
         ..Default::default()
     };
-    // A failed dump leaves the container running (CRIU resumes it).
-    if let Err(e) = c.checkpoint(criu, opts, &mut |_| {}) {
-        let _ = wire::send(
-            &mut ctl,
-            &Step::Abort {
-                reason: crate::error::chain(&e),
-            },
-        );
-        return Err(e);
-    }
-    let dump_ms = ms(frozen_at.elapsed());
-    let pages_bytes = criu_rpc::stats::read_dump_stats(&images)
-        .ok()
-        .flatten()
-        .map(|s| s.pages_written * 4096)
-        .unwrap_or(0);
-
-    // From here the source is frozen: it runs again unless the destination
-    // does.
-    let moved = (|| -> Result<(u64, u64, i32, f64, f64)> {
-        progress("transfer");
-        let t = Instant::now();
-        wire::send(&mut ctl, &Step::Images)?;
-        let mut w = StreamWriter::new(&mut ctl);
-        tarball::pack(&images, &mut w, |_| false)?;
-        let images_bytes = w.finish()?;
-        expect(wire::recv(&mut ctl)?)?;
-        wire::send(&mut ctl, &Step::Rootfs)?;
-        let mut w = StreamWriter::new(&mut ctl);
-        tarball::pack(&rootfs, &mut w, |_| false)?;
-        let rootfs_bytes = w.finish()?;
-        expect(wire::recv(&mut ctl)?)?;
-        let transfer_ms = ms(t.elapsed());
-        progress("restore");
-        wire::send(&mut ctl, &Step::Restore)?;
-        match wire::recv::<_, Reply>(&mut ctl).map_err(|e| match e {
-            Error::Wire(source) => Error::Peer {
-                peer: to.to_string(),
-                op: "waiting for the restore on",
-                source,
-            },
-            e => e,
-        })? {
-            Reply::Restored { pid, restore_ms } => {
-                Ok((images_bytes, rootfs_bytes, pid, restore_ms, transfer_ms))
-            }
-            Reply::Failed { error } => Err(Error::DestinationFailed { error }),
-            _ => Err(Error::Protocol {
-                what: "an unexpected answer to the restore",
-            }),
-        }
-    })();
-    match moved {
-        Ok((images_bytes, rootfs_bytes, pid, restore_ms, transfer_ms)) => {
-            let downtime_ms = ms(frozen_at.elapsed());
-            progress("stop the source");
-            Container::load(root, &id)?.delete(true)?;
-            Ok(Report {
-                id: id.clone(),
-                to: to.to_string(),
-                mode: "precopy",
-                downtime_ms,
-                total_ms: ms(t0.elapsed()),
-                preflight_ms,
-                dump_ms,
-                transfer_ms,
-                restore_ms,
-                images_bytes,
-                rootfs_bytes,
-                pages_bytes,
-                destination_pid: pid,
-            })
-        }
-        Err(e) => {
-            progress("resume the source");
-            resume(root, &id)?;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<DumpEvent>();
+        let done = tx.clone();
+        // The dump runs beside: with lazy pages it only returns once the
+        // destination has every page, long after the restore.
+        let dump = scope.spawn(move || {
+            let r = c.checkpoint(criu, opts, &mut |n| {
+                if let Notify::StatusReady = n {
+                    let _ = tx.send(DumpEvent::Ready);
+                }
+            });
+            let _ = done.send(DumpEvent::Done(r.is_ok()));
+            r
+        });
+        let abort = |ctl: &mut TcpStream, e: Error| -> Result<Report> {
+            let _ = wire::send(
+                ctl,
+                &Step::Abort {
+                    reason: crate::error::chain(&e),
+                },
+            );
             Err(e)
+        };
+        // A failed dump leaves the container running (CRIU resumes it).
+        match rx.recv() {
+            Ok(DumpEvent::Ready) | Ok(DumpEvent::Done(true)) => {}
+            _ => {
+                let e = match dump.join() {
+                    Ok(Err(e)) => e,
+                    _ => Error::Protocol {
+                        what: "the dump thread ended without a result",
+                    },
+                };
+                return abort(&mut ctl, e);
+            }
         }
+        let dump_ms = ms(frozen_at.elapsed());
+        let moved = move_state(&mut ctl, &images, &rootfs, to, progress);
+        let finish = |dump: std::thread::ScopedJoinHandle<'_, Result<Checkpointed>>| {
+            dump.join().unwrap_or(Err(Error::Protocol {
+                what: "the dump thread panicked",
+            }))
+        };
+        let (images_bytes, rootfs_bytes, pid, restore_ms, transfer_ms) = match moved {
+            Ok(m) => m,
+            Err(e) => {
+                progress("resume the source");
+                let _ = pages_cut.shutdown(std::net::Shutdown::Both);
+                let _ = finish(dump);
+                resume(root, &id)?;
+                return Err(e);
+            }
+        };
+        let downtime_ms = ms(frozen_at.elapsed());
+        let mut lazy = None;
+        let mut lazy_ms = None;
+        if postcopy {
+            progress("running on the destination; memory follows");
+            let t = Instant::now();
+            let pages_done = wire::recv::<_, Reply>(&mut ctl);
+            let dumped = finish(dump);
+            match (pages_done, dumped) {
+                (Ok(Reply::PagesDone { lazy: l }), Ok(_)) => {
+                    lazy_ms = Some(ms(t.elapsed()));
+                    lazy = Some(l);
+                }
+                (reply, dumped) => {
+                    // The destination could not get every page: it killed
+                    // its copy, and this one, whose memory is whole, runs on.
+                    let _ = pages_cut.shutdown(std::net::Shutdown::Both);
+                    progress("resume the source");
+                    resume(root, &id)?;
+                    return Err(match (reply, dumped) {
+                        (Ok(Reply::Failed { error }), _) => Error::DestinationFailed { error },
+                        (_, Err(e)) => e,
+                        (Err(e), _) => e,
+                        _ => Error::Protocol {
+                            what: "an unexpected answer after the restore",
+                        },
+                    });
+                }
+            }
+        } else {
+            finish(dump)?;
+        }
+        let pages_bytes = match &lazy {
+            Some(l) => l.received_bytes,
+            None => criu_rpc::stats::read_dump_stats(&images)
+                .ok()
+                .flatten()
+                .map(|s| s.pages_written * 4096)
+                .unwrap_or(0),
+        };
+        progress("stop the source");
+        Container::load(root, &id)?.delete(true)?;
+        Ok(Report {
+            id: id.clone(),
+            to: to.to_string(),
+            mode,
+            mode_reason,
+            downtime_ms,
+            total_ms: ms(t0.elapsed()),
+            preflight_ms,
+            dump_ms,
+            transfer_ms,
+            restore_ms,
+            images_bytes,
+            rootfs_bytes,
+            pages_bytes,
+            destination_pid: pid,
+            lazy_ms,
+            lazy,
+        })
+    })
+}
+
+enum DumpEvent {
+    /// Post-copy: images written, the page server waits for the destination.
+    Ready,
+    /// The dump returned (ok or not).
+    Done(bool),
+}
+
+/// Sends the images and the rootfs, asks for the restore; returns the
+/// bytes sent, the destination's pid, its restore time and the transfer time.
+fn move_state(
+    ctl: &mut TcpStream,
+    images: &Path,
+    rootfs: &Path,
+    to: SocketAddr,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(u64, u64, i32, f64, f64)> {
+    progress("transfer");
+    let t = Instant::now();
+    wire::send(ctl, &Step::Images)?;
+    let mut w = StreamWriter::new(ctl);
+    tarball::pack(images, &mut w, |_| false)?;
+    let images_bytes = w.finish()?;
+    expect(wire::recv(ctl)?)?;
+    wire::send(ctl, &Step::Rootfs)?;
+    let mut w = StreamWriter::new(ctl);
+    tarball::pack(rootfs, &mut w, |_| false)?;
+    let rootfs_bytes = w.finish()?;
+    expect(wire::recv(ctl)?)?;
+    let transfer_ms = ms(t.elapsed());
+    progress("restore");
+    wire::send(ctl, &Step::Restore)?;
+    match wire::recv::<_, Reply>(ctl).map_err(|e| match e {
+        Error::Wire(source) => Error::Peer {
+            peer: to.to_string(),
+            op: "waiting for the restore on",
+            source,
+        },
+        e => e,
+    })? {
+        Reply::Restored { pid, restore_ms } => {
+            Ok((images_bytes, rootfs_bytes, pid, restore_ms, transfer_ms))
+        }
+        Reply::Failed { error } => Err(Error::DestinationFailed { error }),
+        _ => Err(Error::Protocol {
+            what: "an unexpected answer to the restore",
+        }),
     }
 }

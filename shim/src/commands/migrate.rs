@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferry_oci::migrate::auth::Key;
 use ferry_oci::migrate::destination::Agent;
-use ferry_oci::migrate::source;
+use ferry_oci::migrate::{source, Mode};
 
 use super::checkpoint::criu;
 use crate::Cli;
@@ -66,28 +66,33 @@ pub struct MigrateArgs {
     pub to: SocketAddr,
     #[arg(long = "key-file")]
     pub key_file: PathBuf,
-    /// precopy (the default here; post-copy is not implemented yet).
-    #[arg(long, default_value = "precopy")]
-    pub mode: String,
+    /// precopy (freeze, send all memory, restore), postcopy (restore first,
+    /// memory follows through userfaultfd) or auto (the lower-downtime one
+    /// for this container; the report says which and why).
+    #[arg(long, default_value = "auto")]
+    pub mode: Mode,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        a.mode == "precopy",
-        "--mode {}: only precopy is implemented so far",
-        a.mode
-    );
     let key = Key::load(&a.key_file)?;
     let quiet = a.json;
     let start = std::time::Instant::now();
-    let report = source::migrate(&cli.root, &a.id, a.to, &key, &criu(cli), &mut |phase| {
-        if !quiet {
-            eprintln!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64());
-        }
-    })
+    let report = source::migrate(
+        &cli.root,
+        &a.id,
+        a.to,
+        &key,
+        a.mode,
+        &criu(cli),
+        &mut |phase| {
+            if !quiet {
+                eprintln!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64());
+            }
+        },
+    )
     .with_context(|| {
         format!(
             "migrating {} to {} (the source container keeps running)",
@@ -112,6 +117,15 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             report.images_bytes as f64 / 1048576.0,
             report.rootfs_bytes as f64 / 1048576.0,
         );
+        if let (Some(ms), Some(l)) = (report.lazy_ms, &report.lazy) {
+            println!(
+                "post-copy: every page in {:.0} ms after the restore ({} faults, {:.1} MiB on faults, {:.1} MiB in the background)",
+                ms,
+                l.faults,
+                l.fault_bytes as f64 / 1048576.0,
+                l.background_bytes as f64 / 1048576.0,
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
