@@ -468,3 +468,199 @@ for line in f:
     let _ = serve_b.kill();
     let _ = serve_b.wait();
 }
+
+/// Leaves no criu process behind (waits a little: criu exits after its
+/// client hung up).
+fn assert_no_criu() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let criu = Command::new("pgrep").args(["-x", "criu"]).output().unwrap();
+        let left = String::from_utf8_lossy(&criu.stdout).trim().to_string();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "criu processes left: {left}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A relay between the source and the agent that flips one byte of the
+/// first connection (the control connection), `at` bytes into what the
+/// source sends.
+fn corrupting_proxy(to: String, at: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (n, c) in l.incoming().enumerate() {
+            let Ok(down) = c else { return };
+            let Ok(up) = std::net::TcpStream::connect(&to) else {
+                return;
+            };
+            let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            let (mut down, mut up) = (down, up);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut d2);
+                let _ = d2.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut seen = 0usize;
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let k = match std::io::Read::read(&mut down, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => k,
+                    };
+                    if n == 0 && seen <= at && at < seen + k {
+                        buf[at - seen] ^= 0x5a;
+                    }
+                    seen += k;
+                    if std::io::Write::write_all(&mut up, &buf[..k]).is_err() {
+                        break;
+                    }
+                }
+                let _ = up.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// One byte of the control stream flipped on the way (inside the images or
+/// the rootfs stream): the destination finds the stream's checksum wrong,
+/// drops what it received, and the source runs on with its count intact.
+#[test]
+fn a_corrupted_stream_keeps_the_source() {
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id();
+    let serve_b = Serve::start(&b, &k, &format!("/ferry-cb-{tag}"));
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("corrupt-{tag}");
+    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    wait_numbers(&count, 3);
+    let proxy = corrupting_proxy(serve_b.addr.clone(), 300_000);
+    let err = a.fails(&[
+        "migrate",
+        &id,
+        "--to",
+        &proxy,
+        "--key-file",
+        k.to_str().unwrap(),
+        "--mode",
+        "precopy",
+    ]);
+    assert!(err.contains("keeps running"), "{err}");
+    assert_eq!(a.status(&id), "running");
+    let n = numbers(&count).len();
+    assert_consecutive(&wait_numbers(&count, n + 5));
+    assert!(b.ids().is_empty());
+    assert!(
+        !b.path().join("incoming").join(&id).exists(),
+        "the damaged transfer was kept"
+    );
+    assert_no_criu();
+    assert!(mount_leftovers(&b.path().to_string_lossy()).is_empty());
+    a.ok(&["delete", "--force", &id]);
+}
+
+/// A tmpfs as a host's whole state root, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs on {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The destination's disk fills up once the move is under way (after its
+/// pre-flight check said there was room): its page server cannot write,
+/// the dump fails, and the source runs on; the destination keeps nothing.
+#[test]
+fn a_full_destination_disk_keeps_the_source() {
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let _disk = Tmpfs::mount(b.path(), "1g");
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id();
+    let serve_b = Serve::start(&b, &k, &format!("/ferry-fb-{tag}"));
+    let script = r#"
+import os, time
+m = bytearray(os.urandom(1 << 20)) * 256
+i = 0
+f = open('/out/count', 'a')
+while True:
+    f.write('%d\n' % i)
+    f.flush()
+    i += 1
+    time.sleep(0.05)
+"#;
+    let bundle = python_bundle(tmp.path(), script);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("full-{tag}");
+    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    wait_numbers(&count, 3);
+    let mig = Command::new(ferry_bin())
+        .arg("--root")
+        .arg(a.path())
+        .args([
+            "migrate",
+            &id,
+            "--to",
+            &serve_b.addr,
+            "--key-file",
+            k.to_str().unwrap(),
+            "--mode",
+            "precopy",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Pre-flight passed once the destination made the container's dir:
+    // fill the disk then, leaving 1 MiB.
+    let incoming = b.path().join("incoming").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !incoming.exists() {
+        assert!(Instant::now() < deadline, "the move never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let st = nix::sys::statvfs::statvfs(b.path()).unwrap();
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let filler = b.path().join("filler");
+    let ok = Command::new("fallocate")
+        .args(["-l", &(free - (1 << 20)).to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = mig.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the move claimed success: {err}");
+    assert!(err.contains("keeps running"), "{err}");
+    assert_eq!(a.status(&id), "running");
+    let n = numbers(&count).len();
+    assert_consecutive(&wait_numbers(&count, n + 5));
+    assert!(b.ids().is_empty());
+    assert!(!incoming.exists(), "the failed transfer was kept");
+    assert_no_criu();
+    std::fs::remove_file(&filler).unwrap();
+    a.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&format!("ferry-fb-{tag}/{id}")).is_empty());
+}

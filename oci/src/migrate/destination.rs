@@ -199,11 +199,25 @@ impl Agent {
             let dirs = ImageDirs::open(&images)?
                 .log_file("page-server.log")
                 .log_level(LogLevel::Debug);
+            let cut = pages.try_clone().map_err(Error::Wire)?;
             let server = self.criu.page_server_child(&PageServerOptions::new(
                 dirs,
                 PageServerAddr::Socket(OwnedFd::from(pages)),
             ))?;
-            (Some(server), None)
+            // criu's swrk process keeps its copy of the socket open after
+            // its page-server child died (say of ENOSPC): the source's dump
+            // would block writing to it. So the socket is shut down as soon
+            // as the page server ends badly, which fails the source's dump
+            // (and resumes its container) at once.
+            let stop = cut.try_clone().map_err(Error::Wire)?;
+            let waiter = std::thread::spawn(move || {
+                let r = server.wait();
+                if r.is_err() {
+                    let _ = cut.shutdown(std::net::Shutdown::Both);
+                }
+                r
+            });
+            (Some((waiter, stop)), None)
         };
         wire::send(s, &Reply::PagesReady)?;
         loop {
@@ -222,8 +236,10 @@ impl Agent {
                 }
                 Step::Restore => break,
                 Step::Abort { reason } => {
-                    if let Some(server) = server {
-                        let _ = server.terminate();
+                    if let Some((waiter, stop)) = server {
+                        // The page server ends at the socket's end.
+                        let _ = stop.shutdown(std::net::Shutdown::Both);
+                        let _ = waiter.join();
                     }
                     return Err(Error::SourceAborted { reason });
                 }
@@ -231,8 +247,10 @@ impl Agent {
         }
         // The dump ended with a FLUSH the page server acknowledged: every
         // page is written.
-        if let Some(server) = server {
-            server.wait()?;
+        if let Some((waiter, _)) = server {
+            waiter.join().map_err(|_| Error::Protocol {
+                what: "the page server's waiter panicked",
+            })??;
         }
         let Some(source) = lazy_source else {
             let (pid, restore_ms) = self.restore(id, dir, &images, &bundle, None)?;

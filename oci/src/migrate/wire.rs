@@ -5,13 +5,16 @@
 //! stream. Bulk streams (a tar of the rootfs diff, an image file) are
 //! written through [`StreamWriter`], which chunks them without knowing
 //! their size up front, and read back through [`StreamReader`] as a plain
-//! `Read`. Frame sizes are bounded so a corrupt or hostile length cannot
+//! `Read`. A stream's end frame carries the SHA-256 of its bytes: a stream
+//! damaged in transit is an error at its end, before anything received is
+//! used (the receiver restores only after every stream checked out). Frame sizes are bounded so a corrupt or hostile length cannot
 //! make the receiver allocate without limit.
 
 use std::io::{self, Read, Write};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -73,6 +76,7 @@ pub fn recv<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T> {
 pub struct StreamWriter<'a, W: Write> {
     w: &'a mut W,
     buf: Vec<u8>,
+    digest: Sha256,
     pub bytes: u64,
 }
 
@@ -81,12 +85,14 @@ impl<'a, W: Write> StreamWriter<'a, W> {
         StreamWriter {
             w,
             buf: Vec::with_capacity(CHUNK_SIZE),
+            digest: Sha256::new(),
             bytes: 0,
         }
     }
 
     fn flush_chunk(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
+            self.digest.update(&self.buf);
             write_frame(self.w, CHUNK, &self.buf)?;
             self.buf.clear();
         }
@@ -96,7 +102,8 @@ impl<'a, W: Write> StreamWriter<'a, W> {
     /// Ends the stream; returns its length.
     pub fn finish(mut self) -> Result<u64> {
         self.flush_chunk().map_err(Error::Wire)?;
-        write_frame(self.w, END, &[]).map_err(Error::Wire)?;
+        let digest = std::mem::take(&mut self.digest).finalize();
+        write_frame(self.w, END, &digest).map_err(Error::Wire)?;
         self.w.flush().map_err(Error::Wire)?;
         Ok(self.bytes)
     }
@@ -123,6 +130,7 @@ impl<W: Write> Write for StreamWriter<'_, W> {
 /// end frame is an `UnexpectedEof` error, never a silently short stream.
 pub struct StreamReader<'a, R: Read> {
     r: &'a mut R,
+    digest: Sha256,
     chunk: Vec<u8>,
     pos: usize,
     done: bool,
@@ -133,6 +141,7 @@ impl<'a, R: Read> StreamReader<'a, R> {
     pub fn new(r: &'a mut R) -> Self {
         StreamReader {
             r,
+            digest: Sha256::new(),
             chunk: Vec::new(),
             pos: 0,
             done: false,
@@ -168,10 +177,20 @@ impl<R: Read> Read for StreamReader<'_, R> {
             })?;
             match kind {
                 CHUNK => {
+                    self.digest.update(&payload);
                     self.chunk = payload;
                     self.pos = 0;
                 }
-                END => self.done = true,
+                END => {
+                    self.done = true;
+                    let ours = std::mem::take(&mut self.digest).finalize();
+                    if payload[..] != ours[..] {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "a stream whose SHA-256 does not match the sender's: it was damaged in transit",
+                        ));
+                    }
+                }
                 _ => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -233,6 +252,19 @@ mod tests {
         let mut got = Vec::new();
         let err = StreamReader::new(&mut r).read_to_end(&mut got).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_damaged_stream_fails_its_checksum() {
+        let mut buf = Vec::new();
+        let mut w = StreamWriter::new(&mut buf);
+        w.write_all(&[7u8; 5000]).unwrap();
+        w.finish().unwrap();
+        buf[100] ^= 0x20;
+        let mut r = &buf[..];
+        let err = StreamReader::new(&mut r).drain().unwrap_err();
+        let text = crate::error::chain(&err);
+        assert!(text.contains("damaged in transit"), "{text}");
     }
 
     #[test]
