@@ -15,12 +15,14 @@
 //!   (from `rust-criu`) never leave this crate;
 //! - notify callbacks go to a [`NotifyHandler`], which may hold state;
 //! - every failure is an [`Error`] that carries CRIU's errno and message and
-//!   quotes the error lines of CRIU's log file.
+//!   quotes the error lines of CRIU's log file;
+//! - [`image`] decodes CRIU's image files (what `ferry inspect` shows).
 //!
 //! It knows nothing of OCI: the runtime (`ferry-oci`) turns a container into
 //! these options.
 
 mod error;
+pub mod image;
 mod log;
 mod notify;
 mod options;

@@ -98,12 +98,8 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("corrupt checkpoint: {} at offset {offset}: {what}; nothing was restored", path.display())]
-    CorruptImage {
-        path: PathBuf,
-        offset: u64,
-        what: &'static str,
-    },
+    #[error("corrupt checkpoint, nothing was restored")]
+    CorruptImage(#[source] criu_rpc::Error),
 
     #[error("the destination refused the container: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Refused {
