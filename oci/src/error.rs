@@ -98,6 +98,12 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("{} is not a checkpoint export: {why}", path.display())]
+    NotAnExport { path: PathBuf, why: &'static str },
+
+    #[error("{} is not empty: an import extracts the checkpoint into an empty or new directory (give another --bundle)", path.display())]
+    ImportDestNotEmpty { path: PathBuf },
+
     #[error("corrupt checkpoint, nothing was restored")]
     CorruptImage(#[source] criu_rpc::Error),
 

@@ -925,7 +925,7 @@ fn fstype_name(t: u32, fsname: &str) -> String {
         23 => "cgroup2",
         _ if !fsname.is_empty() => return fsname.to_string(),
         16 => "auto",
-        _ => "unsupported",
+        _ => "other",
     };
     n.into()
 }
