@@ -50,22 +50,23 @@ fn value(v: ReflectValueRef<'_>) -> Value {
     }
 }
 
-/// Text when it is text (a unix socket's path; a leading NUL, an abstract
-/// name, shown as `@` as ss does), hex otherwise.
+/// Text when it is text (a unix socket's path, without the NUL that ends
+/// it; a leading NUL, an abstract name, shown as `@` as ss does), hex
+/// otherwise.
 pub fn bytes(b: &[u8]) -> Value {
-    match std::str::from_utf8(b) {
-        Ok(s)
-            if s.strip_prefix('\0')
-                .unwrap_or(s)
-                .chars()
-                .all(|c| !c.is_control()) =>
-        {
-            match s.strip_prefix('\0') {
-                Some(rest) => format!("@{rest}").into(),
-                None => s.into(),
-            }
-        }
-        _ => hex(b).into(),
+    let Ok(s) = std::str::from_utf8(b) else {
+        return hex(b).into();
+    };
+    let (abstract_name, rest) = match s.strip_prefix('\0') {
+        Some(rest) => (true, rest),
+        None => (false, s.trim_end_matches('\0')),
+    };
+    if rest.chars().any(|c| c.is_control()) {
+        hex(b).into()
+    } else if abstract_name {
+        format!("@{rest}").into()
+    } else {
+        rest.into()
     }
 }
 

@@ -442,9 +442,13 @@ fn inet_socket(s: &pb::InetSkEntry) -> Socket {
 
 fn unix_name(u: &pb::UnixSkEntry) -> String {
     let n = u.name();
+    // An abstract name starts with a NUL; a path's ends with one (the
+    // kernel's sun_path), which is not part of the name.
     let text = match n.strip_prefix(b"\0") {
         Some(rest) => format!("@{}", String::from_utf8_lossy(rest)),
-        None => String::from_utf8_lossy(n).into_owned(),
+        None => String::from_utf8_lossy(n)
+            .trim_end_matches('\0')
+            .to_string(),
     };
     if u.has_name_dir() && !text.starts_with('/') && !text.starts_with('@') && !text.is_empty() {
         format!("{}/{}", u.name_dir(), text)

@@ -460,3 +460,10 @@ fn damaged_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn unix_names_print_as_text() {
+    assert_eq!(json::bytes(b"/tmp/s.sock\0"), "/tmp/s.sock");
+    assert_eq!(json::bytes(b"\0abstract"), "@abstract");
+    assert_eq!(json::bytes(b"\x01\x02"), "0102");
+}
