@@ -250,6 +250,7 @@ fn write_checkpoint(dir: &Path, extra_fd: bool) {
     let mut fds = vec![
         fdinfo(0, 10, pb::FdTypes::REG),
         fdinfo(1, 11, pb::FdTypes::PIPE),
+        fdinfo(2, 15, pb::FdTypes::TTY),
         fdinfo(3, 12, pb::FdTypes::UNIXSK),
         fdinfo(4, 13, pb::FdTypes::INETSK),
     ];
@@ -314,6 +315,27 @@ fn write_checkpoint(dir: &Path, extra_fd: bool) {
             ],
         ),
     );
+    let mut tty = pb::FileEntry::new();
+    tty.set_type(pb::FdTypes::TTY);
+    tty.set_id(15);
+    let mut t = pb::TtyFileEntry::new();
+    t.set_id(15);
+    t.set_tty_info_id(30);
+    tty.tty = MessageField::some(t);
+    let files = fs::read(dir.join("files.img")).unwrap();
+    let mut more = files;
+    let tb = bytes(&tty);
+    more.extend_from_slice(&(tb.len() as u32).to_le_bytes());
+    more.extend_from_slice(&tb);
+    w("files.img", more);
+    let mut info = pb::TtyInfoEntry::new();
+    info.set_id(30);
+    info.set_type(pb::TtyType::PTY);
+    let mut pty = pb::TtyPtyEntry::new();
+    pty.set_index(3);
+    info.pty = MessageField::some(pty);
+    w("tty-info.img", image("TTY_INFO", &[bytes(&info)]));
+
     let mut fsent = pb::FsEntry::new();
     fsent.set_cwd_id(20);
     fsent.set_root_id(20);
@@ -384,6 +406,7 @@ fn a_whole_checkpoint_is_modelled() {
         [
             (0, "/dev/null"),
             (1, "pipe:[4242]"),
+            (2, "tty pty 3"),
             (3, "unix:[777] stream ESTABLISHED @abstract -> unix:[778]"),
             (4, "tcp 127.0.0.1:8080 LISTEN"),
         ]
@@ -394,6 +417,8 @@ fn a_whole_checkpoint_is_modelled() {
     assert_eq!(p.memory.vmas[1].file.as_deref(), Some("/bin/busybox"));
     assert_eq!(c.sockets.len(), 2);
     assert_eq!(c.images.pages_bytes, 8192);
+    assert_eq!(c.ttys.len(), 1);
+    assert_eq!((c.ttys[0].kind.as_str(), c.ttys[0].index), ("pty", Some(3)));
 }
 
 #[test]

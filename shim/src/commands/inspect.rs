@@ -103,17 +103,8 @@ fn emit(o: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-mod erased {
-    /// Anything serializable, pretty-printed.
-    pub trait Json {
-        fn pretty(&self) -> anyhow::Result<String>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn pretty(&self) -> anyhow::Result<String> {
-            Ok(serde_json::to_string_pretty(self)?)
-        }
-    }
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(v)?)
 }
 
 pub fn inspect(_cli: &Cli, a: &InspectArgs) -> anyhow::Result<ExitCode> {
@@ -159,7 +150,6 @@ pub fn inspect(_cli: &Cli, a: &InspectArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let opened = open(&a.target)?;
     let c = &opened.checkpoint;
-    let json = |v: &dyn erased::Json| -> anyhow::Result<String> { v.pretty() };
     let mut o = String::new();
     match (view.as_str(), a.json) {
         ("", true) => o = json(c)?,
