@@ -1,9 +1,10 @@
 //! What differs between two checkpoints of the same container: both
 //! [`Checkpoint`]s are put in a comparable shape (lists keyed by what
 //! identifies their items: processes by pid, threads by tid, fds by
-//! number, sockets by inode, mounts by mountpoint, devices by name; values
-//! that differ on every dump, such as register values, the run id and the
-//! directory, left out), then compared field by field.
+//! number, sockets by inode, mounts by mountpoint, devices by name, cgroup
+//! sets by id; values that differ on every dump, such as register values,
+//! mount ids, the run id and the directory, left out), then compared field
+//! by field.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -93,8 +94,19 @@ pub fn comparable(c: &Checkpoint) -> Value {
         o.insert("sockets".into(), x);
     }
     if let Some(x) = o.get("mounts") {
-        let x = keyed(x, |x| s(&x["mountpoint"]));
-        o.insert("mounts".into(), x);
+        // Mount ids are the kernel's, new after every restore.
+        let mut x = x.clone();
+        for m in x.as_array_mut().into_iter().flatten() {
+            if let Some(m) = m.as_object_mut() {
+                m.remove("mnt_id");
+                m.remove("parent");
+            }
+        }
+        o.insert("mounts".into(), keyed(&x, |x| s(&x["mountpoint"])));
+    }
+    if let Some(x) = o.get("cgroups") {
+        let x = keyed(x, |x| s(&x["id"]));
+        o.insert("cgroups".into(), x);
     }
     if let Some(x) = o.get("network") {
         let mut x = x.clone();

@@ -868,7 +868,12 @@ fn process(dir: &Path, p: &pb::PstreeEntry, files: &Files) -> Result<Process> {
         exe = files.reg_name(mm.exe_file_id());
         for v in &mm.vmas {
             let len = v.end().saturating_sub(v.start());
-            let kind = vma_kind(v.status());
+            // CRIU flags [stack] only in some versions; the mapping that
+            // holds the initial stack pointer is the stack either way.
+            let kind = match vma_kind(v.status()) {
+                "anon_private" if (v.start()..v.end()).contains(&mm.mm_start_stack()) => "stack",
+                k => k,
+            };
             *memory.by_kind.entry(kind.to_string()).or_default() += len;
             memory.mapped += len;
             let file = if v.status() & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
@@ -1017,7 +1022,14 @@ fn cgroups(dir: &Path) -> Result<Vec<CgroupSet>> {
             paths: s
                 .ctls
                 .iter()
-                .map(|c| (c.name().to_string(), c.path().to_string()))
+                .map(|c| {
+                    // The unified (v2) hierarchy has no controller name.
+                    let name = match c.name() {
+                        "" => "cgroup2",
+                        n => n,
+                    };
+                    (name.to_string(), c.path().to_string())
+                })
                 .collect(),
         })
         .collect())
