@@ -58,6 +58,9 @@ pub fn decode_bytes(path: &Path, data: &[u8]) -> Result<Value> {
             "entries": netlink::routes(path, data)?,
         })),
         Header::Raw(Raw::Other) => Ok(json!({ "magic": "RAW", "size": data.len() })),
+        Header::Magic { kind, .. } if matches!(kind.layout, Layout::Opaque) => {
+            Err(undecoded(path, kind))
+        }
         Header::Magic { kind, len } => {
             let mut entries = Vec::new();
             for (i, f) in frame::frames(path, kind, data, len)?.iter().enumerate() {
@@ -67,12 +70,7 @@ pub fn decode_bytes(path: &Path, data: &[u8]) -> Result<Value> {
                     Layout::Pagemap => pb::PagemapEntry::descriptor(),
                     Layout::GhostFile if i == 0 => pb::GhostFileEntry::descriptor(),
                     Layout::GhostFile => pb::GhostChunkEntry::descriptor(),
-                    Layout::Opaque => {
-                        return Err(Error::UndecodedImage {
-                            path: path.to_path_buf(),
-                            kind: kind.name,
-                        })
-                    }
+                    Layout::Opaque => return Err(undecoded(path, kind)),
                 };
                 let m = desc
                     .parse_from_bytes(f.payload)
@@ -91,6 +89,13 @@ pub fn decode_bytes(path: &Path, data: &[u8]) -> Result<Value> {
 /// [`decode_bytes`] of the file at `path`.
 pub fn decode_file(path: &Path) -> Result<Value> {
     decode_bytes(path, &read(path)?)
+}
+
+fn undecoded(path: &Path, kind: &Kind) -> Error {
+    Error::UndecodedImage {
+        path: path.to_path_buf(),
+        kind: kind.name,
+    }
 }
 
 fn bad_entry(path: &Path, f: &Frame<'_>, source: protobuf::Error) -> Error {
@@ -192,6 +197,11 @@ pub fn check_dir(dir: &Path) -> Result<()> {
         let Header::Magic { kind, len } = frame::header(&path, &data)? else {
             continue;
         };
+        // Images Ferry does not decode may carry data between their
+        // entries (SysV IPC contents): their magic is all it can check.
+        if matches!(kind.layout, Layout::Opaque) {
+            continue;
+        }
         let frames = frame::frames(&path, kind, &data, len)?;
         if frames.is_empty() && kind.name == "INVENTORY" {
             return Err(bad(&path, len, "the inventory has no entry"));

@@ -492,3 +492,26 @@ fn unix_names_print_as_text() {
     assert_eq!(json::bytes(b"\0abstract"), "@abstract");
     assert_eq!(json::bytes(b"\x01\x02"), "0102");
 }
+
+#[test]
+fn images_ferry_does_not_decode_are_named_and_left_alone() {
+    // ipcns-shm: an entry, then the segment's bytes, which only look like
+    // entries by chance.
+    let mut img = image("IPCNS_SHM", &[vec![0x08, 0x01]]);
+    img.extend_from_slice(&[0xff; 5]);
+    let err = decode_bytes(Path::new("ipcns-shm-9.img"), &img).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::UndecodedImage {
+                kind: "IPCNS_SHM",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let d = tempfile::tempdir().unwrap();
+    write_checkpoint(d.path(), false);
+    fs::write(d.path().join("ipcns-shm-9.img"), img).unwrap();
+    check_dir(d.path()).unwrap();
+}
