@@ -148,6 +148,11 @@ pub fn inspect(_cli: &Cli, a: &InspectArgs) -> anyhow::Result<ExitCode> {
         .first()
         .map(|v| v.to_string_lossy().into_owned())
         .unwrap_or_default();
+    const VIEWS: [&str; 7] = ["", "ps", "fds", "mem", "sockets", "mounts", "stats"];
+    anyhow::ensure!(
+        VIEWS.contains(&view.as_str()),
+        "unknown view `{view}`: use ps, fds, mem, sockets, mounts or stats"
+    );
     let opened = open(&a.target)?;
     let c = &opened.checkpoint;
     let mut o = String::new();
@@ -166,9 +171,7 @@ pub fn inspect(_cli: &Cli, a: &InspectArgs) -> anyhow::Result<ExitCode> {
         ("mounts", false) => mounts(&mut o, c),
         ("stats", true) => o = json(&c.stats)?,
         ("stats", false) => stats(&mut o, c),
-        (v, _) => {
-            anyhow::bail!("unknown view `{v}`: use ps, fds, mem, sockets, mounts or stats")
-        }
+        (v, _) => anyhow::bail!("unknown view `{v}`"),
     }
     emit(&o)
 }
