@@ -771,13 +771,13 @@ impl DumpedMemory {
                 PE_PRESENT
             };
             if flags & PE_PARENT != 0 {
-                mem.pages_in_parent += nr;
+                mem.pages_in_parent = mem.pages_in_parent.saturating_add(nr);
             } else if flags & PE_PRESENT != 0 {
-                mem.pages_dumped += nr;
+                mem.pages_dumped = mem.pages_dumped.saturating_add(nr);
                 out.runs.push((e.vaddr(), nr, offset));
                 offset = offset.saturating_add(nr.saturating_mul(PAGE_SIZE));
             } else if flags & PE_LAZY != 0 {
-                mem.pages_lazy += nr;
+                mem.pages_lazy = mem.pages_lazy.saturating_add(nr);
             }
         }
         Ok(out)
@@ -798,7 +798,7 @@ impl DumpedMemory {
                 .iter()
                 .find(|(v, n, _)| *v <= at && at < v.saturating_add(n.saturating_mul(PAGE_SIZE)))?;
             let run_end = vaddr.saturating_add(nr.saturating_mul(PAGE_SIZE)).min(end);
-            f.seek(SeekFrom::Start(off + (at - vaddr))).ok()?;
+            f.seek(SeekFrom::Start(off.checked_add(at - vaddr)?)).ok()?;
             let mut buf = vec![0; (run_end - at) as usize];
             f.read_exact(&mut buf).ok()?;
             out.extend_from_slice(&buf);
@@ -874,8 +874,10 @@ fn process(dir: &Path, p: &pb::PstreeEntry, files: &Files) -> Result<Process> {
                 "anon_private" if (v.start()..v.end()).contains(&mm.mm_start_stack()) => "stack",
                 k => k,
             };
-            *memory.by_kind.entry(kind.to_string()).or_default() += len;
-            memory.mapped += len;
+            // Sums of what the image claims: saturating, never a panic.
+            let k = memory.by_kind.entry(kind.to_string()).or_default();
+            *k = k.saturating_add(len);
+            memory.mapped = memory.mapped.saturating_add(len);
             let file = if v.status() & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
                 files.reg_name(v.shmid() as u32)
             } else {

@@ -405,7 +405,7 @@ fn mem(o: &mut String, c: &Checkpoint, vmas: bool) {
             "{:>7} {:>10} {:>10}",
             p.pid,
             size(m.mapped),
-            size(m.pages_dumped * 4096)
+            size(m.pages_dumped.saturating_mul(4096))
         );
         for k in &kinds {
             put!(o, " {:>12}", size(m.by_kind.get(*k).copied().unwrap_or(0)));
