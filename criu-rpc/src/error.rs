@@ -202,6 +202,35 @@ pub enum Error {
         source: Errno,
     },
 
+    #[error("{} at offset {offset}: wrong magic {magic:#010x}: not a CRIU image Ferry knows (a damaged file, or an image type of a newer CRIU)", path.display())]
+    UnknownImage {
+        path: PathBuf,
+        offset: u64,
+        magic: u32,
+    },
+
+    #[error("{} at offset {offset}: expected a {expected} image, found {found}", path.display())]
+    WrongImage {
+        path: PathBuf,
+        offset: u64,
+        expected: &'static str,
+        found: &'static str,
+    },
+
+    #[error("{} at offset {offset}: the entry is not valid protobuf", path.display())]
+    BadEntry {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: protobuf::Error,
+    },
+
+    #[error("{}: a {kind} image, which Ferry knows but does not decode (crit can)", path.display())]
+    UndecodedImage { path: PathBuf, kind: &'static str },
+
+    #[error("{} is not a checkpoint: it has no inventory.img (give the --image-path that `ferry checkpoint` wrote)", path.display())]
+    NotAnImageDir { path: PathBuf },
+
     #[error("{op} {}", path.display())]
     Io {
         op: &'static str,

@@ -15,8 +15,8 @@
 //!   (from `rust-criu`) never leave this crate;
 //! - notify callbacks go to a [`NotifyHandler`], which may hold state;
 //! - every failure is an [`Error`] that carries CRIU's errno and message and
-//!   quotes the error lines of CRIU's log file.
-//!
+//!   quotes the error lines of CRIU's log file;
+//! - [`image`] decodes CRIU's image files (what `ferry inspect` shows);
 //! - [`lazy::LazyPages`] is the lazy-pages daemon of post-copy restores
 //!   (CRIU's RPC cannot start CRIU's own).
 //!
@@ -24,6 +24,7 @@
 //! these options.
 
 mod error;
+pub mod image;
 pub mod lazy;
 mod log;
 mod notify;

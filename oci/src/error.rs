@@ -98,12 +98,14 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("corrupt checkpoint: {} at offset {offset}: {what}; nothing was restored", path.display())]
-    CorruptImage {
-        path: PathBuf,
-        offset: u64,
-        what: &'static str,
-    },
+    #[error("{} is not a checkpoint export: {why}", path.display())]
+    NotAnExport { path: PathBuf, why: &'static str },
+
+    #[error("{} is not empty: an import extracts the checkpoint into an empty or new directory (give another --bundle)", path.display())]
+    ImportDestNotEmpty { path: PathBuf },
+
+    #[error("corrupt checkpoint, nothing was restored")]
+    CorruptImage(#[source] criu_rpc::Error),
 
     #[error("the destination refused the container: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Refused {

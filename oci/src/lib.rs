@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod criu_plan;
 pub mod error;
+pub mod export;
 pub mod migrate;
 pub mod network;
 pub mod restore;

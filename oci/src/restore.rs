@@ -91,81 +91,17 @@ pub struct Restored {
     pub duration: Duration,
 }
 
-/// CRIU's image magics (criu/include/magic.h).
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
-const INVENTORY_MAGIC: u32 = 0x5831_3116;
-
 /// Refuses what is not a sound image directory before anything else
-/// happens: inventory.img must be there, and the images CRIU reads first
-/// (inventory, pstree, core, mm, pagemap, files, fdinfo) must carry CRIU's
-/// magic and frame into whole entries up to their end. A truncated or
+/// happens: inventory.img must be there, every image must carry a magic
+/// CRIU writes and frame into whole entries up to its end, and the images
+/// CRIU reads first (inventory, pstree, core, ids, mm, pagemap, fdinfo,
+/// files) must decode ([`criu_rpc::image::check_dir`]). A truncated or
 /// overwritten image is named with the offset where it breaks.
 pub fn check_image_dir(dir: &Path) -> Result<()> {
-    let inv = dir.join("inventory.img");
-    match fs::metadata(&inv) {
-        Ok(m) if m.is_file() => {}
-        _ => {
-            return Err(Error::NotAnImageDir {
-                path: dir.to_path_buf(),
-            })
-        }
-    }
-    let entries = fs::read_dir(dir).map_err(io("listing", dir))?;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let framed = name == "inventory.img"
-            || name == "pstree.img"
-            || name == "files.img"
-            || ["core-", "mm-", "pagemap-", "fdinfo-"]
-                .iter()
-                .any(|p| name.starts_with(p) && name.ends_with(".img"));
-        if framed {
-            check_framing(&e.path(), name == "inventory.img")?;
-        }
-    }
-    Ok(())
-}
-
-fn check_framing(path: &Path, inventory: bool) -> Result<()> {
-    let data = fs::read(path).map_err(io("reading", path))?;
-    let bad = |offset: usize, what: &'static str| Error::CorruptImage {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        what,
-    };
-    let word = |at: usize| {
-        data.get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let mut at = if inventory {
-        if word(0) != Some(INVENTORY_MAGIC) {
-            return Err(bad(0, "not a CRIU inventory (wrong magic)"));
-        }
-        4
-    } else {
-        if word(0) != Some(IMG_COMMON_MAGIC) {
-            return Err(bad(0, "not a CRIU image (wrong magic)"));
-        }
-        if word(4).is_none() {
-            return Err(bad(4, "the file ends inside its header"));
-        }
-        8
-    };
-    if at == data.len() {
-        return Err(bad(at, "the image has no entry"));
-    }
-    while at < data.len() {
-        let len =
-            word(at).ok_or_else(|| bad(at, "the file ends inside an entry's length"))? as usize;
-        if at + 4 + len > data.len() {
-            return Err(bad(
-                at,
-                "an entry runs past the end of the file (truncated?)",
-            ));
-        }
-        at += 4 + len;
-    }
-    Ok(())
+    criu_rpc::image::check_dir(dir).map_err(|e| match e {
+        criu_rpc::Error::NotAnImageDir { path } => Error::NotAnImageDir { path },
+        e => Error::CorruptImage(e),
+    })
 }
 
 /// Mount destinations to create before the restore: everything but what
@@ -498,11 +434,26 @@ mod tests {
         assert!(err.to_string().contains("inventory.img"), "{err}");
     }
 
-    fn image(magic: u32, entries: &[&[u8]]) -> Vec<u8> {
-        let mut v = magic.to_le_bytes().to_vec();
-        if magic == IMG_COMMON_MAGIC {
-            v.extend_from_slice(&0x5453_4655u32.to_le_bytes());
+    /// The error and its sources, as `ferry` prints them.
+    fn chain(e: Error) -> String {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(e) = src {
+            s.push_str(&format!(": {e}"));
+            src = e.source();
         }
+        s
+    }
+
+    /// A CRIU image: the common word (but for inventory), the magic,
+    /// entries.
+    fn image(magic: u32, entries: &[&[u8]]) -> Vec<u8> {
+        const INVENTORY_MAGIC: u32 = 0x5831_3116;
+        let mut v = Vec::new();
+        if magic != INVENTORY_MAGIC {
+            v.extend_from_slice(&0x5456_4319u32.to_le_bytes());
+        }
+        v.extend_from_slice(&magic.to_le_bytes());
         for e in entries {
             v.extend_from_slice(&(e.len() as u32).to_le_bytes());
             v.extend_from_slice(e);
@@ -512,30 +463,33 @@ mod tests {
 
     #[test]
     fn broken_images_are_named_with_their_offset() {
+        const INVENTORY_MAGIC: u32 = 0x5831_3116;
+        const CORE_MAGIC: u32 = 0x5505_3847;
         let d = tempfile::tempdir().unwrap();
+        // inventory_entry { img_version: 2 }; core_entry { mtype: X86_64 }
         fs::write(
             d.path().join("inventory.img"),
-            image(INVENTORY_MAGIC, &[b"abc"]),
+            image(INVENTORY_MAGIC, &[&[0x08, 0x02]]),
         )
         .unwrap();
         fs::write(
             d.path().join("core-1.img"),
-            image(IMG_COMMON_MAGIC, &[b"0123456789"]),
+            image(CORE_MAGIC, &[&[0x08, 0x01]]),
         )
         .unwrap();
         check_image_dir(d.path()).unwrap();
 
-        let mut cut = image(IMG_COMMON_MAGIC, &[b"0123456789"]);
-        cut.truncate(cut.len() - 3);
+        let mut cut = image(CORE_MAGIC, &[&[0x08, 0x01]]);
+        cut.truncate(cut.len() - 1);
         fs::write(d.path().join("core-1.img"), &cut).unwrap();
-        let err = check_image_dir(d.path()).unwrap_err().to_string();
+        let err = chain(check_image_dir(d.path()).unwrap_err());
         assert!(
             err.contains("core-1.img") && err.contains("offset 8") && err.contains("truncated"),
             "{err}"
         );
 
         fs::write(d.path().join("core-1.img"), b"garbage!garbage!").unwrap();
-        let err = check_image_dir(d.path()).unwrap_err().to_string();
+        let err = chain(check_image_dir(d.path()).unwrap_err());
         assert!(
             err.contains("wrong magic") && err.contains("offset 0"),
             "{err}"

@@ -1,6 +1,6 @@
 //! `ferry`: the command line. runc's commands, global flags and output formats
 //! (so dockerd and containerd can drive it), plus Ferry's own commands
-//! (`check`, and later `migrate`, `serve`, `inspect`).
+//! (`check`, `migrate`, `serve`, `inspect`).
 //!
 //! This file only parses arguments, sets up logging and dispatches; each
 //! command lives in its own file under `commands/`.
@@ -85,6 +85,9 @@ pub enum Command {
     Serve(commands::migrate::ServeArgs),
     /// Move a running container to another host's `ferry serve`.
     Migrate(commands::migrate::MigrateArgs),
+    /// Read and debug a checkpoint: summary, ps, fds, mem, sockets, mounts,
+    /// stats; `decode FILE`; `diff A B`.
+    Inspect(commands::inspect::InspectArgs),
 }
 
 /// go-runc (containerd, dockerd) spells long flags with one dash
@@ -143,6 +146,9 @@ fn normalize_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ff
         "quiet",
         "rootless",
         "json",
+        "export",
+        "import",
+        "zstd",
     ];
     args.map(|a| {
         if let Some(s) = a.to_str() {
@@ -187,6 +193,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => commands::restore::restore(&cli, a),
         Command::Serve(a) => commands::migrate::serve(&cli, a),
         Command::Migrate(a) => commands::migrate::migrate(&cli, a),
+        Command::Inspect(a) => commands::inspect::inspect(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use criu_rpc::{CgroupMode, Criu, PageServerAddr};
 use ferry_oci::checkpoint::CheckpointOptions;
+use ferry_oci::export::{self, Compression, ExportSource};
 use ferry_oci::runtime::Container;
 use nix::sched::CloneFlags;
 
@@ -15,9 +16,10 @@ use crate::Cli;
 /// The flags checkpoint and restore share, as runc spells them.
 #[derive(Debug, clap::Args)]
 pub struct CriuFlags {
-    /// The images: written (created 0700) or read.
-    #[arg(long = "image-path", default_value = "checkpoint")]
-    pub image_path: PathBuf,
+    /// The images: written (created 0700) or read [default: checkpoint;
+    /// with --export/--import, a directory of Ferry's own].
+    #[arg(long = "image-path")]
+    pub image_path: Option<PathBuf>,
     /// Where CRIU writes its log and scratch files (default: the image path).
     #[arg(long = "work-path")]
     pub work_path: Option<PathBuf>,
@@ -70,6 +72,14 @@ pub struct CheckpointArgs {
     pub page_server: Option<String>,
     #[arg(long = "pre-dump")]
     pub pre_dump: bool,
+    /// Also write the checkpoint as one archive: the images, config.json and
+    /// the rootfs (`ferry restore --import` reads it, so does `ferry
+    /// inspect`). Without --image-path, the images live only in the archive.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Compress the archive with zstd (the default for a FILE ending in .zst).
+    #[arg(long, requires = "export")]
+    pub zstd: bool,
 }
 
 pub fn cgroup_mode(s: &Option<String>) -> anyhow::Result<Option<CgroupMode>> {
@@ -136,7 +146,32 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let f = &a.criu;
-    let image_path = absolute(&f.image_path)?;
+    anyhow::ensure!(
+        a.export.is_none() || !(a.pre_dump || a.leave_stopped || f.lazy_pages || a.page_server.is_some()),
+        "--export needs a complete dump in the image directory: not with --pre-dump, --lazy-pages, --page-server or --leave-stopped"
+    );
+    // With --export and no --image-path, the images go to a directory
+    // beside the archive that is removed once the archive is written.
+    let scratch = match (&f.image_path, &a.export) {
+        (None, Some(file)) => {
+            let file = absolute(file)?;
+            let parent = file.parent().unwrap_or(Path::new("/"));
+            Some(
+                tempfile::Builder::new()
+                    .prefix(".ferry-export-")
+                    .tempdir_in(parent)
+                    .with_context(|| {
+                        format!("creating a scratch directory in {}", parent.display())
+                    })?,
+            )
+        }
+        _ => None,
+    };
+    let image_path = match (&scratch, &f.image_path) {
+        (Some(t), _) => t.path().join("images"),
+        (None, Some(p)) => absolute(p)?,
+        (None, None) => absolute(Path::new("checkpoint"))?,
+    };
     let opts = CheckpointOptions {
         image_path: image_path.clone(),
         work_path: f.work_path.as_deref().map(absolute).transpose()?,
@@ -158,6 +193,7 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
         parent_path: a.parent_path.clone(),
     };
     let c = Container::load(&cli.root, &a.id)?;
+    let (config, rootfs) = (c.state.config.clone(), c.state.rootfs.clone());
     let done = c
         .checkpoint(&criu, opts, &mut |n| {
             tracing::debug!(notify = n.script(), "criu")
@@ -178,6 +214,41 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("writing stats-dump.json in {}", image_path.display()))?;
     if f.print_stats {
         print_dump_stats(&report);
+    }
+    if let Some(file) = &a.export {
+        let file = absolute(file)?;
+        let compression = if a.zstd {
+            Compression::Zstd
+        } else {
+            Compression::for_path(&file)
+        };
+        let src = ExportSource {
+            id: &a.id,
+            images: &image_path,
+            config: &config,
+            rootfs: &rootfs,
+        };
+        // The dump is done (and the container gone, unless
+        // --leave-running): a failed export keeps the images.
+        let bytes = export::export(&src, &file, compression).with_context(|| {
+            format!(
+                "exporting the checkpoint of {} to {} (the images are in {})",
+                a.id,
+                file.display(),
+                image_path.display()
+            )
+        });
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                // Keep the images the export could not pack.
+                if let Some(t) = scratch {
+                    let _ = t.keep();
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(file = %file.display(), bytes, "checkpoint exported");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod checkpoint;
 pub mod exec;
+pub mod inspect;
 pub mod inspect_cmds;
 pub mod lifecycle;
 pub mod migrate;

@@ -1,6 +1,6 @@
 //! `ferry restore`: runc's flags, through Ferry's own CRIU client.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -34,6 +34,11 @@ pub struct RestoreArgs {
     pub lsm_profile: Option<String>,
     #[arg(long = "lsm-mount-context")]
     pub lsm_mount_context: Option<String>,
+    /// Restore from an archive of `ferry checkpoint --export`: it is
+    /// extracted into --bundle DIR (which must be empty or absent; the
+    /// bundle is DIR/bundle, the images DIR/images), then restored.
+    #[arg(long)]
+    pub import: Option<PathBuf>,
 }
 
 pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
@@ -44,8 +49,25 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         empty_ns(&f.empty_ns)?.is_none(),
         "--empty-ns on restore is not supported: the network namespace is handed in from config.json"
     );
+    let (bundle, image_path) = match &a.import {
+        Some(file) => {
+            let dest = absolute(&a.bundle)?;
+            let imp = ferry_oci::export::import(&absolute(file)?, &dest)
+                .with_context(|| format!("importing {}", file.display()))?;
+            anyhow::ensure!(
+                f.image_path.is_none(),
+                "--image-path and --import: the images come from the archive (they are extracted into {})",
+                imp.images.display()
+            );
+            (imp.bundle, imp.images)
+        }
+        None => (
+            a.bundle.clone(),
+            absolute(f.image_path.as_deref().unwrap_or(Path::new("checkpoint")))?,
+        ),
+    };
     let opts = RestoreOptions {
-        image_path: absolute(&f.image_path)?,
+        image_path,
         work_path: f.work_path.as_deref().map(absolute).transpose()?,
         tcp_established: f.tcp_established,
         ext_unix_sk: f.ext_unix_sk,
@@ -63,7 +85,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         console_socket: a.console_socket.clone(),
         systemd_cgroup: cli.systemd_cgroup,
     };
-    let (c, restored) = restore_container(&cli.root, &a.id, &a.bundle, &criu(cli), &opts, &rt)
+    let (c, restored) = restore_container(&cli.root, &a.id, &bundle, &criu(cli), &opts, &rt)
         .with_context(|| format!("restoring container {}", a.id))?;
     let log_dir = opts
         .work_path
