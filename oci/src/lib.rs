@@ -12,6 +12,7 @@ pub mod error;
 pub mod export;
 pub mod migrate;
 pub mod network;
+pub mod overlay;
 pub mod restore;
 pub mod runtime;
 

@@ -664,3 +664,115 @@ while True:
     a.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-fb-{tag}/{id}")).is_empty());
 }
+
+/// The rootfs is an overlay, as dockerd mounts it for runc: only the
+/// writable layer moves (a written file, a deleted one as a whiteout, a
+/// directory replaced as an opaque one, a hard link, an owner), the lower
+/// layer is found on the destination by its digest, the destination mounts
+/// the overlay again, and deleting the container there unmounts it.
+#[test]
+fn an_overlay_rootfs_moves_as_its_writable_layer() {
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id();
+    let serve_b = Serve::start(&b, &k, &format!("/ferry-ob-{tag}"));
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let lower = bundle.join("rootfs");
+    let (upper, work, merged) = (
+        tmp.path().join("upper"),
+        tmp.path().join("work"),
+        tmp.path().join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let ok = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting the test's overlay");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(merged.clone());
+    edit_config(&bundle, |c| {
+        c["root"]["path"] = merged.to_str().unwrap().into()
+    });
+    let id = format!("ovl-{tag}");
+    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    a.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo before > /out/marker && ln /out/marker /out/link \
+         && rm /bin/vi && rm -rf /etc && mkdir /etc && echo new > /etc/new",
+    ]);
+    // The container has no CAP_CHOWN: the owner changes from the host,
+    // through the overlay, as an image build step would.
+    std::os::unix::fs::chown(merged.join("out/marker"), Some(1000), Some(1000)).unwrap();
+    wait_numbers(&merged.join("out/count"), 5);
+    let out = a.ok(&[
+        "migrate",
+        &id,
+        "--to",
+        &serve_b.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+        "--mode",
+        "precopy",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The busybox lower layer is ~2 MiB; the writable layer a few KiB.
+    let rootfs_bytes = report["rootfs_bytes"].as_u64().unwrap();
+    assert!(rootfs_bytes < 256 << 10, "{report}");
+    assert!(a.ids().is_empty());
+
+    let moved = b.path().join("incoming").join(&id).join("bundle/rootfs");
+    let mounts = mount_leftovers(&moved.to_string_lossy());
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.contains(" - overlay ")
+                && m.contains(&format!("lowerdir={}", lower.display()))),
+        "no overlay over the same lower layer on the destination: {mounts:?}"
+    );
+    let before = numbers(&merged.join("out/count"));
+    assert_consecutive(&wait_numbers(&moved.join("out/count"), before.len() + 10));
+    use std::os::unix::fs::MetadataExt;
+    let (marker, link) = (
+        std::fs::metadata(moved.join("out/marker")).unwrap(),
+        std::fs::metadata(moved.join("out/link")).unwrap(),
+    );
+    assert_eq!(
+        std::fs::read_to_string(moved.join("out/marker")).unwrap(),
+        "before\n"
+    );
+    assert_eq!(marker.ino(), link.ino(), "the hard link became a copy");
+    assert_eq!((marker.uid(), marker.gid()), (1000, 1000));
+    assert!(!moved.join("bin/vi").exists(), "a deleted file came back");
+    assert!(moved.join("bin/sh").exists(), "the lower layer is missing");
+    let etc: Vec<_> = std::fs::read_dir(moved.join("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(etc, ["new"], "the replaced directory is not opaque");
+    b.ok(&["delete", "--force", &id]);
+    assert!(
+        mount_leftovers(&b.path().to_string_lossy()).is_empty(),
+        "the destination's overlay outlived its container"
+    );
+}

@@ -117,7 +117,9 @@ impl Agent {
                 source,
             })?;
         }
-        let mut problems = preflight::judge(&facts, &needs, taken, |_| None);
+        let mut problems = preflight::judge(&facts, &needs, taken, |p| {
+            crate::overlay::layer_digest(p).ok()
+        });
         let scratch = tempfile_dir(&self.root, "cpu")?;
         if let Some(p) = preflight::check_cpuinfo(&self.criu, &cpuinfo, &scratch)? {
             problems.push(p);
@@ -135,6 +137,12 @@ impl Agent {
                     &Reply::Failed {
                         error: crate::error::chain(e),
                     },
+                );
+                // An overlay rebuilt from the writable layer goes first
+                // (removing through it would whiteout its lower layers).
+                let _ = nix::mount::umount2(
+                    &dir.join("bundle/rootfs"),
+                    nix::mount::MntFlags::MNT_DETACH,
                 );
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -220,6 +228,7 @@ impl Agent {
             (Some((waiter, stop)), None)
         };
         wire::send(s, &Reply::PagesReady)?;
+        let mut overlay_mounted = false;
         loop {
             match wire::recv::<_, Step>(s)? {
                 Step::Images => {
@@ -232,6 +241,24 @@ impl Agent {
                     let mut r = StreamReader::new(&mut *s);
                     tarball::unpack(&mut r, &rootfs)?;
                     let bytes = r.drain()?;
+                    wire::send(s, &Reply::Received { bytes })?;
+                }
+                Step::RootfsDiff { lowers } => {
+                    let (upper, work) = crate::overlay::layer_dirs(&dir.join("layer"));
+                    for d in [&upper, &work] {
+                        std::fs::create_dir_all(d).map_err(crate::error::io("creating", d))?;
+                    }
+                    let mut r = StreamReader::new(&mut *s);
+                    crate::overlay::unpack_diff(&mut r, &upper)?;
+                    let bytes = r.drain()?;
+                    // Mounted only once the stream's checksum held.
+                    crate::overlay::Overlay {
+                        lowers,
+                        upper,
+                        work,
+                    }
+                    .mount(&rootfs)?;
+                    overlay_mounted = true;
                     wire::send(s, &Reply::Received { bytes })?;
                 }
                 Step::Restore => break,
@@ -252,8 +279,15 @@ impl Agent {
                 what: "the page server's waiter panicked",
             })??;
         }
+        let restore = |lazy_work: Option<&Path>| {
+            let r = self.restore(id, dir, &images, &bundle, lazy_work)?;
+            if overlay_mounted {
+                crate::runtime::Container::load(&self.root, id)?.own_rootfs_mount()?;
+            }
+            Ok::<_, Error>(r)
+        };
         let Some(source) = lazy_source else {
-            let (pid, restore_ms) = self.restore(id, dir, &images, &bundle, None)?;
+            let (pid, restore_ms) = restore(None)?;
             wire::send(s, &Reply::Restored { pid, restore_ms })?;
             return Ok(pid);
         };
@@ -265,7 +299,7 @@ impl Agent {
         let cancel = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let served = scope.spawn(|| daemon.serve(source, &cancel));
-            let restored = self.restore(id, dir, &images, &bundle, Some(&work));
+            let restored = restore(Some(&work));
             let (pid, restore_ms) = match restored {
                 Ok(r) => r,
                 Err(e) => {

@@ -29,6 +29,10 @@ pub enum Step {
     Images,
     /// A tar stream of the container's root filesystem follows.
     Rootfs,
+    /// The rootfs is an overlay: a tar stream of its writable layer follows
+    /// (crate::overlay), to mount over `lowers`, which the pre-flight check
+    /// found on the destination with the same digests.
+    RootfsDiff { lowers: Vec<std::path::PathBuf> },
     /// Everything is there: restore.
     Restore,
     /// The source gives up (it resumed its container).

@@ -18,7 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use serde::Serialize;
 
 use super::auth::{self, Key};
-use super::preflight::{self, Needs};
+use super::preflight::{self, LowerLayer, Needs};
 use super::protocol::{Hello, Reply, Step};
 use super::tarball;
 use super::wire::{self, StreamWriter};
@@ -26,6 +26,7 @@ use super::Mode;
 use crate::checkpoint::Checkpointed;
 use crate::checkpoint::{private_dir, CheckpointOptions};
 use crate::error::{Error, Result};
+use crate::overlay::{self, layer_digest, Overlay};
 use crate::runtime::{Container, Status};
 
 /// What a migration cost.
@@ -135,7 +136,22 @@ fn send(
         .ok()
         .map(|s| s.memory.memory.usage)
         .unwrap_or(0);
-    let rootfs_size = du(&c.state.rootfs);
+    let overlay = Overlay::of(&c.state.rootfs)?;
+    // Only the writable layer moves; the lower layers must be there already.
+    let rootfs_size = du(overlay.as_ref().map_or(&c.state.rootfs, |o| &o.upper));
+    let lower_layers = match &overlay {
+        Some(o) => o
+            .lowers
+            .iter()
+            .map(|l| {
+                Ok(LowerLayer {
+                    path: l.clone(),
+                    digest: layer_digest(l)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     let lazy_here = criu.features()?.lazy_pages;
     let (mode, mode_reason) = mode.resolve(memory, lazy_here);
     let postcopy = mode == Mode::Postcopy;
@@ -144,7 +160,7 @@ fn send(
         container_id: id.clone(),
         memory,
         disk: memory + rootfs_size,
-        lower_layers: Vec::new(),
+        lower_layers,
         arch: std::env::consts::ARCH.to_string(),
         postcopy,
     };
@@ -248,7 +264,7 @@ fn send(
             }
         }
         let dump_ms = ms(frozen_at.elapsed());
-        let moved = move_state(&mut ctl, &images, &rootfs, to, progress);
+        let moved = move_state(&mut ctl, &images, &rootfs, overlay.as_ref(), to, progress);
         let finish = |dump: std::thread::ScopedJoinHandle<'_, Result<Checkpointed>>| {
             dump.join().unwrap_or(Err(Error::Protocol {
                 what: "the dump thread panicked",
@@ -340,6 +356,7 @@ fn move_state(
     ctl: &mut TcpStream,
     images: &Path,
     rootfs: &Path,
+    overlay: Option<&Overlay>,
     to: SocketAddr,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(u64, u64, i32, f64, f64)> {
@@ -350,9 +367,25 @@ fn move_state(
     tarball::pack(images, &mut w, |_| false)?;
     let images_bytes = w.finish()?;
     expect(wire::recv(ctl)?)?;
-    wire::send(ctl, &Step::Rootfs)?;
-    let mut w = StreamWriter::new(ctl);
-    tarball::pack(rootfs, &mut w, |_| false)?;
+    let w = match overlay {
+        Some(o) => {
+            wire::send(
+                ctl,
+                &Step::RootfsDiff {
+                    lowers: o.lowers.clone(),
+                },
+            )?;
+            let mut w = StreamWriter::new(ctl);
+            overlay::pack_diff(&o.upper, &mut w)?;
+            w
+        }
+        None => {
+            wire::send(ctl, &Step::Rootfs)?;
+            let mut w = StreamWriter::new(ctl);
+            tarball::pack(rootfs, &mut w, |_| false)?;
+            w
+        }
+    };
     let rootfs_bytes = w.finish()?;
     expect(wire::recv(ctl)?)?;
     let transfer_ms = ms(t.elapsed());

@@ -528,6 +528,7 @@ impl Container {
             config: bundle.dir.join("config.json"),
             restored: false,
             net,
+            owns_rootfs_mount: false,
         };
         dir.save(&st)?;
         if let Some(p) = &opts.pid_file {
@@ -702,6 +703,18 @@ impl Container {
         if let Some(n) = &self.state.net {
             n.detach()?;
         }
+        if self.state.owns_rootfs_mount {
+            match nix::mount::umount2(&self.state.rootfs, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "unmounting the rootfs Ferry mounted at",
+                        path: self.state.rootfs.clone(),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
         let spec = self.spec().ok();
         let mut oci = self.oci_state();
         oci.status = "stopped".into();
@@ -732,6 +745,12 @@ impl Container {
 
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
         self.state.cgroup.apply(resources)
+    }
+
+    /// Marks the rootfs as a mount Ferry made, for `delete` to unmount.
+    pub fn own_rootfs_mount(mut self) -> Result<()> {
+        self.state.owns_rootfs_mount = true;
+        self.dir.save(&self.state)
     }
 
     pub fn pids(&self) -> Result<Vec<Pid>> {

@@ -232,6 +232,7 @@ pub fn restore_container(
         config: bundle.dir.join("config.json"),
         restored: rt.at_create,
         net: net.clone(),
+        owns_rootfs_mount: false,
     };
     let mut hooks = Hooks {
         cgroup: &cgroup,

@@ -42,6 +42,11 @@ pub struct State {
     /// The network Ferry made for it (org.ferry.network.address).
     #[serde(default)]
     pub net: Option<crate::network::ContainerNet>,
+    /// The rootfs is a mount Ferry made (the overlay a migration rebuilt
+    /// from its writable layer): `delete` unmounts it, as dockerd unmounts
+    /// the overlays it mounted for runc.
+    #[serde(default)]
+    pub owns_rootfs_mount: bool,
 }
 
 /// One container's directory, locked for the lifetime of this value.
