@@ -78,22 +78,39 @@ pub struct MigrateArgs {
 
 pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let key = Key::load(&a.key_file)?;
-    let quiet = a.json;
     let start = std::time::Instant::now();
-    let report = source::migrate(
+    // A spinner with the phase on a terminal; plain timestamped lines
+    // otherwise (logs, CI); nothing with --json, whose output is the report.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = (tty && !a.json).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(100));
+        b
+    });
+    let result = source::migrate(
         &cli.root,
         &a.id,
         a.to,
         &key,
         a.mode,
         &criu(cli),
-        &mut |phase| {
-            if !quiet {
-                eprintln!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64());
+        &mut |phase| match &bar {
+            Some(b) => {
+                b.println(format!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64()));
+                b.set_message(phase.to_string());
             }
+            None if !a.json => eprintln!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64()),
+            None => {}
         },
-    )
-    .with_context(|| {
+    );
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let report = result.with_context(|| {
         format!(
             "migrating {} to {} (the source container keeps running)",
             a.id, a.to
