@@ -288,7 +288,15 @@ impl Agent {
         };
         let Some(source) = lazy_source else {
             let (pid, restore_ms) = restore(None)?;
-            wire::send(s, &Reply::Restored { pid, restore_ms })?;
+            let criu = criu_rpc::stats::read_restore_stats(&images).ok().flatten();
+            wire::send(
+                s,
+                &Reply::Restored {
+                    pid,
+                    restore_ms,
+                    criu,
+                },
+            )?;
             return Ok(pid);
         };
         // Post-copy: the daemon listens before the restore starts, and
@@ -308,7 +316,15 @@ impl Agent {
                     return Err(e);
                 }
             };
-            wire::send(s, &Reply::Restored { pid, restore_ms })?;
+            let criu = criu_rpc::stats::read_restore_stats(&images).ok().flatten();
+            wire::send(
+                s,
+                &Reply::Restored {
+                    pid,
+                    restore_ms,
+                    criu,
+                },
+            )?;
             match served.join() {
                 Ok(Ok(lazy)) => {
                     tracing::info!(id, ?lazy, "every page arrived");

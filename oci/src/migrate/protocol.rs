@@ -55,6 +55,8 @@ pub enum Reply {
     Restored {
         pid: i32,
         restore_ms: f64,
+        /// CRIU's stats-restore.
+        criu: Option<criu_rpc::stats::RestoreStats>,
     },
     /// Post-copy: every page arrived (after `Restored`).
     PagesDone {

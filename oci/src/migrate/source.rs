@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criu_rpc::lazy::LazyStats;
+use criu_rpc::stats::{DumpStats, RestoreStats};
 use criu_rpc::{Criu, Notify, PageServerAddr};
 use nix::sys::signal::{kill, Signal};
 use serde::Serialize;
@@ -53,6 +54,9 @@ pub struct Report {
     pub lazy_ms: Option<f64>,
     /// Post-copy: what the destination's lazy-pages daemon did.
     pub lazy: Option<LazyStats>,
+    /// CRIU's stats-dump (source) and stats-restore (destination).
+    pub criu_dump: Option<DumpStats>,
+    pub criu_restore: Option<RestoreStats>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -270,7 +274,7 @@ fn send(
                 what: "the dump thread panicked",
             }))
         };
-        let (images_bytes, rootfs_bytes, pid, restore_ms, transfer_ms) = match moved {
+        let (images_bytes, rootfs_bytes, pid, restore_ms, transfer_ms, criu_restore) = match moved {
             Ok(m) => m,
             Err(e) => {
                 progress("resume the source");
@@ -312,13 +316,11 @@ fn send(
         } else {
             finish(dump)?;
         }
-        let pages_bytes = match &lazy {
-            Some(l) => l.received_bytes,
-            None => criu_rpc::stats::read_dump_stats(&images)
-                .ok()
-                .flatten()
-                .map(|s| s.pages_written * 4096)
-                .unwrap_or(0),
+        let criu_dump = criu_rpc::stats::read_dump_stats(&images).ok().flatten();
+        let pages_bytes = match (&lazy, &criu_dump) {
+            (Some(l), _) => l.received_bytes,
+            (None, Some(s)) => s.pages_written * 4096,
+            (None, None) => 0,
         };
         progress("stop the source");
         Container::load(root, &id)?.delete(true)?;
@@ -339,6 +341,8 @@ fn send(
             destination_pid: pid,
             lazy_ms,
             lazy,
+            criu_dump,
+            criu_restore,
         })
     })
 }
@@ -359,7 +363,7 @@ fn move_state(
     overlay: Option<&Overlay>,
     to: SocketAddr,
     progress: &mut dyn FnMut(&str),
-) -> Result<(u64, u64, i32, f64, f64)> {
+) -> Result<(u64, u64, i32, f64, f64, Option<RestoreStats>)> {
     progress("transfer");
     let t = Instant::now();
     wire::send(ctl, &Step::Images)?;
@@ -399,9 +403,18 @@ fn move_state(
         },
         e => e,
     })? {
-        Reply::Restored { pid, restore_ms } => {
-            Ok((images_bytes, rootfs_bytes, pid, restore_ms, transfer_ms))
-        }
+        Reply::Restored {
+            pid,
+            restore_ms,
+            criu,
+        } => Ok((
+            images_bytes,
+            rootfs_bytes,
+            pid,
+            restore_ms,
+            transfer_ms,
+            criu,
+        )),
         Reply::Failed { error } => Err(Error::DestinationFailed { error }),
         _ => Err(Error::Protocol {
             what: "an unexpected answer to the restore",
