@@ -484,6 +484,19 @@ fn assert_no_criu() {
     }
 }
 
+/// No network-lock rule of CRIU's left in this (host) namespace: CRIU marks
+/// its iptables rules 0xC114 and names its nftables tables CRIU-*.
+fn assert_no_lock_rules() {
+    let out = Command::new("iptables-save")
+        .output()
+        .expect("iptables-save (hack/setup installs iptables)");
+    let rules = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !rules.to_lowercase().contains("0xc114") && !rules.contains("CRIU"),
+        "CRIU's network lock left rules behind:\n{rules}"
+    );
+}
+
 /// A relay between the source and the agent that flips one byte of the
 /// first connection (the control connection), `at` bytes into what the
 /// source sends.
@@ -562,6 +575,7 @@ fn a_corrupted_stream_keeps_the_source() {
         "the damaged transfer was kept"
     );
     assert_no_criu();
+    assert_no_lock_rules();
     assert!(mount_leftovers(&b.path().to_string_lossy()).is_empty());
     a.ok(&["delete", "--force", &id]);
 }
@@ -660,6 +674,7 @@ while True:
     assert!(b.ids().is_empty());
     assert!(!incoming.exists(), "the failed transfer was kept");
     assert_no_criu();
+    assert_no_lock_rules();
     std::fs::remove_file(&filler).unwrap();
     a.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-fb-{tag}/{id}")).is_empty());
