@@ -354,24 +354,23 @@ fn a_tcp_client_keeps_talking_across_the_move() {
     let hosts = Hosts::up(&format!("mt{tag}"), "10.68.0");
     // The agent runs on host B (its network namespace).
     let port = 7000 + (tag % 1000) as u16;
-    let mut serve_b = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}-b", hosts.name))
-        .arg(ferry_bin())
-        .arg("--root")
-        .arg(b.path())
-        .args([
-            "serve",
-            "--listen",
-            &format!("10.68.0.2:{port}"),
-            "--key-file",
-        ])
-        .arg(&k)
-        .args(["--cgroup-parent", &format!("/ferry-tb-{tag}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let serve = |h: &str, root: &Root, addr: &str| {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}-{h}", hosts.name))
+            .arg(ferry_bin())
+            .arg("--root")
+            .arg(root.path())
+            .args(["serve", "--listen", &format!("{addr}:{port}"), "--key-file"])
+            .arg(&k)
+            .args(["--cgroup-parent", &format!("/ferry-t{h}-{tag}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let serve_b = serve("b", &b, "10.68.0.2");
+    let serve_a = serve("a", &a, "10.68.0.1");
     let on = |h: &str, root: &Root, args: &[&str]| {
         let out = run_ferry(
             Command::new("nsenter")
@@ -457,16 +456,37 @@ for line in f:
             &format!("10.68.0.2:{port}"),
             "--key-file",
             k.to_str().unwrap(),
+            "--mode",
+            "precopy",
         ],
     );
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let got = client.join().expect("the client failed across the move");
-    assert!(got.len() > 40, "too few exchanges: {}", got.len());
+    std::thread::sleep(Duration::from_secs(2));
     assert!(a.ids().is_empty());
-    on("b", &b, &["delete", "--force", &id]);
-    let _ = serve_b.kill();
-    let _ = serve_b.wait();
+    // And back, post-copy: the connection survives a lazy restore too.
+    on(
+        "b",
+        &b,
+        &[
+            "migrate",
+            &id,
+            "--to",
+            &format!("10.68.0.1:{port}"),
+            "--key-file",
+            k.to_str().unwrap(),
+            "--mode",
+            "postcopy",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let got = client.join().expect("the client failed across the moves");
+    assert!(got.len() > 50, "too few exchanges: {}", got.len());
+    assert!(b.ids().is_empty());
+    on("a", &a, &["delete", "--force", &id]);
+    for mut s in [serve_a, serve_b] {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
 }
 
 /// Leaves no criu process behind (waits a little: criu exits after its
