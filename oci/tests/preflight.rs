@@ -21,6 +21,7 @@ fn this_host_accepts_what_fits_and_its_own_cpu() {
         disk: 1 << 20,
         lower_layers: vec![],
         arch: std::env::consts::ARCH.into(),
+        kernel: facts.kernel.clone(),
         postcopy: true,
     };
     assert_eq!(preflight::judge(&facts, &needs, false, |_| None), []);

@@ -40,6 +40,9 @@ pub struct Needs {
     /// expected digest.
     pub lower_layers: Vec<LowerLayer>,
     pub arch: String,
+    /// The source's kernel release (`uname -r`).
+    #[serde(default)]
+    pub kernel: String,
     pub postcopy: bool,
 }
 
@@ -69,6 +72,10 @@ pub enum Problem {
         available: u64,
     },
     NoLazyPages,
+    KernelOlder {
+        source: String,
+        destination: String,
+    },
     IdInUse {
         id: String,
     },
@@ -111,6 +118,13 @@ impl fmt::Display for Problem {
             Problem::NoLazyPages => write!(
                 f,
                 "destination kernel or CRIU lacks userfaultfd lazy pages: use --mode precopy"
+            ),
+            Problem::KernelOlder {
+                source,
+                destination,
+            } => write!(
+                f,
+                "destination kernel {destination} is older than the source's {source}: the tasks may use what it lacks (CRIU restores onto the same or a newer kernel)"
             ),
             Problem::IdInUse { id } => write!(
                 f,
@@ -170,6 +184,14 @@ pub fn judge(
             available: facts.mem_available,
         });
     }
+    if let (Some(src), Some(dst)) = (kernel_version(&needs.kernel), kernel_version(&facts.kernel)) {
+        if dst < src {
+            out.push(Problem::KernelOlder {
+                source: needs.kernel.clone(),
+                destination: facts.kernel.clone(),
+            });
+        }
+    }
     if needs.postcopy && !facts.lazy_pages {
         out.push(Problem::NoLazyPages);
     }
@@ -192,6 +214,12 @@ pub fn judge(
         }
     }
     out
+}
+
+/// (major, minor) of a kernel release such as "6.18.0-1-amd64".
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 fn meminfo_available(text: &str) -> Option<u64> {
@@ -294,8 +322,21 @@ mod tests {
                 digest: "sha256:aa".into(),
             }],
             arch: "x86_64".into(),
+            kernel: "6.18.0".into(),
             postcopy: false,
         }
+    }
+
+    #[test]
+    fn an_older_destination_kernel_is_refused() {
+        let mut f = facts();
+        f.kernel = "6.1.0-28-amd64".into();
+        let got = judge(&f, &needs(), false, same);
+        assert!(matches!(got[..], [Problem::KernelOlder { .. }]), "{got:?}");
+        f.kernel = "6.19.2".into();
+        assert!(judge(&f, &needs(), false, same).is_empty());
+        assert_eq!(kernel_version("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(kernel_version("garbage"), None);
     }
 
     fn same(_: &Path) -> Option<String> {
@@ -317,8 +358,9 @@ mod tests {
         f.lazy_pages = false;
         let mut n = needs();
         n.postcopy = true;
+        f.kernel = "5.10.0".into();
         let got = judge(&f, &n, true, |_| None);
-        assert_eq!(got.len(), 7, "{got:?}");
+        assert_eq!(got.len(), 8, "{got:?}");
         let text: Vec<String> = got.iter().map(ToString::to_string).collect();
         assert!(text[0].contains("older than 4.2"));
         assert!(text.iter().any(|t| t.contains("already exists")));

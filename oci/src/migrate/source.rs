@@ -166,6 +166,9 @@ fn send(
         disk: memory + rootfs_size,
         lower_layers,
         arch: std::env::consts::ARCH.to_string(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
         postcopy,
     };
     let config = std::fs::read_to_string(&c.state.config).map_err(|source| Error::Io {
