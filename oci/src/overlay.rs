@@ -113,6 +113,17 @@ impl Overlay {
     }
 }
 
+/// A directory's entry names, sorted (the same walk on every host).
+fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = std::fs::read_dir(dir)
+        .map_err(io("reading", dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .map_err(io("reading", dir))?;
+    names.sort();
+    Ok(names)
+}
+
 /// A content digest of a lower layer: SHA-256 over every entry's relative
 /// path, type, mode, owner, size, link target and file content, in path
 /// order (so the same tree on two hosts gives the same digest, whatever its
@@ -121,13 +132,7 @@ pub fn layer_digest(dir: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let abs = dir.join(&rel);
-        let mut names: Vec<OsString> = std::fs::read_dir(&abs)
-            .map_err(io("reading", &abs))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .map_err(io("reading", &abs))?;
-        names.sort();
+        let names = sorted_names(&dir.join(&rel))?;
         // Directories are pushed in reverse so they pop in order.
         let mut dirs = Vec::new();
         for n in names {
@@ -179,13 +184,7 @@ pub fn pack_diff(upper: &Path, w: impl Write) -> Result<DiffCount> {
     let mut seen: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let abs = upper.join(&rel);
-        let mut names: Vec<OsString> = std::fs::read_dir(&abs)
-            .map_err(io("reading", &abs))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .map_err(io("reading", &abs))?;
-        names.sort();
+        let names = sorted_names(&upper.join(&rel))?;
         for n in names {
             let r = rel.join(&n);
             let p = upper.join(&r);

@@ -61,6 +61,21 @@ impl Drop for Serve {
     }
 }
 
+/// `ferry migrate --mode precopy` in the background, its stderr piped.
+fn spawn_precopy_move(a: &Root, id: &str, to: &str, key: &std::path::Path) -> Child {
+    Command::new(ferry_bin())
+        .arg("--root")
+        .arg(a.path())
+        .args(["migrate", id, "--to", to, "--key-file"])
+        .arg(key)
+        .args(["--mode", "precopy"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     let out = run_ferry(
@@ -226,24 +241,7 @@ while True:
     let id = format!("kill-{tag}");
     a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     wait_numbers(&count, 5);
-    let mut mig = Command::new(ferry_bin())
-        .arg("--root")
-        .arg(a.path())
-        .args([
-            "migrate",
-            &id,
-            "--to",
-            &serve_b.addr,
-            "--key-file",
-            k.to_str().unwrap(),
-            "--mode",
-            "precopy",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mig = spawn_precopy_move(&a, &id, &serve_b.addr, &k);
     // Kill the agent once the pages are flowing (the dump has started).
     std::thread::sleep(Duration::from_millis(400));
     serve_b.child.kill().unwrap();
@@ -649,24 +647,7 @@ while True:
     let id = format!("full-{tag}");
     a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     wait_numbers(&count, 3);
-    let mig = Command::new(ferry_bin())
-        .arg("--root")
-        .arg(a.path())
-        .args([
-            "migrate",
-            &id,
-            "--to",
-            &serve_b.addr,
-            "--key-file",
-            k.to_str().unwrap(),
-            "--mode",
-            "precopy",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mig = spawn_precopy_move(&a, &id, &serve_b.addr, &k);
     // Pre-flight passed once the destination made the container's dir:
     // fill the disk then, leaving 1 MiB.
     let incoming = b.path().join("incoming").join(&id);
