@@ -75,6 +75,8 @@ impl Agent {
     }
 
     fn handle(&self, mut s: TcpStream, peer: &str) -> Result<()> {
+        // Request/answer messages: never wait for a delayed ACK.
+        let _ = s.set_nodelay(true);
         auth::server(&mut s, &self.key, peer)?;
         match wire::recv::<_, Hello>(&mut s)? {
             Hello::Pages { migration } => {

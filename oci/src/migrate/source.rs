@@ -185,6 +185,8 @@ fn send(
                 source,
             }
         })?;
+        // Request/answer messages: never wait for a delayed ACK.
+        let _ = s.set_nodelay(true);
         auth::client(&mut s, key, &peer)?;
         Ok(s)
     };

@@ -29,11 +29,16 @@ fn corrupt(what: &'static str) -> Error {
     Error::Protocol { what }
 }
 
+/// One write per frame: a header sent apart from its payload would wait for
+/// the peer's delayed ACK under Nagle's algorithm (~40 ms per message on
+/// Linux), which is most of a small container's downtime.
 fn write_frame<W: Write>(w: &mut W, kind: u8, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len() + 1).map_err(|_| io::ErrorKind::InvalidInput)?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(&[kind])?;
-    w.write_all(payload)
+    let mut frame = Vec::with_capacity(payload.len() + 5);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.push(kind);
+    frame.extend_from_slice(payload);
+    w.write_all(&frame)
 }
 
 /// Reads one frame: (kind, payload).
