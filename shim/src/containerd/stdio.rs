@@ -1,0 +1,151 @@
+//! A process's stdio, between containerd's fifos and the container.
+//!
+//! As in runc-shim (runtime/v2/runc, process/io.go `copyPipes`), the
+//! container never gets containerd's fifos: it gets pipes, and the shim
+//! copies its stdout and stderr pipes into the fifos and the stdin fifo
+//! into its stdin pipe; CloseIO closes the stdin pipe. Pipes are also what
+//! CRIU can checkpoint and hand back on restore (`inherit_fd`), where a
+//! host file as stdio makes the dump fail.
+//!
+//! The fifos are opened read-write, as runc-shim keeps a reader open on
+//! each output fifo: the open never blocks on containerd's side, and a
+//! client that detaches does not turn the container's writes into EPIPE.
+
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use ferry_oci::runtime::Stdio;
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::error::{Error, Result};
+
+/// The shim's side of a process's stdio.
+#[derive(Debug, Default)]
+pub struct ProcessIo {
+    /// containerd's fifo paths (empty: none), reported back in State.
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    close_stdin: Option<oneshot::Sender<()>>,
+    copies: Vec<JoinHandle<()>>,
+}
+
+fn pipe_pair(what: &'static str) -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Io {
+        op: what,
+        path: "pipe".into(),
+        source: e.into(),
+    })
+}
+
+fn dev_null() -> Result<OwnedFd> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(Error::io("opening", "/dev/null"))
+}
+
+/// One output: the container writes the pipe, the shim copies it to the
+/// fifo until every writer of the pipe is gone.
+fn output(fifo: &str, what: &'static str) -> Result<(OwnedFd, JoinHandle<()>)> {
+    let (r, w) = pipe_pair(what)?;
+    let mut from = pipe::Receiver::from_owned_fd(r).map_err(Error::io(what, "pipe"))?;
+    let mut to = pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(fifo)
+        .map_err(Error::io("opening containerd's fifo", fifo))?;
+    let copy = tokio::spawn(async move {
+        // A copy error means containerd's side is gone: nothing to report
+        // to, as runc-shim's copy goroutines log and end.
+        let _ = tokio::io::copy(&mut from, &mut to).await;
+    });
+    Ok((w, copy))
+}
+
+impl ProcessIo {
+    /// Pipes for a process whose stdio containerd gives as fifo paths
+    /// (empty: /dev/null). Returns the shim's side and the process's side.
+    pub fn pipes(stdin: &str, stdout: &str, stderr: &str) -> Result<(ProcessIo, Stdio)> {
+        let mut io = ProcessIo {
+            stdin: stdin.to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            close_stdin: None,
+            copies: Vec::new(),
+        };
+        let c_stdin = if stdin.is_empty() {
+            dev_null()?
+        } else {
+            let (r, w) = pipe_pair("creating the stdin pipe")?;
+            let mut from = pipe::OpenOptions::new()
+                .read_write(true)
+                .open_receiver(stdin)
+                .map_err(Error::io("opening containerd's fifo", stdin))?;
+            let mut to = pipe::Sender::from_owned_fd(w).map_err(Error::io("stdin", "pipe"))?;
+            let (tx, rx) = oneshot::channel();
+            io.close_stdin = Some(tx);
+            // Ends at CloseIO (or when the process is deleted): dropping
+            // `to` closes the container's stdin, which then reads EOF.
+            io.copies.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy(&mut from, &mut to) => {}
+                    _ = rx => {}
+                }
+            }));
+            r
+        };
+        let mut out = |fifo: &str, what| -> Result<OwnedFd> {
+            if fifo.is_empty() {
+                return dev_null();
+            }
+            let (w, copy) = output(fifo, what)?;
+            io.copies.push(copy);
+            Ok(w)
+        };
+        let c_stdout = out(stdout, "creating the stdout pipe")?;
+        let c_stderr = out(stderr, "creating the stderr pipe")?;
+        Ok((
+            io,
+            Stdio {
+                stdin: c_stdin,
+                stdout: c_stdout,
+                stderr: c_stderr,
+            },
+        ))
+    }
+
+    /// CloseIO: the process reads EOF on stdin.
+    pub fn close_stdin(&mut self) {
+        if let Some(tx) = self.close_stdin.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Lets the outputs drain (at most `limit`: a process of the container
+    /// may still hold the pipes), then stops every copy. runc-shim waits
+    /// for its copy goroutines before a delete returns, so that containerd
+    /// sees all the output before the task is gone.
+    pub async fn finish(&mut self, limit: Duration) {
+        self.close_stdin();
+        let copies = std::mem::take(&mut self.copies);
+        let deadline = tokio::time::Instant::now() + limit;
+        for mut c in copies {
+            if tokio::time::timeout_at(deadline, &mut c).await.is_err() {
+                c.abort();
+            }
+        }
+    }
+}
+
+impl Drop for ProcessIo {
+    fn drop(&mut self) {
+        for c in &self.copies {
+            c.abort();
+        }
+    }
+}
