@@ -13,6 +13,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::time::Duration;
 
 use ferry_oci::runtime::Stdio;
@@ -41,35 +42,70 @@ fn pipe_pair(what: &'static str) -> Result<(OwnedFd, OwnedFd)> {
     })
 }
 
-fn dev_null() -> Result<OwnedFd> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map(OwnedFd::from)
-        .map_err(Error::io("opening", "/dev/null"))
+/// What a process gets for a stream containerd does not give: a pipe
+/// still, never the host's /dev/null, which CRIU records as a host file
+/// it then cannot reopen on restore. An input pipe whose write end is
+/// closed reads EOF at once, as /dev/null does; an output pipe is drained
+/// and discarded.
+fn null_input() -> Result<OwnedFd> {
+    let (r, _closed) = pipe_pair("creating the stdin pipe")?;
+    Ok(r)
+}
+
+fn null_output(what: &'static str) -> Result<(OwnedFd, JoinHandle<()>)> {
+    let (r, w) = pipe_pair(what)?;
+    let mut from = pipe::Receiver::from_owned_fd(r).map_err(Error::io(what, "pipe"))?;
+    let drain = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from, &mut tokio::io::sink()).await;
+    });
+    Ok((w, drain))
+}
+
+/// Where containerd wants an output: a fifo, or a file for a `file://`
+/// log URI (`ctr run --log-uri file:///PATH`), which runc-shim opens for
+/// appending itself, stdout and stderr into the same file.
+fn open_output(target: &str) -> Result<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> {
+    if let Some(path) = target.strip_prefix("file://") {
+        if let Some(dir) = Path::new(path).parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(Error::io("opening the log file", path))?;
+        return Ok(Box::new(tokio::fs::File::from_std(f)));
+    }
+    if target.contains("://") {
+        return Err(Error::Unsupported(
+            "a log URI other than file:// (binary:// loggers)",
+        ));
+    }
+    let fifo = pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(target)
+        .map_err(Error::io("opening containerd's fifo", target))?;
+    Ok(Box::new(fifo))
 }
 
 /// One output: the container writes the pipe, the shim copies it to the
-/// fifo until every writer of the pipe is gone.
-fn output(fifo: &str, what: &'static str) -> Result<(OwnedFd, JoinHandle<()>)> {
+/// fifo (or log file) until every writer of the pipe is gone.
+fn output(target: &str, what: &'static str) -> Result<(OwnedFd, JoinHandle<()>)> {
+    let mut to = open_output(target)?;
     let (r, w) = pipe_pair(what)?;
     let mut from = pipe::Receiver::from_owned_fd(r).map_err(Error::io(what, "pipe"))?;
-    let mut to = pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(fifo)
-        .map_err(Error::io("opening containerd's fifo", fifo))?;
     let copy = tokio::spawn(async move {
         // A copy error means containerd's side is gone: nothing to report
         // to, as runc-shim's copy goroutines log and end.
         let _ = tokio::io::copy(&mut from, &mut to).await;
+        let _ = tokio::io::AsyncWriteExt::flush(&mut to).await;
     });
     Ok((w, copy))
 }
 
 impl ProcessIo {
     /// Pipes for a process whose stdio containerd gives as fifo paths
-    /// (empty: /dev/null). Returns the shim's side and the process's side.
+    /// (empty: none). Returns the shim's side and the process's side.
     pub fn pipes(stdin: &str, stdout: &str, stderr: &str) -> Result<(ProcessIo, Stdio)> {
         let mut io = ProcessIo {
             stdin: stdin.to_string(),
@@ -79,7 +115,7 @@ impl ProcessIo {
             copies: Vec::new(),
         };
         let c_stdin = if stdin.is_empty() {
-            dev_null()?
+            null_input()?
         } else {
             let (r, w) = pipe_pair("creating the stdin pipe")?;
             let mut from = pipe::OpenOptions::new()
@@ -100,10 +136,11 @@ impl ProcessIo {
             r
         };
         let mut out = |fifo: &str, what| -> Result<OwnedFd> {
-            if fifo.is_empty() {
-                return dev_null();
-            }
-            let (w, copy) = output(fifo, what)?;
+            let (w, copy) = if fifo.is_empty() {
+                null_output(what)?
+            } else {
+                output(fifo, what)?
+            };
             io.copies.push(copy);
             Ok(w)
         };

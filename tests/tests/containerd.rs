@@ -1,0 +1,518 @@
+//! containerd-shim-ferry-v2 under containerd, as root: Debian's containerd
+//! (1.6) runs with its own root, state, socket and config in a temp dir,
+//! with the shim on its PATH, and a busybox image made by
+//! hack/mkimage-busybox and imported with `ctr image import` (no registry).
+//!
+//! - `ctr run --runtime io.containerd.ferry.v2` runs a counter whose output
+//!   is seen; exec, pause and resume work; `ctr task kill` then
+//!   `ctr task delete` and `ctr container delete` leave no process, cgroup,
+//!   mount, shim or Ferry state behind;
+//! - `ctr container checkpoint --task` (the shim's Checkpoint, leave
+//!   running) then, after the container is gone, `ctr container restore
+//!   --live` (Create with a checkpoint, restored at Start): the counter
+//!   continues from where it was checkpointed.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_tests::*;
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+const CTR: &str = "/usr/bin/ctr";
+const RUNTIME: &str = "io.containerd.ferry.v2";
+const IMAGE: &str = "docker.io/library/ferry-busybox:latest";
+/// The counter: numbers on stdout.
+const LOOP: &str = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done";
+
+/// The shim under test, next to the ferry binary under test.
+fn shim_bin() -> PathBuf {
+    let p = ferry_bin().with_file_name("containerd-shim-ferry-v2");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` (hack/test does)",
+        p.display()
+    );
+    p
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Containerd {
+    dir: tempfile::TempDir,
+    /// A containerd namespace of the test's own (the cgroup parent too).
+    ns: String,
+    child: Option<std::process::Child>,
+}
+
+impl Containerd {
+    fn start(tag: &str) -> Containerd {
+        require_root();
+        for bin in [CONTAINERD, CTR] {
+            assert!(
+                Path::new(bin).exists(),
+                "{bin} is missing: apt-get install containerd (hack/setup does)"
+            );
+        }
+        let shim_dir = shim_bin().parent().unwrap().to_path_buf();
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-ctd-")
+            .tempdir()
+            .unwrap();
+        let p = dir.path();
+        let config = format!(
+            "version = 2\n\
+             root = \"{root}\"\n\
+             state = \"{state}\"\n\
+             # No Kubernetes here: the CRI plugin would want CNI.\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n\
+             [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  level = \"debug\"\n",
+            root = p.join("root").display(),
+            state = p.join("state").display(),
+            sock = p.join("containerd.sock").display(),
+        );
+        std::fs::write(p.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(p.join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            shim_dir.display()
+        );
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(p.join("config.toml"))
+            // containerd finds containerd-shim-ferry-v2 on its PATH and
+            // hands its environment to the shim.
+            .env("PATH", path)
+            .env("FERRY_SHIM_ROOT", p.join("ferry"))
+            // containerd unpacks checkpoints into a temp dir there and
+            // never removes it.
+            .env("XDG_RUNTIME_DIR", p)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd");
+        let c = Containerd {
+            ns: format!("ferry-e2e-{}-{tag}", std::process::id()),
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let tar = c.path().join("busybox.tar");
+        let out = Command::new("bash")
+            .arg(repo().join("hack/mkimage-busybox"))
+            .arg(&tar)
+            .arg(IMAGE)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hack/mkimage-busybox failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.ok(&["image", "import", tar.to_str().unwrap()]);
+        c
+    }
+
+    /// A container id no other containerd on this host uses (ctr's fifo
+    /// dirs under /run/containerd/fifo are shared).
+    fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.ns)
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr` on this containerd and namespace, killed if it hangs (a shim
+    /// that never answers must fail the test, not stall it).
+    fn ctr_cmd(&self) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--signal=KILL", "120", CTR])
+            .arg("--address")
+            .arg(self.path().join("containerd.sock"))
+            .arg("--namespace")
+            .arg(&self.ns);
+        cmd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        run_ferry(self.ctr_cmd().args(args))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed ({}): {}{}\ncontainerd's log ends with:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr run -d` of the counter with the ferry shim; its output goes to
+    /// a log file (`--log-uri file://`), which is returned.
+    fn run_counter(&self, id: &str) -> PathBuf {
+        let log = self.path().join(format!("{id}.log"));
+        self.ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--log-uri",
+            &format!("file://{}", log.display()),
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            LOOP,
+        ]);
+        log
+    }
+
+    /// The task's pid and status, as `ctr task ls` shows them.
+    fn task(&self, id: &str) -> Option<(i32, String)> {
+        self.ok(&["task", "ls"]).lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| (f[1].parse().unwrap(), f[2].to_string()))
+        })
+    }
+
+    fn wait_status(&self, id: &str, status: &str) -> i32 {
+        let mut pid = 0;
+        wait_until(
+            &format!("task {id} to be {status}"),
+            Duration::from_secs(20),
+            || match self.task(id) {
+                Some((p, s)) if s == status => {
+                    pid = p;
+                    true
+                }
+                _ => false,
+            },
+        );
+        pid
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.ns)
+            .join(id)
+    }
+
+    fn cgroup(&self, id: &str) -> String {
+        format!("{}/{id}", self.ns)
+    }
+
+    /// Shim processes of this containerd (serving container `id`).
+    fn shims(&self, id: Option<&str>) -> Vec<i32> {
+        let sock = self.path().join("containerd.sock");
+        let sock = sock.to_string_lossy();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args
+                .first()
+                .is_some_and(|a| a.ends_with("containerd-shim-ferry-v2"))
+                && id.is_none_or(|id| args.windows(2).any(|w| w[0] == "-id" && w[1] == id))
+                && args.iter().any(|a| *a == sock)
+            {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// The container is fully there: its init, its cgroups, its rootfs
+    /// mount, its shim and Ferry's state (so that the checks of
+    /// [`Containerd::assert_nothing_left`] can fail).
+    fn assert_all_there(&self, id: &str, pid: i32) {
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "no init {pid}");
+        assert!(
+            !cgroup_leftovers(&self.cgroup(id)).is_empty(),
+            "no cgroup {} for {id}",
+            self.cgroup(id)
+        );
+        let rootfs = self.bundle(id).join("rootfs");
+        assert!(
+            !mount_leftovers(rootfs.to_str().unwrap()).is_empty(),
+            "the rootfs of {id} is not mounted at {}",
+            rootfs.display()
+        );
+        assert!(!self.shims(Some(id)).is_empty(), "no shim for {id}");
+        assert!(
+            self.path().join("ferry").join(&self.ns).join(id).exists(),
+            "no Ferry state for {id}"
+        );
+    }
+
+    fn assert_nothing_left(&self, id: &str, pid: i32) {
+        wait_until(
+            &format!("the shim of {id} to exit"),
+            Duration::from_secs(10),
+            || self.shims(Some(id)).is_empty(),
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the init {pid} of {id} is still there"
+        );
+        assert_eq!(
+            cgroup_leftovers(&self.cgroup(id)),
+            Vec::<PathBuf>::new(),
+            "cgroups of {id} left behind"
+        );
+        assert_eq!(
+            mount_leftovers(self.bundle(id).to_str().unwrap()),
+            Vec::<String>::new(),
+            "mounts of {id} left behind"
+        );
+        assert!(
+            !self.path().join("ferry").join(&self.ns).join(id).exists(),
+            "Ferry's state of {id} left behind"
+        );
+    }
+
+    /// `ctr task kill -s SIGKILL`, then task and container delete.
+    fn kill_and_delete(&self, id: &str) {
+        self.ok(&["task", "kill", "--signal", "SIGKILL", id]);
+        self.wait_status(id, "STOPPED");
+        self.ok(&["task", "delete", id]);
+        self.ok(&["container", "delete", id]);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let tasks = self.ctr(&["task", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&tasks.stdout).lines() {
+            let _ = self.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = self.ctr(&["task", "delete", "--force", id]);
+        }
+        let cs = self.ctr(&["container", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&cs.stdout).lines() {
+            let _ = self.ctr(&["container", "delete", id]);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Shims of a failed test outlive containerd: they are ours to stop.
+        for pid in self.shims(None) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let mounts = mount_leftovers(self.path().to_str().unwrap());
+        for m in mounts.iter().rev() {
+            if let Some(p) = m.split(' ').nth(4) {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        // `ctr container restore` leaves its fifo dir behind.
+        if let Ok(rd) = std::fs::read_dir("/run/containerd/fifo") {
+            for d in rd.flatten() {
+                let ours = std::fs::read_dir(d.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().starts_with(&self.ns));
+                if ours {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
+        // The namespace's parent cgroups (containerd's cgroupsPath is
+        // /<namespace>/<id>).
+        for p in cgroup_leftovers(&self.ns) {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Each number one more than the one before.
+fn assert_continuous(v: &[u64]) {
+    for w in v.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "a gap or a repeat in {v:?}");
+    }
+}
+
+#[test]
+fn containerd_runs_execs_pauses_kills_and_deletes_with_ferry() {
+    let c = Containerd::start("run");
+    let id = &c.id("counter");
+    let log = c.run_counter(id);
+    let v = wait_numbers(&log, 5);
+    assert_consecutive(&v);
+    let pid = c.wait_status(id, "RUNNING");
+    c.assert_all_there(id, pid);
+
+    // The init runs in the container's own pid namespace.
+    let ps = c.ok(&["task", "ps", id]);
+    assert!(ps.contains(&pid.to_string()), "ctr task ps: {ps}");
+
+    // exec: output back through the shim's pipes, exit status returned.
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "sh",
+        "-c",
+        "echo in-ferry; exit 7",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "exec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "in-ferry");
+
+    // pause stops the counter, resume lets it go on.
+    c.ok(&["task", "pause", id]);
+    c.wait_status(id, "PAUSED");
+    let frozen = numbers(&log).len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(numbers(&log).len(), frozen, "the counter ran while paused");
+    c.ok(&["task", "resume", id]);
+    c.wait_status(id, "RUNNING");
+    let v = wait_numbers(&log, frozen + 3);
+    assert_consecutive(&v);
+
+    let metrics = c.ok(&["task", "metrics", id]);
+    assert!(metrics.contains(id), "ctr task metrics: {metrics}");
+
+    c.kill_and_delete(id);
+    c.assert_nothing_left(id, pid);
+}
+
+#[test]
+fn containerd_checkpoint_then_restore_continues_the_counter() {
+    let c = Containerd::start("cr");
+    let id = &c.id("counter");
+    let log = c.run_counter(id);
+    wait_numbers(&log, 5);
+    let pid = c.wait_status(id, "RUNNING");
+    let reference = format!("ferry-e2e/{id}:checkpoint");
+
+    // The shim's Checkpoint with containerd's options (leave running,
+    // file locks); ctr pauses the task around it and resumes it after.
+    c.ok(&["container", "checkpoint", "--task", id, &reference]);
+    let at_checkpoint = numbers(&log).len() as u64;
+    c.wait_status(id, "RUNNING");
+    // It ran on after the checkpoint: far enough that a restore from the
+    // checkpoint and a mere continuation cannot be confused.
+    let before = wait_numbers(&log, at_checkpoint as usize + 10);
+    assert_consecutive(&before);
+    let images = c.ok(&["image", "ls", "-q"]);
+    assert!(images.contains(&reference), "no checkpoint image: {images}");
+
+    c.kill_and_delete(id);
+    c.assert_nothing_left(id, pid);
+
+    // Create with the checkpoint, restored at Start; detached (no tty), so
+    // its output is read from its fifo with `ctr task attach`.
+    c.ok(&["container", "restore", "--live", id, &reference]);
+    let restored = c.wait_status(id, "RUNNING");
+    assert_ne!(restored, pid, "the restored init has the old host pid");
+    // Not under `timeout`: killing it must close the pipe read here.
+    let mut attach = Command::new(CTR)
+        .arg("--address")
+        .arg(c.path().join("containerd.sock"))
+        .arg("--namespace")
+        .arg(&c.ns)
+        .args(["task", "attach", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let reader = {
+        let seen = seen.clone();
+        let out = attach.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(n) = l.trim().parse() {
+                    seen.lock().unwrap().push(n);
+                }
+            }
+        })
+    };
+    let waited = Instant::now();
+    while seen.lock().unwrap().len() < 10 && waited.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGKILL: ctr attach forwards the signals it gets to the task.
+    let _ = attach.kill();
+    let _ = attach.wait();
+    let _ = reader.join();
+    let after = seen.lock().unwrap().clone();
+    assert!(
+        after.len() >= 10,
+        "the restored counter printed {after:?}; containerd's log ends with:\n{}",
+        tail(&c.log(), 30)
+    );
+    assert_continuous(&after);
+    let first = after[0];
+    assert!(
+        (5..=at_checkpoint + 2).contains(&first),
+        "the restored counter starts at {first}: the checkpoint was taken at ~{at_checkpoint}, \
+         the killed container had reached {}",
+        before.len() - 1
+    );
+    let restored_pid = c.wait_status(id, "RUNNING");
+    c.assert_all_there(id, restored_pid);
+
+    c.kill_and_delete(id);
+    c.assert_nothing_left(id, restored_pid);
+}
