@@ -10,10 +10,12 @@
 //! behaviour each module cites:
 //! - [`service`]: the shim's lifecycle (`start`, `delete`, serve, wait);
 //! - [`task`]: the Task service (create ... checkpoint) and its events;
+//! - [`checkpoint`]: containerd's checkpoint and restore options;
 //! - [`stdio`]: the pipes between containerd's fifos and the container;
 //! - [`reaper`]: waiting for the containers' processes;
 //! - [`error`]: errors, and the ttrpc statuses containerd receives.
 
+mod checkpoint;
 mod error;
 mod reaper;
 mod service;

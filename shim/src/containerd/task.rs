@@ -41,20 +41,18 @@ use containerd_shim::protos::events::task::{
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{Message, MessageDyn};
-use containerd_shim::protos::shim::oci::CheckpointOptions as ContainerdCheckpointOptions;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
-use criu_rpc::{CgroupMode, Criu};
-use ferry_oci::checkpoint::CheckpointOptions;
+use criu_rpc::Criu;
 use ferry_oci::restore::RestoreOptions;
 use ferry_oci::runtime::cr::{restore_container, RestoreRuntimeOptions};
 use ferry_oci::runtime::{Container, CreateOptions, ExecOptions, Stdio};
-use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process};
 use tokio::sync::{mpsc, watch, Mutex};
 
+use super::checkpoint::{checkpoint_options, pending_restore, PendingRestore};
 use super::error::{Error, Result};
 use super::reaper::{Exited, Reaper};
 use super::stdio::ProcessIo;
@@ -99,13 +97,6 @@ impl Proc {
     fn exited(&self) -> Option<Exit> {
         self.exit.borrow().clone()
     }
-}
-
-/// A checkpoint a created task restores from at Start.
-#[derive(Debug)]
-struct PendingRestore {
-    image_path: PathBuf,
-    work_path: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -227,112 +218,6 @@ pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
             source,
         }
     })
-}
-
-/// containerd's `containerd.runc.v1.CheckpointOptions` as Ferry's options
-/// (runc-shim's `Init.Checkpoint`: no `exit` means leave running).
-fn checkpoint_options(
-    path: &str,
-    any: Option<&Any>,
-    bundle: &Path,
-) -> Result<(CheckpointOptions, bool)> {
-    let o = match any {
-        Some(a) if !a.value.is_empty() || !a.type_url.is_empty() => {
-            if !a.type_url.ends_with("containerd.runc.v1.CheckpointOptions") {
-                return Err(Error::InvalidArgument(format!(
-                    "checkpoint options of type {}: the ferry shim takes containerd.runc.v1.CheckpointOptions",
-                    a.type_url
-                )));
-            }
-            ContainerdCheckpointOptions::parse_from_bytes(&a.value).map_err(|source| {
-                Error::Protobuf {
-                    what: "containerd.runc.v1.CheckpointOptions",
-                    source,
-                }
-            })?
-        }
-        _ => ContainerdCheckpointOptions::default(),
-    };
-    let image = if !path.is_empty() {
-        PathBuf::from(path)
-    } else if !o.image_path.is_empty() {
-        PathBuf::from(&o.image_path)
-    } else {
-        return Err(Error::InvalidArgument(
-            "checkpoint without a path: containerd gives one, or set image_path".into(),
-        ));
-    };
-    let mode = match o.cgroups_mode.as_str() {
-        "" => None,
-        "soft" => Some(CgroupMode::Soft),
-        "full" => Some(CgroupMode::Full),
-        "strict" => Some(CgroupMode::Strict),
-        "ignore" => Some(CgroupMode::Ignore),
-        m => {
-            return Err(Error::InvalidArgument(format!(
-                "cgroups_mode `{m}`: use soft, full, strict or ignore"
-            )))
-        }
-    };
-    let mut empty = CloneFlags::empty();
-    for ns in &o.empty_namespaces {
-        match ns.as_str() {
-            "network" | "net" => empty |= CloneFlags::CLONE_NEWNET,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "empty namespace `{other}`: CRIU can only leave the network namespace empty"
-                )))
-            }
-        }
-    }
-    // runc-shim keeps CRIU's work dir only when one is asked for;
-    // otherwise it is <bundle>/criu-work, removed afterwards.
-    let keep_work = !o.work_path.is_empty();
-    let work = if keep_work {
-        PathBuf::from(&o.work_path)
-    } else {
-        bundle.join("criu-work")
-    };
-    Ok((
-        CheckpointOptions {
-            image_path: image,
-            work_path: Some(work),
-            leave_running: !o.exit,
-            tcp_established: o.open_tcp,
-            ext_unix_sk: o.external_unix_sockets,
-            shell_job: o.terminal,
-            file_locks: o.file_locks,
-            manage_cgroups_mode: mode,
-            empty_ns: (!empty.is_empty()).then_some(empty),
-            ..Default::default()
-        },
-        keep_work,
-    ))
-}
-
-/// The pending restore a create with a checkpoint asks for. The work dir
-/// is the runtime options' `criu_work_path`, as in runc-shim.
-fn pending_restore(req: &CreateTaskRequest) -> Result<Option<PendingRestore>> {
-    if req.checkpoint.is_empty() {
-        return Ok(None);
-    }
-    let mut work_path = None;
-    if let Some(a) = req.options.as_ref() {
-        if a.type_url.ends_with("containerd.runc.v1.Options") {
-            let o = containerd_shim::protos::shim::oci::Options::parse_from_bytes(&a.value)
-                .map_err(|source| Error::Protobuf {
-                    what: "containerd.runc.v1.Options",
-                    source,
-                })?;
-            if !o.criu_work_path.is_empty() {
-                work_path = Some(PathBuf::from(o.criu_work_path));
-            }
-        }
-    }
-    Ok(Some(PendingRestore {
-        image_path: PathBuf::from(&req.checkpoint),
-        work_path,
-    }))
 }
 
 impl TaskService {
