@@ -10,7 +10,9 @@
 //! - `ctr container checkpoint --task` (the shim's Checkpoint, leave
 //!   running) then, after the container is gone, `ctr container restore
 //!   --live` (Create with a checkpoint, restored at Start): the counter
-//!   continues from where it was checkpointed.
+//!   continues from where it was checkpointed;
+//! - `ctr run -t` and `ctr task exec -t` (on a pty of script(1)) run on a
+//!   terminal whose master the shim received over the console socket.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -515,4 +517,60 @@ fn containerd_checkpoint_then_restore_continues_the_counter() {
 
     c.kill_and_delete(id);
     c.assert_nothing_left(id, restored_pid);
+}
+
+/// `ctr -t` needs a terminal of its own: script(1) runs it on a pty.
+fn on_a_pty(c: &Containerd, args: &str) -> Output {
+    let cmd = format!(
+        "timeout --signal=KILL 120 {CTR} --address {} --namespace {} {args}",
+        c.path().join("containerd.sock").display(),
+        c.ns
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) is missing: apt-get install util-linux (hack/setup does)");
+    assert!(
+        out.status.success(),
+        "{args} on a pty failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn containerd_runs_and_execs_with_a_terminal() {
+    let c = Containerd::start("tty");
+    // The init on a pty: its master comes to the shim over the console
+    // socket, its output back to ctr through the fifo.
+    let id = &c.id("tty");
+    let out = on_a_pty(
+        &c,
+        &format!("run -t --rm --runtime {RUNTIME} {IMAGE} {id} sh -c 'tty; echo tty-done'"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/0") && text.contains("tty-done"),
+        "ctr run -t printed: {text}"
+    );
+    c.assert_nothing_left(id, 0);
+
+    // exec -t in a container without one.
+    let id = &c.id("counter");
+    c.run_counter(id);
+    let pid = c.wait_status(id, "RUNNING");
+    let out = on_a_pty(
+        &c,
+        &format!("task exec -t --exec-id t1 {id} sh -c 'tty; echo exec-done'"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("exec-done"),
+        "ctr task exec -t printed: {text}"
+    );
+    c.kill_and_delete(id);
+    c.assert_nothing_left(id, pid);
 }

@@ -12,8 +12,10 @@
 //! client that detaches does not turn the container's writes into EPIPE.
 
 use std::fs::OpenOptions;
-use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_oci::runtime::Stdio;
@@ -32,6 +34,8 @@ pub struct ProcessIo {
     pub stderr: String,
     close_stdin: Option<oneshot::Sender<()>>,
     copies: Vec<JoinHandle<()>>,
+    /// The pty master of a process with a terminal (for ResizePty).
+    console: Option<OwnedFd>,
 }
 
 fn pipe_pair(what: &'static str) -> Result<(OwnedFd, OwnedFd)> {
@@ -113,6 +117,7 @@ impl ProcessIo {
             stderr: stderr.to_string(),
             close_stdin: None,
             copies: Vec::new(),
+            console: None,
         };
         let c_stdin = if stdin.is_empty() {
             null_input()?
@@ -156,6 +161,73 @@ impl ProcessIo {
         ))
     }
 
+    /// The fifo paths of a process with a terminal: the copies start when
+    /// its pty master arrives ([`ProcessIo::attach_console`]).
+    pub fn for_terminal(stdin: &str, stdout: &str) -> ProcessIo {
+        let mut io = ProcessIo::default();
+        io.stdin = stdin.to_string();
+        io.stdout = stdout.to_string();
+        io
+    }
+
+    /// Copies between the pty master and containerd's fifos, as runc-shim
+    /// does with the console it receives: the master's output to stdout
+    /// (stderr shares the terminal), stdin into the master. The output
+    /// copy ends when the last process holding the slave is gone (EIO).
+    pub fn attach_console(&mut self, master: OwnedFd) -> Result<()> {
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map(|f| tokio::fs::File::from_std(std::fs::File::from(f)))
+                .map_err(Error::io("duplicating the pty master", "/dev/ptmx"))
+        };
+        if !self.stdout.is_empty() {
+            let mut to = open_output(&self.stdout)?;
+            let mut from = dup(&master)?;
+            self.copies.push(tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = tokio::io::AsyncWriteExt::flush(&mut to).await;
+            }));
+        }
+        if !self.stdin.is_empty() {
+            let mut from = pipe::OpenOptions::new()
+                .read_write(true)
+                .open_receiver(&self.stdin)
+                .map_err(Error::io("opening containerd's fifo", self.stdin.clone()))?;
+            let mut to = dup(&master)?;
+            let (tx, rx) = oneshot::channel();
+            self.close_stdin = Some(tx);
+            self.copies.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy(&mut from, &mut to) => {}
+                    _ = rx => {}
+                }
+            }));
+        }
+        self.console = Some(master);
+        Ok(())
+    }
+
+    /// ResizePty: the terminal's new size (TIOCSWINSZ on the master).
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let Some(m) = &self.console else {
+            // runc-shim ignores a resize of a process without a console.
+            return Ok(());
+        };
+        let ws = libc::winsize {
+            ws_row: height as u16,
+            ws_col: width as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize we own, on a pty master we own.
+        if unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(Error::io("resizing the terminal", "/dev/ptmx")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// CloseIO: the process reads EOF on stdin.
     pub fn close_stdin(&mut self) {
         if let Some(tx) = self.close_stdin.take() {
@@ -184,5 +256,69 @@ impl Drop for ProcessIo {
         for c in &self.copies {
             c.abort();
         }
+    }
+}
+
+/// runc's `--console-socket`, as runc-shim makes one per process with a
+/// terminal (`NewTempConsoleSocket`): ferry-oci's init (or exec'd process,
+/// or CRIU's restore notify) sends its pty master over it.
+pub struct ConsoleSocket {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+impl ConsoleSocket {
+    pub fn new() -> Result<ConsoleSocket> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ferry-console-{}-{}.sock",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let listener =
+            UnixListener::bind(&path).map_err(Error::io("creating the console socket", &path))?;
+        Ok(ConsoleSocket { path, listener })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pty master sent on the socket. Called once the process is
+    /// created: the connection and the message are queued by then, so
+    /// nothing waits; a process that sent none is an error.
+    pub fn receive(&self) -> Result<OwnedFd> {
+        let no_master = |source| Error::Io {
+            op: "receiving the pty master on the console socket",
+            path: self.path.clone(),
+            source,
+        };
+        self.listener.set_nonblocking(true).map_err(no_master)?;
+        let (conn, _) = self.listener.accept().map_err(no_master)?;
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| no_master(e.into()))?;
+        for c in msg.cmsgs().map_err(|e| no_master(e.into()))? {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                if let Some(&fd) = fds.first() {
+                    // SAFETY: the kernel just installed this fd for us.
+                    return Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        Err(no_master(std::io::Error::other("no fd in the message")))
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

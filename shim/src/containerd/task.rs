@@ -9,6 +9,9 @@
 //!   `createdCheckpointState`);
 //! - Start releases the init (or restores), Exec records a process that
 //!   Start(exec_id) runs in the container;
+//! - a process with a terminal sends its pty master over a console socket
+//!   (runc's `--console-socket`), which the shim then copies to and from
+//!   the fifos, and ResizePty resizes;
 //! - the exits the [`Reaper`] reports become TaskExit events and answer
 //!   Wait; Delete removes the container's state, cgroups and rootfs mount
 //!   and lets the outputs drain first;
@@ -55,7 +58,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use super::checkpoint::{checkpoint_options, pending_restore, PendingRestore};
 use super::error::{Error, Result};
 use super::reaper::{Exited, Reaper};
-use super::stdio::ProcessIo;
+use super::stdio::{ConsoleSocket, ProcessIo};
 
 /// An event for containerd: its topic and message.
 pub type Event = (&'static str, Box<dyn MessageDyn>);
@@ -83,15 +86,28 @@ struct Proc {
 }
 
 impl Proc {
-    fn new(io: ProcessIo, stdio: Stdio, terminal: bool) -> Proc {
-        Proc {
+    /// A process with containerd's stdio: pipes, or for a terminal the
+    /// fifo paths only (the pty master arrives when the process runs).
+    fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Result<Proc> {
+        let (io, stdio) = if terminal {
+            (ProcessIo::for_terminal(stdin, stdout), None)
+        } else {
+            let (io, s) = ProcessIo::pipes(stdin, stdout, stderr)?;
+            (io, Some(s))
+        };
+        Ok(Proc {
             pid: 0,
             started: false,
             terminal,
             io,
-            stdio: Some(stdio),
+            stdio,
             exit: watch::channel(None).0,
-        }
+        })
+    }
+
+    /// The console socket for this process, if it has a terminal.
+    fn console_socket(&self) -> Result<Option<ConsoleSocket>> {
+        self.terminal.then(ConsoleSocket::new).transpose()
     }
 
     fn exited(&self) -> Option<Exit> {
@@ -281,9 +297,6 @@ impl TaskService {
     }
 
     async fn create_task(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
-        if req.terminal {
-            return Err(Error::Unsupported("a terminal (ctr run -t)"));
-        }
         let id = req.id.clone();
         let mut tasks = self.tasks.lock().await;
         if tasks.contains_key(&id) {
@@ -299,34 +312,17 @@ impl TaskService {
                 let _ = unmount_rootfs(&bundle.join("rootfs"));
             }
         };
-        let (io, stdio) = match ProcessIo::pipes(&req.stdin, &req.stdout, &req.stderr) {
-            Ok(x) => x,
+        let mut init = match Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal) {
+            Ok(p) => p,
             Err(e) => {
                 undo_mount(&bundle);
                 return Err(e);
             }
         };
-        let mut init = Proc::new(io, stdio, req.terminal);
         if restore.is_none() {
-            let stdio = init.stdio.take();
-            let (root, cid, b) = (self.root.clone(), id.clone(), bundle.clone());
-            let created = blocking(move || {
-                let opts = CreateOptions {
-                    stdio,
-                    ..Default::default()
-                };
-                Container::create(&root, &cid, &b, &opts).map_err(Error::oci("creating", &cid))
-            })
-            .await;
-            match created {
-                Ok(c) => {
-                    init.pid = c.state.pid as u32;
-                    self.reaper.watch(c.state.pid);
-                }
-                Err(e) => {
-                    undo_mount(&bundle);
-                    return Err(e);
-                }
+            if let Err(e) = self.create_init(&id, &bundle, &mut init).await {
+                undo_mount(&bundle);
+                return Err(e);
             }
         }
         let pid = init.pid;
@@ -365,6 +361,38 @@ impl TaskService {
         })
     }
 
+    /// `runc create` of runc-shim's Init.Create: the init waits on
+    /// exec.fifo; its pty master, if any, comes over the console socket.
+    async fn create_init(&self, id: &str, bundle: &Path, init: &mut Proc) -> Result<()> {
+        let stdio = init.stdio.take();
+        let console = init.console_socket()?;
+        let (root, cid, b) = (self.root.clone(), id.to_string(), bundle.to_path_buf());
+        let (pid, master) = blocking(move || {
+            let opts = CreateOptions {
+                stdio,
+                console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
+                ..Default::default()
+            };
+            let c =
+                Container::create(&root, &cid, &b, &opts).map_err(Error::oci("creating", &cid))?;
+            let pid = c.state.pid;
+            match console.as_ref().map(ConsoleSocket::receive).transpose() {
+                Ok(master) => Ok((pid, master)),
+                Err(e) => {
+                    let _ = c.delete(true);
+                    Err(e)
+                }
+            }
+        })
+        .await?;
+        init.pid = pid as u32;
+        self.reaper.watch(pid);
+        if let Some(m) = master {
+            init.io.attach_console(m)?;
+        }
+        Ok(())
+    }
+
     async fn start_init(&self, id: &str, t: &mut Task) -> Result<u32> {
         if t.init.started {
             return Err(Error::FailedPrecondition(format!(
@@ -381,8 +409,9 @@ impl TaskService {
         let pid = match t.restore.take() {
             Some(r) => {
                 let stdio = t.init.stdio.take();
+                let console = t.init.console_socket()?;
                 let bundle = t.bundle.clone();
-                blocking(move || {
+                let (pid, master) = blocking(move || {
                     // The restore stands in for runc's `restore --detach`
                     // of runc-shim's createdCheckpointState.Start.
                     let opts = RestoreOptions {
@@ -394,14 +423,26 @@ impl TaskService {
                     };
                     let rt = RestoreRuntimeOptions {
                         stdio,
+                        // CRIU's orphan pts master goes over it.
+                        console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
                         ..Default::default()
                     };
-                    let (_, restored) =
+                    let (c, restored) =
                         restore_container(&root, &cid, &bundle, &criu(), &opts, &rt)
                             .map_err(Error::oci("restoring", &cid))?;
-                    Ok(restored.pid.as_raw() as u32)
+                    match console.as_ref().map(ConsoleSocket::receive).transpose() {
+                        Ok(master) => Ok((restored.pid.as_raw() as u32, master)),
+                        Err(e) => {
+                            let _ = c.delete(true);
+                            Err(e)
+                        }
+                    }
                 })
-                .await?
+                .await?;
+                if let Some(m) = master {
+                    t.init.io.attach_console(m)?;
+                }
+                pid
             }
             None => {
                 blocking(move || {
@@ -435,18 +476,29 @@ impl TaskService {
         }
         let (root, cid) = (self.root.clone(), id.to_string());
         let stdio = x.proc_.stdio.take();
+        let console = x.proc_.console_socket()?;
         let spec = x.spec.clone();
-        let pid = blocking(move || {
+        let (pid, master) = blocking(move || {
             let c = Container::load(&root, &cid).map_err(Error::oci("exec in", &cid))?;
             let opts = ExecOptions {
                 detach: true,
                 stdio,
+                console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
                 ..Default::default()
             };
             let pid = c.exec(&spec, &opts).map_err(Error::oci("exec in", &cid))?;
-            Ok(pid.as_raw() as u32)
+            match console.as_ref().map(ConsoleSocket::receive).transpose() {
+                Ok(master) => Ok((pid.as_raw() as u32, master)),
+                Err(e) => {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    Err(e)
+                }
+            }
         })
         .await?;
+        if let Some(m) = master {
+            x.proc_.io.attach_console(m)?;
+        }
         x.proc_.pid = pid;
         x.proc_.started = true;
         self.reaper.watch(pid as i32);
@@ -797,9 +849,6 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        if req.terminal {
-            return Err(Error::Unsupported("a terminal for exec (ctr task exec -t)").into());
-        }
         // The process arrives as the runtime-spec's Process in JSON.
         let spec: Process = serde_json::from_slice(
             &req.spec
@@ -822,14 +871,8 @@ impl containerd_shim::Task for TaskService {
             ))
             .into());
         }
-        let (io, stdio) = ProcessIo::pipes(&req.stdin, &req.stdout, &req.stderr)?;
-        t.execs.insert(
-            req.exec_id.clone(),
-            Exec {
-                proc_: Proc::new(io, stdio, req.terminal),
-                spec,
-            },
-        );
+        let proc_ = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
+        t.execs.insert(req.exec_id.clone(), Exec { proc_, spec });
         self.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
             Box::new(TaskExecAdded {
@@ -846,12 +889,10 @@ impl containerd_shim::Task for TaskService {
         let t = tasks.get(&req.id).ok_or_else(|| Error::NotFound {
             what: format!("container {}", req.id),
         })?;
-        let p = t.proc_(&req.id, &req.exec_id)?;
-        if !p.terminal {
-            // runc-shim ignores a resize of a process without a console.
-            return Ok(Empty::new());
-        }
-        Err(Error::Unsupported("resizing a terminal").into())
+        t.proc_(&req.id, &req.exec_id)?
+            .io
+            .resize(req.width, req.height)?;
+        Ok(Empty::new())
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
