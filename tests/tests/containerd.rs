@@ -419,6 +419,24 @@ fn containerd_runs_execs_pauses_kills_and_deletes_with_ferry() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "in-ferry");
 
+    // A detached exec shows in ps with its exec id (ProcessDetails); it
+    // dies with the container's pid namespace.
+    c.ok(&[
+        "task",
+        "exec",
+        "--detach",
+        "--exec-id",
+        "sleeper",
+        id,
+        "sleep",
+        "300",
+    ]);
+    wait_until(
+        "the exec id in ctr task ps",
+        Duration::from_secs(10),
+        || c.ok(&["task", "ps", id]).contains("sleeper"),
+    );
+
     // pause stops the counter, resume lets it go on.
     c.ok(&["task", "pause", id]);
     c.wait_status(id, "PAUSED");

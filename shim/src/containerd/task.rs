@@ -44,6 +44,7 @@ use containerd_shim::protos::events::task::{
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{Message, MessageDyn};
+use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
@@ -797,14 +798,47 @@ impl containerd_shim::Task for TaskService {
         let pids = self
             .on_container(&req.id, "listing the processes of", |c| c.pids())
             .await?;
-        Ok(PidsResponse {
-            processes: pids
-                .into_iter()
-                .map(|p| ProcessInfo {
-                    pid: p.as_raw() as u32,
-                    ..Default::default()
+        // runc-shim tells which pids are exec'd processes.
+        let execs: HashMap<u32, String> = {
+            let tasks = self.tasks.lock().await;
+            tasks
+                .get(&req.id)
+                .map(|t| {
+                    t.execs
+                        .iter()
+                        .map(|(id, x)| (x.proc_.pid, id.clone()))
+                        .collect()
                 })
-                .collect(),
+                .unwrap_or_default()
+        };
+        let mut processes = Vec::new();
+        for p in pids {
+            let pid = p.as_raw() as u32;
+            let info = match execs.get(&pid) {
+                Some(exec_id) => {
+                    let d = ProcessDetails {
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    };
+                    Some(Any {
+                        type_url: "containerd.runc.v1.ProcessDetails".into(),
+                        value: d.write_to_bytes().map_err(|source| Error::Protobuf {
+                            what: "containerd.runc.v1.ProcessDetails",
+                            source,
+                        })?,
+                        ..Default::default()
+                    })
+                }
+                None => None,
+            };
+            processes.push(ProcessInfo {
+                pid,
+                info: info.into(),
+                ..Default::default()
+            });
+        }
+        Ok(PidsResponse {
+            processes,
             ..Default::default()
         })
     }
