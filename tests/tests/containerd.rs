@@ -57,6 +57,11 @@ struct Containerd {
 
 impl Containerd {
     fn start(tag: &str) -> Containerd {
+        Containerd::start_with(tag, &[])
+    }
+
+    /// With extra environment for containerd and so its shims.
+    fn start_with(tag: &str, env: &[(&str, &str)]) -> Containerd {
         require_root();
         for bin in [CONTAINERD, CTR] {
             assert!(
@@ -99,6 +104,7 @@ impl Containerd {
             // containerd unpacks checkpoints into a temp dir there and
             // never removes it.
             .env("XDG_RUNTIME_DIR", p)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -590,5 +596,58 @@ fn containerd_runs_and_execs_with_a_terminal() {
         "ctr task exec -t printed: {text}"
     );
     c.kill_and_delete(id);
+    c.assert_nothing_left(id, pid);
+}
+
+#[test]
+fn containerd_failed_checkpoint_says_why_and_leaves_the_counter_running() {
+    let c = Containerd::start_with("cpfail", &[("FERRY_CRIU", "/nonexistent/criu")]);
+    let id = &c.id("counter");
+    let log = c.run_counter(id);
+    wait_numbers(&log, 5);
+    let pid = c.wait_status(id, "RUNNING");
+    let out = c.ctr(&["container", "checkpoint", "--task", id, "ferry-e2e/fail:1"]);
+    assert!(!out.status.success(), "a checkpoint without criu succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/criu"),
+        "the error does not name the criu it could not run: {err}"
+    );
+    // ctr resumes the task it paused; it runs on, unharmed.
+    assert_eq!(c.wait_status(id, "RUNNING"), pid);
+    let n = numbers(&log).len();
+    let v = wait_numbers(&log, n + 5);
+    assert_consecutive(&v);
+    c.kill_and_delete(id);
+    c.assert_nothing_left(id, pid);
+}
+
+#[test]
+fn containerd_cleans_up_after_a_killed_shim() {
+    let c = Containerd::start("shimkill");
+    let id = &c.id("counter");
+    let log = c.run_counter(id);
+    wait_numbers(&log, 3);
+    let pid = c.wait_status(id, "RUNNING");
+    c.assert_all_there(id, pid);
+    // containerd notices the shim is gone and runs `shim delete` (the
+    // shim's cleanup of what it left: the container, its cgroups, the
+    // rootfs mount).
+    for shim in c.shims(Some(id)) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    wait_until(
+        "containerd to drop the task of the killed shim",
+        Duration::from_secs(20),
+        || c.task(id).is_none(),
+    );
+    c.ok(&["container", "delete", id]);
+    wait_until("the init to be gone", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
     c.assert_nothing_left(id, pid);
 }
