@@ -25,6 +25,11 @@ use ferry_tests::*;
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
 const RUNTIME: &str = "io.containerd.ferry.v2";
+/// ctr 1.6 sends `ctr task checkpoint`'s --exit, --image-path and
+/// --work-path only to a runtime named io.containerd.runc.v1/v2; the test
+/// containerd finds the ferry shim under that name first on its PATH, so
+/// that these options reach it as they would from any other client.
+const RUNC_NAMED: &str = "io.containerd.runc.v2";
 const IMAGE: &str = "docker.io/library/ferry-busybox:latest";
 /// The counter: numbers on stdout.
 const LOOP: &str = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done";
@@ -90,8 +95,14 @@ impl Containerd {
         );
         std::fs::write(p.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(p.join("containerd.log")).unwrap();
+        // The shim also answers to runc's runtime name, in a dir of the
+        // test's own ahead of everything (see `RUNC_NAMED`).
+        let named = p.join("bin");
+        std::fs::create_dir(&named).unwrap();
+        std::os::unix::fs::symlink(shim_bin(), named.join("containerd-shim-runc-v2")).unwrap();
         let path = format!(
-            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            named.display(),
             shim_dir.display()
         );
         let child = Command::new(CONTAINERD)
@@ -186,12 +197,16 @@ impl Containerd {
     /// `ctr run -d` of the counter with the ferry shim; its output goes to
     /// a log file (`--log-uri file://`), which is returned.
     fn run_counter(&self, id: &str) -> PathBuf {
+        self.run_counter_as(id, RUNTIME)
+    }
+
+    fn run_counter_as(&self, id: &str, runtime: &str) -> PathBuf {
         let log = self.path().join(format!("{id}.log"));
         self.ok(&[
             "run",
             "-d",
             "--runtime",
-            RUNTIME,
+            runtime,
             "--log-uri",
             &format!("file://{}", log.display()),
             IMAGE,
@@ -427,12 +442,13 @@ fn containerd_runs_execs_pauses_kills_and_deletes_with_ferry() {
 
     // A detached exec shows in ps with its exec id (ProcessDetails); it
     // dies with the container's pid namespace.
+    let sleeper = &c.id("sleeper");
     c.ok(&[
         "task",
         "exec",
         "--detach",
         "--exec-id",
-        "sleeper",
+        sleeper,
         id,
         "sleep",
         "300",
@@ -440,7 +456,7 @@ fn containerd_runs_execs_pauses_kills_and_deletes_with_ferry() {
     wait_until(
         "the exec id in ctr task ps",
         Duration::from_secs(10),
-        || c.ok(&["task", "ps", id]).contains("sleeper"),
+        || c.ok(&["task", "ps", id]).contains(sleeper.as_str()),
     );
 
     // pause stops the counter, resume lets it go on.
@@ -649,5 +665,45 @@ fn containerd_cleans_up_after_a_killed_shim() {
     wait_until("the init to be gone", Duration::from_secs(10), || {
         !Path::new(&format!("/proc/{pid}")).exists()
     });
+    c.assert_nothing_left(id, pid);
+}
+
+#[test]
+fn containerd_checkpoint_with_exit_writes_where_asked_and_stops_the_task() {
+    let c = Containerd::start("exit");
+    let id = &c.id("counter");
+    let log = c.run_counter_as(id, RUNC_NAMED);
+    wait_numbers(&log, 5);
+    let pid = c.wait_status(id, "RUNNING");
+    c.assert_all_there(id, pid);
+    let images = c.path().join("images");
+    let work = c.path().join("work");
+    c.ok(&[
+        "task",
+        "checkpoint",
+        "--exit",
+        "--image-path",
+        images.to_str().unwrap(),
+        "--work-path",
+        work.to_str().unwrap(),
+        id,
+    ]);
+    for f in [
+        images.join("inventory.img"),
+        images.join("descriptors.json"),
+    ] {
+        assert!(f.exists(), "{} is missing", f.display());
+    }
+    assert!(
+        work.join("dump.log").exists(),
+        "CRIU's log is not in the work path"
+    );
+    // `exit`: the container is gone once dumped; containerd sees it stop.
+    c.wait_status(id, "STOPPED");
+    let n = numbers(&log).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(numbers(&log).len(), n, "the counter runs on after --exit");
+    c.ok(&["task", "delete", id]);
+    c.ok(&["container", "delete", id]);
     c.assert_nothing_left(id, pid);
 }

@@ -59,6 +59,7 @@ impl Shim for Service {
         let id = self.id.clone();
         let rootfs = bundle.join("rootfs");
         tokio::task::spawn_blocking(move || {
+            let bundle = rootfs.parent().unwrap_or(&rootfs);
             // Best effort, as runc-shim's cleanup: whatever is left goes.
             if let Ok(c) = ferry_oci::runtime::Container::load(&root, &id) {
                 if let Err(e) = c.delete(true) {
@@ -67,6 +68,15 @@ impl Shim for Service {
             }
             if let Err(e) = task::unmount_rootfs(&rootfs) {
                 log::warn!("{}", e.chain());
+            }
+            // The dead shim's socket, as runc-shim's Stop removes it.
+            if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+                let path = address.trim().trim_start_matches("unix://");
+                if std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         })
         .await
