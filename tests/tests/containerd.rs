@@ -707,3 +707,40 @@ fn containerd_checkpoint_with_exit_writes_where_asked_and_stops_the_task() {
     c.ok(&["container", "delete", id]);
     c.assert_nothing_left(id, pid);
 }
+
+#[test]
+fn containerd_stdin_reaches_the_container_and_close_io_ends_it() {
+    let c = Containerd::start("stdin");
+    let id = &c.id("cat");
+    // ctr run copies its stdin into the stdin fifo and, at its end, sends
+    // CloseIO: cat then reads EOF, exits, and its output came back.
+    let mut ctr = c
+        .ctr_cmd()
+        .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, id, "sh", "-c"])
+        .arg("cat; echo cat-done")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // ctr arms its CloseIO only once the task exists: an EOF before that
+    // is lost (ctr's race, runc's too), so the input waits for the task.
+    c.wait_status(id, "RUNNING");
+    {
+        use std::io::Write;
+        let mut stdin = ctr.stdin.take().unwrap();
+        stdin.write_all(b"through the pipes\n").unwrap();
+    }
+    let out = ctr.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ctr run with stdin failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "through the pipes\ncat-done\n"
+    );
+    c.assert_nothing_left(id, 0);
+}

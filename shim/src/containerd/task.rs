@@ -19,7 +19,12 @@
 //!   and leaves the container running unless `exit` is set.
 //!
 //! Every ferry-oci call blocks (fork, CRIU), so it runs on tokio's blocking
-//! pool, never on the ttrpc threads.
+//! pool, never on the ttrpc threads. ferry-oci forks the containers'
+//! processes from this multi-threaded process, where runc-shim execs runc:
+//! the children make system calls until they exec, and take no lock another
+//! thread may hold at the fork but malloc's (fork-safe in glibc) and, to
+//! report a failure, stderr's (the serving shim never writes to stderr: its
+//! log goes to containerd's log fifo).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
