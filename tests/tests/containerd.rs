@@ -177,6 +177,16 @@ impl Containerd {
         cmd
     }
 
+    /// `ctr` without `timeout`, for a ctr the test kills itself.
+    fn ctr_raw(&self) -> Command {
+        let mut cmd = Command::new(CTR);
+        cmd.arg("--address")
+            .arg(self.path().join("containerd.sock"))
+            .arg("--namespace")
+            .arg(&self.ns);
+        cmd
+    }
+
     fn ctr(&self, args: &[&str]) -> Output {
         run_ferry(self.ctr_cmd().args(args))
     }
@@ -395,6 +405,76 @@ impl Drop for Containerd {
     }
 }
 
+/// `ctr events`, collected while the test runs: what the shim published.
+struct Events {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Events {
+    fn start(c: &Containerd) -> Events {
+        let mut child = c
+            .ctr_raw()
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let l = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        // ctr subscribes once it runs; give it the time to.
+        std::thread::sleep(Duration::from_millis(300));
+        Events {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits until every topic was seen for container `id`.
+    fn assert_seen(&self, id: &str, topics: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.lines.lock().unwrap().clone();
+            let missing: Vec<&&str> = topics
+                .iter()
+                .filter(|t| {
+                    !lines
+                        .iter()
+                        .any(|l| l.contains(&format!(" {t} ")) && l.contains(id))
+                })
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {missing:?} event for {id} among:\n{}",
+                lines.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -410,6 +490,7 @@ fn assert_continuous(v: &[u64]) {
 #[test]
 fn containerd_runs_execs_pauses_kills_and_deletes_with_ferry() {
     let c = Containerd::start("run");
+    let events = Events::start(&c);
     let id = &c.id("counter");
     let log = c.run_counter(id);
     let v = wait_numbers(&log, 5);
@@ -475,11 +556,25 @@ fn containerd_runs_execs_pauses_kills_and_deletes_with_ferry() {
 
     c.kill_and_delete(id);
     c.assert_nothing_left(id, pid);
+    events.assert_seen(
+        id,
+        &[
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+            "/tasks/delete",
+        ],
+    );
 }
 
 #[test]
 fn containerd_checkpoint_then_restore_continues_the_counter() {
     let c = Containerd::start("cr");
+    let events = Events::start(&c);
     let id = &c.id("counter");
     let log = c.run_counter(id);
     wait_numbers(&log, 5);
@@ -497,6 +592,7 @@ fn containerd_checkpoint_then_restore_continues_the_counter() {
     assert_consecutive(&before);
     let images = c.ok(&["image", "ls", "-q"]);
     assert!(images.contains(&reference), "no checkpoint image: {images}");
+    events.assert_seen(id, &["/tasks/checkpointed"]);
 
     c.kill_and_delete(id);
     c.assert_nothing_left(id, pid);
@@ -507,11 +603,8 @@ fn containerd_checkpoint_then_restore_continues_the_counter() {
     let restored = c.wait_status(id, "RUNNING");
     assert_ne!(restored, pid, "the restored init has the old host pid");
     // Not under `timeout`: killing it must close the pipe read here.
-    let mut attach = Command::new(CTR)
-        .arg("--address")
-        .arg(c.path().join("containerd.sock"))
-        .arg("--namespace")
-        .arg(&c.ns)
+    let mut attach = c
+        .ctr_raw()
         .args(["task", "attach", id])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
