@@ -7,6 +7,9 @@
 //! CRIU can checkpoint and hand back on restore (`inherit_fd`), where a
 //! host file as stdio makes the dump fail.
 //!
+//! A `file://` log URI (containerd's `cio.LogFile`, `ctr run --log-uri`) is
+//! a file the shim appends both outputs to, as runc-shim does.
+//!
 //! The fifos are opened read-write, as runc-shim keeps a reader open on
 //! each output fifo: the open never blocks on containerd's side, and a
 //! client that detaches does not turn the container's writes into EPIPE.
@@ -107,6 +110,43 @@ fn output(target: &str, what: &'static str) -> Result<(OwnedFd, JoinHandle<()>)>
     Ok((w, copy))
 }
 
+/// Copies the stdin fifo into the process's stdin until CloseIO (or the
+/// process's delete): what the fifo already holds then still goes in, and
+/// dropping `to` closes the process's stdin, which reads EOF.
+async fn copy_stdin(
+    mut from: pipe::Receiver,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    mut close: oneshot::Receiver<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        tokio::select! {
+            // Reading first: data that is there goes in before a close.
+            biased;
+            r = from.read(&mut buf) => match r {
+                Ok(n) if n > 0 => {
+                    // Flushed: a pty master is a tokio::fs::File, which
+                    // writes in the background otherwise.
+                    if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            },
+            _ = &mut close => {
+                while let Ok(n) = from.try_read(&mut buf) {
+                    if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = to.flush().await;
+                return;
+            }
+        }
+    }
+}
+
 impl ProcessIo {
     /// Pipes for a process whose stdio containerd gives as fifo paths
     /// (empty: none). Returns the shim's side and the process's side.
@@ -123,21 +163,14 @@ impl ProcessIo {
             null_input()?
         } else {
             let (r, w) = pipe_pair("creating the stdin pipe")?;
-            let mut from = pipe::OpenOptions::new()
+            let from = pipe::OpenOptions::new()
                 .read_write(true)
                 .open_receiver(stdin)
                 .map_err(Error::io("opening containerd's fifo", stdin))?;
-            let mut to = pipe::Sender::from_owned_fd(w).map_err(Error::io("stdin", "pipe"))?;
+            let to = pipe::Sender::from_owned_fd(w).map_err(Error::io("stdin", "pipe"))?;
             let (tx, rx) = oneshot::channel();
             io.close_stdin = Some(tx);
-            // Ends at CloseIO (or when the process is deleted): dropping
-            // `to` closes the container's stdin, which then reads EOF.
-            io.copies.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::io::copy(&mut from, &mut to) => {}
-                    _ = rx => {}
-                }
-            }));
+            io.copies.push(tokio::spawn(copy_stdin(from, to, rx)));
             r
         };
         let mut out = |fifo: &str, what| -> Result<OwnedFd> {
@@ -189,19 +222,14 @@ impl ProcessIo {
             }));
         }
         if !self.stdin.is_empty() {
-            let mut from = pipe::OpenOptions::new()
+            let from = pipe::OpenOptions::new()
                 .read_write(true)
                 .open_receiver(&self.stdin)
                 .map_err(Error::io("opening containerd's fifo", self.stdin.clone()))?;
-            let mut to = dup(&master)?;
+            let to = dup(&master)?;
             let (tx, rx) = oneshot::channel();
             self.close_stdin = Some(tx);
-            self.copies.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::io::copy(&mut from, &mut to) => {}
-                    _ = rx => {}
-                }
-            }));
+            self.copies.push(tokio::spawn(copy_stdin(from, to, rx)));
         }
         self.console = Some(master);
         Ok(())
