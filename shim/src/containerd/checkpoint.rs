@@ -14,6 +14,7 @@ use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::shim::oci::CheckpointOptions as ContainerdCheckpointOptions;
+use containerd_shim::protos::shim::oci::Options as RuncOptions;
 use criu_rpc::CgroupMode;
 use ferry_oci::checkpoint::CheckpointOptions;
 use nix::sched::CloneFlags;
@@ -108,29 +109,31 @@ pub fn checkpoint_options(
     ))
 }
 
+/// The runtime options a create carries (`containerd.runc.v1.Options`,
+/// which containerd passes to every runc-like shim; Kubernetes' CRI sets
+/// `SystemdCgroup` there): the defaults when there are none.
+pub fn runtime_options(req: &CreateTaskRequest) -> Result<RuncOptions> {
+    match req.options.as_ref() {
+        Some(a) if a.type_url.ends_with("containerd.runc.v1.Options") => {
+            RuncOptions::parse_from_bytes(&a.value).map_err(|source| Error::Protobuf {
+                what: "containerd.runc.v1.Options",
+                source,
+            })
+        }
+        _ => Ok(RuncOptions::default()),
+    }
+}
+
 /// The pending restore a create with a checkpoint asks for. The work dir
 /// is the runtime options' `criu_work_path`, as in runc-shim.
-pub fn pending_restore(req: &CreateTaskRequest) -> Result<Option<PendingRestore>> {
+pub fn pending_restore(req: &CreateTaskRequest, o: &RuncOptions) -> Option<PendingRestore> {
     if req.checkpoint.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let mut work_path = None;
-    if let Some(a) = req.options.as_ref() {
-        if a.type_url.ends_with("containerd.runc.v1.Options") {
-            let o = containerd_shim::protos::shim::oci::Options::parse_from_bytes(&a.value)
-                .map_err(|source| Error::Protobuf {
-                    what: "containerd.runc.v1.Options",
-                    source,
-                })?;
-            if !o.criu_work_path.is_empty() {
-                work_path = Some(PathBuf::from(o.criu_work_path));
-            }
-        }
-    }
-    Ok(Some(PendingRestore {
+    Some(PendingRestore {
         image_path: PathBuf::from(&req.checkpoint),
-        work_path,
-    }))
+        work_path: (!o.criu_work_path.is_empty()).then(|| PathBuf::from(&o.criu_work_path)),
+    })
 }
 
 #[cfg(test)]
@@ -216,10 +219,13 @@ mod tests {
     #[test]
     fn a_create_with_a_checkpoint_is_a_pending_restore() {
         let mut req = CreateTaskRequest::default();
-        assert!(pending_restore(&req).unwrap().is_none());
+        let none = runtime_options(&req).unwrap();
+        assert!(!none.systemd_cgroup);
+        assert!(pending_restore(&req, &none).is_none());
         req.checkpoint = "/ctrd-checkpoint1".into();
-        let o = containerd_shim::protos::shim::oci::Options {
+        let o = RuncOptions {
             criu_work_path: "/work".into(),
+            systemd_cgroup: true,
             ..Default::default()
         };
         req.options = Some(Any {
@@ -228,7 +234,9 @@ mod tests {
             ..Default::default()
         })
         .into();
-        let r = pending_restore(&req).unwrap().unwrap();
+        let o = runtime_options(&req).unwrap();
+        assert!(o.systemd_cgroup);
+        let r = pending_restore(&req, &o).unwrap();
         assert_eq!(r.image_path, PathBuf::from("/ctrd-checkpoint1"));
         assert_eq!(r.work_path, Some(PathBuf::from("/work")));
     }

@@ -61,7 +61,7 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process};
 use tokio::sync::{mpsc, watch, Mutex};
 
-use super::checkpoint::{checkpoint_options, pending_restore, PendingRestore};
+use super::checkpoint::{checkpoint_options, pending_restore, runtime_options, PendingRestore};
 use super::error::{Error, Result};
 use super::reaper::{Exited, Reaper};
 use super::stdio::{ConsoleSocket, ProcessIo};
@@ -133,6 +133,8 @@ struct Task {
     rootfs_mounted: bool,
     init: Proc,
     restore: Option<PendingRestore>,
+    /// The runtime options' SystemdCgroup (cgroupsPath is slice:prefix:name).
+    systemd_cgroup: bool,
     execs: HashMap<String, Exec>,
 }
 
@@ -311,7 +313,8 @@ impl TaskService {
             )));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let restore = pending_restore(&req)?;
+        let options = runtime_options(&req)?;
+        let restore = pending_restore(&req, &options);
         let rootfs_mounted = mount_rootfs(&bundle, &req.rootfs).await?;
         let undo_mount = |bundle: &Path| {
             if rootfs_mounted {
@@ -326,7 +329,8 @@ impl TaskService {
             }
         };
         if restore.is_none() {
-            if let Err(e) = self.create_init(&id, &bundle, &mut init).await {
+            let systemd = options.systemd_cgroup;
+            if let Err(e) = self.create_init(&id, &bundle, &mut init, systemd).await {
                 undo_mount(&bundle);
                 return Err(e);
             }
@@ -339,6 +343,7 @@ impl TaskService {
                 rootfs_mounted,
                 init,
                 restore,
+                systemd_cgroup: options.systemd_cgroup,
                 execs: HashMap::new(),
             },
         );
@@ -369,7 +374,13 @@ impl TaskService {
 
     /// `runc create` of runc-shim's Init.Create: the init waits on
     /// exec.fifo; its pty master, if any, comes over the console socket.
-    async fn create_init(&self, id: &str, bundle: &Path, init: &mut Proc) -> Result<()> {
+    async fn create_init(
+        &self,
+        id: &str,
+        bundle: &Path,
+        init: &mut Proc,
+        systemd_cgroup: bool,
+    ) -> Result<()> {
         let stdio = init.stdio.take();
         let console = init.console_socket()?;
         let (root, cid, b) = (self.root.clone(), id.to_string(), bundle.to_path_buf());
@@ -377,6 +388,7 @@ impl TaskService {
             let opts = CreateOptions {
                 stdio,
                 console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
+                systemd_cgroup,
                 ..Default::default()
             };
             let c =
@@ -417,6 +429,7 @@ impl TaskService {
                 let stdio = t.init.stdio.take();
                 let console = t.init.console_socket()?;
                 let bundle = t.bundle.clone();
+                let systemd_cgroup = t.systemd_cgroup;
                 let (pid, master) = blocking(move || {
                     // The restore stands in for runc's `restore --detach`
                     // of runc-shim's createdCheckpointState.Start.
@@ -431,6 +444,7 @@ impl TaskService {
                         stdio,
                         // CRIU's orphan pts master goes over it.
                         console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
+                        systemd_cgroup,
                         ..Default::default()
                     };
                     let (c, restored) =
