@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::cgroup::ContainerCgroup;
 use super::hooks::{self, OciState};
 use super::init::{self, CgroupView};
-use super::process::{self, StepError};
+use super::process::{self, Stdio, StepError};
 use super::spec::Bundle;
 use super::state::{self, State, StateDir};
 use super::sync::{self, Msg};
@@ -56,6 +56,8 @@ pub struct CreateOptions {
     /// needed to wait for the container in `run`.
     pub subreaper: bool,
     pub systemd_cgroup: bool,
+    /// The container's stdio; by default it inherits the caller's.
+    pub stdio: Option<Stdio>,
 }
 
 /// `ferry exec`'s options.
@@ -64,6 +66,8 @@ pub struct ExecOptions {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
+    /// The process's stdio; by default it inherits the caller's.
+    pub stdio: Option<Stdio>,
 }
 
 /// A container found under the root.
@@ -455,6 +459,9 @@ impl Container {
         };
         let cgroup_ns = new.contains(CloneFlags::CLONE_NEWCGROUP);
         let enter = || -> std::result::Result<(), StepError> {
+            if let Some(s) = &opts.stdio {
+                s.install()?;
+            }
             for (flag, fd) in &join {
                 nix::sched::setns(fd, *flag).map_err(|e| StepError {
                     step: "setns".into(),
@@ -794,6 +801,9 @@ impl Container {
         // SAFETY: prctl on our own process.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let enter = || -> std::result::Result<(), StepError> {
+            if let Some(s) = &opts.stdio {
+                s.install()?;
+            }
             for (flag, fd) in &nss {
                 nix::sched::setns(fd, *flag).map_err(|e| StepError {
                     step: "setns".into(),

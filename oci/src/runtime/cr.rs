@@ -77,6 +77,9 @@ pub struct RestoreRuntimeOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub systemd_cgroup: bool,
+    /// What stands in for the checkpointed stdio pipes; by default the
+    /// caller's own stdio (runc passes its own).
+    pub stdio: Option<super::process::Stdio>,
 }
 
 struct Hooks<'a> {
@@ -257,7 +260,17 @@ pub fn restore_container(
             spec,
             rootfs: &bundle.rootfs,
             state_dir: &dir.dir,
-            stdio: restore::own_stdio()?,
+            stdio: match &rt.stdio {
+                Some(s) => {
+                    let s = s.try_clone().map_err(|source| Error::Io {
+                        op: "duplicating the stdio handed in for the restore",
+                        path: PathBuf::new(),
+                        source,
+                    })?;
+                    [Some(s.stdin), Some(s.stdout), Some(s.stderr)]
+                }
+                None => restore::own_stdio()?,
+            },
         },
         opts,
         &mut hooks,

@@ -22,4 +22,5 @@ pub mod state;
 mod sync;
 
 pub use container::{Container, CreateOptions, ExecOptions, Status};
+pub use process::Stdio;
 pub use state::{State, StateDir};

@@ -29,6 +29,49 @@ fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> StepError {
     }
 }
 
+/// The three fds a container's process gets as 0, 1 and 2 instead of the
+/// caller's own: a containerd shim hands in pipes it copies to
+/// containerd's fifos (runc-shim gives runc its pipes the same way), and
+/// CRIU can dump pipes where it cannot dump a host file.
+#[derive(Debug)]
+pub struct Stdio {
+    pub stdin: std::os::fd::OwnedFd,
+    pub stdout: std::os::fd::OwnedFd,
+    pub stderr: std::os::fd::OwnedFd,
+}
+
+impl Stdio {
+    /// Duplicates the three fds (a restore borrows its options).
+    pub fn try_clone(&self) -> std::io::Result<Stdio> {
+        Ok(Stdio {
+            stdin: self.stdin.try_clone()?,
+            stdout: self.stdout.try_clone()?,
+            stderr: self.stderr.try_clone()?,
+        })
+    }
+
+    /// Installs the fds as 0, 1 and 2 of this (forked) process. They are
+    /// first moved above 2, so that one already numbered 0-2 is not
+    /// overwritten before it is copied.
+    pub fn install(&self) -> Result<(), StepError> {
+        use std::os::fd::AsRawFd;
+        let mut high = [0; 3];
+        for (i, fd) in [&self.stdin, &self.stdout, &self.stderr]
+            .into_iter()
+            .enumerate()
+        {
+            high[i] = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+                .map_err(|e| fail("duplicating the stdio handed in", e))?;
+        }
+        for (target, fd) in high.into_iter().enumerate() {
+            nix::unistd::dup2(fd, target as i32)
+                .map_err(|e| fail("dup2 of the stdio handed in", e))?;
+            let _ = nix::unistd::close(fd);
+        }
+        Ok(())
+    }
+}
+
 fn caps_of(set: &Option<Capabilities>) -> CapsHashSet {
     let mut out = HashSet::new();
     for c in set.iter().flatten() {

@@ -80,6 +80,7 @@ pub fn exec(cli: &Cli, a: &ExecArgs) -> anyhow::Result<ExitCode> {
             detach: a.detach,
             pid_file: a.pid_file.clone(),
             console_socket: a.console_socket.clone(),
+            stdio: None,
         },
     )?;
     drop(c);

@@ -82,6 +82,7 @@ fn create_opts(cli: &Cli, a: &CreateArgs, subreaper: bool) -> CreateOptions {
         console_socket: a.console_socket.clone(),
         subreaper,
         systemd_cgroup: cli.systemd_cgroup,
+        stdio: None,
     }
 }
 
@@ -250,6 +251,7 @@ fn restore_at_create(cli: &Cli, a: &CreateArgs, images: PathBuf) -> anyhow::Resu
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         systemd_cgroup: cli.systemd_cgroup,
+        stdio: None,
     };
     restore_container(
         &cli.root,

@@ -84,6 +84,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         systemd_cgroup: cli.systemd_cgroup,
+        stdio: None,
     };
     let (c, restored) = restore_container(&cli.root, &a.id, &bundle, &criu(cli), &opts, &rt)
         .with_context(|| format!("restoring container {}", a.id))?;
