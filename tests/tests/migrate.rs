@@ -792,3 +792,75 @@ fn an_overlay_rootfs_moves_as_its_writable_layer() {
         "the destination's overlay outlived its container"
     );
 }
+
+/// A move that fails after the dump (the destination cannot restore) leaves
+/// the source's network namespace locked by CRIU (a leave-stopped dump keeps
+/// its iptables rules); the source resumes with the lock taken off, so a TCP
+/// exchange over the container's loopback goes on instead of failing with
+/// EPERM.
+#[test]
+fn a_failed_move_unlocks_the_source_network() {
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let script = r#"
+import socket, threading, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(('127.0.0.1', 9000))
+srv.listen(1)
+def serve():
+    c, _ = srv.accept()
+    f = c.makefile('rw')
+    for line in f:
+        f.write('pong ' + line.split()[1] + '\n')
+        f.flush()
+threading.Thread(target=serve, daemon=True).start()
+c = socket.create_connection(('127.0.0.1', 9000))
+f = c.makefile('rw')
+out = open('/out/count', 'a')
+i = 0
+try:
+    while True:
+        f.write('ping %d\n' % i)
+        f.flush()
+        assert f.readline().strip() == 'pong %d' % i
+        out.write('%d\n' % i)
+        out.flush()
+        i += 1
+        time.sleep(0.05)
+except Exception as e:
+    open('/out/error', 'w').write(repr(e))
+    raise
+"#;
+    let bundle = python_bundle(tmp.path(), script);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("unlock-{}", std::process::id());
+    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    wait_numbers(&count, 5);
+    // A destination whose restore fails (its cgroup parent escapes).
+    let bad = Serve::start(&b, &k, "/../escape");
+    let err = a.fails(&[
+        "migrate",
+        &id,
+        "--to",
+        &bad.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+        "--mode",
+        "precopy",
+    ]);
+    assert!(err.contains("the destination failed"), "{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    let died = std::fs::read_to_string(bundle.join("rootfs/out/error")).unwrap_or_default();
+    assert!(
+        died.is_empty(),
+        "the exchange failed after the resume: {died}"
+    );
+    assert_eq!(a.status(&id), "running");
+    let n = numbers(&count).len();
+    assert_consecutive(&wait_numbers(&count, n + 10));
+    assert_no_lock_rules();
+    a.ok(&["delete", "--force", &id]);
+}

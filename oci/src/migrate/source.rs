@@ -85,14 +85,17 @@ fn expect(r: Reply) -> Result<Reply> {
     }
 }
 
-/// Thaws a container left frozen and stopped by a leave_stopped dump.
+/// Thaws a container left frozen and stopped by a leave_stopped dump, its
+/// network unlocked first (CRIU keeps the lock after such a dump).
 pub fn resume(root: &Path, id: &str) -> Result<()> {
     let c = Container::load(root, id)?;
+    let unlock = crate::network::criu_lock::remove(nix::unistd::Pid::from_raw(c.state.pid))
+        .and_then(|_| crate::network::criu_lock::repair_off(&c.pids()?));
     c.state.cgroup.thaw()?;
     for p in c.pids()? {
         let _ = kill(p, Signal::SIGCONT);
     }
-    Ok(())
+    unlock.map(drop)
 }
 
 /// Moves container `id` of `root` to the agent at `to`.

@@ -15,6 +15,7 @@
 mod arp;
 mod cidr;
 mod container;
+pub mod criu_lock;
 mod netns;
 
 use std::net::IpAddr;

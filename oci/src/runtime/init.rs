@@ -6,12 +6,13 @@
 //! real root mount (`mnt: No parent found for mountpoint` otherwise).
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
+use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount, Spec};
 
 use super::process::StepError;
 
@@ -439,6 +440,20 @@ pub fn finish_rootfs(spec: &Spec) -> Result<(), StepError> {
     if let Some(h) = spec.hostname() {
         nix::unistd::sethostname(h).map_err(|e| fail("sethostname", e))?;
     }
+    // A network namespace made for the container gets its loopback up, as
+    // runc does (specconv adds a "loopback" network for a new netns); one
+    // joined by path is the caller's to configure.
+    let new_netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+        });
+    if new_netns {
+        loopback_up().map_err(|e| fail("bringing up lo", e))?;
+    }
     if spec
         .root()
         .as_ref()
@@ -452,6 +467,34 @@ pub fn finish_rootfs(spec: &Spec) -> Result<(), StepError> {
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
             "",
         )?;
+    }
+    Ok(())
+}
+
+/// `ip link set lo up`, with the SIOCGIFFLAGS/SIOCSIFFLAGS ioctls (the init
+/// has no netlink runtime, and this is one flag).
+fn loopback_up() -> nix::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: an all-zero ifreq is valid; the name is NUL-terminated.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq we own.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(nix::errno::Errno::last());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(nix::errno::Errno::last());
+        }
     }
     Ok(())
 }

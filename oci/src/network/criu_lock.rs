@@ -1,0 +1,216 @@
+//! CRIU's network lock, taken off by hand.
+//!
+//! A dump locks the network of the namespace it dumps with iptables rules
+//! (criu/net.c: a `CRIU` chain jumped to from INPUT and OUTPUT, dropping all
+//! but CRIU's own marked packets) and takes them off when the dump fails or
+//! the tasks run on. A leave-stopped dump (live migration) keeps them: the
+//! tasks are to die. When the migration fails after such a dump and the
+//! source resumes instead, the rules must go, or every packet of the
+//! container's sockets fails with EPERM (a Spark job's loopback py4j
+//! connection does). This does what CRIU's `iptables_network_unlock_internal`
+//! does, with iptables-restore run inside the container's namespace.
+//!
+//! The same dump leaves the container's TCP connections in repair mode
+//! (`tcp_established`: CRIU's `cpt_unlock_tcp_connections` runs only when the
+//! tasks go on), where every recv fails with EPERM; [`repair_off`] takes each
+//! of them out, through a copy of the task's fd (pidfd_getfd).
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+const DELETE_JUMPS: &str = "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\n-D OUTPUT -j CRIU\nCOMMIT\n";
+const DELETE_CHAIN: &str = "*filter\n:CRIU - [0:0]\n-X CRIU\nCOMMIT\n";
+
+/// Runs `tool` (iptables-save / iptables-restore and their ip6 twins) in
+/// the network namespace of `pid` with `input` on stdin; returns stdout, or
+/// `None` when the tool failed (a rule that is not there).
+fn in_netns(pid: Pid, tool: &str, args: &[&str], input: &str) -> Result<Option<String>> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|source| Error::Io {
+        op: "opening the network namespace of",
+        path: format!("/proc/{pid}").into(),
+        source,
+    })?;
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setns is async-signal-safe; the child only calls it and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| Error::Io {
+        op: "running (hack/setup installs iptables)",
+        path: tool.into(),
+        source,
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|source| Error::Io {
+        op: "running",
+        path: tool.into(),
+        source,
+    })?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// Whether `pid` lives in a network namespace of its own (CRIU locks only
+/// a namespace it dumps).
+fn own_netns(pid: Pid) -> bool {
+    let ino = |p: String| std::fs::metadata(p).map(|m| m.ino()).ok();
+    ino(format!("/proc/{pid}/ns/net")).is_some_and(|n| Some(n) != ino("/proc/self/ns/net".into()))
+}
+
+/// Takes CRIU's lock rules off the network namespace of `pid`, if they are
+/// there; returns whether there were any.
+pub fn remove(pid: Pid) -> Result<bool> {
+    if !own_netns(pid) {
+        return Ok(false);
+    }
+    let mut found = false;
+    for (save, restore) in [
+        ("iptables-save", "iptables-restore"),
+        ("ip6tables-save", "ip6tables-restore"),
+    ] {
+        let Some(rules) = in_netns(pid, save, &["-t", "filter"], "")? else {
+            continue;
+        };
+        if !rules.lines().any(|l| l.starts_with(":CRIU ")) {
+            continue;
+        }
+        found = true;
+        // Each jump is removed on its own: a missing one must not keep the
+        // other in place (iptables-restore applies a table all or nothing).
+        for jump in ["-D INPUT -j CRIU\n", "-D OUTPUT -j CRIU\n"] {
+            let one = DELETE_JUMPS
+                .lines()
+                .filter(|l| !l.starts_with("-D") || format!("{l}\n") == jump)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>();
+            in_netns(pid, restore, &["--noflush"], &one)?;
+        }
+        if in_netns(pid, restore, &["--noflush"], DELETE_CHAIN)?.is_none() {
+            return Err(Error::Unsupported {
+                what: "removing CRIU's network lock (the CRIU chain stays)",
+                hint:
+                    "delete it by hand: iptables -F CRIU; iptables -X CRIU in the container's netns",
+            });
+        }
+    }
+    Ok(found)
+}
+
+fn sys(op: &'static str, pid: Pid) -> impl Fn(nix::errno::Errno) -> Error {
+    move |e| Error::Io {
+        op,
+        path: format!("/proc/{pid}").into(),
+        source: e.into(),
+    }
+}
+
+/// Takes every TCP socket of `pids` out of repair mode; returns how many.
+pub fn repair_off(pids: &[Pid]) -> Result<usize> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut seen = std::collections::HashSet::new();
+    let mut done = 0;
+    for &pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        // SAFETY: pidfd_open returns a new fd or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as i32;
+        if raw < 0 {
+            continue;
+        }
+        // SAFETY: a new fd we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        for e in fds.flatten() {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let link = link.to_string_lossy().into_owned();
+            if !link.starts_with("socket:") || !seen.insert(link) {
+                continue;
+            }
+            let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // SAFETY: pidfd_getfd returns a new fd (a copy of the task's) or -1.
+            let got =
+                unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) } as i32;
+            if got < 0 {
+                return Err(sys("copying a socket fd of", pid)(nix::errno::Errno::last()));
+            }
+            // SAFETY: a new fd we own.
+            let sock = unsafe { OwnedFd::from_raw_fd(got) };
+            let int_opt = |opt: libc::c_int| -> Option<libc::c_int> {
+                let mut v: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: getsockopt with an int option on our own fd.
+                let r = unsafe {
+                    libc::getsockopt(
+                        sock.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        opt,
+                        (&mut v as *mut libc::c_int).cast(),
+                        &mut len,
+                    )
+                };
+                (r == 0).then_some(v)
+            };
+            // Listening sockets are never in repair mode (the kernel refuses
+            // it: tcp_can_repair_sock).
+            if int_opt(libc::SO_PROTOCOL) != Some(libc::IPPROTO_TCP)
+                || int_opt(libc::SO_ACCEPTCONN) == Some(1)
+            {
+                continue;
+            }
+            let off: libc::c_int = 0; // TCP_REPAIR_OFF
+                                      // SAFETY: setsockopt with an int option on our own fd.
+            let r = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_TCP,
+                    libc::TCP_REPAIR,
+                    (&off as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                return Err(sys("taking a TCP socket out of repair mode in", pid)(
+                    nix::errno::Errno::last(),
+                ));
+            }
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_jump_goes_in_its_own_transaction() {
+        let one: String = DELETE_JUMPS
+            .lines()
+            .filter(|l| !l.starts_with("-D") || *l == "-D INPUT -j CRIU")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(one, "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\nCOMMIT\n");
+    }
+}
