@@ -266,6 +266,12 @@ while True:
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(b.ids().is_empty());
+    // The agent's mounts did not die with it (its images tmpfs stays
+    // mounted): a restarted agent cleans up what a killed one left.
+    drop(Serve::start(&b, &k, &format!("/ferry-kb-{tag}")));
+    let left = mount_leftovers(&b.path().to_string_lossy());
+    assert!(left.is_empty(), "mounts left on the destination: {left:?}");
+    assert!(!b.path().join("incoming").join(&id).exists());
     a.ok(&["delete", "--force", &id]);
 }
 

@@ -113,11 +113,7 @@ impl Agent {
         let taken = self.root.join(&id).exists();
         if !taken && dir.exists() {
             // What an earlier move of this id left (its container is gone).
-            std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
-                op: "removing the leftovers of an earlier move in",
-                path: dir.clone(),
-                source,
-            })?;
+            remove_incoming(&dir)?;
         }
         let mut problems = preflight::judge(&facts, &needs, taken, |p| {
             crate::overlay::layer_digest(p).ok()
@@ -130,7 +126,14 @@ impl Agent {
         if !problems.is_empty() {
             return wire::send(&mut s, &Reply::Refused { problems });
         }
-        let result = self.take(&mut s, &id, &dir, &config, needs.postcopy);
+        // Pre-copy pages land in memory when there is room for them twice
+        // (the images and the restored container), as P.Haul keeps CRIU's
+        // images on a tmpfs: no disk writeback while the source is frozen,
+        // and the restore reads them back at memory speed.
+        let in_memory = (!needs.postcopy
+            && facts.mem_available > 2 * needs.memory + IN_MEMORY_MARGIN)
+            .then_some(needs.memory + IN_MEMORY_MARGIN);
+        let result = self.take(&mut s, &id, &dir, &config, needs.postcopy, in_memory);
         match &result {
             Ok(pid) => tracing::info!(id, pid, "migration received"),
             Err(e) => {
@@ -140,13 +143,7 @@ impl Agent {
                         error: crate::error::chain(e),
                     },
                 );
-                // An overlay rebuilt from the writable layer goes first
-                // (removing through it would whiteout its lower layers).
-                let _ = nix::mount::umount2(
-                    &dir.join("bundle/rootfs"),
-                    nix::mount::MntFlags::MNT_DETACH,
-                );
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = remove_incoming(&dir);
             }
         }
         result.map(drop)
@@ -159,11 +156,18 @@ impl Agent {
         dir: &Path,
         config: &str,
         postcopy: bool,
+        in_memory: Option<u64>,
     ) -> Result<i32> {
         let images = dir.join("images");
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
         private_dir(&images)?;
+        // Unmounted when the restore is done (or failed): the restored
+        // tasks hold their pages by then.
+        let _tmpfs = match in_memory {
+            Some(size) => Some(ImagesTmpfs::mount(&images, size)?),
+            None => None,
+        };
         std::fs::create_dir_all(&rootfs).map_err(|source| Error::Io {
             op: "creating",
             path: rootfs.clone(),
@@ -348,6 +352,23 @@ impl Agent {
         })
     }
 
+    /// Removes what an agent killed in the middle of a move left: the
+    /// incoming dirs of containers that do not exist here, with their
+    /// mounts. Call it before listening.
+    pub fn clean_leftovers(&self) {
+        let Ok(rd) = std::fs::read_dir(self.root.join("incoming")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if self.root.join(e.file_name()).exists() {
+                continue;
+            }
+            if let Err(e) = remove_incoming(&e.path()) {
+                tracing::warn!(error = %crate::error::chain(&e), "cleaning an earlier move up");
+            }
+        }
+    }
+
     fn kill_restored(&self, id: &str) {
         if let Ok(c) = crate::runtime::Container::load(&self.root, id) {
             if let Err(e) = c.delete(true) {
@@ -419,6 +440,61 @@ impl Agent {
         let restore_ms = start.elapsed().as_secs_f64() * 1000.0;
         let pid = crate::runtime::Container::load(&self.root, id)?.state.pid;
         Ok((pid, restore_ms))
+    }
+}
+
+/// Removes a received container's directory, its mounts first: the
+/// images tmpfs and an overlay rebuilt from the writable layer (removing
+/// through the overlay would whiteout its lower layers).
+fn remove_incoming(dir: &Path) -> Result<()> {
+    for m in ["images", "bundle/rootfs"] {
+        match nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "unmounting",
+                    path: dir.join(m),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    std::fs::remove_dir_all(dir).map_err(|source| Error::Io {
+        op: "removing the leftovers of an earlier move in",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Room kept beside pre-copy pages received in memory.
+const IN_MEMORY_MARGIN: u64 = 256 << 20;
+
+/// A tmpfs over a migration's images directory, unmounted on drop.
+struct ImagesTmpfs(PathBuf);
+
+impl ImagesTmpfs {
+    fn mount(at: &Path, size: u64) -> Result<ImagesTmpfs> {
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0700").as_str()),
+        )
+        .map_err(|e| Error::Io {
+            op: "mounting a tmpfs for the images on",
+            path: at.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(ImagesTmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for ImagesTmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %self.0.display(), error = %e, "unmounting the images tmpfs");
+        }
     }
 }
 

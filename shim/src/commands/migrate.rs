@@ -40,13 +40,6 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     let key = Key::load(&a.key_file)?;
     std::fs::create_dir_all(&cli.root)
         .with_context(|| format!("creating {}", cli.root.display()))?;
-    let listener =
-        TcpListener::bind(a.listen).with_context(|| format!("listening on {}", a.listen))?;
-    eprintln!(
-        "ferry serve: receiving containers on {} into {}",
-        listener.local_addr()?,
-        cli.root.display()
-    );
     let agent = Arc::new(Agent::new(
         cli.root.clone(),
         key,
@@ -54,6 +47,14 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         std::env::current_exe().context("finding the ferry binary")?,
         a.cgroup_parent.clone(),
     ));
+    agent.clean_leftovers();
+    let listener =
+        TcpListener::bind(a.listen).with_context(|| format!("listening on {}", a.listen))?;
+    eprintln!(
+        "ferry serve: receiving containers on {} into {}",
+        listener.local_addr()?,
+        cli.root.display()
+    );
     agent.serve(listener)?;
     Ok(ExitCode::SUCCESS)
 }
