@@ -65,21 +65,37 @@ pub(crate) fn select(text: &str) -> Vec<String> {
 }
 
 impl LogExcerpt {
-    /// The most telling error: the last one that is not CRIU's closing
-    /// "Dumping/Restoring FAILED." line, without the timestamp and source
-    /// location. (CRIU's own `cr_errmsg` is the *first* error, which on many
-    /// hosts is a harmless `rlimit: Can't setup RLIMIT_NOFILE`.)
+    /// The most telling error: CRIU's errors cascade (a socket that cannot
+    /// be restored, then the fd it was for, then the task, then "Restoring
+    /// FAILED.", then the clean-up's own complaints), so it is the first
+    /// one before the closing FAILED line that is not harmless noise (the
+    /// `rlimit: Can't setup RLIMIT_NOFILE` of every unprivileged-resource
+    /// host, which is also CRIU's own `cr_errmsg`), without the timestamp
+    /// and source location.
     pub fn cause(&self) -> Option<&str> {
-        self.lines
+        let msgs: Vec<&str> = self
+            .lines
             .iter()
-            .rev()
             .filter_map(|l| {
                 let at = l.find("Error (").or_else(|| l.find("BUG at "))?;
                 let msg = &l[at..];
                 let msg = msg.find("): ").map(|i| &msg[i + 3..]).unwrap_or(msg);
                 Some(msg.trim())
             })
-            .find(|m| !m.ends_with("FAILED.") && !m.is_empty())
+            .collect();
+        let end = msgs
+            .iter()
+            .rposition(|m| m.ends_with("FAILED."))
+            .unwrap_or(msgs.len());
+        msgs[..end]
+            .iter()
+            .find(|m| !m.is_empty() && !m.starts_with("rlimit: Can't setup RLIMIT_NOFILE"))
+            .or_else(|| {
+                msgs.iter()
+                    .rev()
+                    .find(|m| !m.ends_with("FAILED.") && !m.is_empty())
+            })
+            .copied()
     }
 }
 
@@ -135,6 +151,25 @@ mod tests {
             ),
         };
         assert_eq!(e.cause(), Some("Can't fork for 11996: File exists"));
+    }
+
+    #[test]
+    fn cause_is_the_root_of_a_cascade_not_the_clean_up() {
+        let e = LogExcerpt {
+            path: PathBuf::from("x"),
+            lines: select(
+                "(00.1) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self\n\
+                 (00.2) 2: Error (soccr/soccr.c:819): Can't restore not-sent send queue data: Broken pipe\n\
+                 (00.3) 2: Error (criu/files.c:1221): Unable to open fd=324 id=0x183\n\
+                 (00.4) 1: Error (criu/cr-restore.c:1265): 2 exited, status=1\n\
+                 (00.5) Error (criu/cr-restore.c:2331): Restoring FAILED.\n\
+                 (00.6) Error (criu/cgroup.c:2055): cg: cgroupd: recv req error: No such file or directory\n",
+            ),
+        };
+        assert_eq!(
+            e.cause(),
+            Some("Can't restore not-sent send queue data: Broken pipe")
+        );
     }
 
     #[test]
