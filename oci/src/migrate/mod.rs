@@ -51,15 +51,15 @@ impl Mode {
             Mode::Auto if memory >= AUTO_POSTCOPY_FROM => (
                 Mode::Postcopy,
                 format!(
-                    "auto: {} MiB of memory, post-copy keeps the downtime independent of it",
-                    memory >> 20
+                    "auto: {:.1} MiB of memory, post-copy keeps the downtime independent of it",
+                    memory as f64 / 1048576.0
                 ),
             ),
             Mode::Auto => (
                 Mode::Precopy,
                 format!(
-                    "auto: {} MiB of memory, sent within a pre-copy downtime as short as a post-copy's",
-                    memory >> 20
+                    "auto: {:.1} MiB of memory, sent within a pre-copy downtime as short as a post-copy's",
+                    memory as f64 / 1048576.0
                 ),
             ),
             m => (m, "asked for".into()),

@@ -77,6 +77,18 @@ fn du(p: &Path) -> u64 {
     total
 }
 
+/// A task's resident set (VmRSS), 0 when it is gone.
+fn rss(pid: nix::unistd::Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// A reply, unless it reports the destination's failure.
 fn expect(r: Reply) -> Result<Reply> {
     match r {
@@ -136,13 +148,16 @@ fn send(
     let cpu_dir = work.join("cpu");
     private_dir(&cpu_dir)?;
     let cpuinfo = preflight::cpuinfo(criu, &cpu_dir)?;
+    // The memory cgroup's usage; where it cannot be read (no memory
+    // controller here), the tasks' resident sets.
     let memory = c
         .state
         .cgroup
         .stats()
         .ok()
         .map(|s| s.memory.memory.usage)
-        .unwrap_or(0);
+        .filter(|u| *u > 0)
+        .unwrap_or_else(|| c.pids().unwrap_or_default().into_iter().map(rss).sum());
     let overlay = Overlay::of(&c.state.rootfs)?;
     // Only the writable layer moves; the lower layers must be there already.
     let rootfs_size = du(overlay.as_ref().map_or(&c.state.rootfs, |o| &o.upper));
