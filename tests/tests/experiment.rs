@@ -110,7 +110,7 @@ fn the_papers_workloads_move_mid_job_and_finish_with_the_same_output() {
         assert!(t0 < ms && me < t1, "{wl}: not moved mid-job: {moved}");
 
         // The sampler followed the container from A to B, every ~100 ms.
-        let samples = csv_rows(&out.path().join(format!("{wl}-precopy.csv")));
+        let samples = csv_rows(&out.path().join(format!("{wl}-precopy-r1.csv")));
         let hosts: Vec<&str> = samples.iter().map(|r| r["host"].as_str()).collect();
         let first_b = hosts.iter().position(|h| *h == "B");
         assert!(
