@@ -118,6 +118,13 @@ pub enum Error {
     #[error("the source gave up: {reason}")]
     SourceAborted { reason: String },
 
+    /// A move failed, and so did resuming its source afterwards.
+    #[error("{failed}; then resuming the source failed too: {}", crate::error::chain(resume.as_ref()))]
+    ResumeFailed {
+        failed: Box<Error>,
+        resume: Box<Error>,
+    },
+
     #[error("the restore failed: {message}")]
     RestoreFailed { message: String },
 

@@ -870,3 +870,132 @@ except Exception as e:
     assert_no_lock_rules();
     a.ok(&["delete", "--force", &id]);
 }
+
+/// A container with its own address (Ferry's network, external to CRIU)
+/// whose loopback TCP connection has unsent data queued (the reader is slow)
+/// moves: CRIU restores unsent data with repair off, so without a lock on
+/// the namespace the not-yet-restored peer would answer with a reset and
+/// the restore fail with EPIPE (what a Spark job's py4j connection did).
+/// Ferry locks the namespace around the dump and the restore; every byte
+/// arrives, in order.
+#[test]
+fn unsent_loopback_data_survives_the_move() {
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id() % 100000;
+    // Two hosts of their own: each end of the container's network is a
+    // veth named after it, which two roots in one namespace would share.
+    let hosts = Hosts::up(&format!("mu{tag}"), "10.67.0");
+    let port = 7000 + (tag % 1000) as u16;
+    let mut serve_b = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}-b", hosts.name))
+        .arg(ferry_bin())
+        .arg("--root")
+        .arg(b.path())
+        .args([
+            "serve",
+            "--listen",
+            &format!("10.67.0.2:{port}"),
+            "--key-file",
+        ])
+        .arg(&k)
+        .args(["--cgroup-parent", &format!("/ferry-ub-{tag}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let on = |h: &str, root: &Root, args: &[&str]| -> String {
+        let out = run_ferry(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}-{h}", hosts.name))
+                .arg(ferry_bin())
+                .arg("--root")
+                .arg(root.path())
+                .args(args),
+        );
+        assert!(
+            out.status.success(),
+            "ferry {args:?} on {h}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let script = r#"
+import socket, time
+srv = socket.socket()
+srv.bind(('127.0.0.1', 9000))
+srv.listen(1)
+w = socket.create_connection(('127.0.0.1', 9000))
+r, _ = srv.accept()
+w.setblocking(False)
+sent = received = 0
+out = open('/out/count', 'a')
+i = 0
+def pattern(start, n):
+    return bytes((start + k) % 251 for k in range(n))
+try:
+    while True:
+        try:
+            while True:
+                sent += w.send(pattern(sent, 65536))
+        except BlockingIOError:
+            pass
+        data = r.recv(4096)
+        assert data == pattern(received, len(data)), 'bytes out of order'
+        received += len(data)
+        out.write('%d %d\n' % (i, received))
+        out.flush()
+        i += 1
+        time.sleep(0.02)
+except Exception as e:
+    open('/out/error', 'w').write(repr(e))
+    raise
+"#;
+    let bundle = python_bundle(tmp.path(), script);
+    edit_config(&bundle, |c| {
+        c["annotations"] = serde_json::json!({"org.ferry.network.address": "10.67.0.50/32"});
+    });
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("unsent-{tag}");
+    on(
+        "a",
+        &a,
+        &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
+    );
+    wait_numbers(&count, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = on(
+        "a",
+        &a,
+        &[
+            "migrate",
+            &id,
+            "--to",
+            &format!("10.67.0.2:{port}"),
+            "--key-file",
+            k.to_str().unwrap(),
+            "--mode",
+            "precopy",
+        ],
+    );
+    assert!(out.contains("moved"), "{out}");
+    let moved = b
+        .path()
+        .join("incoming")
+        .join(&id)
+        .join("bundle/rootfs/out");
+    let before = numbers(&count).len();
+    wait_numbers(&moved.join("count"), before + 20);
+    let err = std::fs::read_to_string(moved.join("error")).unwrap_or_default();
+    assert!(
+        err.is_empty(),
+        "the connection failed after the move: {err}"
+    );
+    assert_consecutive(&numbers(&moved.join("count")));
+    on("b", &b, &["delete", "--force", &id]);
+    let _ = serve_b.kill();
+    let _ = serve_b.wait();
+}

@@ -97,11 +97,29 @@ fn expect(r: Reply) -> Result<Reply> {
     }
 }
 
+/// `failed`, once the source resumed (or with why it could not).
+fn resumed(root: &Path, id: &str, failed: Error) -> Error {
+    match resume(root, id) {
+        Ok(()) => failed,
+        Err(r) => Error::ResumeFailed {
+            failed: Box::new(failed),
+            resume: Box::new(r),
+        },
+    }
+}
+
 /// Thaws a container left frozen and stopped by a leave_stopped dump, its
 /// network unlocked first (CRIU keeps the lock after such a dump).
 pub fn resume(root: &Path, id: &str) -> Result<()> {
     let c = Container::load(root, id)?;
-    let unlock = crate::network::criu_lock::remove(nix::unistd::Pid::from_raw(c.state.pid))
+    let pid = nix::unistd::Pid::from_raw(c.state.pid);
+    // CRIU's lock on a netns it dumped, or Ferry's on its own (external) one.
+    let netns = match &c.state.net {
+        Some(n) => Some(n.netns.clone()),
+        None => crate::network::criu_lock::netns_of(pid),
+    };
+    let unlock = netns
+        .map_or(Ok(false), |ns| crate::network::criu_lock::remove(&ns))
         .and_then(|_| crate::network::criu_lock::repair_off(&c.pids()?));
     c.state.cgroup.thaw()?;
     for p in c.pids()? {
@@ -303,8 +321,7 @@ fn send(
                 progress("resume the source");
                 let _ = pages_cut.shutdown(std::net::Shutdown::Both);
                 let _ = finish(dump);
-                resume(root, &id)?;
-                return Err(e);
+                return Err(resumed(root, &id, e));
             }
         };
         let downtime_ms = ms(frozen_at.elapsed());
@@ -325,15 +342,15 @@ fn send(
                     // its copy, and this one, whose memory is whole, runs on.
                     let _ = pages_cut.shutdown(std::net::Shutdown::Both);
                     progress("resume the source");
-                    resume(root, &id)?;
-                    return Err(match (reply, dumped) {
+                    let failed = match (reply, dumped) {
                         (Ok(Reply::Failed { error }), _) => Error::DestinationFailed { error },
                         (_, Err(e)) => e,
                         (Err(e), _) => e,
                         _ => Error::Protocol {
                             what: "an unexpected answer after the restore",
                         },
-                    });
+                    };
+                    return Err(resumed(root, &id, failed));
                 }
             }
         } else {

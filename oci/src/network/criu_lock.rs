@@ -14,10 +14,18 @@
 //! (`tcp_established`: CRIU's `cpt_unlock_tcp_connections` runs only when the
 //! tasks go on), where every recv fails with EPERM; [`repair_off`] takes each
 //! of them out, through a copy of the task's fd (pidfd_getfd).
+//!
+//! Ferry's own network namespace is external to CRIU, which then locks
+//! nothing: a restore that sends a socket's unsent data (soccr restores it
+//! with repair off) gets a reset from a loopback peer not yet restored, and
+//! fails with EPIPE (a Spark job's py4j connection did). So Ferry puts the
+//! same lock on that namespace itself ([`add`]) around the dump and the
+//! restore, and takes it off ([`remove`]) once the tasks run.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use nix::sched::CloneFlags;
@@ -25,16 +33,20 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 
+/// criu/net.c iptables_network_lock_internal: everything but CRIU's own
+/// marked packets (SOCCR_MARK 0xC114) is dropped.
+const LOCK: &str = "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n\
+-A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n";
 const DELETE_JUMPS: &str = "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\n-D OUTPUT -j CRIU\nCOMMIT\n";
 const DELETE_CHAIN: &str = "*filter\n:CRIU - [0:0]\n-X CRIU\nCOMMIT\n";
 
 /// Runs `tool` (iptables-save / iptables-restore and their ip6 twins) in
-/// the network namespace of `pid` with `input` on stdin; returns stdout, or
+/// the network namespace `netns` with `input` on stdin; returns stdout, or
 /// `None` when the tool failed (a rule that is not there).
-fn in_netns(pid: Pid, tool: &str, args: &[&str], input: &str) -> Result<Option<String>> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|source| Error::Io {
-        op: "opening the network namespace of",
-        path: format!("/proc/{pid}").into(),
+fn in_netns(netns: &Path, tool: &str, args: &[&str], input: &str) -> Result<Option<String>> {
+    let ns = std::fs::File::open(netns).map_err(|source| Error::Io {
+        op: "opening the network namespace",
+        path: netns.to_path_buf(),
         source,
     })?;
     let mut cmd = Command::new(tool);
@@ -67,42 +79,61 @@ fn in_netns(pid: Pid, tool: &str, args: &[&str], input: &str) -> Result<Option<S
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-/// Whether `pid` lives in a network namespace of its own (CRIU locks only
-/// a namespace it dumps).
-fn own_netns(pid: Pid) -> bool {
-    let ino = |p: String| std::fs::metadata(p).map(|m| m.ino()).ok();
-    ino(format!("/proc/{pid}/ns/net")).is_some_and(|n| Some(n) != ino("/proc/self/ns/net".into()))
+/// The network namespace of `pid`, unless it is this process's own (CRIU
+/// locks only a namespace it dumps, and the host's must never be locked).
+pub fn netns_of(pid: Pid) -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+    ino(&p)
+        .is_some_and(|n| Some(n) != ino(Path::new("/proc/self/ns/net")))
+        .then_some(p)
 }
 
-/// Takes CRIU's lock rules off the network namespace of `pid`, if they are
-/// there; returns whether there were any.
-pub fn remove(pid: Pid) -> Result<bool> {
-    if !own_netns(pid) {
-        return Ok(false);
+/// Locks `netns` as CRIU does: only CRIU's marked packets pass.
+pub fn add(netns: &Path) -> Result<()> {
+    for restore in ["iptables-restore", "ip6tables-restore"] {
+        if in_netns(netns, restore, &["--noflush"], LOCK)?.is_none() {
+            return Err(Error::Unsupported {
+                what: "locking the container's network for CRIU (iptables-restore failed)",
+                hint: "install iptables (hack/setup does) with the xt_mark match",
+            });
+        }
     }
+    Ok(())
+}
+
+/// Takes CRIU's lock rules off `netns`, if they are there; returns whether
+/// there were any.
+pub fn remove(netns: &Path) -> Result<bool> {
     let mut found = false;
     for (save, restore) in [
         ("iptables-save", "iptables-restore"),
         ("ip6tables-save", "ip6tables-restore"),
     ] {
-        let Some(rules) = in_netns(pid, save, &["-t", "filter"], "")? else {
+        let Some(rules) = in_netns(netns, save, &["-t", "filter"], "")? else {
             continue;
         };
         if !rules.lines().any(|l| l.starts_with(":CRIU ")) {
             continue;
         }
         found = true;
-        // Each jump is removed on its own: a missing one must not keep the
-        // other in place (iptables-restore applies a table all or nothing).
+        // Each jump is removed on its own (iptables-restore applies a table
+        // all or nothing, and a missing one must not keep the other), and as
+        // often as it is there: a namespace locked twice (CRIU and Ferry,
+        // or two dumps) has two of each (criu/net.c loops the same way).
         for jump in ["-D INPUT -j CRIU\n", "-D OUTPUT -j CRIU\n"] {
             let one = DELETE_JUMPS
                 .lines()
                 .filter(|l| !l.starts_with("-D") || format!("{l}\n") == jump)
                 .map(|l| format!("{l}\n"))
                 .collect::<String>();
-            in_netns(pid, restore, &["--noflush"], &one)?;
+            for _ in 0..16 {
+                if in_netns(netns, restore, &["--noflush"], &one)?.is_none() {
+                    break;
+                }
+            }
         }
-        if in_netns(pid, restore, &["--noflush"], DELETE_CHAIN)?.is_none() {
+        if in_netns(netns, restore, &["--noflush"], DELETE_CHAIN)?.is_none() {
             return Err(Error::Unsupported {
                 what: "removing CRIU's network lock (the CRIU chain stays)",
                 hint:

@@ -53,7 +53,25 @@ impl Container {
             self.state.cgroup.freeze()?;
         }
         let leave_stopped = opts.leave_stopped;
+        // Ferry's own netns is external to CRIU, which then locks nothing:
+        // Ferry locks it as CRIU would have (network::criu_lock).
+        let locked = match (&self.state.net, opts.tcp_established) {
+            (Some(n), true) => {
+                crate::network::criu_lock::add(&n.netns)?;
+                Some(n.netns.clone())
+            }
+            _ => None,
+        };
         let result = checkpoint::checkpoint(criu, &target, opts, on_notify);
+        // A leave-stopped dump keeps its lock until the tasks die or resume
+        // (migrate::source::resume takes it off); otherwise it goes now.
+        // (A dump that kills the tasks takes the namespace with them.)
+        let unlocked = match &locked {
+            Some(ns) if result.is_err() || (keeps && !leave_stopped) => {
+                crate::network::criu_lock::remove(ns).map(drop)
+            }
+            _ => Ok(()),
+        };
         // Only a successful --leave-stopped dump stays frozen (a move keeps
         // its source that way until the destination runs).
         let stays_frozen = was_paused || (result.is_ok() && leave_stopped);
@@ -61,6 +79,7 @@ impl Container {
             let _ = self.state.cgroup.thaw();
         }
         let done = result?;
+        unlocked?;
         if !keeps {
             self.delete(true)?;
         }
@@ -253,6 +272,19 @@ pub fn restore_container(
         console,
         placed: false,
     };
+    // The restored sockets' packets are dropped until the tasks run (CRIU
+    // locks only namespaces it restores itself).
+    let locked = match (&net, opts.tcp_established) {
+        (Some(n), true) => {
+            if let Err(e) = crate::network::criu_lock::add(&n.netns) {
+                let _ = n.detach();
+                let _ = dir.remove();
+                return Err(e);
+            }
+            Some(n.netns.clone())
+        }
+        _ => None,
+    };
     let result = restore::restore(
         criu,
         Destination {
@@ -288,6 +320,12 @@ pub fn restore_container(
             return Err(e);
         }
     };
+    if let Some(ns) = &locked {
+        // The tasks run: retransmissions take the dropped packets again.
+        if let Err(e) = crate::network::criu_lock::remove(ns) {
+            tracing::warn!(error = %crate::error::chain(&e), "unlocking the restored container's network");
+        }
+    }
     if let Some(n) = &net {
         super::net::announce(n.address);
     }
