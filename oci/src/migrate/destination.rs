@@ -285,16 +285,16 @@ impl Agent {
                 what: "the page server's waiter panicked",
             })??;
         }
-        let restore = |lazy_work: Option<&Path>| {
-            let r = self.restore(id, dir, &images, &bundle, lazy_work)?;
+        // Restores, then tells the source (with CRIU's stats, which a
+        // lazy restore writes in its work dir).
+        let restore = |s: &mut TcpStream, lazy_work: Option<&Path>| {
+            let (pid, restore_ms) = self.restore(id, dir, &images, &bundle, lazy_work)?;
             if overlay_mounted {
                 crate::runtime::Container::load(&self.root, id)?.own_rootfs_mount()?;
             }
-            Ok::<_, Error>(r)
-        };
-        let Some(source) = lazy_source else {
-            let (pid, restore_ms) = restore(None)?;
-            let criu = criu_rpc::stats::read_restore_stats(&images).ok().flatten();
+            let criu = criu_rpc::stats::read_restore_stats(lazy_work.unwrap_or(&images))
+                .ok()
+                .flatten();
             wire::send(
                 s,
                 &Reply::Restored {
@@ -303,7 +303,10 @@ impl Agent {
                     criu,
                 },
             )?;
-            return Ok(pid);
+            Ok::<_, Error>(pid)
+        };
+        let Some(source) = lazy_source else {
+            return restore(s, None);
         };
         // Post-copy: the daemon listens before the restore starts, and
         // serves the restored tasks until their last page is in.
@@ -313,24 +316,14 @@ impl Agent {
         let cancel = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let served = scope.spawn(|| daemon.serve(source, &cancel));
-            let restored = restore(Some(&work));
-            let (pid, restore_ms) = match restored {
-                Ok(r) => r,
+            let pid = match restore(s, Some(&work)) {
+                Ok(pid) => pid,
                 Err(e) => {
                     cancel.store(true, Ordering::Relaxed);
                     let _ = served.join();
                     return Err(e);
                 }
             };
-            let criu = criu_rpc::stats::read_restore_stats(&images).ok().flatten();
-            wire::send(
-                s,
-                &Reply::Restored {
-                    pid,
-                    restore_ms,
-                    criu,
-                },
-            )?;
             match served.join() {
                 Ok(Ok(lazy)) => {
                     tracing::info!(id, ?lazy, "every page arrived");

@@ -109,6 +109,10 @@ struct Hooks<'a> {
     state: State,
     console: Option<UnixStream>,
     placed: bool,
+    /// Ferry's lock on its own netns, taken off once the tasks are
+    /// restored, before CRIU takes their sockets out of repair mode and
+    /// resumes them (the order of CRIU's own network_unlock).
+    locked: Option<PathBuf>,
 }
 
 impl RestoreHooks for Hooks<'_> {
@@ -137,6 +141,9 @@ impl RestoreHooks for Hooks<'_> {
     }
 
     fn restored(&mut self, pid: Pid) -> Result<()> {
+        if let Some(ns) = self.locked.take() {
+            crate::network::criu_lock::remove(&ns)?;
+        }
         self.state.pid = pid.as_raw();
         self.state.start_time = state::start_time(pid.as_raw()).unwrap_or(0);
         self.dir.save(&self.state)
@@ -256,6 +263,19 @@ pub fn restore_container(
         net: net.clone(),
         owns_rootfs_mount: false,
     };
+    // The restored sockets' packets are dropped until the tasks run (CRIU
+    // locks only namespaces it restores itself).
+    let locked = match (&net, opts.tcp_established) {
+        (Some(n), true) => {
+            if let Err(e) = crate::network::criu_lock::add(&n.netns) {
+                let _ = n.detach();
+                let _ = dir.remove();
+                return Err(e);
+            }
+            Some(n.netns.clone())
+        }
+        _ => None,
+    };
     let mut hooks = Hooks {
         cgroup: &cgroup,
         spec,
@@ -271,19 +291,7 @@ pub fn restore_container(
         state,
         console,
         placed: false,
-    };
-    // The restored sockets' packets are dropped until the tasks run (CRIU
-    // locks only namespaces it restores itself).
-    let locked = match (&net, opts.tcp_established) {
-        (Some(n), true) => {
-            if let Err(e) = crate::network::criu_lock::add(&n.netns) {
-                let _ = n.detach();
-                let _ = dir.remove();
-                return Err(e);
-            }
-            Some(n.netns.clone())
-        }
-        _ => None,
+        locked: locked.clone(),
     };
     let result = restore::restore(
         criu,
@@ -320,8 +328,8 @@ pub fn restore_container(
             return Err(e);
         }
     };
-    if let Some(ns) = &locked {
-        // The tasks run: retransmissions take the dropped packets again.
+    if let Some(ns) = &hooks.locked {
+        // No post-restore notify came: unlock now that the tasks run.
         if let Err(e) = crate::network::criu_lock::remove(ns) {
             tracing::warn!(error = %crate::error::chain(&e), "unlocking the restored container's network");
         }
