@@ -98,7 +98,8 @@ fn ok_in(hosts: &Hosts, h: &str, root: &Root, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `ferry serve` in host `h`, listening on `addr`.
+/// `ferry serve` in host `h`, listening on `addr`; killed on drop (also
+/// when the test fails).
 fn serve_in(
     hosts: &Hosts,
     h: &str,
@@ -106,8 +107,8 @@ fn serve_in(
     addr: &str,
     key: &std::path::Path,
     cg: &str,
-) -> Child {
-    ferry_in(hosts, h, root)
+) -> Serve {
+    let child = ferry_in(hosts, h, root)
         .args(["serve", "--listen", addr, "--key-file"])
         .arg(key)
         .args(["--cgroup-parent", cg])
@@ -115,7 +116,11 @@ fn serve_in(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Serve {
+        child,
+        addr: addr.to_string(),
+    }
 }
 
 fn key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
@@ -508,10 +513,7 @@ for line in f:
     assert!(got.len() > 30, "too few exchanges: {}", got.len());
     assert!(b.ids().is_empty());
     on("a", &a, &["delete", "--force", &id]);
-    for mut s in [serve_a, serve_b] {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop((serve_a, serve_b));
 }
 
 /// Leaves no criu process behind (waits a little: criu exits after its
@@ -911,7 +913,7 @@ fn unsent_loopback_data_survives_the_move() {
     let hosts = Hosts::up(&format!("mu{tag}"), "10.67.0");
     let port = 7000 + (tag % 1000) as u16;
     let addr_b = format!("10.67.0.2:{port}");
-    let mut serve_b = serve_in(&hosts, "b", &b, &addr_b, &k, &format!("/ferry-ub-{tag}"));
+    let serve_b = serve_in(&hosts, "b", &b, &addr_b, &k, &format!("/ferry-ub-{tag}"));
     let on = |h: &str, root: &Root, args: &[&str]| ok_in(&hosts, h, root, args);
     let script = r#"
 import socket, time
@@ -986,6 +988,5 @@ except Exception as e:
     );
     assert_consecutive(&numbers(&moved.join("count")));
     on("b", &b, &["delete", "--force", &id]);
-    let _ = serve_b.kill();
-    let _ = serve_b.wait();
+    drop(serve_b);
 }
