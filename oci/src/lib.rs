@@ -11,6 +11,7 @@ pub mod criu_plan;
 pub mod error;
 pub mod export;
 pub mod migrate;
+mod mount;
 pub mod network;
 pub mod overlay;
 pub mod restore;

@@ -441,16 +441,7 @@ impl Agent {
 /// through the overlay would whiteout its lower layers).
 fn remove_incoming(dir: &Path) -> Result<()> {
     for m in ["images", "bundle/rootfs"] {
-        match nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => {
-                return Err(Error::Io {
-                    op: "unmounting",
-                    path: dir.join(m),
-                    source: e.into(),
-                })
-            }
-        }
+        crate::mount::detach(&dir.join(m), "unmounting")?;
     }
     std::fs::remove_dir_all(dir).map_err(|source| Error::Io {
         op: "removing the leftovers of an earlier move in",
@@ -485,8 +476,8 @@ impl ImagesTmpfs {
 
 impl Drop for ImagesTmpfs {
     fn drop(&mut self) {
-        if let Err(e) = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!(path = %self.0.display(), error = %e, "unmounting the images tmpfs");
+        if let Err(e) = crate::mount::detach(&self.0, "unmounting the images tmpfs") {
+            tracing::warn!(error = %crate::error::chain(&e), "after a move");
         }
     }
 }

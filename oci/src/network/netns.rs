@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::error::{io, Error, Result};
@@ -97,10 +97,7 @@ impl Netns {
     /// Unpins and removes the namespace's file; the namespace itself goes
     /// when its last process leaves.
     pub fn remove(self) -> Result<()> {
-        match umount2(&self.path, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(e) => return Err(sys("unmounting the netns", &self.path)(e)),
-        }
+        crate::mount::detach(&self.path, "unmounting the netns")?;
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

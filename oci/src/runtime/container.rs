@@ -711,16 +711,7 @@ impl Container {
             n.detach()?;
         }
         if self.state.owns_rootfs_mount {
-            match nix::mount::umount2(&self.state.rootfs, nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-                Err(e) => {
-                    return Err(Error::Io {
-                        op: "unmounting the rootfs Ferry mounted at",
-                        path: self.state.rootfs.clone(),
-                        source: e.into(),
-                    })
-                }
-            }
+            crate::mount::detach(&self.state.rootfs, "unmounting the rootfs Ferry mounted at")?;
         }
         let spec = self.spec().ok();
         let mut oci = self.oci_state();
