@@ -13,7 +13,7 @@
 //! device nodes (it would turn a whiteout into an empty file).
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -402,12 +402,6 @@ fn set_mtime(path: &Path, secs: i64) -> std::io::Result<()> {
 /// The name a destination gives a received layer's parts.
 pub fn layer_dirs(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("upper"), dir.join("work"))
-}
-
-/// Whether `name` is an overlay whiteout's xattr namespace (for tests and
-/// reports).
-pub fn is_overlay_xattr(name: &OsStr) -> bool {
-    name.as_bytes().starts_with(b"trusted.overlay.")
 }
 
 #[cfg(test)]

@@ -118,11 +118,12 @@ pub fn resume(root: &Path, id: &str) -> Result<()> {
         Some(n) => Some(n.netns.clone()),
         None => crate::network::criu_lock::netns_of(pid),
     };
+    let pids = c.pids()?;
     let unlock = netns
         .map_or(Ok(false), |ns| crate::network::criu_lock::remove(&ns))
-        .and_then(|_| crate::network::criu_lock::repair_off(&c.pids()?));
+        .and_then(|_| crate::network::criu_lock::repair_off(&pids));
     c.state.cgroup.thaw()?;
-    for p in c.pids()? {
+    for p in pids {
         let _ = kill(p, Signal::SIGCONT);
     }
     unlock.map(drop)
@@ -315,7 +316,7 @@ fn send(
                 what: "the dump thread panicked",
             }))
         };
-        let (images_bytes, rootfs_bytes, pid, restore_ms, transfer_ms, criu_restore) = match moved {
+        let moved = match moved {
             Ok(m) => m,
             Err(e) => {
                 progress("resume the source");
@@ -373,18 +374,29 @@ fn send(
             total_ms: ms(t0.elapsed()),
             preflight_ms,
             dump_ms,
-            transfer_ms,
-            restore_ms,
-            images_bytes,
-            rootfs_bytes,
+            transfer_ms: moved.transfer_ms,
+            restore_ms: moved.restore_ms,
+            images_bytes: moved.images_bytes,
+            rootfs_bytes: moved.rootfs_bytes,
             pages_bytes,
-            destination_pid: pid,
+            destination_pid: moved.pid,
             lazy_ms,
             lazy,
             criu_dump,
-            criu_restore,
+            criu_restore: moved.criu_restore,
         })
     })
+}
+
+/// What the destination got and did, seen from here.
+struct Moved {
+    images_bytes: u64,
+    rootfs_bytes: u64,
+    transfer_ms: f64,
+    /// The destination's pid of the container.
+    pid: i32,
+    restore_ms: f64,
+    criu_restore: Option<RestoreStats>,
 }
 
 enum DumpEvent {
@@ -394,8 +406,7 @@ enum DumpEvent {
     Done(bool),
 }
 
-/// Sends the images and the rootfs, asks for the restore; returns the
-/// bytes sent, the destination's pid, its restore time and the transfer time.
+/// Sends the images and the rootfs, asks for the restore.
 fn move_state(
     ctl: &mut TcpStream,
     images: &Path,
@@ -403,7 +414,7 @@ fn move_state(
     overlay: Option<&Overlay>,
     to: SocketAddr,
     progress: &mut dyn FnMut(&str),
-) -> Result<(u64, u64, i32, f64, f64, Option<RestoreStats>)> {
+) -> Result<Moved> {
     progress("transfer");
     let t = Instant::now();
     wire::send(ctl, &Step::Images)?;
@@ -447,14 +458,14 @@ fn move_state(
             pid,
             restore_ms,
             criu,
-        } => Ok((
+        } => Ok(Moved {
             images_bytes,
             rootfs_bytes,
+            transfer_ms,
             pid,
             restore_ms,
-            transfer_ms,
-            criu,
-        )),
+            criu_restore: criu,
+        }),
         Reply::Failed { error } => Err(Error::DestinationFailed { error }),
         _ => Err(Error::Protocol {
             what: "an unexpected answer to the restore",

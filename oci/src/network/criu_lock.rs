@@ -37,8 +37,14 @@ use crate::error::{Error, Result};
 /// marked packets (SOCCR_MARK 0xC114) is dropped.
 const LOCK: &str = "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n\
 -A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n";
-const DELETE_JUMPS: &str = "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\n-D OUTPUT -j CRIU\nCOMMIT\n";
 const DELETE_CHAIN: &str = "*filter\n:CRIU - [0:0]\n-X CRIU\nCOMMIT\n";
+
+/// Deletes one jump from `chain` (INPUT, OUTPUT) to CRIU's chain. Each jump
+/// goes in a transaction of its own: iptables-restore applies a table all
+/// or nothing, and a missing jump must not keep the other one in place.
+fn delete_jump(chain: &str) -> String {
+    format!("*filter\n:CRIU - [0:0]\n-D {chain} -j CRIU\nCOMMIT\n")
+}
 
 /// Runs `tool` (iptables-save / iptables-restore and their ip6 twins) in
 /// the network namespace `netns` with `input` on stdin; returns stdout, or
@@ -117,16 +123,10 @@ pub fn remove(netns: &Path) -> Result<bool> {
             continue;
         }
         found = true;
-        // Each jump is removed on its own (iptables-restore applies a table
-        // all or nothing, and a missing one must not keep the other), and as
-        // often as it is there: a namespace locked twice (CRIU and Ferry,
-        // or two dumps) has two of each (criu/net.c loops the same way).
-        for jump in ["-D INPUT -j CRIU\n", "-D OUTPUT -j CRIU\n"] {
-            let one = DELETE_JUMPS
-                .lines()
-                .filter(|l| !l.starts_with("-D") || format!("{l}\n") == jump)
-                .map(|l| format!("{l}\n"))
-                .collect::<String>();
+        // Each jump as often as it is there: a namespace locked twice (CRIU
+        // and Ferry, or two dumps) has two of each (criu/net.c loops too).
+        for chain in ["INPUT", "OUTPUT"] {
+            let one = delete_jump(chain);
             for _ in 0..16 {
                 if in_netns(netns, restore, &["--noflush"], &one)?.is_none() {
                     break;
@@ -237,11 +237,9 @@ mod tests {
 
     #[test]
     fn each_jump_goes_in_its_own_transaction() {
-        let one: String = DELETE_JUMPS
-            .lines()
-            .filter(|l| !l.starts_with("-D") || *l == "-D INPUT -j CRIU")
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert_eq!(one, "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\nCOMMIT\n");
+        assert_eq!(
+            delete_jump("INPUT"),
+            "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\nCOMMIT\n"
+        );
     }
 }

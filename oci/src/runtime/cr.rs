@@ -291,7 +291,7 @@ pub fn restore_container(
         state,
         console,
         placed: false,
-        locked: locked.clone(),
+        locked,
     };
     let result = restore::restore(
         criu,
