@@ -653,14 +653,22 @@ fn containerd_checkpoint_then_restore_continues_the_counter() {
 }
 
 /// `ctr -t` needs a terminal of its own: script(1) runs it on a pty.
+///
+/// `timeout --foreground`: without it, timeout moves itself into a process
+/// group of its own, so ctr is in the pty's background group and is stopped
+/// by SIGTTOU when it puts the terminal in raw mode (and hangs until the
+/// timeout). That only showed where the shell script(1) starts forks before
+/// running timeout (dash, with SHELL unset as in CI); bash execs it as the
+/// session leader, whose setpgid fails. SHELL is set so both runs are alike.
 fn on_a_pty(c: &Containerd, args: &str) -> Output {
     let cmd = format!(
-        "timeout --signal=KILL 120 {CTR} --address {} --namespace {} {args}",
+        "timeout --foreground --signal=KILL 120 {CTR} --address {} --namespace {} {args}",
         c.path().join("containerd.sock").display(),
         c.ns
     );
     let out = Command::new("script")
         .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env("SHELL", "/bin/sh")
         .stdin(Stdio::null())
         .output()
         .expect("script(1) is missing: apt-get install util-linux (hack/setup does)");
