@@ -240,6 +240,13 @@ pub struct TreeOptions {
     pub tcp_close: bool,
     pub ext_unix_sk: bool,
     pub shell_job: bool,
+    /// The tree's terminal is a pts slave whose master lives outside it (a
+    /// container's console, held by whoever got it over the console socket).
+    /// On dump CRIU then accepts that one unpaired slave (tty.c refuses it
+    /// otherwise: "slave peer ... without correspond master peer"); on
+    /// restore it makes a new pair and hands the master to the handler
+    /// ([`crate::Notify::OrphanPtsMaster`]). runc sets it on both.
+    pub orphan_pts_master: bool,
     pub file_locks: bool,
     pub manage_cgroups: Option<CgroupMode>,
     pub cg_root: Vec<CgroupRoot>,
@@ -269,6 +276,7 @@ impl TreeOptions {
         m.tcp_close = flag(self.tcp_close);
         m.ext_unix_sk = flag(self.ext_unix_sk);
         m.shell_job = flag(self.shell_job);
+        m.orphan_pts_master = flag(self.orphan_pts_master);
         m.file_locks = flag(self.file_locks);
         m.notify_scripts = flag(self.notify_scripts);
         m.auto_ext_mnt = flag(self.auto_ext_mnt);
@@ -496,9 +504,6 @@ pub struct RestoreOptions {
     /// Post-copy: register memory with userfaultfd and fetch it lazily
     /// through a lazy-pages daemon.
     pub lazy_pages: bool,
-    /// Hand the console's pty master to the handler
-    /// ([`crate::Notify::OrphanPtsMaster`]).
-    pub orphan_pts_master: bool,
     pub status_fd: Option<OwnedFd>,
     pub lsm_mount_context: Option<String>,
     pub weak_sysctls: bool,
@@ -516,7 +521,6 @@ impl RestoreOptions {
             join_ns: Vec::new(),
             veths: Vec::new(),
             lazy_pages: false,
-            orphan_pts_master: false,
             status_fd: None,
             lsm_mount_context: None,
             weak_sysctls: false,
@@ -551,7 +555,6 @@ impl RestoreOptions {
             m.veths.push(p);
         }
         m.lazy_pages = flag(self.lazy_pages);
-        m.orphan_pts_master = flag(self.orphan_pts_master);
         m.status_fd = self.status_fd.as_ref().map(|f| f.as_raw_fd());
         m.lsm_mount_context = self.lsm_mount_context.clone();
         m.weak_sysctls = flag(self.weak_sysctls);
@@ -713,7 +716,8 @@ mod tests {
     restore_flag!(restore_tcp_established, tree.tcp_established => tcp_established);
     restore_flag!(restore_shell_job, tree.shell_job => shell_job);
     restore_flag!(restore_lazy_pages, lazy_pages => lazy_pages);
-    restore_flag!(orphan_pts_master, orphan_pts_master => orphan_pts_master);
+    restore_flag!(orphan_pts_master, tree.orphan_pts_master => orphan_pts_master);
+    dump_flag!(dump_orphan_pts_master, tree.orphan_pts_master => orphan_pts_master);
     restore_flag!(weak_sysctls, weak_sysctls => weak_sysctls);
     restore_flag!(mntns_compat_mode, mntns_compat_mode => mntns_compat_mode);
 

@@ -339,7 +339,7 @@ fn passed_fds_and_pts_master() {
         drop(w);
         let mut opts = RestoreOptions::new(ImageDirs::open(dir.path()).unwrap());
         opts.tree.notify_scripts = true;
-        opts.orphan_pts_master = true;
+        opts.tree.orphan_pts_master = true;
         opts.inherit_fds.push(InheritFd {
             key: "fd[7]".into(),
             fd: r,

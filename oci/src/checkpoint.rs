@@ -170,6 +170,8 @@ pub fn dump_options(
     t.manage_cgroups = Some(opts.manage_cgroups_mode.unwrap_or(CgroupMode::Soft));
     t.notify_scripts = true;
     t.shell_job = opts.shell_job;
+    // A console's master is held outside the container (runc does the same).
+    t.orphan_pts_master = true;
     t.tcp_established = opts.tcp_established;
     t.ext_unix_sk = opts.ext_unix_sk;
     t.file_locks = opts.file_locks;

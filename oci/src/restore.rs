@@ -217,6 +217,7 @@ pub fn restore_options(
     t.manage_cgroups = Some(opts.manage_cgroups_mode.unwrap_or(CgroupMode::Soft));
     t.notify_scripts = true;
     t.shell_job = opts.shell_job;
+    t.orphan_pts_master = true;
     t.tcp_established = opts.tcp_established;
     t.ext_unix_sk = opts.ext_unix_sk;
     t.file_locks = opts.file_locks;
@@ -225,7 +226,6 @@ pub fn restore_options(
     t.ext_mounts = criu_plan::restore_ext_mounts(dest.spec);
     r.rst_sibling = true;
     r.evasive_devices = true;
-    r.orphan_pts_master = true;
     r.lazy_pages = opts.lazy_pages;
     r.lsm_mount_context = opts.lsm_mount_context.clone();
     let ns = criu_plan::restore_namespaces(dest.spec)?;
@@ -387,7 +387,7 @@ mod tests {
         let dirs = ImageDirs::open(images.path()).unwrap();
         let (ro, external) =
             restore_options(&mut dest, &opts, dirs, Path::new("/run/ferry/c2/criu-root")).unwrap();
-        assert!(ro.rst_sibling && ro.orphan_pts_master && ro.tree.tcp_established);
+        assert!(ro.rst_sibling && ro.tree.orphan_pts_master && ro.tree.tcp_established);
         let pairs: Vec<(&str, &str)> = ro
             .tree
             .ext_mounts

@@ -431,3 +431,104 @@ impl Drop for Hosts {
             .status();
     }
 }
+
+/// The receiving end of a `--console-socket`, as a user of runc's
+/// recvtty would hold it: it accepts one connection, takes the pty master
+/// passed over it, and collects everything read from the master until the
+/// last slave closes (EIO).
+pub struct Console {
+    pub path: PathBuf,
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Console {
+    /// Listens on `path` (which must not exist yet).
+    pub fn listen(path: &Path) -> Console {
+        use std::io::Read;
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+        use std::sync::{Arc, Mutex};
+        let listener = std::os::unix::net::UnixListener::bind(path)
+            .unwrap_or_else(|e| panic!("binding the console socket {}: {e}", path.display()));
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 256];
+            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = nix::sys::socket::recvmsg::<()>(
+                s.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
+            let fd = msg
+                .cmsgs()
+                .unwrap()
+                .find_map(|c| match c {
+                    nix::sys::socket::ControlMessageOwned::ScmRights(f) => f.first().copied(),
+                    _ => None,
+                })
+                .expect("a pty master over the console socket");
+            // SAFETY: SCM_RIGHTS just installed this fd; nothing else owns it.
+            let mut master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let mut chunk = [0u8; 256];
+            while let Ok(n) = master.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        Console {
+            path: path.to_path_buf(),
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// Everything read from the master so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// The numbers the terminal showed, one per line.
+    pub fn numbers(&self) -> Vec<u64> {
+        self.text()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Waits until `done` holds of the text read so far (30 s at most).
+    pub fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.text();
+            if done(&t) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the terminal never showed {what}; it showed: {t:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every slave of the pty closed and returns the whole text.
+    pub fn finish(mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        self.text()
+    }
+}

@@ -79,6 +79,100 @@ fn counter_continues_after_restore_under_a_new_id() {
     assert!(cgroup_leftovers(&b).is_empty());
 }
 
+/// A container with a terminal: its console's master is outside the dumped
+/// tree (held by whoever got it over the console socket). CRIU dumps the
+/// unpaired slave (orphan_pts_master), and restore makes a new pair whose
+/// master goes to the console socket given to restore.
+#[test]
+fn a_terminal_container_is_checkpointed_and_restored_onto_a_new_console() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(
+        tmp.path(),
+        &[
+            "sh",
+            "-c",
+            "tty > /out/tty; i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done",
+        ],
+    );
+    edit_config(&bundle, |c| c["process"]["terminal"] = true.into());
+    let id = unique("crtty");
+    let first = Console::listen(&tmp.path().join("first.sock"));
+    root.ok(&[
+        "run",
+        "-d",
+        "--bundle",
+        s(&bundle),
+        "--console-socket",
+        first.path_str(),
+        &id,
+    ]);
+    first.wait_for("ten numbers", |_| first.numbers().len() >= 10);
+
+    let images = tmp.path().join("images");
+    root.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    assert!(
+        !root.ids().contains(&id),
+        "checkpoint removes the container"
+    );
+    // The container is gone, so the first console's slave closed.
+    let before: Vec<u64> = first
+        .finish()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_consecutive(&before);
+
+    // Without a console socket, restore says what it needs and restores nothing.
+    let err = root.fails(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&bundle),
+        &id,
+    ]);
+    assert!(err.contains("--console-socket"), "{err}");
+    assert!(!root.ids().contains(&id), "a refused restore left {id}");
+
+    let second = Console::listen(&tmp.path().join("second.sock"));
+    root.ok(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&bundle),
+        "--console-socket",
+        second.path_str(),
+        &id,
+    ]);
+    assert_eq!(root.status(&id), "running");
+    second.wait_for("ten more numbers", |_| second.numbers().len() >= 10);
+    let after = second.numbers();
+    let last = *before.last().unwrap();
+    assert!(
+        after[0] == last + 1,
+        "the restored counter printed {after:?} after {last}: not where it stopped"
+    );
+    for w in after.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "a gap or a repeat on the new console: {after:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/out/tty"))
+            .unwrap()
+            .trim(),
+        "/dev/pts/0"
+    );
+    root.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&id).is_empty());
+}
+
 #[test]
 fn a_leave_running_clone_runs_beside_its_original() {
     let root = Root::new();

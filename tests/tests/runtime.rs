@@ -264,62 +264,22 @@ fn hooks_run_with_the_state_on_stdin() {
 
 #[test]
 fn a_terminal_goes_to_the_console_socket() {
-    use std::io::Read;
-    use std::os::fd::{FromRawFd, OwnedFd};
     let root = Root::new();
     let tmp = tempfile::tempdir().unwrap();
     let bundle = busybox_bundle(tmp.path(), &["sh", "-c", "echo hello-tty; tty; sleep 2"]);
     edit_config(&bundle, |c| c["process"]["terminal"] = true.into());
-    let sock_path = tmp.path().join("console.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
-    let receiver = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 256];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = nix::sys::socket::recvmsg::<()>(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            &mut iov,
-            Some(&mut cmsg),
-            nix::sys::socket::MsgFlags::empty(),
-        )
-        .unwrap();
-        let fd = msg
-            .cmsgs()
-            .unwrap()
-            .find_map(|c| match c {
-                nix::sys::socket::ControlMessageOwned::ScmRights(f) => f.first().copied(),
-                _ => None,
-            })
-            .expect("a pty master over the console socket");
-        let master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        let mut out = Vec::new();
-        let mut m = master;
-        let mut chunk = [0u8; 256];
-        // Read until the container's output is there (the slave closes
-        // when the container exits: EIO).
-        while let Ok(n) = m.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&chunk[..n]);
-            if String::from_utf8_lossy(&out).contains("/dev/pts/") {
-                break;
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    });
+    let console = Console::listen(&tmp.path().join("console.sock"));
     let id = unique("tty");
     root.ok(&[
         "create",
         "--bundle",
         bundle.to_str().unwrap(),
         "--console-socket",
-        sock_path.to_str().unwrap(),
+        console.path_str(),
         &id,
     ]);
     root.ok(&["start", &id]);
-    let out = receiver.join().unwrap();
+    let out = console.wait_for("its tty", |t| t.contains("/dev/pts/"));
     assert!(out.contains("hello-tty"), "{out:?}");
     assert!(
         out.contains("/dev/pts/0"),
