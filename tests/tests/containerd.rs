@@ -10,7 +10,8 @@
 //! - `ctr container checkpoint --task` (the shim's Checkpoint, leave
 //!   running) then, after the container is gone, `ctr container restore
 //!   --live` (Create with a checkpoint, restored at Start): the counter
-//!   continues from where it was checkpointed;
+//!   continues from where it was checkpointed; the same for a task with a
+//!   terminal, whose restored output reaches `ctr task attach`;
 //! - `ctr run -t` and `ctr task exec -t` (on a pty of script(1)) run on a
 //!   terminal whose master the shim received over the console socket.
 
@@ -653,25 +654,8 @@ fn containerd_checkpoint_then_restore_continues_the_counter() {
 }
 
 /// `ctr -t` needs a terminal of its own: script(1) runs it on a pty.
-///
-/// `timeout --foreground`: without it, timeout moves itself into a process
-/// group of its own, so ctr is in the pty's background group and is stopped
-/// by SIGTTOU when it puts the terminal in raw mode (and hangs until the
-/// timeout). That only showed where the shell script(1) starts forks before
-/// running timeout (dash, with SHELL unset as in CI); bash execs it as the
-/// session leader, whose setpgid fails. SHELL is set so both runs are alike.
 fn on_a_pty(c: &Containerd, args: &str) -> Output {
-    let cmd = format!(
-        "timeout --foreground --signal=KILL 120 {CTR} --address {} --namespace {} {args}",
-        c.path().join("containerd.sock").display(),
-        c.ns
-    );
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
-        .env("SHELL", "/bin/sh")
-        .stdin(Stdio::null())
-        .output()
-        .expect("script(1) is missing: apt-get install util-linux (hack/setup does)");
+    let out = script_on_a_pty(&format!("{} {args}", timed_ctr(c, 120)));
     assert!(
         out.status.success(),
         "{args} on a pty failed ({}): {}{}",
@@ -680,6 +664,33 @@ fn on_a_pty(c: &Containerd, args: &str) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// ctr on this containerd, killed after `secs`.
+///
+/// `timeout --foreground`: without it, timeout moves itself into a process
+/// group of its own, so ctr is in the pty's background group and is stopped
+/// by SIGTTOU when it puts the terminal in raw mode (and hangs until the
+/// timeout). That only showed where the shell script(1) starts forks before
+/// running timeout (dash, with SHELL unset as in CI); bash execs it as the
+/// session leader, whose setpgid fails.
+fn timed_ctr(c: &Containerd, secs: u32) -> String {
+    format!(
+        "timeout --foreground --signal=KILL {secs} {CTR} --address {} --namespace {}",
+        c.path().join("containerd.sock").display(),
+        c.ns
+    )
+}
+
+/// A shell script run by script(1) on a pty of its own (SHELL is set so
+/// that every run uses the same shell).
+fn script_on_a_pty(script: &str) -> Output {
+    Command::new("script")
+        .args(["-q", "-e", "-c", script, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) is missing: apt-get install util-linux (hack/setup does)")
 }
 
 #[test]
@@ -714,6 +725,52 @@ fn containerd_runs_and_execs_with_a_terminal() {
     );
     c.kill_and_delete(id);
     c.assert_nothing_left(id, pid);
+}
+
+/// A task with a terminal: the shim holds the console's master, outside the
+/// dumped tree (orphan_pts_master); the restored task gets a new pty whose
+/// master comes back to the shim, and its output reaches `ctr task attach`.
+#[test]
+fn containerd_checkpoints_and_restores_a_task_with_a_terminal() {
+    let c = Containerd::start("crtty");
+    let id = &c.id("tty");
+    on_a_pty(
+        &c,
+        &format!("run -d -t --runtime {RUNTIME} {IMAGE} {id} sh -c '{LOOP}'"),
+    );
+    let pid = c.wait_status(id, "RUNNING");
+    // At least ten numbers before the checkpoint: a restart from 0 shows.
+    std::thread::sleep(Duration::from_millis(1500));
+    let reference = format!("ferry-e2e/{id}:checkpoint");
+    c.ok(&["container", "checkpoint", "--task", id, &reference]);
+    c.wait_status(id, "RUNNING");
+    c.kill_and_delete(id);
+    c.assert_nothing_left(id, pid);
+
+    // ctr restores a terminal task on its own terminal (the spec says
+    // terminal), then attach shows what the restored counter prints.
+    let out = script_on_a_pty(&format!(
+        "{ctr} container restore --live {id} {reference}; {attach} task attach {id}",
+        ctr = timed_ctr(&c, 60),
+        attach = timed_ctr(&c, 3),
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let seen: Vec<u64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(
+        seen.len() >= 10,
+        "the restored task printed {text:?} ({}); containerd's log ends with:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&c.log(), 30)
+    );
+    assert_continuous(&seen);
+    assert!(
+        seen[0] >= 10,
+        "the restored counter starts at {}: it began again instead of going on",
+        seen[0]
+    );
+    let restored = c.wait_status(id, "RUNNING");
+    c.kill_and_delete(id);
+    c.assert_nothing_left(id, restored);
 }
 
 #[test]

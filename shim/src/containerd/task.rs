@@ -121,6 +121,15 @@ impl Proc {
     }
 }
 
+/// Whether the bundle's config.json gives its process a terminal (a
+/// config.json that cannot be read says no: create reports it properly).
+fn spec_has_terminal(bundle: &Path) -> bool {
+    oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
+        .unwrap_or(false)
+}
+
 #[derive(Debug)]
 struct Exec {
     proc_: Proc,
@@ -321,7 +330,13 @@ impl TaskService {
                 let _ = unmount_rootfs(&bundle.join("rootfs"));
             }
         };
-        let mut init = match Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal) {
+        // A checkpoint of a task with a terminal is restored onto a terminal
+        // whatever the request says: CRIU makes a new pty and hands its
+        // master over (orphan_pts_master), which must go somewhere. ctr 1.6's
+        // `container restore` asks for none; the output then reaches the
+        // stdout fifo as for any task with a terminal.
+        let terminal = req.terminal || (restore.is_some() && spec_has_terminal(&bundle));
+        let mut init = match Proc::new(&req.stdin, &req.stdout, &req.stderr, terminal) {
             Ok(p) => p,
             Err(e) => {
                 undo_mount(&bundle);
