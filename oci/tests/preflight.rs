@@ -23,6 +23,7 @@ fn this_host_accepts_what_fits_and_its_own_cpu() {
         arch: std::env::consts::ARCH.into(),
         kernel: facts.kernel.clone(),
         postcopy: true,
+        terminal: false,
     };
     assert_eq!(preflight::judge(&facts, &needs, false, |_| None), []);
     let too_big = Needs {

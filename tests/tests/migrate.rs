@@ -24,6 +24,15 @@ struct Serve {
 
 impl Serve {
     fn start(root: &Root, key: &std::path::Path, cgroup_parent: &str) -> Serve {
+        Serve::start_with(root, key, cgroup_parent, &[])
+    }
+
+    fn start_with(
+        root: &Root,
+        key: &std::path::Path,
+        cgroup_parent: &str,
+        extra: &[&str],
+    ) -> Serve {
         // A free port: bind, read it back, release it for ferry serve.
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -37,6 +46,7 @@ impl Serve {
             .args(["serve", "--listen", &addr, "--key-file"])
             .arg(key)
             .args(["--cgroup-parent", cgroup_parent])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -259,6 +269,98 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     b.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-a-{tag}/{id}")).is_empty());
     assert!(cgroup_leftovers(&format!("ferry-b-{tag}/{id}")).is_empty());
+}
+
+/// A container with a terminal: an agent without a console socket refuses
+/// it in pre-flight (nothing frozen, the source's console goes on); an
+/// agent with one hands the restored console's master to it, and the
+/// counter goes on there from where it was.
+#[test]
+fn a_terminal_container_moves_to_the_agents_console() {
+    let _serial = serial();
+    let (a, b) = (Root::new(), Root::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key(tmp.path(), "key");
+    let tag = std::process::id();
+    let bundle = busybox_bundle(
+        tmp.path(),
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done",
+        ],
+    );
+    edit_config(&bundle, |c| c["process"]["terminal"] = true.into());
+    let id = format!("tty-{tag}");
+    let first = Console::listen(&tmp.path().join("first.sock"));
+    a.ok(&[
+        "run",
+        "-d",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--console-socket",
+        first.path_str(),
+        &id,
+    ]);
+    first.wait_for("ten numbers", |_| first.numbers().len() >= 10);
+
+    let plain = Serve::start(&b, &k, &format!("/ferry-tb-{tag}"));
+    let err = a.fails(&[
+        "migrate",
+        &id,
+        "--to",
+        &plain.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+    ]);
+    assert!(err.contains("--console-socket"), "{err}");
+    drop(plain);
+    assert_eq!(a.status(&id), "running");
+    let n = first.numbers().len();
+    first.wait_for("the counter going on", |_| first.numbers().len() >= n + 5);
+
+    let second = Console::listen(&tmp.path().join("second.sock"));
+    let serve_b = Serve::start_with(
+        &b,
+        &k,
+        &format!("/ferry-tb-{tag}"),
+        &["--console-socket", second.path_str()],
+    );
+    a.ok(&[
+        "migrate",
+        &id,
+        "--to",
+        &serve_b.addr,
+        "--key-file",
+        k.to_str().unwrap(),
+        "--mode",
+        "precopy",
+    ]);
+    assert!(a.ids().is_empty(), "the source container is gone");
+    // The source's tasks are gone, so its console's slave closed.
+    let before: Vec<u64> = first
+        .finish()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_consecutive(&before);
+    second.wait_for("ten numbers on B", |_| second.numbers().len() >= 10);
+    let after = second.numbers();
+    assert_eq!(
+        after[0],
+        before.last().unwrap() + 1,
+        "B's console starts at {after:?}, A's ended at {:?}",
+        before.last()
+    );
+    for w in after.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "a gap or a repeat on B's console: {after:?}"
+        );
+    }
+    b.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&format!("ferry-tb-{tag}/{id}")).is_empty());
 }
 
 /// The destination agent dies in the middle of a move (SIGKILL while a

@@ -38,6 +38,10 @@ pub struct Agent {
     /// Prefixed to the containers' cgroup paths here (two "hosts" on one
     /// machine must not share a cgroup).
     pub cgroup_parent: Option<PathBuf>,
+    /// Where restored containers with a terminal send their console's
+    /// master (`ferry restore --console-socket`); without it they are
+    /// refused in pre-flight.
+    pub console_socket: Option<PathBuf>,
     pages: Mutex<HashMap<String, Sender<TcpStream>>>,
 }
 
@@ -55,8 +59,15 @@ impl Agent {
             criu,
             ferry,
             cgroup_parent,
+            console_socket: None,
             pages: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Hands the consoles of restored containers to `path`.
+    pub fn with_console_socket(mut self, path: Option<PathBuf>) -> Agent {
+        self.console_socket = path;
+        self
     }
 
     /// Serves connections until the listener fails.
@@ -109,7 +120,10 @@ impl Agent {
         let id = needs.container_id.clone();
         crate::runtime::state::validate_id(&id)?;
         let dir = self.root.join("incoming").join(&id);
-        let facts = HostFacts::gather(&self.criu, &self.root)?;
+        let facts = HostFacts {
+            console: self.console_socket.is_some(),
+            ..HostFacts::gather(&self.criu, &self.root)?
+        };
         let taken = self.root.join(&id).exists();
         if !taken && dir.exists() {
             // What an earlier move of this id left (its container is gone).
@@ -385,6 +399,11 @@ impl Agent {
         // never a pipe (nobody would read it, and waiting for its EOF would
         // wait for the container). Errors come back through --log.
         let log = dir.join("restore.ferry.log");
+        let config = std::fs::read_to_string(bundle.join("config.json")).unwrap_or_default();
+        let console = self
+            .console_socket
+            .as_ref()
+            .filter(|_| super::spec_has_terminal(&config));
         let status = Command::new(&self.ferry)
             .arg("--root")
             .arg(&self.root)
@@ -406,6 +425,11 @@ impl Agent {
                     w.as_os_str(),
                 ]
             }))
+            .args(
+                console
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--console-socket"), c.as_os_str()]),
+            )
             .arg("--bundle")
             .arg(bundle)
             .arg(id)

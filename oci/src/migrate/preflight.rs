@@ -26,6 +26,9 @@ pub struct HostFacts {
     /// MemAvailable from /proc/meminfo.
     pub mem_available: u64,
     pub lazy_pages: bool,
+    /// The agent has a console socket to hand restored terminals to.
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// What moving one container needs from the destination.
@@ -44,6 +47,10 @@ pub struct Needs {
     #[serde(default)]
     pub kernel: String,
     pub postcopy: bool,
+    /// The container's process has a terminal (process.terminal): its
+    /// restored console's master needs somewhere to go on the destination.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -90,6 +97,8 @@ pub enum Problem {
     CpuIncompatible {
         detail: String,
     },
+    /// A container with a terminal, an agent with nowhere to put it.
+    NoConsole,
 }
 
 impl fmt::Display for Problem {
@@ -125,6 +134,10 @@ impl fmt::Display for Problem {
             } => write!(
                 f,
                 "destination kernel {destination} is older than the source's {source}: the tasks may use what it lacks (CRIU restores onto the same or a newer kernel)"
+            ),
+            Problem::NoConsole => write!(
+                f,
+                "the container has a terminal and the destination agent has no console socket to hand it to: start `ferry serve` there with --console-socket PATH"
             ),
             Problem::IdInUse { id } => write!(
                 f,
@@ -195,6 +208,9 @@ pub fn judge(
     if needs.postcopy && !facts.lazy_pages {
         out.push(Problem::NoLazyPages);
     }
+    if needs.terminal && !facts.console {
+        out.push(Problem::NoConsole);
+    }
     if id_taken {
         out.push(Problem::IdInUse {
             id: needs.container_id.clone(),
@@ -255,6 +271,7 @@ impl HostFacts {
             disk_free: st.blocks_available() as u64 * st.fragment_size() as u64,
             mem_available: meminfo_available(&meminfo).unwrap_or(0),
             lazy_pages: features.lazy_pages,
+            console: false,
         })
     }
 }
@@ -309,6 +326,7 @@ mod tests {
             disk_free: 10 << 30,
             mem_available: 8 << 30,
             lazy_pages: true,
+            console: false,
         }
     }
 
@@ -324,7 +342,22 @@ mod tests {
             arch: "x86_64".into(),
             kernel: "6.18.0".into(),
             postcopy: false,
+            terminal: false,
         }
+    }
+
+    #[test]
+    fn a_terminal_needs_an_agent_with_a_console_socket() {
+        let mut n = needs();
+        n.terminal = true;
+        let digest = |_: &Path| Some("sha256:aa".to_string());
+        assert_eq!(judge(&facts(), &n, false, digest), [Problem::NoConsole]);
+        let with_console = HostFacts {
+            console: true,
+            ..facts()
+        };
+        assert!(judge(&with_console, &n, false, digest).is_empty());
+        assert!(Problem::NoConsole.to_string().contains("--console-socket"));
     }
 
     #[test]

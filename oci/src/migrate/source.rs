@@ -207,12 +207,17 @@ fn send(
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         postcopy,
+        terminal: false,
     };
     let config = std::fs::read_to_string(&c.state.config).map_err(|source| Error::Io {
         op: "reading",
         path: c.state.config.clone(),
         source,
     })?;
+    let needs = Needs {
+        terminal: super::spec_has_terminal(&config),
+        ..needs
+    };
     let peer = to.to_string();
     let connect = || -> Result<TcpStream> {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10)).map_err(|source| {

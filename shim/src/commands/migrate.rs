@@ -29,6 +29,11 @@ pub struct ServeArgs {
     /// Prefix for the cgroup paths of containers received here.
     #[arg(long = "cgroup-parent")]
     pub cgroup_parent: Option<PathBuf>,
+    /// A socket that receives the pty master of every container with a
+    /// terminal restored here (as runc's --console-socket); containers with
+    /// a terminal are refused without it.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
 }
 
 pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -40,13 +45,16 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     let key = Key::load(&a.key_file)?;
     std::fs::create_dir_all(&cli.root)
         .with_context(|| format!("creating {}", cli.root.display()))?;
-    let agent = Arc::new(Agent::new(
-        cli.root.clone(),
-        key,
-        criu(cli),
-        std::env::current_exe().context("finding the ferry binary")?,
-        a.cgroup_parent.clone(),
-    ));
+    let agent = Arc::new(
+        Agent::new(
+            cli.root.clone(),
+            key,
+            criu(cli),
+            std::env::current_exe().context("finding the ferry binary")?,
+            a.cgroup_parent.clone(),
+        )
+        .with_console_socket(a.console_socket.clone()),
+    );
     agent.clean_leftovers();
     let listener =
         TcpListener::bind(a.listen).with_context(|| format!("listening on {}", a.listen))?;
