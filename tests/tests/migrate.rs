@@ -145,18 +145,113 @@ fn key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     p
 }
 
+/// Hosts A and B of one test: their state roots, the key they share, a
+/// scratch dir for bundles, and a tag (this process's id) naming the test's
+/// containers and cgroups. Holds the lock that runs the tests one at a time.
+struct Pair {
+    a: Root,
+    b: Root,
+    tmp: tempfile::TempDir,
+    key: std::path::PathBuf,
+    tag: u32,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let _serial = serial();
+        let tmp = tempfile::tempdir().unwrap();
+        let key = key(tmp.path(), "key");
+        Pair {
+            a: Root::new(),
+            b: Root::new(),
+            tmp,
+            key,
+            tag: std::process::id(),
+            _serial,
+        }
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.tmp.path()
+    }
+
+    /// A `ferry serve` agent for B, its cgroups under /ferry-NAME-TAG.
+    fn serve_b(&self, name: &str) -> Serve {
+        Serve::start(&self.b, &self.key, &self.cgroup(name))
+    }
+
+    fn cgroup(&self, name: &str) -> String {
+        format!("/ferry-{name}-{}", self.tag)
+    }
+
+    fn migrate_args<'s>(&'s self, id: &'s str, to: &'s str, extra: &[&'s str]) -> Vec<&'s str> {
+        let mut args = vec![
+            "migrate",
+            id,
+            "--to",
+            to,
+            "--key-file",
+            self.key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// `ferry migrate ID --to TO --key-file KEY EXTRA...` from `from`,
+    /// which must succeed: its stdout.
+    fn migrate(&self, from: &Root, id: &str, to: &str, extra: &[&str]) -> String {
+        from.ok(&self.migrate_args(id, to, extra))
+    }
+
+    /// The same, which must fail: its stderr.
+    fn migrate_fails(&self, from: &Root, id: &str, to: &str, extra: &[&str]) -> String {
+        from.fails(&self.migrate_args(id, to, extra))
+    }
+}
+
+/// A counter (/out/count, every 50 ms) holding 256 MiB of memory that
+/// does not compress: a move long enough to break in the middle.
+const COUNTER_256_MIB: &str = r#"
+import os, time
+m = bytearray(os.urandom(1 << 20)) * 256
+i = 0
+f = open('/out/count', 'a')
+while True:
+    f.write('%d\n' % i)
+    f.flush()
+    i += 1
+    time.sleep(0.05)
+"#;
+
+/// `ferry run -d` of `bundle` as `id` on `root`.
+fn run(root: &Root, bundle: &std::path::Path, id: &str) {
+    root.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), id]);
+}
+
+/// Where a container received on `root` has its rootfs.
+fn moved_rootfs(root: &Root, id: &str) -> std::path::PathBuf {
+    root.path().join("incoming").join(id).join("bundle/rootfs")
+}
+
+/// A failed move left the source running: `err` says so, and its count
+/// (in `count`) goes on without gap.
+fn assert_source_went_on(a: &Root, id: &str, count: &std::path::Path, err: &str) {
+    assert!(err.contains("keeps running"), "{err}");
+    assert_eq!(a.status(id), "running");
+    let n = numbers(count).len();
+    assert_consecutive(&wait_numbers(count, n + 5));
+}
+
 #[test]
 fn the_counter_moves_and_back_and_failures_keep_the_source() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id();
-    let serve_b = Serve::start(&b, &k, &format!("/ferry-b-{tag}"));
-    let serve_a = Serve::start(&a, &k, &format!("/ferry-a-{tag}"));
-    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("b");
+    let serve_a = Serve::start(a, &p.key, &p.cgroup("a"));
+    let bundle = busybox_bundle(p.dir(), COUNTER);
     let id = format!("mig-{tag}");
-    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    run(a, &bundle, &id);
     a.ok(&[
         "exec",
         &id,
@@ -167,7 +262,7 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     wait_numbers(&bundle.join("rootfs/out/count"), 5);
 
     // A wrong key: refused, nothing frozen.
-    let wrong = key(tmp.path(), "wrong");
+    let wrong = key(p.dir(), "wrong");
     let err = a.fails(&[
         "migrate",
         &id,
@@ -180,15 +275,8 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     assert_eq!(a.status(&id), "running");
 
     // A destination whose restore fails: the source resumes and counts on.
-    let bad = Serve::start(&b, &k, "/../escape");
-    let err = a.fails(&[
-        "migrate",
-        &id,
-        "--to",
-        &bad.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-    ]);
+    let bad = Serve::start(b, &p.key, "/../escape");
+    let err = p.migrate_fails(a, &id, &bad.addr, &[]);
     assert!(err.contains("the destination failed"), "{err}");
     drop(bad);
     assert_eq!(a.status(&id), "running");
@@ -200,24 +288,14 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     );
 
     // The move.
-    let out = a.ok(&[
-        "migrate",
-        &id,
-        "--to",
-        &serve_b.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-        "--mode",
-        "precopy",
-        "--json",
-    ]);
+    let out = p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "precopy");
     assert!(report["downtime_ms"].as_f64().unwrap() > 0.0);
     assert!(report["pages_bytes"].as_u64().unwrap() > 0);
     assert!(a.ids().is_empty(), "the source container is gone");
     assert_eq!(b.status(&id), "running");
-    let moved = b.path().join("incoming").join(&id).join("bundle/rootfs");
+    let moved = moved_rootfs(b, &id);
     let before = numbers(&bundle.join("rootfs/out/count"));
     let after = wait_numbers(&moved.join("out/count"), before.len() + 10);
     assert_consecutive(&after);
@@ -228,39 +306,17 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     assert!(!moved.join("bin/vi").exists(), "a deleted file came back");
 
     // And back to A, post-copy this time.
-    let out = b.ok(&[
-        "migrate",
-        &id,
-        "--to",
-        &serve_a.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-        "--mode",
-        "postcopy",
-        "--json",
-    ]);
+    let out = p.migrate(b, &id, &serve_a.addr, &["--mode", "postcopy", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "postcopy");
     assert!(report["lazy"]["received_bytes"].as_u64().unwrap() > 0);
     assert!(b.ids().is_empty());
-    let back = a
-        .path()
-        .join("incoming")
-        .join(&id)
-        .join("bundle/rootfs/out/count");
+    let back = moved_rootfs(a, &id).join("out/count");
     let n = numbers(&moved.join("out/count")).len();
     assert_consecutive(&wait_numbers(&back, n + 10));
     // Once more to B, where the first move left its files behind; `auto`
     // picks pre-copy for so small a container, and says so.
-    let out = a.ok(&[
-        "migrate",
-        &id,
-        "--to",
-        &serve_b.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = p.migrate(a, &id, &serve_b.addr, &["--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "precopy", "{report}");
     assert!(report["mode_reason"].as_str().unwrap().starts_with("auto"));
@@ -277,13 +333,10 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
 /// counter goes on there from where it was.
 #[test]
 fn a_terminal_container_moves_to_the_agents_console() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id();
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
     let bundle = busybox_bundle(
-        tmp.path(),
+        p.dir(),
         &[
             "sh",
             "-c",
@@ -292,7 +345,7 @@ fn a_terminal_container_moves_to_the_agents_console() {
     );
     edit_config(&bundle, |c| c["process"]["terminal"] = true.into());
     let id = format!("tty-{tag}");
-    let first = Console::listen(&tmp.path().join("first.sock"));
+    let first = Console::listen(&p.dir().join("first.sock"));
     a.ok(&[
         "run",
         "-d",
@@ -304,38 +357,22 @@ fn a_terminal_container_moves_to_the_agents_console() {
     ]);
     first.wait_for("ten numbers", |_| first.numbers().len() >= 10);
 
-    let plain = Serve::start(&b, &k, &format!("/ferry-tb-{tag}"));
-    let err = a.fails(&[
-        "migrate",
-        &id,
-        "--to",
-        &plain.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-    ]);
+    let plain = p.serve_b("tb");
+    let err = p.migrate_fails(a, &id, &plain.addr, &[]);
     assert!(err.contains("--console-socket"), "{err}");
     drop(plain);
     assert_eq!(a.status(&id), "running");
     let n = first.numbers().len();
     first.wait_for("the counter going on", |_| first.numbers().len() >= n + 5);
 
-    let second = Console::listen(&tmp.path().join("second.sock"));
+    let second = Console::listen(&p.dir().join("second.sock"));
     let serve_b = Serve::start_with(
-        &b,
-        &k,
-        &format!("/ferry-tb-{tag}"),
+        b,
+        &p.key,
+        &p.cgroup("tb"),
         &["--console-socket", second.path_str()],
     );
-    a.ok(&[
-        "migrate",
-        &id,
-        "--to",
-        &serve_b.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-        "--mode",
-        "precopy",
-    ]);
+    p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy"]);
     assert!(a.ids().is_empty(), "the source container is gone");
     // The source's tasks are gone, so its console's slave closed.
     let before: Vec<u64> = first
@@ -368,29 +405,15 @@ fn a_terminal_container_moves_to_the_agents_console() {
 /// source container runs on with its counter intact, and no CRIU is left.
 #[test]
 fn a_killed_destination_leaves_the_source_running() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id();
-    let mut serve_b = Serve::start(&b, &k, &format!("/ferry-kb-{tag}"));
-    let script = r#"
-import time
-m = bytearray(range(256)) * (256 << 12)
-i = 0
-f = open('/out/count', 'a')
-while True:
-    f.write('%d\n' % i)
-    f.flush()
-    i += 1
-    time.sleep(0.05)
-"#;
-    let bundle = python_bundle(tmp.path(), script);
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let mut serve_b = p.serve_b("kb");
+    let bundle = python_bundle(p.dir(), COUNTER_256_MIB);
     let count = bundle.join("rootfs/out/count");
     let id = format!("kill-{tag}");
-    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    run(a, &bundle, &id);
     wait_numbers(&count, 5);
-    let mut mig = spawn_precopy_move(&a, &id, &serve_b.addr, &k);
+    let mut mig = spawn_precopy_move(a, &id, &serve_b.addr, &p.key);
     // Kill the agent once the pages are flowing (the dump has started).
     std::thread::sleep(Duration::from_millis(400));
     serve_b.child.kill().unwrap();
@@ -399,25 +422,13 @@ while True:
     let mut err = String::new();
     std::io::Read::read_to_string(mig.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success(), "the migration claimed success: {err}");
-    assert!(err.contains("keeps running"), "{err}");
-    assert_eq!(a.status(&id), "running");
-    let n = numbers(&count).len();
-    assert_consecutive(&wait_numbers(&count, n + 10));
+    assert_source_went_on(a, &id, &count, &err);
     // No CRIU left behind on either side.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let criu = Command::new("pgrep").args(["-f", "criu"]).output().unwrap();
-        let left = String::from_utf8_lossy(&criu.stdout).trim().to_string();
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "criu processes left: {left}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_no_criu();
     assert!(b.ids().is_empty());
     // The agent's mounts did not die with it (its images tmpfs stays
     // mounted): a restarted agent cleans up what a killed one left.
-    drop(Serve::start(&b, &k, &format!("/ferry-kb-{tag}")));
+    drop(p.serve_b("kb"));
     let left = mount_leftovers(&b.path().to_string_lossy());
     assert!(left.is_empty(), "mounts left on the destination: {left:?}");
     assert!(!b.path().join("incoming").join(&id).exists());
@@ -430,12 +441,9 @@ while True:
 /// and the count goes on without gap. `auto` picks post-copy for it.
 #[test]
 fn postcopy_moves_256_mib_with_the_memory_intact() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id();
-    let serve_b = Serve::start(&b, &k, &format!("/ferry-pb-{tag}"));
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("pb");
     let script = r#"
 import os, time, zlib
 m = bytearray(os.urandom(1 << 20)) * 256
@@ -447,20 +455,12 @@ while True:
     i += 1
     time.sleep(0.05)
 "#;
-    let bundle = python_bundle(tmp.path(), script);
+    let bundle = python_bundle(p.dir(), script);
     let count = bundle.join("rootfs/out/count");
     let id = format!("post-{tag}");
-    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    run(a, &bundle, &id);
     wait_numbers(&count, 3);
-    let out = a.ok(&[
-        "migrate",
-        &id,
-        "--to",
-        &serve_b.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = p.migrate(a, &id, &serve_b.addr, &["--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "postcopy", "{report}");
     let received = report["lazy"]["received_bytes"].as_u64().unwrap();
@@ -477,11 +477,7 @@ while True:
             .collect()
     };
     let before = lines(&count);
-    let moved = b
-        .path()
-        .join("incoming")
-        .join(&id)
-        .join("bundle/rootfs/out/count");
+    let moved = moved_rootfs(b, &id).join("out/count");
     wait_numbers(&moved, before.len() + 10);
     let after = lines(&moved);
     let crc = before[0].1;
@@ -499,20 +495,17 @@ while True:
 #[test]
 fn a_tcp_client_keeps_talking_across_the_move() {
     use std::io::{BufRead, BufReader, Write};
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id() % 100000;
+    let p = Pair::new();
+    let (a, b, k, tag) = (&p.a, &p.b, &p.key, p.tag % 100000);
     let hosts = Hosts::up(&format!("mt{tag}"), "10.68.0");
     // The agent runs on host B (its network namespace).
     let port = 7000 + (tag % 1000) as u16;
     let serve = |h: &str, root: &Root, addr: &str| {
         let cg = format!("/ferry-t{h}-{tag}");
-        serve_in(&hosts, h, root, &format!("{addr}:{port}"), &k, &cg)
+        serve_in(&hosts, h, root, &format!("{addr}:{port}"), k, &cg)
     };
-    let serve_b = serve("b", &b, "10.68.0.2");
-    let serve_a = serve("a", &a, "10.68.0.1");
+    let serve_b = serve("b", b, "10.68.0.2");
+    let serve_a = serve("a", a, "10.68.0.1");
     let on = |h: &str, root: &Root, args: &[&str]| {
         ok_in(&hosts, h, root, args);
     };
@@ -528,14 +521,14 @@ for line in f:
     f.write('pong ' + line.split()[1] + '\n')
     f.flush()
 "#;
-    let bundle = python_bundle(tmp.path(), script);
+    let bundle = python_bundle(p.dir(), script);
     edit_config(&bundle, |c| {
         c["annotations"] = serde_json::json!({"org.ferry.network.address": "10.68.0.50/32"});
     });
     let id = format!("tcp-{tag}");
     on(
         "a",
-        &a,
+        a,
         &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
     );
 
@@ -578,7 +571,7 @@ for line in f:
     std::thread::sleep(Duration::from_secs(2));
     on(
         "a",
-        &a,
+        a,
         &[
             "migrate",
             &id,
@@ -595,7 +588,7 @@ for line in f:
     // And back, post-copy: the connection survives a lazy restore too.
     on(
         "b",
-        &b,
+        b,
         &[
             "migrate",
             &id,
@@ -614,7 +607,7 @@ for line in f:
     // locked while the container is frozen): a few hundred ms, not more.
     assert!(got.len() > 30, "too few exchanges: {}", got.len());
     assert!(b.ids().is_empty());
-    on("a", &a, &["delete", "--force", &id]);
+    on("a", a, &["delete", "--force", &id]);
     drop((serve_a, serve_b));
 }
 
@@ -692,32 +685,17 @@ fn corrupting_proxy(to: String, at: usize) -> String {
 /// drops what it received, and the source runs on with its count intact.
 #[test]
 fn a_corrupted_stream_keeps_the_source() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id();
-    let serve_b = Serve::start(&b, &k, &format!("/ferry-cb-{tag}"));
-    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("cb");
+    let bundle = busybox_bundle(p.dir(), COUNTER);
     let count = bundle.join("rootfs/out/count");
     let id = format!("corrupt-{tag}");
-    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    run(a, &bundle, &id);
     wait_numbers(&count, 3);
     let proxy = corrupting_proxy(serve_b.addr.clone(), 300_000);
-    let err = a.fails(&[
-        "migrate",
-        &id,
-        "--to",
-        &proxy,
-        "--key-file",
-        k.to_str().unwrap(),
-        "--mode",
-        "precopy",
-    ]);
-    assert!(err.contains("keeps running"), "{err}");
-    assert_eq!(a.status(&id), "running");
-    let n = numbers(&count).len();
-    assert_consecutive(&wait_numbers(&count, n + 5));
+    let err = p.migrate_fails(a, &id, &proxy, &["--mode", "precopy"]);
+    assert_source_went_on(a, &id, &count, &err);
     assert!(b.ids().is_empty());
     assert!(
         !b.path().join("incoming").join(&id).exists(),
@@ -755,30 +733,16 @@ impl Drop for Tmpfs {
 /// the dump fails, and the source runs on; the destination keeps nothing.
 #[test]
 fn a_full_destination_disk_keeps_the_source() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
     let _disk = Tmpfs::mount(b.path(), "1g");
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id();
-    let serve_b = Serve::start(&b, &k, &format!("/ferry-fb-{tag}"));
-    let script = r#"
-import os, time
-m = bytearray(os.urandom(1 << 20)) * 256
-i = 0
-f = open('/out/count', 'a')
-while True:
-    f.write('%d\n' % i)
-    f.flush()
-    i += 1
-    time.sleep(0.05)
-"#;
-    let bundle = python_bundle(tmp.path(), script);
+    let serve_b = p.serve_b("fb");
+    let bundle = python_bundle(p.dir(), COUNTER_256_MIB);
     let count = bundle.join("rootfs/out/count");
     let id = format!("full-{tag}");
-    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    run(a, &bundle, &id);
     wait_numbers(&count, 3);
-    let mig = spawn_precopy_move(&a, &id, &serve_b.addr, &k);
+    let mig = spawn_precopy_move(a, &id, &serve_b.addr, &p.key);
     // Pre-flight passed once the destination made the container's dir:
     // fill the disk then, leaving 1 MiB.
     let incoming = b.path().join("incoming").join(&id);
@@ -799,10 +763,7 @@ while True:
     let out = mig.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the move claimed success: {err}");
-    assert!(err.contains("keeps running"), "{err}");
-    assert_eq!(a.status(&id), "running");
-    let n = numbers(&count).len();
-    assert_consecutive(&wait_numbers(&count, n + 5));
+    assert_source_went_on(a, &id, &count, &err);
     assert!(b.ids().is_empty());
     assert!(!incoming.exists(), "the failed transfer was kept");
     assert_no_criu();
@@ -819,18 +780,15 @@ while True:
 /// the overlay again, and deleting the container there unmounts it.
 #[test]
 fn an_overlay_rootfs_moves_as_its_writable_layer() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id();
-    let serve_b = Serve::start(&b, &k, &format!("/ferry-ob-{tag}"));
-    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("ob");
+    let bundle = busybox_bundle(p.dir(), COUNTER);
     let lower = bundle.join("rootfs");
     let (upper, work, merged) = (
-        tmp.path().join("upper"),
-        tmp.path().join("work"),
-        tmp.path().join("merged"),
+        p.dir().join("upper"),
+        p.dir().join("work"),
+        p.dir().join("merged"),
     );
     for d in [&upper, &work, &merged] {
         std::fs::create_dir(d).unwrap();
@@ -858,7 +816,7 @@ fn an_overlay_rootfs_moves_as_its_writable_layer() {
         c["root"]["path"] = merged.to_str().unwrap().into()
     });
     let id = format!("ovl-{tag}");
-    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    run(a, &bundle, &id);
     a.ok(&[
         "exec",
         &id,
@@ -871,24 +829,14 @@ fn an_overlay_rootfs_moves_as_its_writable_layer() {
     // through the overlay, as an image build step would.
     std::os::unix::fs::chown(merged.join("out/marker"), Some(1000), Some(1000)).unwrap();
     wait_numbers(&merged.join("out/count"), 5);
-    let out = a.ok(&[
-        "migrate",
-        &id,
-        "--to",
-        &serve_b.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-        "--mode",
-        "precopy",
-        "--json",
-    ]);
+    let out = p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     // The busybox lower layer is ~2 MiB; the writable layer a few KiB.
     let rootfs_bytes = report["rootfs_bytes"].as_u64().unwrap();
     assert!(rootfs_bytes < 256 << 10, "{report}");
     assert!(a.ids().is_empty());
 
-    let moved = b.path().join("incoming").join(&id).join("bundle/rootfs");
+    let moved = moved_rootfs(b, &id);
     let mounts = mount_leftovers(&moved.to_string_lossy());
     assert!(
         mounts
@@ -931,10 +879,8 @@ fn an_overlay_rootfs_moves_as_its_writable_layer() {
 /// EPERM.
 #[test]
 fn a_failed_move_unlocks_the_source_network() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
+    let p = Pair::new();
+    let (a, b) = (&p.a, &p.b);
     let script = r#"
 import socket, threading, time
 srv = socket.socket()
@@ -965,23 +911,14 @@ except Exception as e:
     open('/out/error', 'w').write(repr(e))
     raise
 "#;
-    let bundle = python_bundle(tmp.path(), script);
+    let bundle = python_bundle(p.dir(), script);
     let count = bundle.join("rootfs/out/count");
     let id = format!("unlock-{}", std::process::id());
-    a.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    run(a, &bundle, &id);
     wait_numbers(&count, 5);
     // A destination whose restore fails (its cgroup parent escapes).
-    let bad = Serve::start(&b, &k, "/../escape");
-    let err = a.fails(&[
-        "migrate",
-        &id,
-        "--to",
-        &bad.addr,
-        "--key-file",
-        k.to_str().unwrap(),
-        "--mode",
-        "precopy",
-    ]);
+    let bad = Serve::start(b, &p.key, "/../escape");
+    let err = p.migrate_fails(a, &id, &bad.addr, &["--mode", "precopy"]);
     assert!(err.contains("the destination failed"), "{err}");
     std::thread::sleep(Duration::from_millis(500));
     let died = std::fs::read_to_string(bundle.join("rootfs/out/error")).unwrap_or_default();
@@ -1005,17 +942,14 @@ except Exception as e:
 /// arrives, in order.
 #[test]
 fn unsent_loopback_data_survives_the_move() {
-    let _serial = serial();
-    let (a, b) = (Root::new(), Root::new());
-    let tmp = tempfile::tempdir().unwrap();
-    let k = key(tmp.path(), "key");
-    let tag = std::process::id() % 100000;
+    let p = Pair::new();
+    let (a, b, k, tag) = (&p.a, &p.b, &p.key, p.tag % 100000);
     // Two hosts of their own: each end of the container's network is a
     // veth named after it, which two roots in one namespace would share.
     let hosts = Hosts::up(&format!("mu{tag}"), "10.67.0");
     let port = 7000 + (tag % 1000) as u16;
     let addr_b = format!("10.67.0.2:{port}");
-    let serve_b = serve_in(&hosts, "b", &b, &addr_b, &k, &format!("/ferry-ub-{tag}"));
+    let serve_b = serve_in(&hosts, "b", b, &addr_b, k, &format!("/ferry-ub-{tag}"));
     let on = |h: &str, root: &Root, args: &[&str]| ok_in(&hosts, h, root, args);
     let script = r#"
 import socket, time
@@ -1048,7 +982,7 @@ except Exception as e:
     open('/out/error', 'w').write(repr(e))
     raise
 "#;
-    let bundle = python_bundle(tmp.path(), script);
+    let bundle = python_bundle(p.dir(), script);
     edit_config(&bundle, |c| {
         c["annotations"] = serde_json::json!({"org.ferry.network.address": "10.67.0.50/32"});
     });
@@ -1056,14 +990,14 @@ except Exception as e:
     let id = format!("unsent-{tag}");
     on(
         "a",
-        &a,
+        a,
         &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
     );
     wait_numbers(&count, 10);
     std::thread::sleep(Duration::from_millis(300));
     let out = on(
         "a",
-        &a,
+        a,
         &[
             "migrate",
             &id,
@@ -1076,11 +1010,7 @@ except Exception as e:
         ],
     );
     assert!(out.contains("moved"), "{out}");
-    let moved = b
-        .path()
-        .join("incoming")
-        .join(&id)
-        .join("bundle/rootfs/out");
+    let moved = moved_rootfs(b, &id).join("out");
     let before = numbers(&count).len();
     wait_numbers(&moved.join("count"), before + 20);
     let err = std::fs::read_to_string(moved.join("error")).unwrap_or_default();
@@ -1089,6 +1019,6 @@ except Exception as e:
         "the connection failed after the move: {err}"
     );
     assert_consecutive(&numbers(&moved.join("count")));
-    on("b", &b, &["delete", "--force", &id]);
+    on("b", b, &["delete", "--force", &id]);
     drop(serve_b);
 }
