@@ -124,47 +124,63 @@ fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// Visits every entry below `root` (not `root` itself) with its path
+/// relative to `root`, its full path and its metadata (symlinks not
+/// followed): a directory's entries in name order, then those of each of
+/// its subdirectories in name order, so that the walk is the same on every
+/// host whatever the directory order on disk.
+fn walk(
+    root: &Path,
+    mut visit: impl FnMut(&Path, &Path, &std::fs::Metadata) -> Result<()>,
+) -> Result<()> {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut dirs = Vec::new();
+        for n in sorted_names(&root.join(&rel))? {
+            let r = rel.join(&n);
+            let p = root.join(&r);
+            let m = std::fs::symlink_metadata(&p).map_err(io("reading", &p))?;
+            visit(&r, &p, &m)?;
+            if m.file_type().is_dir() {
+                dirs.push(r);
+            }
+        }
+        // Pushed in reverse so that they pop in order.
+        stack.extend(dirs.into_iter().rev());
+    }
+    Ok(())
+}
+
 /// A content digest of a lower layer: SHA-256 over every entry's relative
 /// path, type, mode, owner, size, link target and file content, in path
 /// order (so the same tree on two hosts gives the same digest, whatever its
 /// directory order, inode numbers or timestamps).
 pub fn layer_digest(dir: &Path) -> Result<String> {
     let mut h = Sha256::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let names = sorted_names(&dir.join(&rel))?;
-        // Directories are pushed in reverse so they pop in order.
-        let mut dirs = Vec::new();
-        for n in names {
-            let r = rel.join(&n);
-            let p = dir.join(&r);
-            let m = std::fs::symlink_metadata(&p).map_err(io("reading", &p))?;
-            h.update(r.as_os_str().as_bytes());
-            h.update([0]);
-            h.update(
-                format!(
-                    "{:o} {} {} {} {}\n",
-                    m.mode(),
-                    m.uid(),
-                    m.gid(),
-                    m.len(),
-                    m.rdev()
-                )
-                .as_bytes(),
-            );
-            let t = m.file_type();
-            if t.is_symlink() {
-                let target = std::fs::read_link(&p).map_err(io("reading", &p))?;
-                h.update(target.as_os_str().as_bytes());
-            } else if t.is_file() {
-                let mut f = File::open(&p).map_err(io("reading", &p))?;
-                std::io::copy(&mut f, &mut h).map_err(io("reading", &p))?;
-            } else if t.is_dir() {
-                dirs.push(r);
-            }
+    walk(dir, |r, p, m| {
+        h.update(r.as_os_str().as_bytes());
+        h.update([0]);
+        h.update(
+            format!(
+                "{:o} {} {} {} {}\n",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.len(),
+                m.rdev()
+            )
+            .as_bytes(),
+        );
+        let t = m.file_type();
+        if t.is_symlink() {
+            let target = std::fs::read_link(p).map_err(io("reading", p))?;
+            h.update(target.as_os_str().as_bytes());
+        } else if t.is_file() {
+            let mut f = File::open(p).map_err(io("reading", p))?;
+            std::io::copy(&mut f, &mut h).map_err(io("reading", p))?;
         }
-        stack.extend(dirs.into_iter().rev());
-    }
+        Ok(())
+    })?;
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
@@ -182,52 +198,43 @@ pub fn pack_diff(upper: &Path, w: impl Write) -> Result<DiffCount> {
     let mut b = tar::Builder::new(w);
     let mut count = DiffCount::default();
     let mut seen: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let names = sorted_names(&upper.join(&rel))?;
-        for n in names {
-            let r = rel.join(&n);
-            let p = upper.join(&r);
-            let m = std::fs::symlink_metadata(&p).map_err(io("reading", &p))?;
-            let t = m.file_type();
-            xattr_records(&p, &mut b).map_err(io("reading the xattrs of", &p))?;
-            let mut h = tar::Header::new_gnu();
-            h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
-            h.set_size(0);
-            count.entries += 1;
-            if t.is_file() && m.nlink() > 1 {
-                if let Some(first) = seen.get(&(m.dev(), m.ino())) {
-                    h.set_entry_type(tar::EntryType::Link);
-                    b.append_link(&mut h, &r, first)
-                        .map_err(io("archiving", &p))?;
-                    count.hardlinks += 1;
-                    continue;
-                }
-                seen.insert((m.dev(), m.ino()), r.clone());
+    walk(upper, |r, p, m| {
+        let t = m.file_type();
+        xattr_records(p, &mut b).map_err(io("reading the xattrs of", p))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(m, tar::HeaderMode::Complete);
+        h.set_size(0);
+        count.entries += 1;
+        if t.is_file() && m.nlink() > 1 {
+            // The walk's order puts a hard link's first name first.
+            if let Some(first) = seen.get(&(m.dev(), m.ino())) {
+                h.set_entry_type(tar::EntryType::Link);
+                b.append_link(&mut h, r, first)
+                    .map_err(io("archiving", p))?;
+                count.hardlinks += 1;
+                return Ok(());
             }
-            if t.is_dir() {
-                b.append_data(&mut h, &r, std::io::empty())
-                    .map_err(io("archiving", &p))?;
-                stack.push(r);
-            } else if t.is_file() {
-                h.set_size(m.len());
-                let f = File::open(&p).map_err(io("reading", &p))?;
-                b.append_data(&mut h, &r, f).map_err(io("archiving", &p))?;
-            } else if t.is_symlink() {
-                let target = std::fs::read_link(&p).map_err(io("reading", &p))?;
-                b.append_link(&mut h, &r, &target)
-                    .map_err(io("archiving", &p))?;
-            } else {
-                // Fifos and devices (whiteouts are 0:0 character devices);
-                // set_metadata_in_mode set the type and device numbers.
-                if t.is_char_device() && m.rdev() == 0 {
-                    count.whiteouts += 1;
-                }
-                b.append_data(&mut h, &r, std::io::empty())
-                    .map_err(io("archiving", &p))?;
-            }
+            seen.insert((m.dev(), m.ino()), r.to_path_buf());
         }
-    }
+        if t.is_file() {
+            h.set_size(m.len());
+            let f = File::open(p).map_err(io("reading", p))?;
+            b.append_data(&mut h, r, f).map_err(io("archiving", p))?;
+        } else if t.is_symlink() {
+            let target = std::fs::read_link(p).map_err(io("reading", p))?;
+            b.append_link(&mut h, r, &target)
+                .map_err(io("archiving", p))?;
+        } else {
+            // Directories, fifos and devices (whiteouts are 0:0 character
+            // devices): set_metadata_in_mode set the type and numbers.
+            if t.is_char_device() && m.rdev() == 0 {
+                count.whiteouts += 1;
+            }
+            b.append_data(&mut h, r, std::io::empty())
+                .map_err(io("archiving", p))?;
+        }
+        Ok(())
+    })?;
     b.into_inner().map_err(err())?.flush().map_err(err())?;
     Ok(count)
 }
