@@ -13,7 +13,8 @@
 //!   continues from where it was checkpointed; the same for a task with a
 //!   terminal, whose restored output reaches `ctr task attach`;
 //! - `ctr run -t` and `ctr task exec -t` (on a pty of script(1)) run on a
-//!   terminal whose master the shim received over the console socket.
+//!   terminal whose master the shim received over the console socket;
+//! - a task killed for lack of memory gives a `/tasks/oom` event.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -771,6 +772,46 @@ fn containerd_checkpoints_and_restores_a_task_with_a_terminal() {
     let restored = c.wait_status(id, "RUNNING");
     c.kill_and_delete(id);
     c.assert_nothing_left(id, restored);
+}
+
+/// A task that outgrows its memory limit: the kernel's OOM killer ends
+/// the allocation, and the shim publishes `/tasks/oom` for the container
+/// (as runc-shim does from the v1 memory cgroup's oom_control).
+#[test]
+fn containerd_reports_an_oom_kill() {
+    let c = Containerd::start("oom");
+    let events = Events::start(&c);
+    let id = &c.id("hog");
+    let log = c.path().join("hog.log");
+    // dd's 64 MiB buffer, filled from /dev/zero, in a 16 MiB cgroup.
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &(16u64 << 20).to_string(),
+        "--log-uri",
+        &format!("file://{}", log.display()),
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd-exit=$?; sleep 1000",
+    ]);
+    let pid = c.wait_status(id, "RUNNING");
+    events.assert_seen(id, &["/tasks/oom"]);
+    wait_until(
+        "dd's exit status in the log",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("dd-exit=137")
+        },
+    );
+    c.kill_and_delete(id);
+    c.assert_nothing_left(id, pid);
 }
 
 #[test]

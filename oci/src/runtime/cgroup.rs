@@ -227,6 +227,15 @@ impl ContainerCgroup {
         out
     }
 
+    /// The container's directory in the v1 memory hierarchy, if the host
+    /// has one (hybrid and legacy hosts).
+    pub fn memory_v1_path(&self) -> Option<PathBuf> {
+        self.paths()
+            .into_iter()
+            .find(|(h, _)| h.split(',').any(|c| c == "memory"))
+            .map(|(_, p)| p)
+    }
+
     /// The freezer cgroup dir (v1) or the cgroup dir (v2): what CRIU's
     /// freeze_cgroup takes.
     pub fn freezer_path(&self) -> PathBuf {

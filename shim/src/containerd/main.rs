@@ -13,10 +13,12 @@
 //! - [`checkpoint`]: containerd's checkpoint and restore options;
 //! - [`stdio`]: the pipes between containerd's fifos and the container;
 //! - [`reaper`]: waiting for the containers' processes;
+//! - [`oom`]: out-of-memory events;
 //! - [`error`]: errors, and the ttrpc statuses containerd receives.
 
 mod checkpoint;
 mod error;
+mod oom;
 mod reaper;
 mod service;
 mod stdio;

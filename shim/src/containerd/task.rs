@@ -44,7 +44,7 @@ use containerd_shim::protos::cgroups::metrics::{
 };
 use containerd_shim::protos::events::task::{
     TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO,
-    TaskPaused, TaskResumed, TaskStart,
+    TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -276,6 +276,27 @@ impl TaskService {
         let _ = self.events.send((topic, event));
     }
 
+    /// Publishes `/tasks/oom` for `id` whenever its memory cgroup runs out
+    /// of memory (runc-shim starts this watch once the init runs). A host
+    /// without a v1 memory hierarchy has nothing watched; a watch that
+    /// cannot start is logged and the task runs on, as with runc-shim.
+    fn watch_oom(&self, id: &str, memory: Option<PathBuf>) {
+        let Some(memory) = memory else {
+            return;
+        };
+        let (events, cid) = (self.events.clone(), id.to_string());
+        let watched = super::oom::watch(&memory, move || {
+            let oom = TaskOOM {
+                container_id: cid.clone(),
+                ..Default::default()
+            };
+            let _ = events.send((topics::TASK_OOM_EVENT_TOPIC, Box::new(oom)));
+        });
+        if let Err(e) = watched {
+            log::warn!("no OOM events for {id}: {}", e.chain());
+        }
+    }
+
     /// Records each exit the reaper reports and tells containerd
     /// (runc-shim's `processExits` / `handleProcessExit`).
     async fn handle_exits(self, mut rx: mpsc::UnboundedReceiver<Exited>) {
@@ -399,7 +420,7 @@ impl TaskService {
         let stdio = init.stdio.take();
         let console = init.console_socket()?;
         let (root, cid, b) = (self.root.clone(), id.to_string(), bundle.to_path_buf());
-        let (pid, master) = blocking(move || {
+        let (pid, master, memory) = blocking(move || {
             let opts = CreateOptions {
                 stdio,
                 console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
@@ -409,8 +430,9 @@ impl TaskService {
             let c =
                 Container::create(&root, &cid, &b, &opts).map_err(Error::oci("creating", &cid))?;
             let pid = c.state.pid;
+            let memory = c.state.cgroup.memory_v1_path();
             match console.as_ref().map(ConsoleSocket::receive).transpose() {
-                Ok(master) => Ok((pid, master)),
+                Ok(master) => Ok((pid, master, memory)),
                 Err(e) => {
                     let _ = c.delete(true);
                     Err(e)
@@ -420,6 +442,7 @@ impl TaskService {
         .await?;
         init.pid = pid as u32;
         self.reaper.watch(pid);
+        self.watch_oom(id, memory);
         if let Some(m) = master {
             init.io.attach_console(m)?;
         }
@@ -445,7 +468,7 @@ impl TaskService {
                 let console = t.init.console_socket()?;
                 let bundle = t.bundle.clone();
                 let systemd_cgroup = t.systemd_cgroup;
-                let (pid, master) = blocking(move || {
+                let (pid, master, memory) = blocking(move || {
                     // The restore stands in for runc's `restore --detach`
                     // of runc-shim's createdCheckpointState.Start.
                     let opts = RestoreOptions {
@@ -465,8 +488,9 @@ impl TaskService {
                     let (c, restored) =
                         restore_container(&root, &cid, &bundle, &criu(), &opts, &rt)
                             .map_err(Error::oci("restoring", &cid))?;
+                    let memory = c.state.cgroup.memory_v1_path();
                     match console.as_ref().map(ConsoleSocket::receive).transpose() {
-                        Ok(master) => Ok((restored.pid.as_raw() as u32, master)),
+                        Ok(master) => Ok((restored.pid.as_raw() as u32, master, memory)),
                         Err(e) => {
                             let _ = c.delete(true);
                             Err(e)
@@ -477,6 +501,7 @@ impl TaskService {
                 if let Some(m) = master {
                     t.init.io.attach_console(m)?;
                 }
+                self.watch_oom(id, memory);
                 pid
             }
             None => {
