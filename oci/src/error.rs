@@ -128,6 +128,13 @@ pub enum Error {
     #[error("the restore failed: {message}")]
     RestoreFailed { message: String },
 
+    #[error("{what}: {source}")]
+    Seccomp {
+        what: String,
+        #[source]
+        source: libseccomp::error::SeccompError,
+    },
+
     #[error("{what} is not supported: {hint}")]
     Unsupported {
         what: &'static str,

@@ -532,3 +532,30 @@ impl Console {
         self.text()
     }
 }
+
+/// A seccomp profile (linux.seccomp) that allows everything but mkdir
+/// (EPERM) and chmod to mode 0777 (EACCES: a condition on an argument).
+pub fn seccomp_profile() -> serde_json::Value {
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+             "args": [{"index": 1, "value": 511, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+             "args": [{"index": 2, "value": 511, "op": "SCMP_CMP_EQ"}]}
+        ]
+    })
+}
+
+/// The `Seccomp:` mode of a process (/proc/PID/status): 2 when filtered.
+pub fn seccomp_mode(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}

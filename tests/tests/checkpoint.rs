@@ -173,6 +173,52 @@ fn a_terminal_container_is_checkpointed_and_restored_onto_a_new_console() {
     assert!(cgroup_leftovers(&id).is_empty());
 }
 
+/// A container under a seccomp filter: CRIU dumps the filter with the
+/// tasks and restores it, so the restored counter is as confined as the
+/// original (its mkdir still denied, /proc says it is filtered).
+#[test]
+fn a_seccomp_filter_survives_checkpoint_and_restore() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(
+        tmp.path(),
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do if mkdir /tmp/d$i 2>/dev/null; then r=made; else r=denied; fi; \
+             echo $i $r >> /out/count; i=$((i+1)); sleep 0.05; done",
+        ],
+    );
+    edit_config(&bundle, |c| c["linux"]["seccomp"] = seccomp_profile());
+    let id = unique("crseccomp");
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    let count = bundle.join("rootfs/out/count");
+    wait_numbers(&count, 5);
+    let images = tmp.path().join("images");
+    root.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    let before = numbers(&count);
+    root.ok(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&bundle),
+        &id,
+    ]);
+    let after = wait_numbers(&count, before.len() + 10);
+    assert_consecutive(&after);
+    let text = std::fs::read_to_string(&count).unwrap();
+    assert!(
+        text.lines().all(|l| l.ends_with(" denied")),
+        "a mkdir got through the filter:\n{text}"
+    );
+    let state: serde_json::Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
+    let pid = state["pid"].as_u64().unwrap() as u32;
+    assert_eq!(seccomp_mode(pid), "2", "the restored init is not filtered");
+    root.ok(&["delete", "--force", &id]);
+}
+
 #[test]
 fn a_leave_running_clone_runs_beside_its_original() {
     let root = Root::new();

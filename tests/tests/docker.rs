@@ -135,16 +135,14 @@ impl Dockerd {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// `docker run -d` of the counter with ferry (seccomp unconfined:
-    /// ferry refuses seccomp profiles); returns the container id.
+    /// `docker run -d` of the counter with ferry, under docker's default
+    /// seccomp profile; returns the container id.
     fn run_counter(&self) -> String {
         self.ok(&[
             "run",
             "-d",
             "--runtime",
             "ferry",
-            "--security-opt",
-            "seccomp=unconfined",
             "busybox:ferry",
             "sh",
             "-c",
@@ -225,8 +223,6 @@ fn docker_runs_execs_stops_and_removes_containers_with_ferry() {
         "--rm",
         "--runtime",
         "ferry",
-        "--security-opt",
-        "seccomp=unconfined",
         "busybox:ferry",
         "sh",
         "-c",
@@ -240,6 +236,13 @@ fn docker_runs_execs_stops_and_removes_containers_with_ferry() {
     assert_eq!(
         state["status"], "running",
         "ferry runs the container: {state}"
+    );
+    // Under docker's default seccomp profile.
+    let pid = state["pid"].as_u64().unwrap() as u32;
+    assert_eq!(
+        seccomp_mode(pid),
+        "2",
+        "docker's seccomp profile is not loaded"
     );
     assert_eq!(
         d.ok(&["exec", &id, "sh", "-c", "echo exec works"]),
@@ -296,8 +299,6 @@ fn checkpoint_and_restore_across_dockerds_without_experimental() {
         "create",
         "--runtime",
         "ferry",
-        "--security-opt",
-        "seccomp=unconfined",
         "-e",
         &format!("FERRY_RESTORE={}", images.display()),
         "busybox:ferry",

@@ -293,3 +293,69 @@ fn a_terminal_goes_to_the_console_socket() {
     ]);
     assert!(err.contains("--console-socket"), "{err}");
 }
+
+/// linux.seccomp: the filter confines the container and what is exec'd in
+/// it (mkdir denied, chmod denied only to mode 0777); a profile Ferry
+/// cannot honour is refused by create with nothing left behind.
+#[test]
+fn a_seccomp_profile_confines_the_container_and_its_execs() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(
+        tmp.path(),
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/d 2>/out/mkdir.err; echo $? > /out/mkdir.rc; touch /out/f; \
+             chmod 644 /out/f; echo $? > /out/chmod644.rc; \
+             chmod 777 /out/f 2>/out/chmod777.err; echo $? > /out/chmod777.rc; sleep 30",
+        ],
+    );
+    edit_config(&bundle, |c| c["linux"]["seccomp"] = seccomp_profile());
+    let id = unique("seccomp");
+    root.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    let out = bundle.join("rootfs/out");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !out.join("chmod777.rc").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never got to chmod"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+    assert_eq!(read("mkdir.rc").trim(), "1");
+    assert!(
+        read("mkdir.err").contains("Operation not permitted"),
+        "{}",
+        read("mkdir.err")
+    );
+    assert_eq!(
+        read("chmod644.rc").trim(),
+        "0",
+        "a chmod the profile allows failed"
+    );
+    assert_eq!(read("chmod777.rc").trim(), "1");
+    assert!(
+        read("chmod777.err").contains("Permission denied"),
+        "{}",
+        read("chmod777.err")
+    );
+    let state: serde_json::Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
+    let pid = state["pid"].as_u64().unwrap() as u32;
+    assert_eq!(seccomp_mode(pid), "2", "the init is not filtered");
+    // An exec'd process gets the container's filter too.
+    let exec = root.ferry(&["exec", &id, "mkdir", "/tmp/from-exec"]);
+    assert!(!exec.status.success(), "mkdir through exec was allowed");
+    root.ok(&["delete", "--force", &id]);
+
+    // SCMP_ACT_NOTIFY needs a seccomp agent: refused, nothing made.
+    edit_config(&bundle, |c| {
+        c["linux"]["seccomp"]["syscalls"][0]["action"] = "SCMP_ACT_NOTIFY".into()
+    });
+    let id = unique("seccomp-notify");
+    let err = root.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(err.contains("SCMP_ACT_NOTIFY"), "{err}");
+    assert!(root.ids().is_empty());
+    assert!(cgroup_leftovers(&id).is_empty());
+}

@@ -19,6 +19,7 @@ use super::cgroup::ContainerCgroup;
 use super::hooks::{self, OciState};
 use super::init::{self, CgroupView};
 use super::process::{self, Stdio, StepError};
+use super::seccomp;
 use super::spec::Bundle;
 use super::state::{self, State, StateDir};
 use super::sync::{self, Msg};
@@ -178,6 +179,7 @@ fn init_main(
     console: Option<&UnixStream>,
     cgroup_ns: bool,
     cg: &CgroupView,
+    seccomp: Option<&seccomp::Filter>,
 ) -> std::result::Result<(), StepError> {
     let fail = |step: &str, e: &dyn std::fmt::Display| StepError {
         step: step.into(),
@@ -243,7 +245,7 @@ fn init_main(
     )
     .map_err(|e| fail("startContainer hooks", &e))?;
     process::close_fds_on_exec(2)?;
-    process::credentials(&proc_)?;
+    process::confine(&proc_, seccomp)?;
     Err(process::exec(&proc_))
 }
 
@@ -405,6 +407,8 @@ impl Container {
             opts.systemd_cgroup,
         )?;
         let (join, new) = ns_paths(spec)?;
+        // Built here, so that a profile libseccomp refuses fails create.
+        let filter = seccomp::of_spec(spec)?;
         let console = match (
             &opts.console_socket,
             spec.process().as_ref().and_then(|p| p.terminal()),
@@ -476,7 +480,15 @@ impl Container {
             })
         };
         let body = |sock: UnixStream| {
-            init_main(sock, &bundle, &fifo, console.as_ref(), cgroup_ns, &cg_view)
+            init_main(
+                sock,
+                &bundle,
+                &fifo,
+                console.as_ref(),
+                cgroup_ns,
+                &cg_view,
+                filter.as_ref(),
+            )
         };
         let (pid, mut parent) = fork_into(enter, body)?;
         drop(console);
@@ -787,6 +799,12 @@ impl Container {
             (Some(s), Some(true)) => Some(console_connect(s)?),
             _ => None,
         };
+        // The container's filter confines what is exec'd in it too (runc).
+        let spec = Spec::load(&self.state.config).map_err(|e| Error::InvalidConfig {
+            path: self.state.config.clone(),
+            reason: e.to_string(),
+        })?;
+        let filter = seccomp::of_spec(&spec)?;
         // A subreaper, so that the exec'd process (our grandchild) comes
         // back to us when it exits.
         // SAFETY: prctl on our own process.
@@ -826,7 +844,7 @@ impl Container {
                 message: e.to_string(),
             })?;
             process::close_fds_on_exec(2)?;
-            process::credentials(p)?;
+            process::confine(p, filter.as_ref())?;
             Err(process::exec(p))
         };
         let (pid, mut parent) = fork_into(enter, body)?;

@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod init;
 pub mod net;
 pub mod process;
+pub mod seccomp;
 pub mod signal;
 pub mod spec;
 pub mod state;

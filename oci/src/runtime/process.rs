@@ -222,6 +222,26 @@ pub fn credentials(p: &Process) -> Result<(), StepError> {
     Ok(())
 }
 
+/// The process's credentials ([`credentials`]) and its seccomp filter,
+/// loaded where runc loads it (standard_init_linux.go): with
+/// no_new_privileges, last, just before exec; without it, before the
+/// capabilities go, since loading a filter without no_new_privs takes
+/// CAP_SYS_ADMIN (the profile must then allow what [`credentials`] calls,
+/// as docker's default profile does).
+pub fn confine(p: &Process, filter: Option<&super::seccomp::Filter>) -> Result<(), StepError> {
+    let load =
+        |f: &super::seccomp::Filter| f.load().map_err(|e| fail("loading the seccomp filter", e));
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    if let (Some(f), false) = (filter, nnp) {
+        load(f)?;
+    }
+    credentials(p)?;
+    if let (Some(f), true) = (filter, nnp) {
+        load(f)?;
+    }
+    Ok(())
+}
+
 /// Finds `prog` in the process's PATH (from its env), as execvp would.
 pub fn resolve(prog: &str, env: &[String]) -> PathBuf {
     if prog.contains('/') {

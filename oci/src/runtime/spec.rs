@@ -46,17 +46,6 @@ impl Bundle {
                 reason: "it has no process to run".into(),
             });
         }
-        if spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref())
-            .is_some()
-        {
-            return Err(Error::Unsupported {
-                what: "seccomp (linux.seccomp in config.json)",
-                hint: "remove linux.seccomp from config.json (docker: --security-opt seccomp=unconfined)",
-            });
-        }
         Ok(Bundle { dir, spec, rootfs })
     }
 }
