@@ -88,6 +88,19 @@ impl Root {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// `ferry delete --force ID`, and no cgroup of it is left.
+    pub fn remove(&self, id: &str) {
+        self.ok(&["delete", "--force", id]);
+        let left = cgroup_leftovers(id);
+        assert!(left.is_empty(), "cgroups of {id} left: {left:?}");
+    }
+
+    /// The pid of container `id`'s init, from `ferry state`.
+    pub fn pid(&self, id: &str) -> u32 {
+        let state: serde_json::Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
+        state["pid"].as_u64().unwrap() as u32
+    }
+
     pub fn status(&self, id: &str) -> String {
         let v: serde_json::Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
         v["status"].as_str().unwrap().to_string()
@@ -240,6 +253,14 @@ pub fn wait_numbers(file: &Path, n: usize) -> Vec<u64> {
             v.len()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each number one more than the one before (a counter seen from some
+/// point on).
+pub fn assert_continuous(v: &[u64]) {
+    for w in v.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "a gap or a repeat in {v:?}");
     }
 }
 
@@ -524,12 +545,13 @@ impl Console {
         }
     }
 
-    /// Waits until every slave of the pty closed and returns the whole text.
-    pub fn finish(mut self) -> String {
+    /// Waits until every slave of the pty closed; returns the numbers the
+    /// terminal showed.
+    pub fn finish(mut self) -> Vec<u64> {
         if let Some(r) = self.reader.take() {
             r.join().unwrap();
         }
-        self.text()
+        self.numbers()
     }
 }
 

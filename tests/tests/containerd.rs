@@ -482,13 +482,6 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Each number one more than the one before.
-fn assert_continuous(v: &[u64]) {
-    for w in v.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "a gap or a repeat in {v:?}");
-    }
-}
-
 #[test]
 fn containerd_runs_execs_pauses_kills_and_deletes_with_ferry() {
     let c = Containerd::start("run");
@@ -722,7 +715,9 @@ fn containerd_runs_and_execs_with_a_terminal() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("/dev/pts/") && text.contains("exec-done"),
-        "ctr task exec -t printed: {text}"
+        "ctr task exec -t printed {text:?} (stderr {:?}); containerd's log ends with:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&c.log(), 40)
     );
     c.kill_and_delete(id);
     c.assert_nothing_left(id, pid);

@@ -21,6 +21,16 @@ pub mod source;
 mod tarball;
 pub mod wire;
 
+/// What `ferry migrate` reports while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress<'a> {
+    /// A new phase began.
+    Phase(&'a str),
+    /// Memory pages acknowledged by the destination so far, of about `of`
+    /// (the container's memory use: an estimate, which the count can pass).
+    Pages { sent: u64, of: u64 },
+}
+
 /// How memory moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -10,6 +10,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use criu_rpc::lazy::LazyStats;
@@ -23,7 +24,7 @@ use super::preflight::{self, LowerLayer, Needs};
 use super::protocol::{Hello, Reply, Step};
 use super::tarball;
 use super::wire::{self, StreamWriter};
-use super::Mode;
+use super::{Mode, Progress};
 use crate::checkpoint::Checkpointed;
 use crate::checkpoint::{private_dir, CheckpointOptions};
 use crate::error::{Error, Result};
@@ -137,7 +138,7 @@ pub fn migrate(
     key: &Key,
     mode: Mode,
     criu: &Criu,
-    progress: &mut dyn FnMut(&str),
+    progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Report> {
     let t0 = Instant::now();
     let c = Container::load(root, id)?;
@@ -159,11 +160,11 @@ fn send(
     key: &Key,
     mode: Mode,
     criu: &Criu,
-    progress: &mut dyn FnMut(&str),
+    progress: &(dyn Fn(Progress<'_>) + Sync),
     t0: Instant,
 ) -> Result<Report> {
     let id = c.state.id.clone();
-    progress("pre-flight");
+    progress(Progress::Phase("pre-flight"));
     let cpu_dir = work.join("cpu");
     private_dir(&cpu_dir)?;
     let cpuinfo = preflight::cpuinfo(criu, &cpu_dir)?;
@@ -196,7 +197,7 @@ fn send(
     let lazy_here = criu.features()?.lazy_pages;
     let (mode, mode_reason) = mode.resolve(memory, lazy_here);
     let postcopy = mode == Mode::Postcopy;
-    progress(&format!("mode {mode} ({mode_reason})"));
+    progress(Progress::Phase(&format!("mode {mode} ({mode_reason})")));
     let needs = Needs {
         container_id: id.clone(),
         memory,
@@ -262,7 +263,7 @@ fn send(
     }
     let preflight_ms = ms(t0.elapsed());
 
-    progress("freeze and dump");
+    progress(Progress::Phase("freeze and dump"));
     let images = work.join("images");
     let frozen_at = Instant::now();
     let rootfs = c.state.rootfs.clone();
@@ -279,6 +280,23 @@ fn send(
         ..Default::default()
     };
     std::thread::scope(|scope| {
+        // Pages go from CRIU straight into the socket: what the destination
+        // has acknowledged (TCP_INFO) is how far they got. Polled until this
+        // closure returns, which drops `_stop_meter`.
+        let (_stop_meter, stopped) = std::sync::mpsc::channel::<()>();
+        let pages_seen = &pages_cut;
+        scope.spawn(move || {
+            let mut last = 0;
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(METER_EVERY) {
+                match wire::bytes_acked(pages_seen) {
+                    Some(sent) if sent != last => {
+                        last = sent;
+                        progress(Progress::Pages { sent, of: memory });
+                    }
+                    _ => {}
+                }
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel::<DumpEvent>();
         let done = tx.clone();
         // The dump runs beside: with lazy pages it only returns once the
@@ -324,7 +342,7 @@ fn send(
         let moved = match moved {
             Ok(m) => m,
             Err(e) => {
-                progress("resume the source");
+                progress(Progress::Phase("resume the source"));
                 let _ = pages_cut.shutdown(std::net::Shutdown::Both);
                 let _ = finish(dump);
                 return Err(resumed(root, &id, e));
@@ -334,7 +352,9 @@ fn send(
         let mut lazy = None;
         let mut lazy_ms = None;
         if postcopy {
-            progress("running on the destination; memory follows");
+            progress(Progress::Phase(
+                "running on the destination; memory follows",
+            ));
             let t = Instant::now();
             let pages_done = wire::recv::<_, Reply>(&mut ctl);
             let dumped = finish(dump);
@@ -347,7 +367,7 @@ fn send(
                     // The destination could not get every page: it killed
                     // its copy, and this one, whose memory is whole, runs on.
                     let _ = pages_cut.shutdown(std::net::Shutdown::Both);
-                    progress("resume the source");
+                    progress(Progress::Phase("resume the source"));
                     let failed = match (reply, dumped) {
                         (Ok(Reply::Failed { error }), _) => Error::DestinationFailed { error },
                         (_, Err(e)) => e,
@@ -368,7 +388,7 @@ fn send(
             (None, Some(s)) => s.pages_written * 4096,
             (None, None) => 0,
         };
-        progress("stop the source");
+        progress(Progress::Phase("stop the source"));
         Container::load(root, &id)?.delete(true)?;
         Ok(Report {
             id: id.clone(),
@@ -392,6 +412,9 @@ fn send(
         })
     })
 }
+
+/// How often the page meter looks at the page connection.
+const METER_EVERY: Duration = Duration::from_millis(200);
 
 /// What the destination got and did, seen from here.
 struct Moved {
@@ -418,9 +441,9 @@ fn move_state(
     rootfs: &Path,
     overlay: Option<&Overlay>,
     to: SocketAddr,
-    progress: &mut dyn FnMut(&str),
+    progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Moved> {
-    progress("transfer");
+    progress(Progress::Phase("transfer"));
     let t = Instant::now();
     wire::send(ctl, &Step::Images)?;
     let mut w = StreamWriter::new(ctl);
@@ -449,7 +472,7 @@ fn move_state(
     let rootfs_bytes = w.finish()?;
     expect(wire::recv(ctl)?)?;
     let transfer_ms = ms(t.elapsed());
-    progress("restore");
+    progress(Progress::Phase("restore"));
     wire::send(ctl, &Step::Restore)?;
     match wire::recv::<_, Reply>(ctl).map_err(|e| match e {
         Error::Wire(source) => Error::Peer {

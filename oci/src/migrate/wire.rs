@@ -212,6 +212,29 @@ impl<R: Read> Read for StreamReader<'_, R> {
     }
 }
 
+/// Bytes the peer has acknowledged on `s` (TCP_INFO's tcpi_bytes_acked):
+/// how far a stream written by someone else (CRIU, on the page
+/// connection) has got.
+pub fn bytes_acked(s: &std::net::TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data, all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` describe a buffer of the right size, which
+    // getsockopt fills (possibly less of it, on older kernels).
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // The count starts at 1: the SYN takes a sequence number too.
+    (r == 0).then_some(info.tcpi_bytes_acked.saturating_sub(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +308,27 @@ mod tests {
         write_frame(&mut buf, CONTROL, b"{not json").unwrap();
         let err = recv::<_, Msg>(&mut &buf[..]).unwrap_err();
         assert!(matches!(err, Error::BadMessage { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn bytes_acked_follows_what_the_peer_read() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut w = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut r, _) = l.accept().unwrap();
+        assert_eq!(bytes_acked(&w), Some(0));
+        w.write_all(&[7u8; 100_000]).unwrap();
+        let mut got = vec![0u8; 100_000];
+        r.read_exact(&mut got).unwrap();
+        // ACKs come back asynchronously, within a few round trips.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while bytes_acked(&w) < Some(100_000) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                bytes_acked(&w)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(bytes_acked(&w), Some(100_000));
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferry_oci::migrate::auth::Key;
 use ferry_oci::migrate::destination::Agent;
-use ferry_oci::migrate::{source, Mode};
+use ferry_oci::migrate::{source, Mode, Progress};
 
 use super::checkpoint::criu;
 use crate::Cli;
@@ -88,34 +88,52 @@ pub struct MigrateArgs {
 pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let key = Key::load(&a.key_file)?;
     let start = std::time::Instant::now();
-    // A spinner with the phase on a terminal; plain timestamped lines
-    // otherwise (logs, CI); nothing with --json, whose output is the report.
+    // On a terminal, a spinner with the phase that becomes a bar while the
+    // memory pages move; plain timestamped lines otherwise (logs, CI), the
+    // pages at their first byte and every quarter; nothing with --json,
+    // whose output is the report.
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let style = |template: &str| {
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+    };
     let bar = (tty && !a.json).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
+        b.set_style(style("{spinner} [{elapsed_precise}] {msg}"));
         b.enable_steady_tick(std::time::Duration::from_millis(100));
         b
     });
-    let result = source::migrate(
-        &cli.root,
-        &a.id,
-        a.to,
-        &key,
-        a.mode,
-        &criu(cli),
-        &mut |phase| match &bar {
-            Some(b) => {
-                b.println(format!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64()));
-                b.set_message(phase.to_string());
+    let line = |what: &str| eprintln!("[{:>7.3}s] {what}", start.elapsed().as_secs_f64());
+    // The last quarter of the pages printed as a line (0: none yet).
+    let quarter = std::sync::atomic::AtomicU64::new(0);
+    let progress = |p: Progress<'_>| match (p, &bar) {
+        (Progress::Phase(phase), Some(b)) => {
+            b.println(format!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64()));
+            b.set_message(phase.to_string());
+        }
+        (Progress::Pages { sent, of }, Some(b)) => {
+            if b.length().is_none() {
+                b.set_style(style(
+                    "{spinner} [{elapsed_precise}] {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                ));
             }
-            None if !a.json => eprintln!("[{:>7.3}s] {phase}", start.elapsed().as_secs_f64()),
-            None => {}
-        },
-    );
+            b.set_length(of.max(sent));
+            b.set_position(sent);
+        }
+        (Progress::Phase(phase), None) if !a.json => line(phase),
+        (Progress::Pages { sent, of }, None) if !a.json => {
+            let q = 1 + 4 * sent / of.max(1);
+            if q > quarter.fetch_max(q, std::sync::atomic::Ordering::Relaxed) {
+                line(&format!(
+                    "pages: {:.1} of about {:.1} MiB",
+                    sent as f64 / 1048576.0,
+                    of as f64 / 1048576.0
+                ));
+            }
+        }
+        _ => {}
+    };
+    let result = source::migrate(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
