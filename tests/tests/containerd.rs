@@ -710,7 +710,10 @@ fn containerd_runs_and_execs_with_a_terminal() {
     let pid = c.wait_status(id, "RUNNING");
     let out = on_a_pty(
         &c,
-        &format!("task exec -t --exec-id t1 {id} sh -c 'tty; echo exec-done'"),
+        // The short sleep keeps the pty open while script(1) drains it: its
+        // last output was once missing here (1 run in ~40, under load) when
+        // the process and ctr exited at once.
+        &format!("task exec -t --exec-id t1 {id} sh -c 'tty; echo exec-done; sleep 0.2'"),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
