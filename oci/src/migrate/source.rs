@@ -286,9 +286,11 @@ fn send(
         let (_stop_meter, stopped) = std::sync::mpsc::channel::<()>();
         let pages_seen = &pages_cut;
         scope.spawn(move || {
+            // What the authentication exchanged before CRIU got the socket.
+            let base = wire::bytes_acked(pages_seen).unwrap_or(0);
             let mut last = 0;
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(METER_EVERY) {
-                match wire::bytes_acked(pages_seen) {
+                match wire::bytes_acked(pages_seen).map(|b| b.saturating_sub(base)) {
                     Some(sent) if sent != last => {
                         last = sent;
                         progress(Progress::Pages { sent, of: memory });
