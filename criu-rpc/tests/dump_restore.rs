@@ -611,7 +611,7 @@ fn lazy_dump_and_restore_through_the_lazy_pages_daemon() {
     );
 
     let daemon = LazyPages::bind(&images, &work).unwrap();
-    let serve = std::thread::spawn(move || daemon.serve(dest_end, &AtomicBool::new(false)));
+    let serve = std::thread::spawn(move || daemon.serve(dest_end, &AtomicBool::new(false), || {}));
     let mut ropts = RestoreOptions::new(dirs(&images, "restore.log").work_dir(&work).unwrap());
     ropts.lazy_pages = true;
     let restored = Criu::new()

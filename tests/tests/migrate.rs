@@ -224,6 +224,32 @@ while True:
     time.sleep(0.05)
 "#;
 
+/// The same with each line's number followed by the crc32 of the 256 MiB:
+/// a page lost or zeroed in a move changes it.
+const CRC_COUNTER_256_MIB: &str = r#"
+import os, time, zlib
+m = bytearray(os.urandom(1 << 20)) * 256
+i = 0
+f = open('/out/count', 'a')
+while True:
+    f.write('%d %d\n' % (i, zlib.crc32(m)))
+    f.flush()
+    i += 1
+    time.sleep(0.05)
+"#;
+
+/// The (number, crc) lines [`CRC_COUNTER_256_MIB`] wrote to `path`.
+fn crc_lines(path: &std::path::Path) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// `ferry run -d` of `bundle` as `id` on `root`.
 fn run(root: &Root, bundle: &std::path::Path, id: &str) {
     root.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), id]);
@@ -457,18 +483,7 @@ fn postcopy_moves_256_mib_with_the_memory_intact() {
     let p = Pair::new();
     let (a, b, tag) = (&p.a, &p.b, p.tag);
     let serve_b = p.serve_b("pb");
-    let script = r#"
-import os, time, zlib
-m = bytearray(os.urandom(1 << 20)) * 256
-i = 0
-f = open('/out/count', 'a')
-while True:
-    f.write('%d %d\n' % (i, zlib.crc32(m)))
-    f.flush()
-    i += 1
-    time.sleep(0.05)
-"#;
-    let bundle = python_bundle(p.dir(), script);
+    let bundle = python_bundle(p.dir(), CRC_COUNTER_256_MIB);
     let count = bundle.join("rootfs/out/count");
     let id = format!("post-{tag}");
     run(a, &bundle, &id);
@@ -479,20 +494,10 @@ while True:
     let received = report["lazy"]["received_bytes"].as_u64().unwrap();
     assert!(received >= 256 << 20, "{report}");
     assert!(a.ids().is_empty());
-    let lines = |p: &std::path::Path| -> Vec<(u64, u64)> {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
-            })
-            .collect()
-    };
-    let before = lines(&count);
+    let before = crc_lines(&count);
     let moved = moved_rootfs(b, &id).join("out/count");
     wait_numbers(&moved, before.len() + 10);
-    let after = lines(&moved);
+    let after = crc_lines(&moved);
     let crc = before[0].1;
     for (i, (n, c)) in after.iter().enumerate() {
         assert_eq!(*n, i as u64, "line {i}: {after:?}");
@@ -500,6 +505,92 @@ while True:
     }
     b.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-pb-{tag}/{id}")).is_empty());
+}
+
+/// The link dies in the middle of a post-copy move, after the container
+/// resumed on B but before its memory was all there (the page connection
+/// throttled to 32 MiB/s, cut once B runs it): B kills its incomplete copy
+/// before its faults could see a zero page (every line it wrote has the
+/// right crc), and A, which kept the whole memory, resumes it.
+#[test]
+fn a_link_cut_during_postcopy_resumes_the_source() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("lb");
+    let relay = Relay::start(
+        serve_b.addr.clone(),
+        Tamper::Throttle {
+            bytes_per_sec: 32 << 20,
+        },
+    );
+    let bundle = python_bundle(p.dir(), CRC_COUNTER_256_MIB);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("cut-{tag}");
+    run(a, &bundle, &id);
+    wait_numbers(&count, 3);
+    let crc = crc_lines(&count)[0].1;
+    let mut mig = Command::new(ferry_bin())
+        .arg("--root")
+        .arg(a.path())
+        .args(["migrate", &id, "--to", &relay.addr, "--key-file"])
+        .arg(&p.key)
+        .args(["--mode", "postcopy"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    let stderr = mig.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    for l in lines.by_ref().map_while(Result::ok) {
+        err.push_str(&l);
+        err.push('\n');
+        if l.contains("memory follows") {
+            break;
+        }
+    }
+    assert!(
+        err.contains("memory follows"),
+        "the move never got to post-copy:\n{err}"
+    );
+    relay.cut();
+    for l in lines.map_while(Result::ok) {
+        err.push_str(&l);
+        err.push('\n');
+    }
+    let status = mig.wait().unwrap();
+    assert!(!status.success(), "the move claimed success: {err}");
+    assert!(err.contains("keeps running"), "{err}");
+    assert_eq!(a.status(&id), "running");
+    let n = crc_lines(&count).len();
+    wait_numbers(&count, n + 5);
+    let on_a = crc_lines(&count);
+    for (i, (k, c)) in on_a.iter().enumerate() {
+        assert_eq!(*k, i as u64, "a gap or a repeat on A: {on_a:?}");
+        assert_eq!(*c, crc, "line {i} on A: the resumed memory changed");
+    }
+    // B's copy ran a little with the pages it had; none of it saw a page
+    // that was not there.
+    let moved = moved_rootfs(b, &id).join("out/count");
+    for (k, c) in crc_lines(&moved) {
+        assert_eq!(
+            c, crc,
+            "line {k} on B: the incomplete copy ran on zero pages"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.ids().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "B kept its incomplete copy: {:?}",
+            b.ids()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_no_criu();
+    assert_no_lock_rules();
+    a.remove(&id);
 }
 
 /// A TCP client outside both hosts keeps talking to a server inside the
@@ -652,45 +743,85 @@ fn assert_no_lock_rules() {
     );
 }
 
-/// A relay between the source and the agent that flips one byte of the
-/// first connection (the control connection), `at` bytes into what the
-/// source sends.
-fn corrupting_proxy(to: String, at: usize) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for (n, c) in l.incoming().enumerate() {
-            let Ok(down) = c else { return };
-            let Ok(up) = std::net::TcpStream::connect(&to) else {
-                return;
-            };
-            let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-            let (mut down, mut up) = (down, up);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut u2, &mut d2);
-                let _ = d2.shutdown(std::net::Shutdown::Both);
-            });
-            std::thread::spawn(move || {
-                let mut seen = 0usize;
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    let k = match std::io::Read::read(&mut down, &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => k,
-                    };
-                    if n == 0 && seen <= at && at < seen + k {
-                        buf[at - seen] ^= 0x5a;
+/// What a [`Relay`] does to the bytes the source sends.
+#[derive(Clone, Copy)]
+enum Tamper {
+    /// Flips the byte `at` bytes into the first connection (the control
+    /// connection).
+    FlipByte { at: usize },
+    /// Forwards at most this many bytes a second on each connection.
+    Throttle { bytes_per_sec: usize },
+}
+
+/// A relay between the source and the agent, each connection relayed both
+/// ways, tampered with on the way to the agent; `cut` breaks every
+/// connection at once, as a link going down would.
+struct Relay {
+    addr: String,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(to: String, tamper: Tamper) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = conns.clone();
+        std::thread::spawn(move || {
+            for (n, c) in l.incoming().enumerate() {
+                let Ok(down) = c else { return };
+                let Ok(up) = std::net::TcpStream::connect(&to) else {
+                    return;
+                };
+                kept.lock()
+                    .unwrap()
+                    .extend([down.try_clone().unwrap(), up.try_clone().unwrap()]);
+                let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                let (mut down, mut up) = (down, up);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut d2);
+                    let _ = d2.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let mut seen = 0usize;
+                    let mut buf = vec![0u8; 64 << 10];
+                    let t0 = Instant::now();
+                    loop {
+                        let k = match std::io::Read::read(&mut down, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => k,
+                        };
+                        match tamper {
+                            Tamper::FlipByte { at } if n == 0 && seen <= at && at < seen + k => {
+                                buf[at - seen] ^= 0x5a;
+                            }
+                            Tamper::Throttle { bytes_per_sec } => {
+                                let due = Duration::from_secs_f64(
+                                    (seen + k) as f64 / bytes_per_sec as f64,
+                                );
+                                if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                                    std::thread::sleep(wait);
+                                }
+                            }
+                            _ => {}
+                        }
+                        seen += k;
+                        if std::io::Write::write_all(&mut up, &buf[..k]).is_err() {
+                            break;
+                        }
                     }
-                    seen += k;
-                    if std::io::Write::write_all(&mut up, &buf[..k]).is_err() {
-                        break;
-                    }
-                }
-                let _ = up.shutdown(std::net::Shutdown::Both);
-            });
+                    let _ = up.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Relay { addr, conns }
+    }
+
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().iter() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
         }
-    });
-    addr
+    }
 }
 
 /// One byte of the control stream flipped on the way (inside the images or
@@ -706,8 +837,8 @@ fn a_corrupted_stream_keeps_the_source() {
     let id = format!("corrupt-{tag}");
     run(a, &bundle, &id);
     wait_numbers(&count, 3);
-    let proxy = corrupting_proxy(serve_b.addr.clone(), 300_000);
-    let err = p.migrate_fails(a, &id, &proxy, &["--mode", "precopy"]);
+    let proxy = Relay::start(serve_b.addr.clone(), Tamper::FlipByte { at: 300_000 });
+    let err = p.migrate_fails(a, &id, &proxy.addr, &["--mode", "precopy"]);
     assert_source_went_on(a, &id, &count, &err);
     assert!(b.ids().is_empty());
     assert!(

@@ -136,7 +136,17 @@ impl LazyPages {
     /// Serves the restore's tasks with pages from `source` (a connection to
     /// the lazy dump's page server) until every page is in. `cancel` stops a
     /// daemon whose restore failed before connecting or finishing.
-    pub fn serve<S: Read + Write>(self, source: S, cancel: &AtomicBool) -> Result<LazyStats> {
+    ///
+    /// `on_failure` runs when the pages cannot all be delivered, while the
+    /// daemon still holds the tasks' userfaultfds: closing them would let a
+    /// faulting task go on with a zero page where its memory was, so the
+    /// caller kills the tasks there, before that can happen.
+    pub fn serve<S: Read + Write>(
+        self,
+        source: S,
+        cancel: &AtomicBool,
+        on_failure: impl FnOnce(),
+    ) -> Result<LazyStats> {
         let client = self.accept(cancel)?;
         let t0 = Instant::now();
         let mut d = Daemon {
@@ -149,7 +159,10 @@ impl LazyPages {
         };
         let result = d.run(client, cancel, t0);
         let _ = std::fs::remove_file(&self.path);
-        result?;
+        if let Err(e) = result {
+            on_failure();
+            return Err(e);
+        }
         d.remote.close()?;
         d.stats.received_bytes = d.remote.received;
         d.stats.total_ms = t0.elapsed().as_secs_f64() * 1000.0;

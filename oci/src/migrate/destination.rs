@@ -329,7 +329,7 @@ impl Agent {
         let daemon = LazyPages::bind(&images, &work)?;
         let cancel = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            let served = scope.spawn(|| daemon.serve(source, &cancel));
+            let served = scope.spawn(|| daemon.serve(source, &cancel, || self.kill_restored(id)));
             let pid = match restore(s, Some(&work)) {
                 Ok(pid) => pid,
                 Err(e) => {
@@ -345,7 +345,8 @@ impl Agent {
                     Ok(pid)
                 }
                 Ok(Err(e)) => {
-                    // Its memory is incomplete: it must not run on.
+                    // Its memory is incomplete: it must not run on (the
+                    // daemon killed it before letting its faults go).
                     self.kill_restored(id);
                     Err(Error::from(e))
                 }
