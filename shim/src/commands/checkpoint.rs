@@ -23,14 +23,22 @@ pub struct CriuFlags {
     /// Where CRIU writes its log and scratch files (default: the image path).
     #[arg(long = "work-path")]
     pub work_path: Option<PathBuf>,
+    /// Allow open TCP connections (restored in repair mode, the network
+    /// locked meanwhile).
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,
+    /// Allow external unix sockets (connected to a peer outside the
+    /// container).
     #[arg(long = "ext-unix-sk")]
     pub ext_unix_sk: bool,
+    /// Allow shell jobs (a session or terminal shared with the caller).
     #[arg(long = "shell-job")]
     pub shell_job: bool,
+    /// Handle file locks.
     #[arg(long = "file-locks")]
     pub file_locks: bool,
+    /// Post-copy: memory is served (or fetched) later, through a page
+    /// server and userfaultfd.
     #[arg(long = "lazy-pages")]
     pub lazy_pages: bool,
     /// soft, full, strict or ignore.
@@ -39,6 +47,7 @@ pub struct CriuFlags {
     /// Namespaces left empty in the image (only `network`).
     #[arg(long = "empty-ns")]
     pub empty_ns: Vec<String>,
+    /// Punch holes in parent images for pages written again.
     #[arg(long = "auto-dedup")]
     pub auto_dedup: bool,
     /// Print CRIU's statistics (also saved as JSON next to the images).
@@ -54,14 +63,17 @@ pub struct CheckpointArgs {
     /// A previous pre-dump, relative to the image path.
     #[arg(long = "parent-path")]
     pub parent_path: Option<PathBuf>,
+    /// Leave the container running after the checkpoint.
     #[arg(long = "leave-running")]
     pub leave_running: bool,
     /// Leave the tasks stopped after the dump (for a move: the source
     /// stays until the destination runs).
     #[arg(long = "leave-stopped")]
     pub leave_stopped: bool,
+    /// Skip TCP connections still being set up (SYN_SENT, SYN_RECV).
     #[arg(long = "tcp-skip-in-flight")]
     pub tcp_skip_in_flight: bool,
+    /// Allow open files that were unlinked (kept as hard links).
     #[arg(long = "link-remap")]
     pub link_remap: bool,
     /// An fd CRIU writes to when lazy pages are ready to be served.
@@ -70,6 +82,8 @@ pub struct CheckpointArgs {
     /// IP:PORT of a CRIU page server to send memory to.
     #[arg(long = "page-server")]
     pub page_server: Option<String>,
+    /// Dump memory only, leaving the container running (needs memory
+    /// tracking, which this kernel may lack: see `ferry check`).
     #[arg(long = "pre-dump")]
     pub pre_dump: bool,
     /// Also write the checkpoint as one archive: the images, config.json and

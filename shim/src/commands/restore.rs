@@ -17,21 +17,29 @@ pub struct RestoreArgs {
     pub id: String,
     #[command(flatten)]
     pub criu: CriuFlags,
+    /// The bundle (config.json and rootfs) to restore into.
     #[arg(short, long, default_value = ".")]
     pub bundle: PathBuf,
+    /// Return once the container runs, instead of waiting for it.
     #[arg(short, long)]
     pub detach: bool,
+    /// Write the restored init's pid to this file.
     #[arg(long = "pid-file")]
     pub pid_file: Option<PathBuf>,
+    /// Where the new pty master of a container with a terminal goes (as
+    /// for create).
     #[arg(long = "console-socket")]
     pub console_socket: Option<PathBuf>,
     /// Accepted for runc compatibility.
     #[arg(long = "no-pivot")]
     pub no_pivot: bool,
+    /// Accepted for runc compatibility.
     #[arg(long = "no-subreaper")]
     pub no_subreaper: bool,
+    /// The LSM profile the restored tasks get (CRIU's lsm_profile).
     #[arg(long = "lsm-profile")]
     pub lsm_profile: Option<String>,
+    /// The LSM mount context of the restored mounts.
     #[arg(long = "lsm-mount-context")]
     pub lsm_mount_context: Option<String>,
     /// Restore from an archive of `ferry checkpoint --export`: it is
