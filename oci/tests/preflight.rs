@@ -24,6 +24,7 @@ fn this_host_accepts_what_fits_and_its_own_cpu() {
         kernel: facts.kernel.clone(),
         postcopy: true,
         terminal: false,
+        address: None,
     };
     assert_eq!(preflight::judge(&facts, &needs, false, |_| None), []);
     let too_big = Needs {

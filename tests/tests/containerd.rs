@@ -386,14 +386,17 @@ impl Drop for Containerd {
                 let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        // `ctr container restore` leaves its fifo dir behind.
+        // `ctr container restore` leaves its fifo dir behind. Its files are
+        // named after our ids, NS-NAME: the dash keeps namespace "cr" off
+        // the fifos of namespace "crtty", a test that may still run.
+        let ours_prefix = format!("{}-", self.ns);
         if let Ok(rd) = std::fs::read_dir("/run/containerd/fifo") {
             for d in rd.flatten() {
                 let ours = std::fs::read_dir(d.path())
                     .into_iter()
                     .flatten()
                     .flatten()
-                    .any(|f| f.file_name().to_string_lossy().starts_with(&self.ns));
+                    .any(|f| f.file_name().to_string_lossy().starts_with(&ours_prefix));
                 if ours {
                     let _ = std::fs::remove_dir_all(d.path());
                 }

@@ -636,6 +636,38 @@ for line in f:
         &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
     );
 
+    // The address taken on B by another container: refused in pre-flight,
+    // before anything is frozen.
+    let squatter = format!("squat-{tag}");
+    let squat = busybox_bundle(&p.dir().join("squat"), &["sleep", "60"]);
+    edit_config(&squat, |c| {
+        c["annotations"] = serde_json::json!({"org.ferry.network.address": "10.68.0.50/32"});
+    });
+    on(
+        "b",
+        b,
+        &["run", "-d", "--bundle", squat.to_str().unwrap(), &squatter],
+    );
+    let refused = run_ferry(ferry_in(&hosts, "a", a).args([
+        "migrate",
+        &id,
+        "--to",
+        &format!("10.68.0.2:{port}"),
+        "--key-file",
+        k.to_str().unwrap(),
+    ]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a move onto a taken address went through"
+    );
+    assert!(
+        err.contains("10.68.0.50") && err.contains(&squatter),
+        "{err}"
+    );
+    assert_eq!(a.status(&id), "running");
+    on("b", b, &["delete", "--force", &squatter]);
+
     // The client, on the client host: one connection, a ping every 50 ms.
     let client_ns = format!("/run/netns/{}-client", hosts.name);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

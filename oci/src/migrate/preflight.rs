@@ -8,6 +8,7 @@
 //! CPUINFO_CHECK, which knows which CPU features restored code may rely on.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use criu_rpc::{Criu, ImageDirs, Version, MIN_VERSION};
@@ -29,6 +30,10 @@ pub struct HostFacts {
     /// The agent has a console socket to hand restored terminals to.
     #[serde(default)]
     pub console: bool,
+    /// The addresses of Ferry's network taken by containers here, and by
+    /// which.
+    #[serde(default)]
+    pub addresses: Vec<(IpAddr, String)>,
 }
 
 /// What moving one container needs from the destination.
@@ -51,6 +56,9 @@ pub struct Needs {
     /// restored console's master needs somewhere to go on the destination.
     #[serde(default)]
     pub terminal: bool,
+    /// The container's address on Ferry's network, which it keeps.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -99,6 +107,11 @@ pub enum Problem {
     },
     /// A container with a terminal, an agent with nowhere to put it.
     NoConsole,
+    /// The container's address is another container's on the destination.
+    AddressInUse {
+        address: IpAddr,
+        id: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -138,6 +151,10 @@ impl fmt::Display for Problem {
             Problem::NoConsole => write!(
                 f,
                 "the container has a terminal and the destination agent has no console socket to hand it to: start `ferry serve` there with --console-socket PATH"
+            ),
+            Problem::AddressInUse { address, id } => write!(
+                f,
+                "address {address} is container {id}'s on the destination: move or delete that one first"
             ),
             Problem::IdInUse { id } => write!(
                 f,
@@ -211,6 +228,16 @@ pub fn judge(
     if needs.terminal && !facts.console {
         out.push(Problem::NoConsole);
     }
+    if let Some((address, id)) = facts
+        .addresses
+        .iter()
+        .find(|(a, _)| Some(*a) == needs.address)
+    {
+        out.push(Problem::AddressInUse {
+            address: *address,
+            id: id.clone(),
+        });
+    }
     if id_taken {
         out.push(Problem::IdInUse {
             id: needs.container_id.clone(),
@@ -272,6 +299,11 @@ impl HostFacts {
             mem_available: meminfo_available(&meminfo).unwrap_or(0),
             lazy_pages: features.lazy_pages,
             console: false,
+            addresses: crate::runtime::container::list(state_dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(s, _)| Some((s.net?.address.addr, s.id)))
+                .collect(),
         })
     }
 }
@@ -327,6 +359,7 @@ mod tests {
             mem_available: 8 << 30,
             lazy_pages: true,
             console: false,
+            addresses: vec![],
         }
     }
 
@@ -343,7 +376,29 @@ mod tests {
             kernel: "6.18.0".into(),
             postcopy: false,
             terminal: false,
+            address: None,
         }
+    }
+
+    #[test]
+    fn an_address_taken_on_the_destination_is_named() {
+        let facts = HostFacts {
+            addresses: vec![("10.66.0.50".parse().unwrap(), "web".into())],
+            ..facts()
+        };
+        let digest = |_: &Path| Some("sha256:aa".to_string());
+        let mut n = needs();
+        assert!(judge(&facts, &n, false, digest).is_empty());
+        n.address = Some("10.66.0.50".parse().unwrap());
+        let problems = judge(&facts, &n, false, digest);
+        assert_eq!(
+            problems,
+            [Problem::AddressInUse {
+                address: "10.66.0.50".parse().unwrap(),
+                id: "web".into()
+            }]
+        );
+        assert!(problems[0].to_string().contains("container web"));
     }
 
     #[test]

@@ -209,6 +209,7 @@ fn send(
             .unwrap_or_default(),
         postcopy,
         terminal: false,
+        address: c.state.net.as_ref().map(|n| n.address.addr),
     };
     let config = std::fs::read_to_string(&c.state.config).map_err(|source| Error::Io {
         op: "reading",
