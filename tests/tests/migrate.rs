@@ -208,6 +208,19 @@ impl Pair {
     fn migrate_fails(&self, from: &Root, id: &str, to: &str, extra: &[&str]) -> String {
         from.fails(&self.migrate_args(id, to, extra))
     }
+
+    /// `ferry migrate` from `from` inside host `h` of `hosts`: its output,
+    /// success or not.
+    fn migrate_in(
+        &self,
+        (hosts, h): (&Hosts, &str),
+        from: &Root,
+        id: &str,
+        to: &str,
+        extra: &[&str],
+    ) -> std::process::Output {
+        run_ferry(ferry_in(hosts, h, from).args(self.migrate_args(id, to, extra)))
+    }
 }
 
 /// A counter (/out/count, every 50 ms) holding 256 MiB of memory that
@@ -648,14 +661,8 @@ for line in f:
         b,
         &["run", "-d", "--bundle", squat.to_str().unwrap(), &squatter],
     );
-    let refused = run_ferry(ferry_in(&hosts, "a", a).args([
-        "migrate",
-        &id,
-        "--to",
-        &format!("10.68.0.2:{port}"),
-        "--key-file",
-        k.to_str().unwrap(),
-    ]));
+    let to_b = format!("10.68.0.2:{port}");
+    let refused = p.migrate_in((&hosts, "a"), a, &id, &to_b, &[]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success(),
@@ -705,36 +712,21 @@ for line in f:
         got
     });
     std::thread::sleep(Duration::from_secs(2));
-    on(
-        "a",
-        a,
-        &[
-            "migrate",
-            &id,
-            "--to",
-            &format!("10.68.0.2:{port}"),
-            "--key-file",
-            k.to_str().unwrap(),
-            "--mode",
-            "precopy",
-        ],
+    let moved = p.migrate_in((&hosts, "a"), a, &id, &to_b, &["--mode", "precopy"]);
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(a.ids().is_empty());
     // And back, post-copy: the connection survives a lazy restore too.
-    on(
-        "b",
-        b,
-        &[
-            "migrate",
-            &id,
-            "--to",
-            &format!("10.68.0.1:{port}"),
-            "--key-file",
-            k.to_str().unwrap(),
-            "--mode",
-            "postcopy",
-        ],
+    let to_a = format!("10.68.0.1:{port}");
+    let back = p.migrate_in((&hosts, "b"), b, &id, &to_a, &["--mode", "postcopy"]);
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
     );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1171,21 +1163,13 @@ except Exception as e:
     );
     wait_numbers(&count, 10);
     std::thread::sleep(Duration::from_millis(300));
-    let out = on(
-        "a",
-        a,
-        &[
-            "migrate",
-            &id,
-            "--to",
-            &addr_b,
-            "--key-file",
-            k.to_str().unwrap(),
-            "--mode",
-            "precopy",
-        ],
+    let out = p.migrate_in((&hosts, "a"), a, &id, &addr_b, &["--mode", "precopy"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("moved"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.contains("moved"), "{out}");
     let moved = moved_rootfs(b, &id).join("out");
     let before = numbers(&count).len();
     wait_numbers(&moved.join("count"), before + 20);
