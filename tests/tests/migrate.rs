@@ -430,7 +430,8 @@ fn a_terminal_container_moves_to_the_agents_console() {
 }
 
 /// The destination agent dies in the middle of a move (SIGKILL once
-/// `ferry migrate` reports a 256 MiB container's pages in flight): the
+/// `ferry migrate` reports a 256 MiB container's pages in flight, slowed
+/// down by a relay): the
 /// migration fails, the source container runs on with its counter intact,
 /// and no CRIU is left.
 #[test]
@@ -443,7 +444,15 @@ fn a_killed_destination_leaves_the_source_running() {
     let id = format!("kill-{tag}");
     run(a, &bundle, &id);
     wait_numbers(&count, 5);
-    let mut mig = spawn_precopy_move(a, &id, &serve_b.addr, &p.key);
+    // Through a relay at 64 MiB/s, so that the pages take seconds to go
+    // and the agent dies while they do.
+    let relay = Relay::start(
+        serve_b.addr.clone(),
+        Tamper::Throttle {
+            bytes_per_sec: 64 << 20,
+        },
+    );
+    let mut mig = spawn_precopy_move(a, &id, &relay.addr, &p.key);
     // Kill the agent once pages are flowing: `ferry migrate` says so as
     // soon as the destination acknowledged the first of them.
     let (tx, lines) = std::sync::mpsc::channel::<String>();
