@@ -397,6 +397,12 @@ fn a_terminal_container_moves_to_the_agents_console() {
     first.wait_for("ten numbers", |_| first.numbers().len() >= 10);
 
     let plain = p.serve_b("tb");
+    // --check asks the same question and moves nothing either way.
+    let err = p.migrate_fails(a, &id, &plain.addr, &["--check"]);
+    assert!(
+        err.contains("--console-socket") && err.contains("nothing was frozen"),
+        "{err}"
+    );
     let err = p.migrate_fails(a, &id, &plain.addr, &[]);
     assert!(err.contains("--console-socket"), "{err}");
     drop(plain);
@@ -411,6 +417,10 @@ fn a_terminal_container_moves_to_the_agents_console() {
         &p.cgroup("tb"),
         &["--console-socket", second.path_str()],
     );
+    let fits = p.migrate(a, &id, &serve_b.addr, &["--check", "--mode", "precopy"]);
+    assert!(fits.contains("can take"), "{fits}");
+    assert_eq!(a.status(&id), "running");
+    assert!(b.ids().is_empty() && !b.path().join("incoming").join(&id).exists());
     p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy"]);
     assert!(a.ids().is_empty(), "the source container is gone");
     // The source's tasks are gone, so its console's slave closed.

@@ -107,7 +107,34 @@ impl Agent {
                 config,
                 cpuinfo,
             } => self.receive(s, needs, config, cpuinfo),
+            Hello::Check { needs, cpuinfo } => {
+                crate::runtime::state::validate_id(&needs.container_id)?;
+                let (problems, _) = self.judge(&needs, &cpuinfo)?;
+                let reply = if problems.is_empty() {
+                    Reply::Fits
+                } else {
+                    Reply::Refused { problems }
+                };
+                wire::send(&mut s, &reply)
+            }
         }
+    }
+
+    /// The pre-flight verdict on `needs` here (and the facts it rests on).
+    fn judge(&self, needs: &Needs, cpuinfo: &[u8]) -> Result<(Vec<preflight::Problem>, HostFacts)> {
+        let facts = HostFacts {
+            console: self.console_socket.is_some(),
+            ..HostFacts::gather(&self.criu, &self.root)?
+        };
+        let taken = self.root.join(&needs.container_id).exists();
+        let mut problems = preflight::judge(&facts, needs, taken, |p| {
+            crate::overlay::layer_digest(p).ok()
+        });
+        let scratch = tempfile_dir(&self.root, "cpu")?;
+        let cpu = preflight::check_cpuinfo(&self.criu, cpuinfo, &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        problems.extend(cpu?);
+        Ok((problems, facts))
     }
 
     fn receive(
@@ -120,23 +147,11 @@ impl Agent {
         let id = needs.container_id.clone();
         crate::runtime::state::validate_id(&id)?;
         let dir = self.root.join("incoming").join(&id);
-        let facts = HostFacts {
-            console: self.console_socket.is_some(),
-            ..HostFacts::gather(&self.criu, &self.root)?
-        };
-        let taken = self.root.join(&id).exists();
-        if !taken && dir.exists() {
+        if !self.root.join(&id).exists() && dir.exists() {
             // What an earlier move of this id left (its container is gone).
             remove_incoming(&dir)?;
         }
-        let mut problems = preflight::judge(&facts, &needs, taken, |p| {
-            crate::overlay::layer_digest(p).ok()
-        });
-        let scratch = tempfile_dir(&self.root, "cpu")?;
-        if let Some(p) = preflight::check_cpuinfo(&self.criu, &cpuinfo, &scratch)? {
-            problems.push(p);
-        }
-        let _ = std::fs::remove_dir_all(&scratch);
+        let (problems, facts) = self.judge(&needs, &cpuinfo)?;
         if !problems.is_empty() {
             return wire::send(&mut s, &Reply::Refused { problems });
         }

@@ -20,6 +20,9 @@ pub enum Hello {
     /// The connection that will carry the memory pages of `migration`,
     /// handed to CRIU's page server once authenticated.
     Pages { migration: String },
+    /// An offer to judge only (`ferry migrate --check`): the answer is
+    /// `Fits` or `Refused`, and nothing is received.
+    Check { needs: Needs, cpuinfo: Vec<u8> },
 }
 
 /// Source to destination, after the offer was accepted.
@@ -48,6 +51,8 @@ pub enum Reply {
     Refused {
         problems: Vec<Problem>,
     },
+    /// The answer to a `Check` that found no problem.
+    Fits,
     PagesReady,
     Received {
         bytes: u64,

@@ -130,41 +130,26 @@ pub fn resume(root: &Path, id: &str) -> Result<()> {
     unlock.map(drop)
 }
 
-/// Moves container `id` of `root` to the agent at `to`.
-pub fn migrate(
-    root: &Path,
-    id: &str,
-    to: SocketAddr,
-    key: &Key,
+/// What the destination is asked to take, and how it will move.
+struct Offer {
+    needs: Needs,
+    /// The container's config.json.
+    config: String,
+    cpuinfo: Vec<u8>,
     mode: Mode,
-    criu: &Criu,
-    progress: &(dyn Fn(Progress<'_>) + Sync),
-) -> Result<Report> {
-    let t0 = Instant::now();
-    let c = Container::load(root, id)?;
-    c.require(&[Status::Running], "running")?;
-    let work = root.join("outgoing").join(id);
-    let _ = std::fs::remove_dir_all(&work);
-    private_dir(&work)?;
-    let result = send(root, c, &work, to, key, mode, criu, progress, t0);
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    mode_reason: String,
+    overlay: Option<Overlay>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn send(
-    root: &Path,
-    c: Container,
+/// Describes container `c` for the destination's pre-flight.
+fn offer(
+    c: &Container,
     work: &Path,
-    to: SocketAddr,
-    key: &Key,
     mode: Mode,
     criu: &Criu,
     progress: &(dyn Fn(Progress<'_>) + Sync),
-    t0: Instant,
-) -> Result<Report> {
+) -> Result<Offer> {
     let id = c.state.id.clone();
-    progress(Progress::Phase("pre-flight"));
     let cpu_dir = work.join("cpu");
     private_dir(&cpu_dir)?;
     let cpuinfo = preflight::cpuinfo(criu, &cpu_dir)?;
@@ -220,21 +205,130 @@ fn send(
         terminal: super::spec_has_terminal(&config),
         ..needs
     };
+    Ok(Offer {
+        needs,
+        config,
+        cpuinfo,
+        mode,
+        mode_reason,
+        overlay,
+    })
+}
+
+/// An authenticated connection to the agent at `to`.
+fn connect(to: SocketAddr, key: &Key) -> Result<TcpStream> {
     let peer = to.to_string();
-    let connect = || -> Result<TcpStream> {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10)).map_err(|source| {
-            Error::Peer {
-                peer: peer.clone(),
-                op: "connecting",
-                source,
-            }
+    let mut s =
+        TcpStream::connect_timeout(&to, Duration::from_secs(10)).map_err(|source| Error::Peer {
+            peer: peer.clone(),
+            op: "connecting",
+            source,
         })?;
-        // Request/answer messages: never wait for a delayed ACK.
-        let _ = s.set_nodelay(true);
-        auth::client(&mut s, key, &peer)?;
-        Ok(s)
-    };
-    let mut ctl = connect()?;
+    // Request/answer messages: never wait for a delayed ACK.
+    let _ = s.set_nodelay(true);
+    auth::client(&mut s, key, &peer)?;
+    Ok(s)
+}
+
+/// What `ferry migrate --check` learnt: the destination would take the
+/// container, in this mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub id: String,
+    pub to: String,
+    pub mode: Mode,
+    pub mode_reason: String,
+}
+
+/// Asks the agent at `to` whether it would take container `id` of `root`
+/// (its whole pre-flight check), and moves nothing: the container runs on,
+/// never frozen. A refusal is [`Error::Refused`], with every problem.
+pub fn check(
+    root: &Path,
+    id: &str,
+    to: SocketAddr,
+    key: &Key,
+    mode: Mode,
+    criu: &Criu,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<CheckReport> {
+    let c = Container::load(root, id)?;
+    c.require(&[Status::Running], "running")?;
+    let work = root.join("outgoing").join(id);
+    let _ = std::fs::remove_dir_all(&work);
+    private_dir(&work)?;
+    progress(Progress::Phase("pre-flight"));
+    let result = offer(&c, &work, mode, criu, progress).and_then(|o| {
+        let mut ctl = connect(to, key)?;
+        wire::send(
+            &mut ctl,
+            &Hello::Check {
+                needs: o.needs,
+                cpuinfo: o.cpuinfo,
+            },
+        )?;
+        match wire::recv::<_, Reply>(&mut ctl)? {
+            Reply::Fits => Ok(CheckReport {
+                id: id.to_string(),
+                to: to.to_string(),
+                mode: o.mode,
+                mode_reason: o.mode_reason,
+            }),
+            Reply::Refused { problems } => Err(Error::Refused { problems }),
+            _ => Err(Error::Protocol {
+                what: "an unexpected answer to the check",
+            }),
+        }
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Moves container `id` of `root` to the agent at `to`.
+pub fn migrate(
+    root: &Path,
+    id: &str,
+    to: SocketAddr,
+    key: &Key,
+    mode: Mode,
+    criu: &Criu,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let c = Container::load(root, id)?;
+    c.require(&[Status::Running], "running")?;
+    let work = root.join("outgoing").join(id);
+    let _ = std::fs::remove_dir_all(&work);
+    private_dir(&work)?;
+    let result = send(root, c, &work, to, key, mode, criu, progress, t0);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    root: &Path,
+    c: Container,
+    work: &Path,
+    to: SocketAddr,
+    key: &Key,
+    mode: Mode,
+    criu: &Criu,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+    t0: Instant,
+) -> Result<Report> {
+    let id = c.state.id.clone();
+    progress(Progress::Phase("pre-flight"));
+    let Offer {
+        needs,
+        config,
+        cpuinfo,
+        mode,
+        mode_reason,
+        overlay,
+    } = offer(&c, work, mode, criu, progress)?;
+    let (memory, postcopy) = (needs.memory, needs.postcopy);
+    let mut ctl = connect(to, key)?;
     wire::send(
         &mut ctl,
         &Hello::Offer {
@@ -252,7 +346,7 @@ fn send(
             })
         }
     };
-    let mut pages = connect()?;
+    let mut pages = connect(to, key)?;
     wire::send(&mut pages, &Hello::Pages { migration })?;
     match expect(wire::recv(&mut ctl)?)? {
         Reply::PagesReady => {}

@@ -83,6 +83,10 @@ pub struct MigrateArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Only ask the destination whether it would take the container (its
+    /// whole pre-flight check) and say why not; nothing is frozen or moved.
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
@@ -133,6 +137,27 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     };
+    if a.check {
+        let checked = source::check(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress);
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let report = checked.with_context(|| {
+            format!(
+                "checking whether {} can move {} (nothing was frozen)",
+                a.to, a.id
+            )
+        })?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "{} can take {} ({}: {})",
+                report.to, report.id, report.mode, report.mode_reason
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let result = source::migrate(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress);
     if let Some(b) = bar {
         b.finish_and_clear();
