@@ -71,19 +71,74 @@ impl Drop for Serve {
     }
 }
 
-/// `ferry migrate --mode precopy` in the background, its stderr piped.
-fn spawn_precopy_move(a: &Root, id: &str, to: &str, key: &std::path::Path) -> Child {
-    Command::new(ferry_bin())
-        .arg("--root")
-        .arg(a.path())
-        .args(["migrate", id, "--to", to, "--key-file"])
-        .arg(key)
-        .args(["--mode", "precopy"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// `ferry migrate` in the background, what it says on stderr collected
+/// line by line as it comes, so that a test can act at a given phase.
+struct BackgroundMove {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+    said: String,
+}
+
+impl BackgroundMove {
+    fn spawn(a: &Root, id: &str, to: &str, key: &std::path::Path, mode: &str) -> BackgroundMove {
+        let mut child = Command::new(ferry_bin())
+            .arg("--root")
+            .arg(a.path())
+            .args(["migrate", id, "--to", to, "--key-file"])
+            .arg(key)
+            .args(["--mode", mode])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(l);
+            }
+        });
+        BackgroundMove {
+            child,
+            lines,
+            reader,
+            said: String::new(),
+        }
+    }
+
+    /// Waits (30 s at most) until a line contains `marker`.
+    fn wait_for(&mut self, marker: &str) {
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "ferry migrate never said {marker:?} ({e}); it said:\n{}",
+                        self.said
+                    )
+                });
+            self.said.push_str(&l);
+            self.said.push('\n');
+            if l.contains(marker) {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the end: whether the move succeeded, and all it said.
+    fn finish(mut self) -> (bool, String) {
+        let status = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        self.said.extend(self.lines.try_iter().map(|l| l + "\n"));
+        (status.success(), self.said)
+    }
 }
 
 /// `ferry --root ROOT` inside host `h` (a, b) of `hosts`: nsenter, not `ip
@@ -462,37 +517,14 @@ fn a_killed_destination_leaves_the_source_running() {
             bytes_per_sec: 64 << 20,
         },
     );
-    let mut mig = spawn_precopy_move(a, &id, &relay.addr, &p.key);
+    let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
     // Kill the agent once pages are flowing: `ferry migrate` says so as
     // soon as the destination acknowledged the first of them.
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    let stderr = mig.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let mut err = String::new();
-    loop {
-        let l = lines
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("no pages reported ({e}); ferry migrate said:\n{err}"));
-        err.push_str(&l);
-        err.push('\n');
-        if l.contains("pages: ") {
-            break;
-        }
-    }
+    mig.wait_for("pages: ");
     serve_b.child.kill().unwrap();
     let _ = serve_b.child.wait();
-    let status = mig.wait().unwrap();
-    reader.join().unwrap();
-    err.extend(lines.try_iter().map(|l| l + "\n"));
-    assert!(!status.success(), "the migration claimed success: {err}");
+    let (moved, err) = mig.finish();
+    assert!(!moved, "the migration claimed success: {err}");
     assert_source_went_on(a, &id, &count, &err);
     // No CRIU left behind on either side.
     assert_no_criu();
@@ -561,38 +593,12 @@ fn a_link_cut_during_postcopy_resumes_the_source() {
     run(a, &bundle, &id);
     wait_numbers(&count, 3);
     let crc = crc_lines(&count)[0].1;
-    let mut mig = Command::new(ferry_bin())
-        .arg("--root")
-        .arg(a.path())
-        .args(["migrate", &id, "--to", &relay.addr, "--key-file"])
-        .arg(&p.key)
-        .args(["--mode", "postcopy"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = String::new();
-    let stderr = mig.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    for l in lines.by_ref().map_while(Result::ok) {
-        err.push_str(&l);
-        err.push('\n');
-        if l.contains("memory follows") {
-            break;
-        }
-    }
-    assert!(
-        err.contains("memory follows"),
-        "the move never got to post-copy:\n{err}"
-    );
+    let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "postcopy");
+    // Cut once the container runs on B (the move got to post-copy).
+    mig.wait_for("memory follows");
     relay.cut();
-    for l in lines.map_while(Result::ok) {
-        err.push_str(&l);
-        err.push('\n');
-    }
-    let status = mig.wait().unwrap();
-    assert!(!status.success(), "the move claimed success: {err}");
+    let (moved, err) = mig.finish();
+    assert!(!moved, "the move claimed success: {err}");
     assert!(err.contains("keeps running"), "{err}");
     assert_eq!(a.status(&id), "running");
     let n = crc_lines(&count).len();
@@ -929,7 +935,7 @@ fn a_full_destination_disk_keeps_the_source() {
     let id = format!("full-{tag}");
     run(a, &bundle, &id);
     wait_numbers(&count, 3);
-    let mig = spawn_precopy_move(a, &id, &serve_b.addr, &p.key);
+    let mig = BackgroundMove::spawn(a, &id, &serve_b.addr, &p.key, "precopy");
     // Pre-flight passed once the destination made the container's dir:
     // fill the disk then, leaving 1 MiB.
     let incoming = b.path().join("incoming").join(&id);
@@ -947,9 +953,8 @@ fn a_full_destination_disk_keeps_the_source() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let out = mig.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the move claimed success: {err}");
+    let (moved, err) = mig.finish();
+    assert!(!moved, "the move claimed success: {err}");
     assert_source_went_on(a, &id, &count, &err);
     assert!(b.ids().is_empty());
     assert!(!incoming.exists(), "the failed transfer was kept");
