@@ -415,11 +415,10 @@ impl Agent {
         // never a pipe (nobody would read it, and waiting for its EOF would
         // wait for the container). Errors come back through --log.
         let log = dir.join("restore.ferry.log");
-        let config = std::fs::read_to_string(bundle.join("config.json")).unwrap_or_default();
         let console = self
             .console_socket
             .as_ref()
-            .filter(|_| super::spec_has_terminal(&config));
+            .filter(|_| crate::runtime::spec::bundle_has_terminal(bundle));
         let status = Command::new(&self.ferry)
             .arg("--root")
             .arg(&self.root)

@@ -99,15 +99,6 @@ impl FromStr for Mode {
     }
 }
 
-/// Whether a config.json gives the container's process a terminal (its
-/// console then needs a console socket wherever it is restored).
-pub(crate) fn spec_has_terminal(config: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(config)
-        .ok()
-        .and_then(|v| v["process"]["terminal"].as_bool())
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,7 +202,7 @@ fn offer(
         source,
     })?;
     let needs = Needs {
-        terminal: super::spec_has_terminal(&config),
+        terminal: crate::runtime::spec::config_has_terminal(&config),
         ..needs
     };
     Ok(Offer {
@@ -252,13 +252,9 @@ pub fn check(
     criu: &Criu,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<CheckReport> {
-    let c = Container::load(root, id)?;
-    c.require(&[Status::Running], "running")?;
-    let work = root.join("outgoing").join(id);
-    let _ = std::fs::remove_dir_all(&work);
-    private_dir(&work)?;
-    progress(Progress::Phase("pre-flight"));
-    let result = offer(&c, &work, mode, criu, progress).and_then(|o| {
+    with_outgoing(root, id, |c, work| {
+        progress(Progress::Phase("pre-flight"));
+        let o = offer(&c, work, mode, criu, progress)?;
         let mut ctl = connect(to, key)?;
         wire::send(
             &mut ctl,
@@ -279,7 +275,22 @@ pub fn check(
                 what: "an unexpected answer to the check",
             }),
         }
-    });
+    })
+}
+
+/// Runs `f` on running container `id` of `root` with a fresh scratch dir
+/// of its own (`outgoing/ID`), removed afterwards whatever happened.
+fn with_outgoing<T>(
+    root: &Path,
+    id: &str,
+    f: impl FnOnce(Container, &Path) -> Result<T>,
+) -> Result<T> {
+    let c = Container::load(root, id)?;
+    c.require(&[Status::Running], "running")?;
+    let work = root.join("outgoing").join(id);
+    let _ = std::fs::remove_dir_all(&work);
+    private_dir(&work)?;
+    let result = f(c, &work);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -295,14 +306,9 @@ pub fn migrate(
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Report> {
     let t0 = Instant::now();
-    let c = Container::load(root, id)?;
-    c.require(&[Status::Running], "running")?;
-    let work = root.join("outgoing").join(id);
-    let _ = std::fs::remove_dir_all(&work);
-    private_dir(&work)?;
-    let result = send(root, c, &work, to, key, mode, criu, progress, t0);
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    with_outgoing(root, id, |c, work| {
+        send(root, c, work, to, key, mode, criu, progress, t0)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -50,8 +50,39 @@ impl Bundle {
     }
 }
 
+/// Whether config.json text gives the container's process a terminal (its
+/// console then needs a console socket wherever it is created or
+/// restored). Text that does not parse says no: loading the bundle reports
+/// it properly.
+pub fn config_has_terminal(config: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(config)
+        .ok()
+        .and_then(|v| v["process"]["terminal"].as_bool())
+        .unwrap_or(false)
+}
+
+/// The same for the config.json of `bundle` (one that cannot be read says
+/// no).
+pub fn bundle_has_terminal(bundle: &Path) -> bool {
+    std::fs::read_to_string(bundle.join("config.json")).is_ok_and(|c| config_has_terminal(&c))
+}
+
 /// The config.json `ferry spec` writes: runc's default (a shell in a
 /// terminal, read-only rootfs, the usual namespaces, masked paths).
 pub fn default_spec() -> Spec {
     Spec::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_is_read_off_the_config() {
+        assert!(config_has_terminal(r#"{"process": {"terminal": true}}"#));
+        assert!(!config_has_terminal(r#"{"process": {"terminal": false}}"#));
+        assert!(!config_has_terminal(r#"{"process": {}}"#));
+        assert!(!config_has_terminal("{ not json"));
+        assert!(!bundle_has_terminal(Path::new("/nonexistent/bundle")));
+    }
 }

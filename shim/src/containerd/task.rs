@@ -56,6 +56,7 @@ use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use criu_rpc::Criu;
 use ferry_oci::restore::RestoreOptions;
 use ferry_oci::runtime::cr::{restore_container, RestoreRuntimeOptions};
+use ferry_oci::runtime::spec::bundle_has_terminal;
 use ferry_oci::runtime::{Container, CreateOptions, ExecOptions, Stdio};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process};
@@ -119,15 +120,6 @@ impl Proc {
     fn exited(&self) -> Option<Exit> {
         self.exit.borrow().clone()
     }
-}
-
-/// Whether the bundle's config.json gives its process a terminal (a
-/// config.json that cannot be read says no: create reports it properly).
-fn spec_has_terminal(bundle: &Path) -> bool {
-    oci_spec::runtime::Spec::load(bundle.join("config.json"))
-        .ok()
-        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
-        .unwrap_or(false)
 }
 
 #[derive(Debug)]
@@ -356,7 +348,7 @@ impl TaskService {
         // master over (orphan_pts_master), which must go somewhere. ctr 1.6's
         // `container restore` asks for none; the output then reaches the
         // stdout fifo as for any task with a terminal.
-        let terminal = req.terminal || (restore.is_some() && spec_has_terminal(&bundle));
+        let terminal = req.terminal || (restore.is_some() && bundle_has_terminal(&bundle));
         let mut init = match Proc::new(&req.stdin, &req.stdout, &req.stderr, terminal) {
             Ok(p) => p,
             Err(e) => {
