@@ -318,6 +318,18 @@ fn crc_lines(path: &std::path::Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// [`crc_lines`] counting 0, 1, 2... without gap or repeat, each with
+/// the memory's crc `crc` (`copy`: which one, for the message).
+fn assert_crc_count(lines: &[(u64, u64)], crc: u64, copy: &str) {
+    for (i, (n, c)) in lines.iter().enumerate() {
+        assert_eq!(
+            *n, i as u64,
+            "line {i} {copy}: a gap or a repeat in {lines:?}"
+        );
+        assert_eq!(*c, crc, "line {i} {copy}: the memory changed");
+    }
+}
+
 /// `ferry run -d` of `bundle` as `id` on `root`.
 fn run(root: &Root, bundle: &std::path::Path, id: &str) {
     root.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), id]);
@@ -563,10 +575,7 @@ fn postcopy_moves_256_mib_with_the_memory_intact() {
     wait_numbers(&moved, before.len() + 10);
     let after = crc_lines(&moved);
     let crc = before[0].1;
-    for (i, (n, c)) in after.iter().enumerate() {
-        assert_eq!(*n, i as u64, "line {i}: {after:?}");
-        assert_eq!(*c, crc, "line {i}: the memory changed in the move");
-    }
+    assert_crc_count(&after, crc, "after the move");
     b.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-pb-{tag}/{id}")).is_empty());
 }
@@ -604,10 +613,7 @@ fn a_link_cut_during_postcopy_resumes_the_source() {
     let n = crc_lines(&count).len();
     wait_numbers(&count, n + 5);
     let on_a = crc_lines(&count);
-    for (i, (k, c)) in on_a.iter().enumerate() {
-        assert_eq!(*k, i as u64, "a gap or a repeat on A: {on_a:?}");
-        assert_eq!(*c, crc, "line {i} on A: the resumed memory changed");
-    }
+    assert_crc_count(&on_a, crc, "on A, resumed");
     // B's copy ran a little with the pages it had; none of it saw a page
     // that was not there.
     let moved = moved_rootfs(b, &id).join("out/count");
