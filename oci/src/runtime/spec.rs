@@ -67,10 +67,33 @@ pub fn bundle_has_terminal(bundle: &Path) -> bool {
     std::fs::read_to_string(bundle.join("config.json")).is_ok_and(|c| config_has_terminal(&c))
 }
 
-/// The config.json `ferry spec` writes: runc's default (a shell in a
-/// terminal, read-only rootfs, the usual namespaces, masked paths).
+/// runc 1.1.5's `runc spec`, byte for byte: a shell in a terminal, a
+/// read-only rootfs, the pid/network/ipc/uts/mount namespaces, a device
+/// cgroup that denies everything but what runc always allows, masked and
+/// read-only paths, three capabilities. Scripts and suites written against
+/// runc's defaults (runc's own integration suite edits this file with jq)
+/// see the same config from `ferry spec`.
+const RUNC_SPEC: &str = include_str!("runc_spec.json");
+
+/// runc's `spec --rootless`: no network namespace but a user namespace
+/// mapping the caller's uid and gid to root, no device cgroup rules, /sys
+/// bind-mounted, devpts without gid=5 (runc's specconv.ToRootless).
+const RUNC_SPEC_ROOTLESS: &str = include_str!("runc_spec_rootless.json");
+
+/// The config.json text `ferry spec` writes: runc's default spec, or its
+/// rootless variant for the calling user (`euid`, `egid`).
+pub fn default_spec_text(rootless: Option<(u32, u32)>) -> String {
+    match rootless {
+        None => RUNC_SPEC.to_string(),
+        Some((uid, gid)) => RUNC_SPEC_ROOTLESS
+            .replace("@UID@", &uid.to_string())
+            .replace("@GID@", &gid.to_string()),
+    }
+}
+
+/// runc's default spec, parsed.
 pub fn default_spec() -> Spec {
-    Spec::default()
+    serde_json::from_str(RUNC_SPEC).expect("runc's default spec parses")
 }
 
 #[cfg(test)]
@@ -84,5 +107,33 @@ mod tests {
         assert!(!config_has_terminal(r#"{"process": {}}"#));
         assert!(!config_has_terminal("{ not json"));
         assert!(!bundle_has_terminal(Path::new("/nonexistent/bundle")));
+    }
+
+    #[test]
+    fn the_default_spec_is_runcs() {
+        let spec = default_spec();
+        assert_eq!(spec.hostname().as_deref(), Some("runc"));
+        let process = spec.process().as_ref().unwrap();
+        assert!(process.terminal().unwrap());
+        assert!(spec.root().as_ref().unwrap().readonly().unwrap());
+        // runc denies every device, then allows its defaults at create.
+        let devices = spec.linux().as_ref().unwrap().resources().as_ref().unwrap().devices();
+        let rules = devices.as_ref().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert!(!rules[0].allow());
+        assert_eq!(rules[0].access().as_deref(), Some("rwm"));
+    }
+
+    #[test]
+    fn the_rootless_spec_maps_the_caller() {
+        let text = default_spec_text(Some((1000, 100)));
+        let spec: Spec = serde_json::from_str(&text).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 1000);
+        assert_eq!(linux.gid_mappings().as_ref().unwrap()[0].host_id(), 100);
+        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        assert!(ns.contains(&oci_spec::runtime::LinuxNamespaceType::User));
+        assert!(!ns.contains(&oci_spec::runtime::LinuxNamespaceType::Network));
+        assert!(linux.resources().is_none());
     }
 }

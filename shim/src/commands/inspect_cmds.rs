@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_oci::runtime::{spec::default_spec, Container, Status};
+use ferry_oci::runtime::{spec::default_spec_text, Container, Status};
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
@@ -273,19 +273,24 @@ pub fn features(_cli: &Cli) -> anyhow::Result<ExitCode> {
 pub struct SpecArgs {
     #[arg(short, long, default_value = ".")]
     pub bundle: PathBuf,
-    /// Accepted for runc compatibility; rootless specs are not supported.
+    /// A spec for a rootless container (a user namespace mapping the
+    /// caller to root), as runc's.
     #[arg(long)]
     pub rootless: bool,
 }
 
 pub fn spec(_cli: &Cli, a: &SpecArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        !a.rootless,
-        "rootless containers are not supported by Ferry"
-    );
+    // runc writes config.json into the bundle directory, refusing to
+    // overwrite one (runc's spec.go, same message).
     let p = a.bundle.join("config.json");
-    anyhow::ensure!(!p.exists(), "File {} exists. Remove it first", p.display());
-    std::fs::write(&p, serde_json::to_string_pretty(&default_spec())?)
+    anyhow::ensure!(!p.exists(), "File config.json exists. Remove it first");
+    let rootless = a.rootless.then(|| {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    });
+    std::fs::write(&p, default_spec_text(rootless))
         .with_context(|| format!("writing {}", p.display()))?;
     Ok(ExitCode::SUCCESS)
 }
