@@ -98,6 +98,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// runc's factory refuses a cgroup frozen before the container exists
+    /// (its init would block there forever); same words as runc.
+    #[error("container's cgroup unexpectedly frozen: {} (thaw it, or give another linux.cgroupsPath)", path.display())]
+    CgroupFrozen { path: PathBuf },
+
     #[error("{} is not a checkpoint export: {why}", path.display())]
     NotAnExport { path: PathBuf, why: &'static str },
 

@@ -14,13 +14,40 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Global flags, as runc spells them.
+/// Help laid out as runc's (urfave/cli): a NAME line `<bin> [<command>] -
+/// <about>` first, which scripts and runc's own help.bats read. `bin` is
+/// the name Ferry was invoked by (`runc` when installed as a drop-in runc).
+fn help_template(bin: &str, command: Option<&str>) -> String {
+    let name = match command {
+        Some(c) => format!("{bin} {c}"),
+        None => bin.to_string(),
+    };
+    format!("NAME:\n   {name} - {{about}}\n\nUSAGE:\n   {{usage}}\n\n{{all-args}}{{after-help}}")
+}
+
+/// The name Ferry was invoked by (the file name of argv[0]).
+fn invoked_as() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "ferry".into())
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry",
-    version,
-    about = "An OCI container runtime built for checkpoint/restore and live migration with CRIU"
+    about = "Open Container Initiative runtime built for checkpoint/restore and live migration with CRIU",
+    disable_version_flag = true
 )]
 pub struct Cli {
+    /// Print the version (Ferry's, its commit, the runtime-spec version,
+    /// libseccomp's, the CRIU it finds).
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
     /// Root directory for the state of containers.
     #[arg(long, global = true, default_value = "/run/ferry")]
     pub root: PathBuf,
@@ -40,7 +67,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "FERRY_CRIU")]
     pub criu: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,13 +193,58 @@ fn normalize_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ff
     .collect()
 }
 
+/// `--version`, as runc prints it: name and version, then `commit:`,
+/// `spec:` (the runtime-spec version of the configs Ferry writes) and
+/// `libseccomp:` lines; Ferry adds the CRIU it would use.
+fn print_version(cli: &Cli) {
+    let mut out = format!(
+        "{} version {}\ncommit: {}\nspec: {}\n",
+        invoked_as(),
+        env!("CARGO_PKG_VERSION"),
+        env!("FERRY_COMMIT"),
+        ferry_oci::runtime::spec::SPEC_VERSION
+    );
+    if let Some(v) = ferry_oci::runtime::seccomp::library_version() {
+        out += &format!("libseccomp: {v}\n");
+    }
+    match commands::checkpoint::criu(cli).version() {
+        Ok(v) => out += &format!("criu: {v}\n"),
+        Err(_) => out += "criu: not found\n",
+    }
+    // A closed stdout (`| head -1`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(normalize_args(std::env::args_os()));
+    use clap::{CommandFactory, FromArgMatches};
+    let bin = invoked_as();
+    let matches = Cli::command()
+        .help_template(help_template(&bin, None))
+        .mut_subcommands(|c| {
+            let t = help_template(&bin, Some(c.get_name()));
+            c.help_template(t)
+        })
+        .get_matches_from(normalize_args(std::env::args_os()));
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if cli.version {
+        print_version(&cli);
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = &cli.command else {
+        // runc without a command prints its help.
+        let _ = Cli::command()
+            .help_template(help_template(&invoked_as(), None))
+            .print_help();
+        return ExitCode::SUCCESS;
+    };
     if let Err(e) = logging::init(cli.log.as_deref(), cli.log_format, cli.debug) {
         eprintln!("ferry: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
-    let result = match &cli.command {
+    let result = match command {
         Command::Check(args) => commands::check::run(&cli, args),
         Command::Create(a) => commands::lifecycle::create(&cli, a),
         Command::Start(a) => commands::lifecycle::start(&cli, a),

@@ -103,6 +103,27 @@ impl ContainerCgroup {
         .map_err(|e| cg_err("setting up the cgroup manager for", &self.path)(e.to_string()))
     }
 
+    /// What runc's factory checks before it creates a container in a
+    /// cgroup that may already exist: a frozen one is refused (the init
+    /// would hang in it), a non-empty one is used with runc's warning.
+    pub fn check_unused(&self) -> Result<()> {
+        if self.is_frozen() {
+            return Err(Error::CgroupFrozen {
+                path: self.freezer_path(),
+            });
+        }
+        if self.freezer_path().exists() {
+            let n = self.pids().map(|p| p.len()).unwrap_or(0);
+            if n > 0 {
+                tracing::warn!(
+                    "container's cgroup is not empty: {n} process(es) found in {}",
+                    self.path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the cgroups and moves `pid` in.
     pub fn create_and_add(&self, pid: Pid) -> Result<()> {
         self.add(pid)

@@ -406,6 +406,7 @@ impl Container {
             id,
             opts.systemd_cgroup,
         )?;
+        cgroup.check_unused()?;
         let (join, new) = ns_paths(spec)?;
         // Built here, so that a profile libseccomp refuses fails create.
         let filter = seccomp::of_spec(spec)?;

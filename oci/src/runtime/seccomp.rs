@@ -43,6 +43,14 @@ impl Filter {
     }
 }
 
+/// The version of the libseccomp Ferry runs with, as `major.minor.micro`
+/// (what `runc --version` prints on its `libseccomp:` line).
+pub fn library_version() -> Option<String> {
+    libseccomp::ScmpVersion::current()
+        .ok()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+}
+
 fn seccomp_err(what: String) -> impl FnOnce(libseccomp::error::SeccompError) -> Error {
     move |source| Error::Seccomp { what, source }
 }

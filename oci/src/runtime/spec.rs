@@ -67,6 +67,10 @@ pub fn bundle_has_terminal(bundle: &Path) -> bool {
     std::fs::read_to_string(bundle.join("config.json")).is_ok_and(|c| config_has_terminal(&c))
 }
 
+/// The runtime-spec version of the configs `ferry spec` writes (runc
+/// 1.1.5's).
+pub const SPEC_VERSION: &str = "1.0.2-dev";
+
 /// runc 1.1.5's `runc spec`, byte for byte: a shell in a terminal, a
 /// read-only rootfs, the pid/network/ipc/uts/mount namespaces, a device
 /// cgroup that denies everything but what runc always allows, masked and
@@ -117,7 +121,14 @@ mod tests {
         assert!(process.terminal().unwrap());
         assert!(spec.root().as_ref().unwrap().readonly().unwrap());
         // runc denies every device, then allows its defaults at create.
-        let devices = spec.linux().as_ref().unwrap().resources().as_ref().unwrap().devices();
+        let devices = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices();
         let rules = devices.as_ref().unwrap();
         assert_eq!(rules.len(), 1);
         assert!(!rules[0].allow());
@@ -131,7 +142,13 @@ mod tests {
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 1000);
         assert_eq!(linux.gid_mappings().as_ref().unwrap()[0].host_id(), 100);
-        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
         assert!(ns.contains(&oci_spec::runtime::LinuxNamespaceType::User));
         assert!(!ns.contains(&oci_spec::runtime::LinuxNamespaceType::Network));
         assert!(linux.resources().is_none());
