@@ -81,6 +81,31 @@ pub enum Error {
         wanted: &'static str,
     },
 
+    /// runc's words; its exec would otherwise block until the container
+    /// is resumed.
+    #[error(
+        "cannot exec in a paused container `{id}`: resume it first, or exec with ignore-paused"
+    )]
+    ExecPaused { id: String },
+
+    #[error("{sub} is not a sub cgroup path")]
+    NotSubCgroup { sub: String },
+
+    #[error("unknown controller `{controller}` in a sub-cgroup")]
+    UnknownController { controller: String },
+
+    /// runc's words (exec --cgroup into a sub-cgroup that does not exist
+    /// names the cgroup.procs it could not open, errno as Go spells it).
+    #[error("adding pid {pid} to cgroups: {}: {}", path.display(), crate::runtime::subcgroup::errno_text(source))]
+    CgroupJoin {
+        pid: i32,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument { what: String, reason: String },
+
     #[error("unknown signal `{signal}`")]
     InvalidSignal { signal: String },
 

@@ -27,7 +27,11 @@ pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Resul
             "warn,libcgroups=error"
         })
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(Logrus {
+            json: format == LogFormat::Json,
+        });
     match log {
         Some(path) => {
             let file = OpenOptions::new()
@@ -36,26 +40,80 @@ pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Resul
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("opening log file {}: {e}", path.display()))?;
             *LOG_FILE.lock().unwrap() = Some(file.try_clone()?);
-            let writer = Mutex::new(file);
-            match format {
-                LogFormat::Json => builder
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(writer)
-                    .init(),
-                LogFormat::Text => builder.with_ansi(false).with_writer(writer).init(),
-            }
+            builder.with_writer(Mutex::new(file)).init();
         }
-        None => match format {
-            LogFormat::Json => builder
-                .json()
-                .flatten_event(true)
-                .with_writer(std::io::stderr)
-                .init(),
-            LogFormat::Text => builder.with_writer(std::io::stderr).init(),
-        },
+        None => builder.with_writer(std::io::stderr).init(),
     }
     Ok(())
+}
+
+/// One log line as runc's logrus writes it, which go-runc, dockerd and
+/// containerd parse (and runc's own tests grep): text
+/// `time="..." level=debug msg="..."`, or json
+/// `{"level":"debug","msg":"...","time":"..."}`. An event's fields other
+/// than its message follow the message as `key=value`.
+struct Logrus {
+    json: bool,
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.rest += &format!(" {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.rest += &format!(" {}={value:?}", field.name());
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Logrus
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        let msg = format!("{}{}", f.message, f.rest);
+        if self.json {
+            let line = serde_json::json!({"level": level, "msg": msg, "time": humantime_now()});
+            writeln!(w, "{line}")
+        } else {
+            // Go's %q quoting, which logrus uses for values with spaces.
+            writeln!(
+                w,
+                "time={:?} level={level} msg={}",
+                humantime_now(),
+                serde_json::Value::String(msg)
+            )
+        }
+    }
 }
 
 /// Reports a command's failure where runc would: always on stderr, and also

@@ -271,7 +271,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             logging::report_error(&e, cli.log_format);
-            ExitCode::FAILURE
+            // runc's exec fails with 255, so that its own failures differ
+            // from the exit codes of the process it runs (exec.go).
+            if matches!(command, Command::Exec(_)) {
+                ExitCode::from(255)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -69,6 +69,14 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     /// The process's stdio; by default it inherits the caller's.
     pub stdio: Option<Stdio>,
+    /// How many fds beyond stdio (3, 4, ...) the process inherits.
+    pub preserve_fds: u32,
+    /// Exec into a paused container too (the process runs once it is
+    /// resumed); refused otherwise, as runc refuses it.
+    pub ignore_paused: bool,
+    /// runc's `exec --cgroup`: `[controllers:]path` entries placing the
+    /// process in sub-cgroups of the container's.
+    pub sub_cgroups: Vec<String>,
 }
 
 /// A container found under the root.
@@ -225,6 +233,8 @@ fn init_main(
         }
     }
     process::limits(&proc_)?;
+    process::check_executable(&proc_)?;
+    tracing::debug!("init: closing the pipe to signal completion");
     sync::send(&mut sock, &Msg::Ready).map_err(|e| fail("sync", &e))?;
     drop(sock);
     // Block until `ferry start` opens the fifo for reading (runc's
@@ -288,12 +298,16 @@ fn fork_into(
         ForkResult::Child => {
             drop(parent);
             let mut sock = child;
+            // runc's debug log names the same steps (nsexec.c, init.go),
+            // and scripts and runc's debug.bats look for them.
+            tracing::debug!("nsexec container setup: entering the container's namespaces");
             if let Err(e) = enter() {
                 report_and_exit(sock, Err(e));
             }
             // SAFETY: as above.
             match unsafe { fork() } {
                 Ok(ForkResult::Child) => {
+                    tracing::debug!("child process in init(): setting up the process");
                     let r = body(sock.try_clone().expect("dup of the sync socket"));
                     report_and_exit(sock, r);
                 }
@@ -772,7 +786,16 @@ impl Container {
     /// pid; the caller waits for it unless detached (it is our grandchild:
     /// the caller must be a subreaper to reap it).
     pub fn exec(&self, p: &Process, opts: &ExecOptions) -> Result<Pid> {
-        self.require(&[Status::Running, Status::Created], "running")?;
+        if self.status() == Status::Paused && !opts.ignore_paused {
+            return Err(Error::ExecPaused {
+                id: self.state.id.clone(),
+            });
+        }
+        self.require(
+            &[Status::Running, Status::Created, Status::Paused],
+            "running",
+        )?;
+        let placement = super::subcgroup::placement(&self.state.cgroup, &opts.sub_cgroups)?;
         let init = self.state.pid;
         let mut nss = Vec::new();
         for (name, flag) in [
@@ -840,17 +863,19 @@ impl Container {
                 setup_console(c)?;
             }
             process::limits(p)?;
+            process::check_executable(p)?;
             sync::send(&mut sock, &Msg::Ready).map_err(|e| StepError {
                 step: "sync".into(),
                 message: e.to_string(),
             })?;
-            process::close_fds_on_exec(2)?;
+            process::close_fds_on_exec(2 + opts.preserve_fds as i32)?;
             process::confine(p, filter.as_ref())?;
+            tracing::debug!("setns_init: about to exec");
             Err(process::exec(p))
         };
         let (pid, mut parent) = fork_into(enter, body)?;
         drop(console);
-        let placed = self.state.cgroup.add(pid);
+        let placed = placement.add(pid);
         if let Err(e) = placed {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);

@@ -10,16 +10,20 @@
 //! the container's directory serializes concurrent commands.
 
 pub mod cgroup;
+pub mod console;
 pub mod container;
 pub mod cr;
+pub mod events;
 pub mod hooks;
 pub mod init;
 pub mod net;
 pub mod process;
 pub mod seccomp;
+pub mod securejoin;
 pub mod signal;
 pub mod spec;
 pub mod state;
+pub mod subcgroup;
 mod sync;
 
 pub use container::{Container, CreateOptions, ExecOptions, Status};

@@ -167,6 +167,18 @@ pub fn credentials(p: &Process) -> Result<(), StepError> {
         }
     }
     let user = p.user();
+    // runc's finalizeNamespace: chdir first, while still root, so that a
+    // cwd the process's user cannot reach still works; only a permission
+    // error is retried after the switch (user namespaces, root squash).
+    let cwd = p.cwd();
+    let mut chdir_later = false;
+    if !cwd.as_os_str().is_empty() {
+        match nix::unistd::chdir(cwd) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EACCES) | Err(nix::errno::Errno::EPERM) => chdir_later = true,
+            Err(e) => return Err(fail(format!("chdir {}", cwd.display()), e)),
+        }
+    }
     // SAFETY: prctl on our own process.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     let groups: Vec<Gid> = user
@@ -212,8 +224,7 @@ pub fn credentials(p: &Process) -> Result<(), StepError> {
         let _ = caps::raise(None, CapSet::Ambient, cap);
     }
 
-    let cwd = p.cwd();
-    if !cwd.as_os_str().is_empty() {
+    if chdir_later {
         nix::unistd::chdir(cwd).map_err(|e| fail(format!("chdir {}", cwd.display()), e))?;
     }
     if p.no_new_privileges().unwrap_or(false) {
@@ -258,6 +269,34 @@ pub fn resolve(prog: &str, env: &[String]) -> PathBuf {
         .map(|d| Path::new(d).join(prog))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(prog))
+}
+
+/// Fails unless the process's program can be found and executed: checked
+/// before the runtime reports the process ready, so that `create` and
+/// `exec` fail (runc's init does the same LookPath) instead of a process
+/// that dies at once.
+pub fn check_executable(p: &Process) -> Result<(), StepError> {
+    let args = p.args().clone().unwrap_or_default();
+    let Some(prog) = args.first() else {
+        return Err(fail("exec", "process.args is empty"));
+    };
+    let env = p.env().clone().unwrap_or_default();
+    let path = resolve(prog, &env);
+    let ok = nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK).is_ok()
+        && path.metadata().is_ok_and(|m| m.is_file());
+    if ok {
+        Ok(())
+    } else if prog.contains('/') {
+        Err(fail(
+            "exec",
+            format!("{prog}: no such file or directory, or not executable"),
+        ))
+    } else {
+        Err(fail(
+            "exec",
+            format!("\"{prog}\": executable file not found in $PATH"),
+        ))
+    }
 }
 
 /// Replaces this process with the container's. Returns only on failure.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ferry_oci::runtime::console::{ConsoleSocket, ForegroundTty};
 use ferry_oci::runtime::container::wait_exit;
 use ferry_oci::runtime::{Container, ExecOptions};
 use oci_spec::runtime::Process;
@@ -35,8 +36,21 @@ pub struct ExecArgs {
     /// uid[:gid]
     #[arg(short, long)]
     pub user: Option<String>,
+    /// Additional gids for the process (repeatable).
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// Pass this many file descriptors beyond stdio (3, 4, ...) to the
+    /// process.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
+    /// Exec even if the container is paused (the process runs once it is
+    /// resumed).
+    #[arg(long = "ignore-paused")]
+    pub ignore_paused: bool,
+    /// Run the process in a sub-cgroup of the container:
+    /// `[controller[,controller]:]path` (repeatable), as runc's.
+    #[arg(long = "cgroup")]
+    pub cgroup: Vec<String>,
 }
 
 pub fn exec(cli: &Cli, a: &ExecArgs) -> anyhow::Result<ExitCode> {
@@ -74,18 +88,43 @@ pub fn exec(cli: &Cli, a: &ExecArgs) -> anyhow::Result<ExitCode> {
         user.set_gid(gid.parse().context("--user gid")?);
         p.set_user(user);
     }
+    if !a.additional_gids.is_empty() {
+        let mut user = p.user().clone();
+        user.set_additional_gids(Some(a.additional_gids.clone()));
+        p.set_user(user);
+    }
+    // A foreground exec with a terminal and no console socket gets a pty
+    // proxied to our stdio, as with runc.
+    let console = (p.terminal().unwrap_or(false) && !a.detach && a.console_socket.is_none())
+        .then(ConsoleSocket::new)
+        .transpose()?;
     let pid = c.exec(
         &p,
         &ExecOptions {
             detach: a.detach,
             pid_file: a.pid_file.clone(),
-            console_socket: a.console_socket.clone(),
+            console_socket: a
+                .console_socket
+                .clone()
+                .or_else(|| console.as_ref().map(|s| s.path().to_path_buf())),
             stdio: None,
+            preserve_fds: a.preserve_fds,
+            ignore_paused: a.ignore_paused,
+            sub_cgroups: a.cgroup.clone(),
         },
     )?;
     drop(c);
     if a.detach {
         return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::from(wait_exit(pid) as u8))
+    let tty = console
+        .as_ref()
+        .map(ConsoleSocket::receive)
+        .transpose()?
+        .map(ForegroundTty::attach);
+    let code = wait_exit(pid);
+    if let Some(t) = tty {
+        t.finish(std::time::Duration::from_secs(1));
+    }
+    Ok(ExitCode::from(code as u8))
 }

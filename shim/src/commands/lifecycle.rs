@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ferry_oci::runtime::console::{ConsoleSocket, ForegroundTty};
 use ferry_oci::runtime::container::{self, wait_exit};
 use ferry_oci::runtime::{signal, Container, CreateOptions, Status};
 
@@ -102,15 +103,40 @@ pub fn start(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A console socket of our own when the process wants a terminal, runs in
+/// the foreground and the caller gave none: runc then proxies the pty to
+/// its own stdio (tty.go's setupProcessPipes/recvtty path).
+fn own_console(
+    bundle_or_terminal: bool,
+    detach: bool,
+    given: &Option<PathBuf>,
+) -> anyhow::Result<Option<ConsoleSocket>> {
+    if !bundle_or_terminal || detach || given.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(ConsoleSocket::new()?))
+}
+
 pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     let subreaper = !a.detach && !a.no_subreaper;
-    let mut c = Container::create(
-        &cli.root,
-        &a.create.id,
-        &a.create.bundle,
-        &create_opts(cli, &a.create, subreaper || !a.detach),
-    )
-    .with_context(|| format!("creating container {}", a.create.id))?;
+    let console = own_console(
+        ferry_oci::runtime::spec::bundle_has_terminal(&a.create.bundle),
+        a.detach,
+        &a.create.console_socket,
+    )?;
+    let mut opts = create_opts(cli, &a.create, subreaper || !a.detach);
+    if let Some(s) = &console {
+        opts.console_socket = Some(s.path().to_path_buf());
+    }
+    let mut c = Container::create(&cli.root, &a.create.id, &a.create.bundle, &opts)
+        .with_context(|| format!("creating container {}", a.create.id))?;
+    let tty = match console.as_ref().map(ConsoleSocket::receive).transpose() {
+        Ok(m) => m.map(ForegroundTty::attach),
+        Err(e) => {
+            let _ = c.delete(true);
+            return Err(e).context(format!("creating container {}", a.create.id));
+        }
+    };
     if let Err(e) = c.start() {
         let _ = c.delete(true);
         return Err(e).context(format!("starting container {}", a.create.id));
@@ -120,8 +146,10 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let pid = nix::unistd::Pid::from_raw(c.state.pid);
     drop(c);
-    // Forward the signals a foreground runc forwards.
     let code = wait_exit(pid);
+    if let Some(t) = tty {
+        t.finish(std::time::Duration::from_secs(1));
+    }
     if !a.keep {
         if let Ok(c) = Container::load(&cli.root, &a.create.id) {
             let _ = c.delete(true);

@@ -16,9 +16,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
 use ferry_oci::runtime::Stdio;
@@ -284,69 +282,5 @@ impl Drop for ProcessIo {
         for c in &self.copies {
             c.abort();
         }
-    }
-}
-
-/// runc's `--console-socket`, as runc-shim makes one per process with a
-/// terminal (`NewTempConsoleSocket`): ferry-oci's init (or exec'd process,
-/// or CRIU's restore notify) sends its pty master over it.
-pub struct ConsoleSocket {
-    path: PathBuf,
-    listener: UnixListener,
-}
-
-impl ConsoleSocket {
-    pub fn new() -> Result<ConsoleSocket> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ferry-console-{}-{}.sock",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let listener =
-            UnixListener::bind(&path).map_err(Error::io("creating the console socket", &path))?;
-        Ok(ConsoleSocket { path, listener })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The pty master sent on the socket. Called once the process is
-    /// created: the connection and the message are queued by then, so
-    /// nothing waits; a process that sent none is an error.
-    pub fn receive(&self) -> Result<OwnedFd> {
-        let no_master = |source| Error::Io {
-            op: "receiving the pty master on the console socket",
-            path: self.path.clone(),
-            source,
-        };
-        self.listener.set_nonblocking(true).map_err(no_master)?;
-        let (conn, _) = self.listener.accept().map_err(no_master)?;
-        let mut buf = [0u8; 4096];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = nix::sys::socket::recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| no_master(e.into()))?;
-        for c in msg.cmsgs().map_err(|e| no_master(e.into()))? {
-            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-                if let Some(&fd) = fds.first() {
-                    // SAFETY: the kernel just installed this fd for us.
-                    return Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        Err(no_master(std::io::Error::other("no fd in the message")))
-    }
-}
-
-impl Drop for ConsoleSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }

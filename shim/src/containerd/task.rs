@@ -65,7 +65,8 @@ use tokio::sync::{mpsc, watch, Mutex};
 use super::checkpoint::{checkpoint_options, pending_restore, runtime_options, PendingRestore};
 use super::error::{Error, Result};
 use super::reaper::{Exited, Reaper};
-use super::stdio::{ConsoleSocket, ProcessIo};
+use super::stdio::ProcessIo;
+use ferry_oci::runtime::console::ConsoleSocket;
 
 /// An event for containerd: its topic and message.
 pub type Event = (&'static str, Box<dyn MessageDyn>);
@@ -114,7 +115,14 @@ impl Proc {
 
     /// The console socket for this process, if it has a terminal.
     fn console_socket(&self) -> Result<Option<ConsoleSocket>> {
-        self.terminal.then(ConsoleSocket::new).transpose()
+        self.terminal
+            .then(ConsoleSocket::new)
+            .transpose()
+            .map_err(|e| Error::Oci {
+                op: "making a console socket for",
+                id: self.pid.to_string(),
+                source: Box::new(e),
+            })
     }
 
     fn exited(&self) -> Option<Exit> {
@@ -423,7 +431,12 @@ impl TaskService {
                 Container::create(&root, &cid, &b, &opts).map_err(Error::oci("creating", &cid))?;
             let pid = c.state.pid;
             let memory = c.state.cgroup.memory_v1_path();
-            match console.as_ref().map(ConsoleSocket::receive).transpose() {
+            match console
+                .as_ref()
+                .map(ConsoleSocket::receive)
+                .transpose()
+                .map_err(Error::oci("receiving the console of", &cid))
+            {
                 Ok(master) => Ok((pid, master, memory)),
                 Err(e) => {
                     let _ = c.delete(true);
@@ -481,7 +494,12 @@ impl TaskService {
                         restore_container(&root, &cid, &bundle, &criu(), &opts, &rt)
                             .map_err(Error::oci("restoring", &cid))?;
                     let memory = c.state.cgroup.memory_v1_path();
-                    match console.as_ref().map(ConsoleSocket::receive).transpose() {
+                    match console
+                        .as_ref()
+                        .map(ConsoleSocket::receive)
+                        .transpose()
+                        .map_err(Error::oci("receiving the console of", &cid))
+                    {
                         Ok(master) => Ok((restored.pid.as_raw() as u32, master, memory)),
                         Err(e) => {
                             let _ = c.delete(true);
@@ -539,7 +557,12 @@ impl TaskService {
                 ..Default::default()
             };
             let pid = c.exec(&spec, &opts).map_err(Error::oci("exec in", &cid))?;
-            match console.as_ref().map(ConsoleSocket::receive).transpose() {
+            match console
+                .as_ref()
+                .map(ConsoleSocket::receive)
+                .transpose()
+                .map_err(Error::oci("receiving the console of", &cid))
+            {
                 Ok(master) => Ok((pid.as_raw() as u32, master)),
                 Err(e) => {
                     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
