@@ -1,11 +1,13 @@
 //! Commands that look at a container or the runtime: ps, update, events,
 //! features, spec.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_oci::runtime::events::{Event, OomWait, OomWatch};
 use ferry_oci::runtime::{spec::default_spec_text, Container, Status};
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
@@ -157,80 +159,111 @@ pub struct EventsArgs {
     pub interval: Duration,
 }
 
+/// Go's time.ParseDuration, which runc's `--interval` takes: a sequence of
+/// decimal numbers with units (ns, us, µs, ms, s, m, h), such as `1m30s`
+/// or `100ms`; a bare `0` is allowed.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration `{s}`"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("invalid duration `{s}`")),
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn stats_event(c: &Container) -> anyhow::Result<serde_json::Value> {
-    let s = serde_json::to_value(c.state.cgroup.stats()?)?;
-    Ok(serde_json::json!({"type": "stats", "id": c.state.id, "data": runc_stats(&s)}))
-}
-
-/// libcgroups' statistics in the shape of runc's `events --stats` data
-/// (runc's types.Stats), which tools that drive runc parse.
-fn runc_stats(s: &serde_json::Value) -> serde_json::Value {
-    let usage = |m: &serde_json::Value| {
-        serde_json::json!({
-            "usage": m["usage"], "max": m["max_usage"], "failcnt": m["fail_count"], "limit": m["limit"],
-        })
-    };
-    let cpu = &s["cpu"]["usage"];
-    let mem = &s["memory"];
-    serde_json::json!({
-        "cpu": {
-            "usage": {
-                "total": cpu["usage_total"],
-                "percpu": cpu["per_core_usage_total"],
-                "percpu_kernel": cpu["per_core_usage_kernel"],
-                "percpu_user": cpu["per_core_usage_user"],
-                "kernel": cpu["usage_kernel"],
-                "user": cpu["usage_user"],
-            },
-            "throttling": {
-                "periods": s["cpu"]["throttling"]["periods"],
-                "throttled_periods": s["cpu"]["throttling"]["throttled_periods"],
-                "throttled_time": s["cpu"]["throttling"]["throttled_time"],
-            },
-        },
-        "memory": {
-            "cache": mem["cache"],
-            "usage": usage(&mem["memory"]),
-            "swap": usage(&mem["memswap"]),
-            "kernel": usage(&mem["kernel"]),
-            "kernelTCP": usage(&mem["kernel_tcp"]),
-            "raw": mem["stats"],
-        },
-        "pids": {"current": s["pids"]["current"], "limit": s["pids"]["limit"]},
-        "blkio": s["blkio"],
-        "hugetlb": s["hugetlb"],
-    })
+    let bad = || format!("time: invalid duration \"{s}\"");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.starts_with('-') {
+        return Err(bad());
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let num: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos = match &rest[..u] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        rest = &rest[u..];
+        total += num * nanos;
+    }
+    Ok(Duration::from_nanos(total as u64))
 }
 
 pub fn events(cli: &Cli, a: &EventsArgs) -> anyhow::Result<ExitCode> {
+    // runc's events.go, step by step, with its words.
+    let c = Container::load(&cli.root, &a.id)?;
+    anyhow::ensure!(
+        !a.interval.is_zero(),
+        "duration interval must be greater than 0"
+    );
+    anyhow::ensure!(
+        c.status() != Status::Stopped,
+        "container with id {} is not running",
+        a.id
+    );
+    let id = c.state.id.clone();
+    let cgroup = c.state.cgroup.clone();
+    // The container's lock is not held while watching: `delete` must be
+    // able to take it, and is what ends the watch.
+    drop(c);
+    let print = |e: &Event| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer(&mut out, e)?;
+        writeln!(out)?;
+        out.flush()?;
+        Ok(())
+    };
     if a.stats {
-        let c = Container::load(&cli.root, &a.id)?;
-        println!("{}", stats_event(&c)?);
+        print(&Event::stats(&id, &cgroup.stats()?))?;
         return Ok(ExitCode::SUCCESS);
     }
+    // runc's NotifyOOM fails without a memory controller; on a v2-only
+    // host (no v1 memory hierarchy) the cgroup directory's presence is
+    // what ends the watch instead.
+    let watch = match cgroup.memory_v1_path() {
+        Some(dir) => Some(OomWatch::new(&dir)?),
+        None => None,
+    };
+    // Statistics every interval, the first after one interval (Go's
+    // time.Tick); OOM events as they come; the end when the cgroup goes.
+    let mut next = Instant::now() + a.interval;
     loop {
-        let c = Container::load(&cli.root, &a.id)?;
-        if c.status() == Status::Stopped {
-            return Ok(ExitCode::SUCCESS);
+        let now = Instant::now();
+        if now >= next {
+            match cgroup.stats() {
+                Ok(s) => print(&Event::stats(&id, &s))?,
+                // runc logs a failed read and goes on.
+                Err(e) => tracing::error!("{e}"),
+            }
+            next += a.interval;
+            if next < now {
+                next = now + a.interval;
+            }
+            continue;
         }
-        println!("{}", stats_event(&c)?);
-        drop(c);
-        std::thread::sleep(a.interval);
+        match &watch {
+            Some(w) => match w.wait(next - now)? {
+                OomWait::Oom => print(&Event::oom(&id))?,
+                OomWait::Gone => return Ok(ExitCode::SUCCESS),
+                OomWait::Timeout => {}
+            },
+            None => {
+                std::thread::sleep((next - now).min(Duration::from_millis(100)));
+                if !cgroup.freezer_path().exists() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
     }
 }
 
@@ -293,4 +326,22 @@ pub fn spec(_cli: &Cli, a: &SpecArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&p, default_spec_text(rootless))
         .with_context(|| format!("writing {}", p.display()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_go_does() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 }
