@@ -264,6 +264,11 @@ pub struct TreeOptions {
     pub display_stats: bool,
     /// Ask CRIU to fail when an operation takes longer (seconds).
     pub timeout_secs: Option<u32>,
+    /// A CRIU configuration file (`config_file`) whose settings override
+    /// these options, the log file and work dir included (cr-service.c
+    /// parses it last); a missing file is ignored by CRIU. runc passes the
+    /// container's `org.criu.config` annotation, or /etc/criu/runc.conf.
+    pub config_file: Option<PathBuf>,
 }
 
 impl TreeOptions {
@@ -304,6 +309,9 @@ impl TreeOptions {
         m.network_lock = self.network_lock.map(|l| EnumOrUnknown::new(net_lock(l)));
         m.lsm_profile = self.lsm_profile.clone();
         m.timeout = self.timeout_secs;
+        if let Some(c) = &self.config_file {
+            m.config_file = Some(path_str("config_file", c)?);
+        }
         Ok(())
     }
 }
@@ -405,11 +413,23 @@ impl DumpOptions {
     /// `ps.fd` when `lazy_pages` is set (only `ps.port` is read) and would
     /// listen on every address, unauthenticated. Its `--ps-socket` option
     /// has no RPC field, but an RPC config file may set it, so a lazy dump
-    /// on a handed-in socket carries `ps-socket N` in one.
+    /// on a handed-in socket carries `ps-socket N` in one. CRIU takes one
+    /// config file only: the caller's [`TreeOptions::config_file`] is
+    /// copied in first (one it cannot read counts as absent, as for CRIU).
     pub(crate) fn rpc_config(&self) -> Option<String> {
         match (&self.page_server, self.lazy_pages) {
             (Some(PageServerAddr::Socket(_)), true) => {
-                Some(format!("ps-socket {FIRST_PASSED_FD}\n"))
+                let mut text = self
+                    .tree
+                    .config_file
+                    .as_ref()
+                    .and_then(|c| std::fs::read_to_string(c).ok())
+                    .unwrap_or_default();
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&format!("ps-socket {FIRST_PASSED_FD}\n"));
+                Some(text)
             }
             _ => None,
         }
@@ -862,6 +882,41 @@ mod tests {
             o.to_rpc().unwrap().root.as_deref(),
             Some("/run/ferry/c/rootfs")
         );
+    }
+
+    #[test]
+    fn config_file_on_dump_and_restore() {
+        assert_eq!(dump().to_rpc().unwrap().config_file, None);
+        let mut d = dump();
+        d.tree.config_file = Some("/etc/criu/runc.conf".into());
+        assert_eq!(
+            d.to_rpc().unwrap().config_file.as_deref(),
+            Some("/etc/criu/runc.conf")
+        );
+        let mut r = restore();
+        r.tree.config_file = Some("/tmp/c.conf".into());
+        assert_eq!(
+            r.to_rpc().unwrap().config_file.as_deref(),
+            Some("/tmp/c.conf")
+        );
+    }
+
+    #[test]
+    fn lazy_dump_on_a_socket_keeps_the_callers_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("c.conf");
+        std::fs::write(&conf, "log-file=mine.log").unwrap();
+        let mut o = dump();
+        o.page_server = Some(PageServerAddr::Socket(pipe_fd()));
+        o.lazy_pages = true;
+        o.tree.config_file = Some(conf);
+        assert_eq!(
+            o.rpc_config().as_deref(),
+            Some("log-file=mine.log\nps-socket 4\n")
+        );
+        // One that does not exist is ignored, as CRIU ignores it.
+        o.tree.config_file = Some(dir.path().join("absent.conf"));
+        assert_eq!(o.rpc_config().as_deref(), Some("ps-socket 4\n"));
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! Follows runc's `Container.Checkpoint` (libcontainer/criu_linux.go): the
 //! image directory is created 0700 (it holds the container's memory), the
 //! container's rootfs is CRIU's root, bind mounts, masked files and devices
-//! are external mounts and a namespace given by path is external
-//! ([`crate::criu_plan`]), CRIU freezes through the container's freezer
+//! are external mounts (bind and device destinations named as they resolve
+//! inside the rootfs, [`mount_key`]) and a namespace given by path is
+//! external ([`crate::criu_plan`]), the container's CRIU configuration file
+//! is passed on, CRIU freezes through the container's freezer
 //! cgroup, and the container's stdio targets are recorded in
 //! `descriptors.json` so that a restore can hand in new pipes for them.
 //! A failed dump leaves the container running: CRIU resumes what it froze.
@@ -25,6 +27,7 @@ use oci_spec::runtime::Spec;
 
 use crate::criu_plan;
 use crate::error::{io, Error, Result};
+use crate::runtime::securejoin;
 
 /// runc's name for the stdio record in the image directory.
 pub const DESCRIPTORS: &str = "descriptors.json";
@@ -155,13 +158,29 @@ pub fn descriptors(init: Pid) -> Result<Vec<String>> {
         .collect()
 }
 
+/// How a mount destination of the container rooted at `rootfs` is named to
+/// CRIU: the container path it resolves to, symlinks in the rootfs followed
+/// inside it (runc's addCriuDumpMount / addCriuRestoreMount use securejoin;
+/// as there, a destination that cannot be resolved is named as written).
+/// The init mounted it there ([`crate::runtime::init`]), so that is where
+/// CRIU finds it in the container's mountinfo.
+pub fn mount_key(rootfs: &Path) -> impl Fn(&Path) -> String + '_ {
+    move |dest: &Path| match securejoin::secure_join(rootfs, dest) {
+        Ok(host) => securejoin::container_path(rootfs, &host)
+            .to_string_lossy()
+            .into_owned(),
+        Err(_) => criu_plan::plain_key(dest),
+    }
+}
+
 /// The DUMP (or PRE_DUMP) options for `target`; pure but for the masked
-/// path and namespace look-ups it is given.
+/// path, mount destination and namespace look-ups it is given.
 pub fn dump_options(
     target: &Target<'_>,
     opts: &mut CheckpointOptions,
     dirs: ImageDirs,
     is_file: impl Fn(&str) -> bool,
+    key: criu_plan::MountKey<'_>,
     ns_inode: impl Fn(&Path) -> Result<u64>,
 ) -> Result<DumpOptions> {
     let mut d = DumpOptions::new(dirs, target.init);
@@ -176,6 +195,7 @@ pub fn dump_options(
     t.ext_unix_sk = opts.ext_unix_sk;
     t.file_locks = opts.file_locks;
     t.display_stats = true;
+    t.config_file = criu_plan::criu_config_file(target.spec);
     d.leave_running = opts.leave_running;
     d.leave_stopped = opts.leave_stopped;
     d.tcp_skip_in_flight = opts.tcp_skip_in_flight;
@@ -194,7 +214,7 @@ pub fn dump_options(
     d.tree.external = criu_plan::dump_external_namespaces(target.spec, ns_inode)?;
     if !opts.pre_dump {
         // runc: no need to describe mounts for a pre-dump.
-        d.tree.ext_mounts = criu_plan::dump_ext_mounts(target.spec, is_file);
+        d.tree.ext_mounts = criu_plan::dump_ext_mounts(target.spec, is_file, key);
     }
     Ok(d)
 }
@@ -224,7 +244,8 @@ pub fn checkpoint(
             .map_err(io("stat of namespace", p))
     };
     let pre_dump = opts.pre_dump;
-    let mut dump = dump_options(target, &mut opts, dirs, is_file, ns_inode)?;
+    let key = mount_key(target.rootfs);
+    let mut dump = dump_options(target, &mut opts, dirs, is_file, &key, ns_inode)?;
     if !pre_dump {
         let mi = PathBuf::from(format!("/proc/{}/mountinfo", target.init));
         let text = fs::read_to_string(&mi).map_err(io("reading", &mi))?;
@@ -299,7 +320,15 @@ mod tests {
             ..Default::default()
         };
         let dirs = ImageDirs::open(Path::new("/")).unwrap();
-        let d = dump_options(&target(&spec), &mut opts, dirs, |_| true, |_| Ok(77)).unwrap();
+        let d = dump_options(
+            &target(&spec),
+            &mut opts,
+            dirs,
+            |_| true,
+            &criu_plan::plain_key,
+            |_| Ok(77),
+        )
+        .unwrap();
         assert_eq!(d.pid, Pid::from_raw(4321));
         assert_eq!(
             d.tree.root.as_deref(),
@@ -325,10 +354,53 @@ mod tests {
             ..Default::default()
         };
         let dirs = ImageDirs::open(Path::new("/")).unwrap();
-        let d = dump_options(&target(&spec), &mut opts, dirs, |_| true, |_| Ok(1)).unwrap();
+        let d = dump_options(
+            &target(&spec),
+            &mut opts,
+            dirs,
+            |_| true,
+            &criu_plan::plain_key,
+            |_| Ok(1),
+        )
+        .unwrap();
         assert!(d.tree.ext_mounts.is_empty());
         assert!(d.track_mem);
         assert_eq!(d.parent_img.as_deref(), Some(Path::new("../pre0")));
+    }
+
+    #[test]
+    fn the_containers_criu_config_is_passed_on() {
+        let mut spec: Spec = serde_json::from_str(SPEC).unwrap();
+        let dirs = || ImageDirs::open(Path::new("/")).unwrap();
+        let key = &criu_plan::plain_key;
+        let mut opts = CheckpointOptions::default();
+        let d = dump_options(&target(&spec), &mut opts, dirs(), |_| true, key, |_| Ok(1)).unwrap();
+        assert_eq!(
+            d.tree.config_file.as_deref(),
+            Some(Path::new("/etc/criu/runc.conf"))
+        );
+        spec.set_annotations(Some(
+            [("org.criu.config".to_string(), "/srv/c1.conf".to_string())].into(),
+        ));
+        let d = dump_options(&target(&spec), &mut opts, dirs(), |_| true, key, |_| Ok(1)).unwrap();
+        assert_eq!(
+            d.tree.config_file.as_deref(),
+            Some(Path::new("/srv/c1.conf"))
+        );
+    }
+
+    #[test]
+    fn mount_keys_resolve_symlinks_inside_the_rootfs() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir_all(r.join("real/conf")).unwrap();
+        std::os::unix::fs::symlink("/real/conf", r.join("conf")).unwrap();
+        // Pointing at the host's /etc: named as the rootfs's /etc.
+        std::os::unix::fs::symlink("/etc", r.join("hostetc")).unwrap();
+        let key = mount_key(r);
+        assert_eq!(key(Path::new("/conf")), "/real/conf");
+        assert_eq!(key(Path::new("/hostetc/x")), "/etc/x");
+        assert_eq!(key(Path::new("/test/for/nested")), "/test/for/nested");
     }
 
     #[test]

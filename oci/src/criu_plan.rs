@@ -7,7 +7,9 @@
 //! spirit and reviewers find what they expect:
 //! - bind mounts are external mounts, named by their destination on dump
 //!   (`addCriuDumpMount`) and bound again from their source on restore
-//!   (`addCriuRestoreMount`);
+//!   (`addCriuRestoreMount`); the name is the destination resolved inside
+//!   the rootfs (runc's securejoin), since a destination through a symlink
+//!   is mounted, and appears in mountinfo, where the symlink leads;
 //! - masked paths that are files are /dev/null bind mounts: external, named
 //!   "/dev/null" (`addMaskPaths`); masked directories are tmpfs, which CRIU
 //!   dumps itself;
@@ -24,6 +26,11 @@
 //!   hierarchy (runc's getCgroupMounts). Ferry finds them in the running
 //!   container's mountinfo rather than guessing from the spec.
 //!
+//! - CRIU's configuration file: the `org.criu.config` annotation names it
+//!   (an empty value means none), and without the annotation it is
+//!   /etc/criu/runc.conf (runc's handleCriuConfigurationFile): a site
+//!   configures CRIU for runc and Ferry alike.
+//!
 //! Nothing here touches the system: callers pass what must be looked up
 //! (which masked paths are files, namespace inodes).
 
@@ -33,6 +40,25 @@ use criu_rpc::{ExtMount, JoinNamespace};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use crate::error::{Error, Result};
+
+/// The annotation that names a container's own CRIU configuration file.
+pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
+/// The CRIU configuration file runc (and so Ferry) passes by default.
+pub const DEFAULT_CRIU_CONFIG: &str = "/etc/criu/runc.conf";
+
+/// The CRIU configuration file for this container's dumps and restores
+/// (its settings override the RPC options; CRIU ignores a missing file).
+pub fn criu_config_file(spec: &Spec) -> Option<PathBuf> {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CRIU_CONFIG_ANNOTATION))
+    {
+        Some(f) if f.is_empty() => None,
+        Some(f) => Some(PathBuf::from(f)),
+        None => Some(PathBuf::from(DEFAULT_CRIU_CONFIG)),
+    }
+}
 
 /// CRIU's key for an external namespace of this type, as runc names it.
 pub fn external_ns_key(ty: LinuxNamespaceType) -> Option<&'static str> {
@@ -107,15 +133,29 @@ pub fn namespaces_by_path(spec: &Spec) -> Vec<(LinuxNamespaceType, PathBuf)> {
         .unwrap_or_default()
 }
 
+/// How a caller names a mount destination to CRIU: the container path it
+/// resolves to inside the rootfs ([`crate::runtime::securejoin`]), or
+/// [`plain_key`] where nothing is to be resolved.
+pub type MountKey<'a> = &'a dyn Fn(&Path) -> String;
+
+/// A destination as it is written, made absolute.
+pub fn plain_key(p: &Path) -> String {
+    dest_key(p)
+}
+
 /// External mounts for a dump. `is_file(p)` says whether the masked path
 /// `p` is a file inside the running container (runc stats
-/// /proc/PID/root/p).
-pub fn dump_ext_mounts(spec: &Spec, is_file: impl Fn(&str) -> bool) -> Vec<ExtMount> {
+/// /proc/PID/root/p); `key` names bind and device destinations.
+pub fn dump_ext_mounts(
+    spec: &Spec,
+    is_file: impl Fn(&str) -> bool,
+    key: MountKey<'_>,
+) -> Vec<ExtMount> {
     let mut out: Vec<ExtMount> = mounts(spec)
         .iter()
         .filter(|m| is_bind(m))
         .map(|m| {
-            let k = dest_key(m.destination());
+            let k = key(m.destination());
             ExtMount {
                 key: k.clone(),
                 value: k,
@@ -131,21 +171,24 @@ pub fn dump_ext_mounts(spec: &Spec, is_file: impl Fn(&str) -> bool) -> Vec<ExtMo
                 value: "/dev/null".into(),
             }),
     );
-    out.extend(device_paths(spec).into_iter().map(|p| ExtMount {
-        key: p.clone(),
-        value: p,
+    out.extend(device_paths(spec).into_iter().map(|p| {
+        let k = key(Path::new(&p));
+        ExtMount {
+            key: k.clone(),
+            value: k,
+        }
     }));
     out
 }
 
-/// External mounts for a restore: each name recorded at dump time, bound
-/// to where it comes from on this host.
-pub fn restore_ext_mounts(spec: &Spec) -> Vec<ExtMount> {
+/// External mounts for a restore: each name recorded at dump time (`key`,
+/// as for the dump), bound to where it comes from on this host.
+pub fn restore_ext_mounts(spec: &Spec, key: MountKey<'_>) -> Vec<ExtMount> {
     let mut out: Vec<ExtMount> = mounts(spec)
         .iter()
         .filter(|m| is_bind(m))
         .map(|m| ExtMount {
-            key: dest_key(m.destination()),
+            key: key(m.destination()),
             value: m
                 .source()
                 .as_ref()
@@ -160,7 +203,7 @@ pub fn restore_ext_mounts(spec: &Spec) -> Vec<ExtMount> {
         });
     }
     out.extend(device_paths(spec).into_iter().map(|p| ExtMount {
-        key: p.clone(),
+        key: key(Path::new(&p)),
         value: p,
     }));
     out
@@ -392,7 +435,7 @@ mod tests {
     #[test]
     fn dump_names_binds_masked_files_and_devices() {
         let s = spec(DOCKERISH);
-        let got = dump_ext_mounts(&s, |p| p == "/proc/kcore");
+        let got = dump_ext_mounts(&s, |p| p == "/proc/kcore", &plain_key);
         let pairs: Vec<(&str, &str)> = got
             .iter()
             .map(|e| (e.key.as_str(), e.value.as_str()))
@@ -411,7 +454,7 @@ mod tests {
     #[test]
     fn restore_binds_names_to_sources() {
         let s = spec(DOCKERISH);
-        let pairs: Vec<(String, String)> = restore_ext_mounts(&s)
+        let pairs: Vec<(String, String)> = restore_ext_mounts(&s, &plain_key)
             .into_iter()
             .map(|e| (e.key, e.value))
             .collect();
@@ -510,10 +553,64 @@ mod tests {
     }
 
     #[test]
+    fn criu_config_file_from_the_annotation_or_runcs_default() {
+        let s = spec(r#"{"ociVersion": "1.0.2"}"#);
+        assert_eq!(
+            criu_config_file(&s).as_deref(),
+            Some(Path::new("/etc/criu/runc.conf"))
+        );
+        let s =
+            spec(r#"{"ociVersion": "1.0.2", "annotations": {"org.criu.config": "/tmp/c.conf"}}"#);
+        assert_eq!(
+            criu_config_file(&s).as_deref(),
+            Some(Path::new("/tmp/c.conf"))
+        );
+        // Set but empty: no configuration file at all.
+        let s = spec(r#"{"ociVersion": "1.0.2", "annotations": {"org.criu.config": ""}}"#);
+        assert_eq!(criu_config_file(&s), None);
+    }
+
+    #[test]
+    fn binds_and_devices_are_named_as_the_key_resolves_them() {
+        let s = spec(DOCKERISH);
+        // As if /data and /dev/fuse were symlinks inside the rootfs.
+        let key = |p: &Path| match p.to_str() {
+            Some("/data") => "/real/data".to_string(),
+            Some("/dev/fuse") => "/dev/misc/fuse".to_string(),
+            _ => plain_key(p),
+        };
+        let dump: Vec<(String, String)> = dump_ext_mounts(&s, |_| false, &key)
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
+        assert_eq!(
+            dump,
+            [
+                ("/etc/hosts".into(), "/etc/hosts".into()),
+                ("/real/data".into(), "/real/data".into()),
+                ("/dev/misc/fuse".into(), "/dev/misc/fuse".into()),
+            ]
+        );
+        let restore: Vec<(String, String)> = restore_ext_mounts(&s, &key)
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
+        assert_eq!(
+            restore,
+            [
+                ("/etc/hosts".into(), "/var/lib/docker/c/hosts".into()),
+                ("/real/data".into(), "/srv/data".into()),
+                ("/dev/null".into(), "/dev/null".into()),
+                ("/dev/misc/fuse".into(), "/dev/fuse".into()),
+            ]
+        );
+    }
+
+    #[test]
     fn nothing_external_in_a_plain_spec() {
         let s = spec(r#"{"ociVersion": "1.0.2"}"#);
-        assert!(dump_ext_mounts(&s, |_| true).is_empty());
-        assert!(restore_ext_mounts(&s).is_empty());
+        assert!(dump_ext_mounts(&s, |_| true, &plain_key).is_empty());
+        assert!(restore_ext_mounts(&s, &plain_key).is_empty());
         assert!(dump_external_namespaces(&s, |_| unreachable!())
             .unwrap()
             .is_empty());

@@ -4,12 +4,15 @@
 //! Follows runc's `Container.Restore` (libcontainer/criu_linux.go):
 //! - the image directory is checked before anything is touched;
 //! - missing mountpoints are created in the rootfs (CRIU does not), except
-//!   under tmpfs mounts whose content CRIU restores itself;
+//!   under tmpfs mounts whose content CRIU restores itself, resolved inside
+//!   the rootfs, with bind mounts mounted meanwhile so that nested
+//!   mountpoints land in their sources;
 //! - the rootfs is bind-mounted on a private mountpoint, because CRIU wants
 //!   a root that is a mountpoint with a parent it may pivot from;
 //! - bind mounts, /dev/null for masked files and devices are mapped to
 //!   their sources on this host; namespaces given by path are handed in
-//!   (net, pid: `inherit_fd` under runc's keys) or joined;
+//!   (net, pid: `inherit_fd` under runc's keys) or joined; the container's
+//!   CRIU configuration file is passed on, as for the dump;
 //! - the stdio pipes recorded in descriptors.json are replaced by the
 //!   caller's (so `docker start` gets the restored container's output);
 //! - CRIU is moved into the container's cgroups before the request, and the
@@ -31,6 +34,7 @@ use oci_spec::runtime::Spec;
 use crate::checkpoint::{CGROUP_BINDS, DESCRIPTORS};
 use crate::criu_plan;
 use crate::error::{io, Error, Result};
+use crate::runtime::securejoin;
 
 pub const RESTORE_LOG: &str = "restore.log";
 
@@ -104,10 +108,22 @@ pub fn check_image_dir(dir: &Path) -> Result<()> {
     })
 }
 
+/// A mountpoint to create before the restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mountpoint {
+    /// The destination, as config.json writes it.
+    pub dest: PathBuf,
+    /// A bind of a file needs a file to mount on.
+    pub file: bool,
+    /// A bind mount's source: mounted there for a moment, so that the
+    /// mountpoints of mounts nested in it are created in it.
+    pub bind: Option<PathBuf>,
+}
+
 /// Mount destinations to create before the restore: everything but what
 /// lies under a tmpfs (CRIU restores tmpfs content) and cgroup mounts
 /// (they appear with /sys/fs/cgroup). runc: prepareCriuRestoreMounts.
-pub fn mountpoints_to_create(spec: &Spec) -> Vec<(PathBuf, bool)> {
+pub fn mountpoints_to_create(spec: &Spec) -> Vec<Mountpoint> {
     let mounts = spec.mounts().as_deref().unwrap_or_default();
     let tmpfs: Vec<&Path> = mounts
         .iter()
@@ -123,26 +139,90 @@ pub fn mountpoints_to_create(spec: &Spec) -> Vec<(PathBuf, bool)> {
                 .any(|t| m.destination() != *t && m.destination().starts_with(t))
         })
         .map(|m| {
-            // A bind of a file needs a file to mount on.
-            let file = criu_plan::is_bind(m) && m.source().as_ref().is_some_and(|s| s.is_file());
-            (m.destination().clone(), file)
+            let bind = criu_plan::is_bind(m).then(|| m.source().clone()).flatten();
+            Mountpoint {
+                dest: m.destination().clone(),
+                file: bind.as_ref().is_some_and(|s| s.is_file()),
+                bind,
+            }
         })
         .collect()
 }
 
-fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<()> {
-    for (dest, file) in mountpoints_to_create(spec) {
-        let p = rootfs.join(dest.strip_prefix("/").unwrap_or(&dest));
-        if fs::symlink_metadata(&p).is_ok() {
-            continue;
-        }
-        if file {
-            if let Some(parent) = p.parent() {
-                fs::create_dir_all(parent).map_err(io("creating mountpoint", parent))?;
+/// Bind mounts made on the host while the mountpoints are created, taken
+/// down (last first, detached) when dropped: CRIU must find the rootfs as
+/// the container's mounts left it, not with these on it.
+struct TransientBinds<'a> {
+    rootfs: &'a Path,
+    /// Container paths, resolved.
+    mounted: Vec<PathBuf>,
+}
+
+impl Drop for TransientBinds<'_> {
+    fn drop(&mut self) {
+        for dest in self.mounted.iter().rev() {
+            // runc: WithProcfd + MNT_DETACH; EINVAL (not a mount point any
+            // more) is not worth a word.
+            match securejoin::open_in_root(self.rootfs, dest) {
+                Ok(fd) => match umount2(&securejoin::proc_fd_path(&fd), MntFlags::MNT_DETACH) {
+                    Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+                    Err(e) => tracing::warn!(
+                        path = %dest.display(),
+                        error = %e,
+                        "unmounting a bind mounted to create nested mountpoints"
+                    ),
+                },
+                Err(e) => tracing::warn!(
+                    path = %dest.display(),
+                    error = %e,
+                    "reopening a bind mounted to create nested mountpoints"
+                ),
             }
-            fs::File::create(&p).map_err(io("creating mountpoint", &p))?;
-        } else {
-            fs::create_dir_all(&p).map_err(io("creating mountpoint", &p))?;
+        }
+    }
+}
+
+/// Creates the missing mountpoints in the rootfs (CRIU does not), each
+/// resolved inside the rootfs as the container's init resolved it. A bind
+/// mount is mounted on its mountpoint until all are created, so that a
+/// mount nested in it (`/test` then `/test/for/nested`) gets its mountpoint
+/// in the bind's source, where the container had it (runc does the same,
+/// runc#2748).
+fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<()> {
+    let mut binds = TransientBinds {
+        rootfs,
+        mounted: Vec::new(),
+    };
+    for mp in mountpoints_to_create(spec) {
+        let p = securejoin::secure_join(rootfs, &mp.dest)
+            .map_err(io("resolving mountpoint in the rootfs", &mp.dest))?;
+        if fs::symlink_metadata(&p).is_err() {
+            if mp.file {
+                if let Some(parent) = p.parent() {
+                    fs::create_dir_all(parent).map_err(io("creating mountpoint", parent))?;
+                }
+                fs::File::create(&p).map_err(io("creating mountpoint", &p))?;
+            } else {
+                fs::create_dir_all(&p).map_err(io("creating mountpoint", &p))?;
+            }
+        }
+        if let Some(src) = &mp.bind {
+            let dest = securejoin::container_path(rootfs, &p);
+            let fd = securejoin::open_in_root(rootfs, &dest)
+                .map_err(io("opening mountpoint in the rootfs", &p))?;
+            mount(
+                Some(src.as_path()),
+                &securejoin::proc_fd_path(&fd),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| Error::Io {
+                op: "bind-mounting (to create the mountpoints nested in it) on",
+                path: p.clone(),
+                source: e.into(),
+            })?;
+            binds.mounted.push(dest);
         }
     }
     Ok(())
@@ -223,7 +303,9 @@ pub fn restore_options(
     t.file_locks = opts.file_locks;
     t.display_stats = true;
     t.lsm_profile = opts.lsm_profile.clone();
-    t.ext_mounts = criu_plan::restore_ext_mounts(dest.spec);
+    t.config_file = criu_plan::criu_config_file(dest.spec);
+    t.ext_mounts =
+        criu_plan::restore_ext_mounts(dest.spec, &crate::checkpoint::mount_key(dest.rootfs));
     r.rst_sibling = true;
     r.evasive_devices = true;
     r.lazy_pages = opts.lazy_pages;
@@ -357,7 +439,7 @@ mod tests {
         let spec: Spec = serde_json::from_str(SPEC).unwrap();
         let got: Vec<PathBuf> = mountpoints_to_create(&spec)
             .into_iter()
-            .map(|m| m.0)
+            .map(|m| m.dest)
             .collect();
         assert_eq!(got, [PathBuf::from("/proc"), "/run".into(), "/data".into()]);
     }

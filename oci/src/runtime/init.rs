@@ -8,13 +8,14 @@
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{symlink, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount, Spec};
 
 use super::process::StepError;
+use super::securejoin;
 
 fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> StepError {
     StepError {
@@ -86,33 +87,71 @@ pub fn parse_options(opts: &[String]) -> (MsFlags, MsFlags, String) {
     (flags, propagation, data.join(","))
 }
 
-/// `dest` inside `rootfs`, refusing `..` that would climb out.
+/// The host path of the mount destination `dest`, resolved inside `rootfs`
+/// as the container sees it: a symlink on the way is followed within the
+/// rootfs, never out of it (runc: `securejoin.SecureJoin(rootfs, dest)` in
+/// mountToRootfs).
 pub fn inside(rootfs: &Path, dest: &Path) -> Result<PathBuf, StepError> {
-    let mut p = rootfs.to_path_buf();
-    for c in dest.components() {
-        match c {
-            Component::Normal(n) => p.push(n),
-            Component::ParentDir => {
-                return Err(fail(
-                    "mount",
-                    format!("destination {} climbs out of the rootfs", dest.display()),
-                ))
-            }
-            _ => {}
+    securejoin::secure_join(rootfs, dest).map_err(|e| {
+        fail(
+            format!(
+                "resolving mount destination {} in the rootfs",
+                dest.display()
+            ),
+            e,
+        )
+    })
+}
+
+/// A mount destination: its host path (created there, named in errors),
+/// reopened inside the rootfs with `RESOLVE_IN_ROOT` for every mount(2) on
+/// it, so that what is mounted on is what the kernel finds inside the
+/// rootfs at that moment (runc's `utils.WithProcfd`). Reopened each time:
+/// once something is mounted there, the next remount must reach the new
+/// mount, not the directory under it.
+struct Dest<'a> {
+    rootfs: &'a Path,
+    host: PathBuf,
+}
+
+impl Dest<'_> {
+    fn join(&self, name: &str) -> Dest<'_> {
+        Dest {
+            rootfs: self.rootfs,
+            host: self.host.join(name),
         }
     }
-    // A symlink on the way could point out: resolve and check.
-    if let Ok(real) = fs::canonicalize(&p) {
-        let root = fs::canonicalize(rootfs).unwrap_or_else(|_| rootfs.to_path_buf());
-        if !real.starts_with(&root) {
-            return Err(fail(
-                "mount",
-                format!("destination {} resolves outside the rootfs", dest.display()),
-            ));
-        }
-        return Ok(real);
+
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: &str,
+    ) -> Result<(), StepError> {
+        let name = || {
+            format!(
+                "mounting {} on {}",
+                src.map(|s| s.display().to_string())
+                    .unwrap_or_else(|| fstype.unwrap_or("?").to_string()),
+                self.host.display()
+            )
+        };
+        let fd = securejoin::open_in_root(
+            self.rootfs,
+            &securejoin::container_path(self.rootfs, &self.host),
+        )
+        .map_err(|e| fail(name(), e))?;
+        let procfd = securejoin::proc_fd_path(&fd);
+        mount(
+            src,
+            &procfd,
+            fstype,
+            flags,
+            (!data.is_empty()).then_some(data),
+        )
+        .map_err(|e| fail(name(), e))
     }
-    Ok(p)
 }
 
 fn ensure_target(p: &Path, file: bool) -> Result<(), StepError> {
@@ -158,30 +197,42 @@ fn do_mount(
 }
 
 fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError> {
-    let dest = inside(rootfs, m.destination())?;
     let opts = m.options().clone().unwrap_or_default();
     let (flags, propagation, data) = parse_options(&opts);
     let typ = m.typ().as_deref().unwrap_or("");
+    if matches!(typ, "proc" | "sysfs") {
+        // runc mounts proc and sysfs only on an ordinary directory, never
+        // through a symlink ("fun" attacks, rootfs_linux.go).
+        let lexical = rootfs.join(m.destination().strip_prefix("/").unwrap_or(m.destination()));
+        if fs::symlink_metadata(&lexical).is_ok_and(|md| !md.is_dir()) {
+            return Err(fail(
+                "mount",
+                format!("filesystem {typ:?} must be mounted on ordinary directory"),
+            ));
+        }
+    }
+    let dest = Dest {
+        rootfs,
+        host: inside(rootfs, m.destination())?,
+    };
     let is_bind = typ == "bind" || flags.contains(MsFlags::MS_BIND);
     if typ == "cgroup" || typ == "cgroup2" {
         // A tmpfs with the container's cgroup dir of each hierarchy bound
         // in (runc without cgroup namespace; CRIU treats them as external).
-        ensure_target(&dest, false)?;
-        do_mount(
+        ensure_target(&dest.host, false)?;
+        dest.mount(
             Some(Path::new("tmpfs")),
-            &dest,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             "mode=755",
         )?;
         for (name, host) in &cg.hierarchies {
             let t = dest.join(name);
-            ensure_target(&t, false)?;
-            do_mount(Some(host), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, "")?;
+            ensure_target(&t.host, false)?;
+            t.mount(Some(host), None, MsFlags::MS_BIND | MsFlags::MS_REC, "")?;
             let ro = flags & MsFlags::MS_RDONLY;
-            do_mount(
+            t.mount(
                 None,
-                &t,
                 None,
                 MsFlags::MS_BIND
                     | MsFlags::MS_REMOUNT
@@ -204,10 +255,9 @@ fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError>
         let file = fs::metadata(src)
             .map_err(|e| fail(format!("bind mount source {}", src.display()), e))?
             .is_file();
-        ensure_target(&dest, file)?;
-        do_mount(
+        ensure_target(&dest.host, file)?;
+        dest.mount(
             Some(src),
-            &dest,
             None,
             MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
             "",
@@ -215,32 +265,29 @@ fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError>
         // Flags other than bind/rec need a remount.
         let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !rest.is_empty() {
-            do_mount(
+            dest.mount(
                 None,
-                &dest,
                 None,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rest,
                 "",
             )?;
         }
     } else {
-        ensure_target(&dest, false)?;
+        ensure_target(&dest.host, false)?;
         let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-        let r = do_mount(Some(&src), &dest, Some(typ), flags, &data);
+        let r = dest.mount(Some(&src), Some(typ), flags, &data);
         if let Err(e) = r {
             // sysfs cannot be mounted in a joined (not owned) netns: bind
             // the host's, read-only, as runc does.
             if typ == "sysfs" {
-                do_mount(
+                dest.mount(
                     Some(Path::new("/sys")),
-                    &dest,
                     None,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     "",
                 )?;
-                do_mount(
+                dest.mount(
                     None,
-                    &dest,
                     None,
                     MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                     "",
@@ -251,7 +298,7 @@ fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError>
         }
     }
     if !propagation.is_empty() {
-        do_mount(None, &dest, None, propagation, "")?;
+        dest.mount(None, None, propagation, "")?;
     }
     Ok(())
 }
@@ -304,7 +351,7 @@ fn devices(rootfs: &Path, spec: &Spec) -> Result<(), StepError> {
         if made.is_err() {
             // Without the right to mknod: bind the host's node.
             ensure_target(&p, true)?;
-            do_mount(Some(&path), &p, None, MsFlags::MS_BIND, "")?;
+            Dest { rootfs, host: p }.mount(Some(&path), None, MsFlags::MS_BIND, "")?;
         } else {
             // mknod honours the umask; the spec's mode is exact.
             let _ = nix::sys::stat::fchmodat(
@@ -530,8 +577,15 @@ mod tests {
             inside(t.path(), Path::new("/etc/hosts")).unwrap(),
             t.path().join("etc/hosts")
         );
-        assert!(inside(t.path(), Path::new("/../../etc")).is_err());
+        assert_eq!(
+            inside(t.path(), Path::new("/../../etc")).unwrap(),
+            t.path().join("etc")
+        );
+        // A symlink to the host's /etc resolves to the rootfs's /etc.
         std::os::unix::fs::symlink("/etc", t.path().join("evil")).unwrap();
-        assert!(inside(t.path(), Path::new("/evil")).is_err());
+        assert_eq!(
+            inside(t.path(), Path::new("/evil/hosts")).unwrap(),
+            t.path().join("etc/hosts")
+        );
     }
 }

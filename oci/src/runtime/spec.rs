@@ -24,10 +24,11 @@ impl Bundle {
         let text = std::fs::read(&config).map_err(|_| Error::NoConfig {
             path: config.clone(),
         })?;
-        let spec: Spec = serde_json::from_slice(&text).map_err(|source| Error::InvalidConfig {
-            path: config.clone(),
-            reason: source.to_string(),
-        })?;
+        let mut spec: Spec =
+            serde_json::from_slice(&text).map_err(|source| Error::InvalidConfig {
+                path: config.clone(),
+                reason: source.to_string(),
+            })?;
         let root = spec.root().as_ref().ok_or_else(|| Error::InvalidConfig {
             path: config.clone(),
             reason: "it has no root.path".into(),
@@ -46,8 +47,32 @@ impl Bundle {
                 reason: "it has no process to run".into(),
             });
         }
+        absolute_bind_sources(&mut spec, &dir);
         Ok(Bundle { dir, spec, rootfs })
     }
+}
+
+/// A bind mount's relative source is relative to the bundle, wherever the
+/// runtime was started from (runc's specconv joins it to the bundle dir it
+/// chdirs to): made absolute once, for create and restore alike.
+fn absolute_bind_sources(spec: &mut Spec, bundle: &Path) {
+    let Some(mounts) = spec.mounts().clone() else {
+        return;
+    };
+    let mounts = mounts
+        .into_iter()
+        .map(|mut m| {
+            if crate::criu_plan::is_bind(&m) {
+                if let Some(src) = m.source().as_ref().filter(|s| s.is_relative()) {
+                    // components() drops the `.` of "./x" and of ".".
+                    let abs: PathBuf = bundle.join(src).components().collect();
+                    m.set_source(Some(abs));
+                }
+            }
+            m
+        })
+        .collect();
+    spec.set_mounts(Some(mounts));
 }
 
 /// Whether config.json text gives the container's process a terminal (its

@@ -130,6 +130,23 @@ pub fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// runc's prepareImagePaths: --parent-path is relative to the image path
+/// (CRIU opens it from the images dir) and must name a directory there;
+/// refused before anything is frozen, with runc's words.
+fn check_parent_path(image_path: &Path, parent: Option<&Path>) -> anyhow::Result<()> {
+    let Some(parent) = parent else {
+        return Ok(());
+    };
+    anyhow::ensure!(parent.is_relative(), "--parent-path must be relative");
+    let real = image_path.join(parent);
+    let why = match std::fs::metadata(&real) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        Err(e) => e,
+    };
+    Err(anyhow::Error::new(why).context(format!("invalid --parent-path: stat {}", real.display())))
+}
+
 pub fn criu(cli: &Cli) -> Criu {
     cli.criu.as_ref().map(Criu::with_binary).unwrap_or_default()
 }
@@ -186,6 +203,7 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
         (None, Some(p)) => absolute(p)?,
         (None, None) => absolute(Path::new("checkpoint"))?,
     };
+    check_parent_path(&image_path, a.parent_path.as_deref())?;
     let opts = CheckpointOptions {
         image_path: image_path.clone(),
         work_path: f.work_path.as_deref().map(absolute).transpose()?,
