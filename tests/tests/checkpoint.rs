@@ -1,8 +1,9 @@
 //! `ferry checkpoint` and `ferry restore`, end to end against real CRIU,
 //! on containers ferry runs: the counter continues exactly, a
 //! --leave-running clone runs beside its original, 256 MiB of patterned
-//! memory survive, an established TCP connection survives, and bad input
-//! is refused with nothing left behind.
+//! memory survive, an established TCP connection survives, a bind mount
+//! through a symlink stays inside the rootfs and is restored there, and bad
+//! input is refused with nothing left behind.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -471,6 +472,28 @@ fn bad_input_is_refused_and_a_failed_checkpoint_keeps_the_container() {
         "the error quotes CRIU's log: {err}"
     );
     assert_eq!(root.status(&a), "running");
+    // A bad --parent-path is refused with runc's words before anything is
+    // frozen: it must be relative to the image path, and a directory there.
+    let x = tmp.path().join("x");
+    let err = root.fails(&[
+        "checkpoint",
+        "--parent-path",
+        "/abs",
+        "--image-path",
+        s(&x),
+        &a,
+    ]);
+    assert!(err.contains("--parent-path must be relative"), "{err}");
+    let err = root.fails(&[
+        "checkpoint",
+        "--parent-path",
+        "../nope",
+        "--image-path",
+        s(&x),
+        &a,
+    ]);
+    assert!(err.contains("invalid --parent-path"), "{err}");
+    assert_eq!(root.status(&a), "running");
     let n = numbers(&count).len();
     assert_consecutive(&wait_numbers(&count, n + 3));
 
@@ -563,4 +586,102 @@ fn bad_input_is_refused_and_a_failed_checkpoint_keeps_the_container() {
         "CRIU's network-lock rules were left behind"
     );
     assert_eq!(root.status(&a), "running");
+}
+
+/// A bind whose destination is a symlink in the rootfs naming a host path
+/// lands where the link leads inside the rootfs (runc's securejoin), never
+/// on the host's directory of that name; CRIU, told about it under that
+/// resolved name, dumps and restores it. A bind nested in it gets its
+/// mountpoint in the outer bind's source, and a restore re-creates that
+/// mountpoint when it was removed after the checkpoint (runc#2748).
+#[test]
+fn a_symlink_mount_destination_stays_inside_the_rootfs_through_checkpoint_and_restore() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    // The host directory the symlink names: it must see nothing.
+    let host = tmp.path().join("host-target");
+    std::fs::create_dir_all(&host).unwrap();
+    let (outer, inner) = (tmp.path().join("outer"), tmp.path().join("inner"));
+    for (d, text) in [(&outer, "outer bind"), (&inner, "inner bind")] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("marker"), format!("{text}\n")).unwrap();
+    }
+    let bundle = busybox_bundle(
+        tmp.path(),
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do cat /escape/marker /escape/in/marker > /out/seen; \
+             echo $i >> /out/count; i=$((i+1)); sleep 0.05; done",
+        ],
+    );
+    let rootfs = bundle.join("rootfs");
+    std::os::unix::fs::symlink(&host, rootfs.join("escape")).unwrap();
+    edit_config(&bundle, |c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(serde_json::json!({
+            "destination": "/escape", "type": "bind", "source": s(&outer), "options": ["rbind"]
+        }));
+        mounts.push(serde_json::json!({
+            "destination": "/escape/in", "type": "bind", "source": s(&inner), "options": ["rbind"]
+        }));
+    });
+    let id = unique("crsym");
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    let count = rootfs.join("out/count");
+    wait_numbers(&count, 3);
+    let seen = || std::fs::read_to_string(rootfs.join("out/seen")).unwrap();
+    assert_eq!(seen(), "outer bind\ninner bind\n");
+    // The container has both mounts at the link's target inside its root
+    // (an absolute link: the same path as on the host, but in the rootfs).
+    let in_container = |pid: u32| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(s(&host)))
+            .collect()
+    };
+    let want = [s(&host).to_string(), format!("{}/in", s(&host))];
+    assert_eq!(in_container(root.pid(&id)), want);
+    let untouched = |why: &str| {
+        assert!(
+            std::fs::read_dir(&host).unwrap().next().is_none(),
+            "{why}: the host's {} got something",
+            host.display()
+        );
+        assert!(mount_leftovers(s(&host)).is_empty(), "{why}");
+    };
+    untouched("after run");
+    // The inner mountpoint was made in the outer bind's source.
+    assert!(outer.join("in").is_dir());
+
+    let images = tmp.path().join("images");
+    root.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    assert!(!root.ids().contains(&id));
+    // As runc's checkpoint.bats does: the restore must make it again.
+    std::fs::remove_dir(outer.join("in")).unwrap();
+    let before = numbers(&count).len();
+    root.ok(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&bundle),
+        &id,
+    ]);
+    assert_eq!(root.status(&id), "running");
+    assert_continuous(&wait_numbers(&count, before + 5));
+    assert_eq!(seen(), "outer bind\ninner bind\n");
+    assert_eq!(in_container(root.pid(&id)), want);
+    untouched("after restore");
+    // Nothing the restore mounted on the host stays: neither CRIU's root
+    // nor the binds made to create the nested mountpoint.
+    assert!(
+        mount_leftovers(s(&rootfs)).is_empty(),
+        "{:?}",
+        mount_leftovers(s(&rootfs))
+    );
+    root.remove(&id);
 }
