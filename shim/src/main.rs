@@ -224,7 +224,20 @@ fn main() -> ExitCode {
             let t = help_template(&bin, Some(c.get_name()));
             c.help_template(t)
         })
-        .get_matches_from(normalize_args(std::env::args_os()));
+        .try_get_matches_from(normalize_args(std::env::args_os()))
+        .unwrap_or_else(|e| {
+            // runc (urfave/cli) answers an unknown command with its help
+            // system's words, which scripts and help.bats read.
+            if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+                if let Some(clap::error::ContextValue::String(name)) =
+                    e.get(clap::error::ContextKind::InvalidSubcommand)
+                {
+                    eprintln!("No help topic for '{name}'");
+                    std::process::exit(3);
+                }
+            }
+            e.exit()
+        });
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

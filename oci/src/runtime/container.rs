@@ -138,7 +138,10 @@ fn console_connect(path: &Path) -> Result<UnixStream> {
 
 /// Opens a pty in the container's /dev/pts, sends the master to the console
 /// socket and makes the slave the controlling terminal and stdio.
-fn setup_console(console: &UnixStream) -> std::result::Result<(), StepError> {
+fn setup_console(
+    console: &UnixStream,
+    size: Option<&oci_spec::runtime::Box>,
+) -> std::result::Result<(), StepError> {
     let fail = |step: &str, e: &dyn std::fmt::Display| StepError {
         step: step.into(),
         message: e.to_string(),
@@ -150,6 +153,18 @@ fn setup_console(console: &UnixStream) -> std::result::Result<(), StepError> {
     nix::pty::grantpt(&master).map_err(|e| fail("grantpt", &e))?;
     nix::pty::unlockpt(&master).map_err(|e| fail("unlockpt", &e))?;
     let name = nix::pty::ptsname_r(&master).map_err(|e| fail("ptsname", &e))?;
+    // process.consoleSize, set before anyone reads the size (runc's
+    // setupConsole resizes the pty it just made).
+    if let Some(b) = size.filter(|b| b.height() > 0 && b.width() > 0) {
+        let ws = libc::winsize {
+            ws_row: b.height() as u16,
+            ws_col: b.width() as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a winsize we own, on our pty master.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
     let slave = nix::fcntl::open(
         name.as_str(),
         nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
@@ -229,7 +244,7 @@ fn init_main(
     let proc_ = spec.process().clone().unwrap_or_default();
     if let Some(c) = console {
         if proc_.terminal().unwrap_or(false) {
-            setup_console(c)?;
+            setup_console(c, proc_.console_size().as_ref())?;
         }
     }
     process::limits(&proc_)?;
@@ -676,7 +691,11 @@ impl Container {
     }
 
     /// `ferry kill`.
-    pub fn kill(&self, sig: Signal, all: bool) -> Result<()> {
+    /// `ferry kill`: a raw signal number (0 and real-time signals too, see
+    /// [`super::signal::parse`]) to the init, or with `all` to every
+    /// process in the container's cgroup (which may be none: runc's
+    /// `kill -a` of a stopped container succeeds).
+    pub fn kill(&self, sig: i32, all: bool) -> Result<()> {
         let status = self.status();
         if status == Status::Stopped && !all {
             return Err(Error::WrongStatus {
@@ -685,19 +704,27 @@ impl Container {
                 wanted: "running, created or paused",
             });
         }
-        if all {
-            for p in self.state.cgroup.pids()? {
-                let _ = kill(p, sig);
+        let send = |pid: i32| {
+            // SAFETY: kill(2) with a pid and a signal number.
+            if unsafe { libc::kill(pid, sig) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
             }
-            if self.status() == Status::Paused && sig == Signal::SIGKILL {
+        };
+        if all {
+            for p in self.state.cgroup.pids().unwrap_or_default() {
+                let _ = send(p.as_raw());
+            }
+            if self.status() == Status::Paused && sig == libc::SIGKILL {
                 let _ = self.state.cgroup.thaw();
             }
             return Ok(());
         }
-        kill(Pid::from_raw(self.state.pid), sig).map_err(|e| Error::Io {
+        send(self.state.pid).map_err(|source| Error::Io {
             op: "signalling the container's init",
             path: PathBuf::new(),
-            source: e.into(),
+            source,
         })
     }
 
@@ -860,7 +887,7 @@ impl Container {
                     step: "setsid".into(),
                     message: e.to_string(),
                 })?;
-                setup_console(c)?;
+                setup_console(c, p.console_size().as_ref())?;
             }
             process::limits(p)?;
             process::check_executable(p)?;

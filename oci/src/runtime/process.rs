@@ -149,6 +149,28 @@ pub fn close_fds_on_exec(keep: i32) -> Result<(), StepError> {
     Ok(())
 }
 
+/// runc's fixStdioPermissions: before the switch to the process's user,
+/// its stdio (a pty slave, pipes) is given to that user so that it can
+/// reopen them (`$(tty)`, /proc/self/fd/N); /dev/null is left alone, and a
+/// chown the kernel refuses (an id unmapped in a user namespace) is
+/// skipped, as runc skips it.
+fn fix_stdio_owner(uid: u32) {
+    let null = nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev);
+    for fd in 0..3 {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            continue;
+        };
+        let is_char = st.st_mode & libc::S_IFMT == libc::S_IFCHR;
+        if (is_char && Some(st.st_rdev) == null) || st.st_uid == uid {
+            continue;
+        }
+        // The group stays: a pty slave keeps devpts' tty group (gid=5 in
+        // runc's default mounts), as with runc.
+        // SAFETY: fchown of one of our own fds; -1 leaves the group.
+        unsafe { libc::fchown(fd, uid, u32::MAX) };
+    }
+}
+
 /// Switches to the process's user keeping only its capabilities, goes to
 /// its cwd, applies no_new_privs.
 pub fn credentials(p: &Process) -> Result<(), StepError> {
@@ -179,6 +201,7 @@ pub fn credentials(p: &Process) -> Result<(), StepError> {
             Err(e) => return Err(fail(format!("chdir {}", cwd.display()), e)),
         }
     }
+    fix_stdio_owner(user.uid());
     // SAFETY: prctl on our own process.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     let groups: Vec<Gid> = user

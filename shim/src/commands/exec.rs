@@ -58,7 +58,15 @@ pub fn exec(cli: &Cli, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     let mut p: Process = match &a.process {
         Some(f) => {
             let text = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            serde_json::from_slice(&text).with_context(|| format!("parsing {}", f.display()))?
+            let mut v: serde_json::Value = serde_json::from_slice(&text)
+                .with_context(|| format!("parsing {}", f.display()))?;
+            // runc decodes into Go's zero values: a process without `user`
+            // runs as 0:0 (oci-spec requires the field).
+            if let Some(o) = v.as_object_mut() {
+                o.entry("user")
+                    .or_insert_with(|| serde_json::json!({"uid": 0, "gid": 0}));
+            }
+            serde_json::from_value(v).with_context(|| format!("parsing {}", f.display()))?
         }
         None => {
             anyhow::ensure!(

@@ -158,13 +158,48 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code as u8))
 }
 
+/// runc's containerState (state.go, list.go): its field order is what
+/// `runc state` and `runc list --format json` print, and what scripts and
+/// runc's list.bats match.
+#[derive(serde::Serialize)]
+struct ContainerState<'a> {
+    #[serde(rename = "ociVersion")]
+    oci_version: String,
+    id: &'a str,
+    pid: i32,
+    status: String,
+    bundle: &'a std::path::Path,
+    rootfs: &'a std::path::Path,
+    created: &'a str,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    annotations: &'a std::collections::BTreeMap<String, String>,
+    owner: &'a str,
+}
+
+impl<'a> ContainerState<'a> {
+    fn of(s: &'a ferry_oci::runtime::State, status: Status, owner: &'a str) -> Self {
+        // The version of the container's config, as runc reports it.
+        let oci_version = ferry_oci::runtime::spec::Bundle::load(&s.bundle)
+            .map(|b| b.spec.version().clone())
+            .unwrap_or_else(|_| ferry_oci::runtime::spec::SPEC_VERSION.to_string());
+        ContainerState {
+            oci_version,
+            id: &s.id,
+            pid: if status == Status::Stopped { 0 } else { s.pid },
+            status: status.to_string(),
+            bundle: &s.bundle,
+            rootfs: &s.rootfs,
+            created: &s.created,
+            annotations: &s.annotations,
+            owner,
+        }
+    }
+}
+
 pub fn state(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
     let c = Container::load(&cli.root, &a.id)?;
-    let mut v = serde_json::to_value(c.oci_state())?;
-    v["rootfs"] = c.state.rootfs.to_string_lossy().into();
-    v["created"] = c.state.created.clone().into();
-    v["owner"] = "".into();
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    let st = ContainerState::of(&c.state, c.status(), "");
+    println!("{}", serde_json::to_string_pretty(&st)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -178,21 +213,9 @@ pub fn list(cli: &Cli, a: &ListArgs) -> anyhow::Result<ExitCode> {
     }
     match a.format.as_str() {
         "json" => {
-            let v: Vec<serde_json::Value> = all
+            let v: Vec<ContainerState> = all
                 .iter()
-                .map(|(s, st)| {
-                    serde_json::json!({
-                        "ociVersion": "1.0.2",
-                        "id": s.id,
-                        "pid": if *st == Status::Stopped { 0 } else { s.pid },
-                        "status": st.to_string(),
-                        "bundle": s.bundle,
-                        "rootfs": s.rootfs,
-                        "created": s.created,
-                        "owner": "root",
-                        "annotations": s.annotations,
-                    })
-                })
+                .map(|(s, st)| ContainerState::of(s, *st, "root"))
                 .collect();
             println!("{}", serde_json::to_string(&v)?);
         }

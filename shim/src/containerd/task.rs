@@ -697,7 +697,7 @@ impl TaskService {
         drop(tasks);
         blocking(move || {
             let c = Container::load(&root, &cid).map_err(Error::oci("killing", &cid))?;
-            c.kill(sig, all).map_err(Error::oci("killing", &cid))
+            c.kill(sig as i32, all).map_err(Error::oci("killing", &cid))
         })
         .await
     }
