@@ -109,7 +109,8 @@ pub enum Error {
     #[error("unknown signal `{signal}`")]
     InvalidSignal { signal: String },
 
-    #[error("{which} hook {} failed: {reason}", path.display())]
+    /// runc's words ("error running hook"), which clients match.
+    #[error("error running hook {} ({which}): {reason}", path.display())]
     Hook {
         which: &'static str,
         path: PathBuf,

@@ -254,7 +254,7 @@ fn hooks_run_with_the_state_on_stdin() {
     });
     let err = root.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
     assert!(
-        err.contains("createRuntime hook /bin/false failed"),
+        err.contains("error running hook /bin/false (createRuntime): exit status 1"),
         "{err}"
     );
     assert!(root.ids().is_empty());

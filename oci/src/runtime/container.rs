@@ -233,6 +233,9 @@ fn init_main(
         bundle: bundle.dir.to_string_lossy().into_owned(),
         annotations: Default::default(),
     };
+    // runc runs createContainer hooks from the rootfs (rootfs_linux.go
+    // chdirs there first): hooks written for runc use relative paths.
+    nix::unistd::chdir(&bundle.rootfs).map_err(|e| fail("chdir to the rootfs", &e))?;
     hooks::run(
         "createContainer",
         &hooks::of(spec, |h| h.create_container().clone()),
@@ -263,14 +266,16 @@ fn init_main(
     (&w).write_all(b"0")
         .map_err(|e| fail("writing exec.fifo", &e))?;
     drop(w);
+    process::close_fds_on_exec(2)?;
+    process::confine(&proc_, seccomp)?;
+    // As in runc's standard_init: startContainer hooks run last, as the
+    // container's user and under its seccomp filter.
     hooks::run(
         "startContainer",
         &hooks::of(spec, |h| h.start_container().clone()),
         &state,
     )
     .map_err(|e| fail("startContainer hooks", &e))?;
-    process::close_fds_on_exec(2)?;
-    process::confine(&proc_, seccomp)?;
     Err(process::exec(&proc_))
 }
 
@@ -796,7 +801,7 @@ impl Container {
     }
 
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
-        self.state.cgroup.apply(resources)
+        self.state.cgroup.update(resources)
     }
 
     /// Marks the rootfs as a mount Ferry made, for `delete` to unmount.

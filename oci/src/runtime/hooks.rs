@@ -95,8 +95,32 @@ pub fn run(which: &'static str, hooks: &[Hook], state: &OciState) -> Result<()> 
                 use std::io::Read;
                 let _ = e.read_to_string(&mut err);
             }
-            return Err(fail(format!("{status}: {}", err.trim())));
+            return Err(fail(format!("{}: {}", status_text(&status), err.trim())));
         }
     }
     Ok(())
+}
+
+/// An exit status as Go's os/exec prints it (`exit status 1`, `signal:
+/// bad system call`), the words runc's hook errors carry.
+fn status_text(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            // SAFETY: strsignal returns a static (or thread-local) string.
+            let text = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }
+                .to_string_lossy()
+                .into_owned();
+            let mut c = text.chars();
+            let lower: String = match c.next() {
+                Some(f) => f.to_lowercase().chain(c).collect(),
+                None => format!("signal {sig}"),
+            };
+            format!("signal: {lower}")
+        }
+        None => status.to_string(),
+    }
 }
