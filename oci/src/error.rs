@@ -166,6 +166,9 @@ pub enum Error {
         source: libseccomp::error::SeccompError,
     },
 
+    #[error("invalid seccomp profile: {reason}")]
+    SeccompNotify { reason: String },
+
     #[error("{what} is not supported: {hint}")]
     Unsupported {
         what: &'static str,

@@ -12,7 +12,8 @@
 //! - conditions on distinct arguments are ANDed in one rule; several
 //!   conditions on the same argument make one rule each (runc's reading of
 //!   the spec: there is no other way to say "arg0 is 1 or 2");
-//! - SCMP_ACT_NOTIFY (a seccomp agent on `listenerPath`) is refused.
+//! - SCMP_ACT_NOTIFY (a seccomp agent on `listenerPath`) is refused, after
+//!   runc's own checks (see `check_notify`).
 //!
 //! Where the filter is loaded is [`super::process::confine`]'s business.
 //! CRIU dumps and restores loaded filters itself (PTRACE_SECCOMP_GET_FILTER),
@@ -118,14 +119,42 @@ pub fn of_spec(spec: &oci_spec::runtime::Spec) -> Result<Option<Filter>> {
         .transpose()
 }
 
-/// Builds the filter `s` describes.
-pub fn build(s: &LinuxSeccomp) -> Result<Filter> {
-    if s.listener_path().is_some() {
-        return Err(Error::Unsupported {
-            what: "a seccomp agent (linux.seccomp.listenerPath)",
-            hint: "remove listenerPath from linux.seccomp",
+/// What runc checks of SCMP_ACT_NOTIFY before its agent would come in:
+/// a listenerPath without any notify rule is ignored (runc only talks to
+/// an agent its filter needs); notifying `write` is refused with runc's
+/// words (the runtime itself writes); an agent that cannot be reached is
+/// named as runc names it. Past those, a seccomp agent is refused: Ferry
+/// does not hand filters to one.
+fn check_notify(s: &LinuxSeccomp) -> Result<()> {
+    let notify = |a: LinuxSeccompAction| a == LinuxSeccompAction::ScmpActNotify;
+    let rules = s.syscalls().iter().flatten();
+    let mut notifying = rules.clone().filter(|r| notify(r.action()));
+    if !notify(s.default_action()) && notifying.clone().next().is_none() {
+        return Ok(());
+    }
+    if notify(s.default_action()) || notifying.any(|r| r.names().iter().any(|n| n == "write")) {
+        return Err(Error::SeccompNotify {
+            reason: "SCMP_ACT_NOTIFY cannot be used for the write syscall".into(),
         });
     }
+    let path = s.listener_path().clone().unwrap_or_default();
+    if let Err(e) = std::os::unix::net::UnixStream::connect(&path) {
+        return Err(Error::SeccompNotify {
+            reason: format!(
+                "failed to connect with seccomp agent specified in the seccomp profile ({}): {e}",
+                path.display()
+            ),
+        });
+    }
+    Err(Error::Unsupported {
+        what: "a seccomp agent (SCMP_ACT_NOTIFY with linux.seccomp.listenerPath)",
+        hint: "use another action than SCMP_ACT_NOTIFY in linux.seccomp",
+    })
+}
+
+/// Builds the filter `s` describes.
+pub fn build(s: &LinuxSeccomp) -> Result<Filter> {
+    check_notify(s)?;
     let default = action(s.default_action(), s.default_errno_ret())?;
     let mut f = ScmpFilterContext::new_filter(default)
         .map_err(seccomp_err("creating the seccomp filter".into()))?;
@@ -233,11 +262,39 @@ mod tests {
         }))
         .unwrap();
         build(&s).unwrap();
-        let notify: LinuxSeccomp = serde_json::from_value(serde_json::json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "listenerPath": "/run/agent.sock"
-        }))
-        .unwrap();
-        assert!(matches!(build(&notify), Err(Error::Unsupported { .. })));
+    }
+
+    #[test]
+    fn seccomp_agents_are_checked_as_runc_checks_them() {
+        let profile = |rules: serde_json::Value| -> LinuxSeccomp {
+            serde_json::from_value(serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "listenerPath": "/nonexistent/agent.sock",
+                "syscalls": rules,
+            }))
+            .unwrap()
+        };
+        // A listener without any notify rule is ignored, as by runc.
+        build(&profile(serde_json::json!([]))).unwrap();
+        let write = build(&profile(serde_json::json!(
+            [{"names": ["write"], "action": "SCMP_ACT_NOTIFY"}]
+        )))
+        .unwrap_err();
+        assert!(
+            write
+                .to_string()
+                .contains("SCMP_ACT_NOTIFY cannot be used for the write syscall"),
+            "{write}"
+        );
+        let unreachable = build(&profile(serde_json::json!(
+            [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]
+        )))
+        .unwrap_err();
+        assert!(
+            unreachable
+                .to_string()
+                .contains("failed to connect with seccomp agent"),
+            "{unreachable}"
+        );
     }
 }
