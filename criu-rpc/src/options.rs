@@ -272,6 +272,24 @@ pub struct TreeOptions {
 }
 
 impl TreeOptions {
+    /// The log file [`Self::config_file`] sets, if it sets one: CRIU then
+    /// logs there instead of the RPC's log file (cr-service.c), relative to
+    /// the work dir unless absolute. The last `log-file` line wins, as in
+    /// CRIU's getopt over the file's lines (`log-file=X` or `log-file X`,
+    /// `--` optional).
+    pub(crate) fn config_log_file(&self) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(self.config_file.as_ref()?).ok()?;
+        text.lines().rev().find_map(|l| {
+            let l = l.trim().trim_start_matches("--");
+            let rest = l.strip_prefix("log-file")?;
+            let v = rest
+                .strip_prefix('=')
+                .or_else(|| rest.strip_prefix(char::is_whitespace))?;
+            let v = v.trim().trim_matches('"');
+            (!v.is_empty()).then(|| PathBuf::from(v))
+        })
+    }
+
     fn apply(&self, m: &mut proto::Criu_opts) -> Result<()> {
         if let Some(root) = &self.root {
             m.root = Some(path_str("root", root)?);
@@ -899,6 +917,24 @@ mod tests {
             r.to_rpc().unwrap().config_file.as_deref(),
             Some("/tmp/c.conf")
         );
+    }
+
+    #[test]
+    fn the_log_file_a_config_file_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("c.conf");
+        let mut t = TreeOptions::default();
+        assert_eq!(t.config_log_file(), None);
+        t.config_file = Some(conf.clone());
+        assert_eq!(t.config_log_file(), None, "a missing file sets nothing");
+        std::fs::write(
+            &conf,
+            "tcp-established\nlog-file=a.log\n--log-file /var/log/b.log\n",
+        )
+        .unwrap();
+        assert_eq!(t.config_log_file(), Some(PathBuf::from("/var/log/b.log")));
+        std::fs::write(&conf, "log-file-x=1\nlog-level 4\n").unwrap();
+        assert_eq!(t.config_log_file(), None);
     }
 
     #[test]

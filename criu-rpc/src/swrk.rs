@@ -326,6 +326,15 @@ impl Swrk {
             .map(|d| (d, dirs.log_name().to_path_buf()));
     }
 
+    /// As [`Self::remember_log`], but a log file the request's config file
+    /// sets is where CRIU logs instead (runc's org.criu.config may set one).
+    fn remember_tree_log(&mut self, dirs: &ImageDirs, tree: &crate::options::TreeOptions) {
+        self.remember_log(dirs);
+        if let (Some(name), Some((_, n))) = (tree.config_log_file(), self.log.as_mut()) {
+            *n = name;
+        }
+    }
+
     pub fn version(mut self) -> Result<Version> {
         let resp = self.request(
             RequestKind::Version,
@@ -428,7 +437,7 @@ impl Swrk {
             }
             None => None,
         };
-        self.remember_log(&options.dirs);
+        self.remember_tree_log(&options.dirs, &options.tree);
         self.request(
             RequestKind::Dump,
             new_req(proto::Criu_req_type::DUMP, Some(opts)),
@@ -446,7 +455,7 @@ impl Swrk {
     ) -> Result<()> {
         self.check_fds(RequestKind::PreDump, options)?;
         let opts = options.to_rpc()?;
-        self.remember_log(&options.dirs);
+        self.remember_tree_log(&options.dirs, &options.tree);
         self.request(
             RequestKind::PreDump,
             new_req(proto::Criu_req_type::PRE_DUMP, Some(opts)),
@@ -463,7 +472,7 @@ impl Swrk {
     ) -> Result<()> {
         self.check_fds(RequestKind::SinglePreDump, options)?;
         let opts = options.to_rpc()?;
-        self.remember_log(&options.dirs);
+        self.remember_tree_log(&options.dirs, &options.tree);
         self.request(
             RequestKind::SinglePreDump,
             new_req(proto::Criu_req_type::SINGLE_PRE_DUMP, Some(opts)),
@@ -479,7 +488,7 @@ impl Swrk {
     ) -> Result<Restored> {
         self.check_fds(RequestKind::Restore, options)?;
         let opts = options.to_rpc()?;
-        self.remember_log(&options.dirs);
+        self.remember_tree_log(&options.dirs, &options.tree);
         let resp = self.request(
             RequestKind::Restore,
             new_req(proto::Criu_req_type::RESTORE, Some(opts)),
