@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
+use super::resources;
 use crate::criu_plan::{hierarchy_of, parse_mountinfo};
 use crate::error::{Error, Result};
 
@@ -59,6 +60,43 @@ fn extra_hierarchies() -> Vec<(String, PathBuf)> {
             }
         })
         .collect()
+}
+
+/// Whether libcgroups manages v1 controllers here (legacy and hybrid
+/// hosts), where runc's fs driver is the model.
+fn is_v1() -> bool {
+    !matches!(
+        libcgroups::common::get_cgroup_setup(),
+        Ok(libcgroups::common::CgroupSetup::Unified)
+    )
+}
+
+/// rmdir `dir` after its sub-directories, depth first, retrying while the
+/// kernel still counts exiting tasks (EBUSY), as runc's RemovePath does.
+fn remove_tree(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(cg_err("listing", dir)(e.to_string())),
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path())?;
+        }
+    }
+    let mut delay = std::time::Duration::from_millis(10);
+    for attempt in 0.. {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 8 => {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            Err(e) => return Err(cg_err("removing", dir)(e.to_string())),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 fn join_rel(base: &Path, rel: &Path) -> PathBuf {
@@ -144,7 +182,96 @@ impl ContainerCgroup {
         Ok(())
     }
 
+    /// Applies the spec's resources at create (and restore): everything,
+    /// devices included.
     pub fn apply(&self, resources: &LinuxResources) -> Result<()> {
+        if !is_v1() {
+            return self.apply_libcgroups(resources);
+        }
+        self.refuse_unified(resources)?;
+        // libcgroups does the controllers it does as runc does (memory,
+        // pids, cpuset, hugetlb, net_cls/net_prio, blkio throttling); the
+        // rest is runtime::resources, see there why.
+        let mut rest = resources.clone();
+        rest.set_devices(None);
+        if let Some(cpu) = resources.cpu() {
+            let mut only_cpuset = oci_spec::runtime::LinuxCpu::default();
+            only_cpuset.set_cpus(cpu.cpus().clone());
+            only_cpuset.set_mems(cpu.mems().clone());
+            rest.set_cpu(Some(only_cpuset));
+        }
+        if let Some(b) = resources.block_io() {
+            let mut b = b.clone();
+            b.set_weight(None);
+            b.set_leaf_weight(None);
+            b.set_weight_device(None);
+            rest.set_block_io(Some(b));
+        }
+        self.apply_libcgroups(&rest)?;
+        if let Some(dir) = self.v1_dir("cpu") {
+            resources::set_cpu(&dir, resources)?;
+        }
+        if let Some(dir) = self.v1_dir("blkio") {
+            resources::set_blkio_weights(&dir, resources)?;
+        }
+        // Last: libcgroups allows its own default devices on every apply.
+        let rules =
+            resources::device_rules(resources.devices().as_deref().unwrap_or_default(), &[])
+                .map_err(|reason| Error::Cgroup {
+                    op: "converting linux.resources.devices for",
+                    path: self.path.clone(),
+                    reason,
+                })?;
+        let dir = self.v1_dir("devices").ok_or_else(|| {
+            cg_err("finding the devices hierarchy of", &self.path)(
+                "the host has no v1 devices controller, which containers require".into(),
+            )
+        })?;
+        resources::set_devices(&dir, &rules)
+    }
+
+    /// `ferry update`: what runc's update writes (memory, cpu, cpuset,
+    /// pids, blkio weight), never the devices (runc sets SkipDevices: an
+    /// update must not reset rules the container relies on).
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        if !is_v1() {
+            let mut r = resources.clone();
+            r.set_devices(None);
+            return self.apply_libcgroups(&r);
+        }
+        self.refuse_unified(resources)?;
+        // runc's fs driver order: cpuset, memory, cpu, pids, blkio.
+        if let Some(dir) = self.v1_dir("cpuset") {
+            resources::set_cpuset(&dir, resources)?;
+        }
+        if let Some(dir) = self.v1_dir("memory") {
+            resources::set_memory(&dir, resources)?;
+        }
+        if let Some(dir) = self.v1_dir("cpu") {
+            resources::set_cpu(&dir, resources)?;
+        }
+        if let Some(dir) = self.v1_dir("pids") {
+            resources::set_pids(&dir, resources)?;
+        }
+        if let Some(dir) = self.v1_dir("blkio") {
+            resources::set_blkio_weights(&dir, resources)?;
+        }
+        Ok(())
+    }
+
+    /// runc's validator: cgroup v2 keys cannot be honoured on v1.
+    fn refuse_unified(&self, r: &LinuxResources) -> Result<()> {
+        if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+            return Err(Error::Cgroup {
+                op: "applying linux.resources.unified to",
+                path: self.path.clone(),
+                reason: "invalid configuration: cannot use unified on cgroup v1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_libcgroups(&self, resources: &LinuxResources) -> Result<()> {
         self.manager()?
             .apply(&ControllerOpt {
                 resources,
@@ -157,6 +284,14 @@ impl ContainerCgroup {
                 freezer_state: None,
             })
             .map_err(|e| cg_err("applying resources to", &self.path)(e.to_string()))
+    }
+
+    /// The container's directory in the v1 hierarchy of controller `ctrl`.
+    fn v1_dir(&self, ctrl: &str) -> Option<PathBuf> {
+        self.paths()
+            .into_iter()
+            .find(|(h, _)| h.split(',').any(|c| c == ctrl))
+            .map(|(_, p)| p)
     }
 
     pub fn freeze(&self) -> Result<()> {
@@ -200,29 +335,21 @@ impl ContainerCgroup {
             .map_err(|e| cg_err("reading the statistics of", &self.path)(e.to_string()))
     }
 
-    /// Removes the cgroups from every hierarchy; fine if already gone.
+    /// Removes the cgroups from every hierarchy, sub-cgroups the container
+    /// made included (runc's RemovePaths); fine if already gone. The
+    /// processes must be dead: a cgroup dir is removed with rmdir once
+    /// empty. libcgroups' remove would rmdir the top directory only.
     pub fn destroy(&self) -> Result<()> {
-        if self.freezer_path().exists() {
-            self.manager()?
-                .remove()
-                .map_err(|e| cg_err("removing", &self.path)(e.to_string()))?;
+        if self
+            .path
+            .components()
+            .all(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            // The root cgroup is the host's, never removed.
+            return Ok(());
         }
-        for (_, mnt) in extra_hierarchies() {
-            let dir = join_rel(&mnt, &self.path);
-            if dir.exists() {
-                // A cgroup dir is removed with rmdir once empty; the
-                // processes were killed through the v1 hierarchies.
-                for _ in 0..50 {
-                    match fs::remove_dir(&dir) {
-                        Ok(()) => break,
-                        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                            std::thread::sleep(std::time::Duration::from_millis(20))
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                        Err(e) => return Err(cg_err("removing", &dir)(e.to_string())),
-                    }
-                }
-            }
+        for (_, dir) in self.paths() {
+            remove_tree(&dir)?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod init;
 pub mod net;
 pub mod process;
+pub mod resources;
 pub mod seccomp;
 pub mod securejoin;
 pub mod signal;
@@ -25,6 +26,7 @@ pub mod spec;
 pub mod state;
 pub mod subcgroup;
 mod sync;
+pub mod update;
 
 pub use container::{Container, CreateOptions, ExecOptions, Status};
 pub use process::Stdio;

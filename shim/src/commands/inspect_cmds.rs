@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferry_oci::runtime::events::{Event, OomWait, OomWatch};
 use ferry_oci::runtime::{spec::default_spec_text, Container, Status};
-use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
-};
+use oci_spec::runtime::LinuxResources;
 
 use crate::Cli;
 
@@ -70,30 +68,68 @@ pub fn ps(cli: &Cli, a: &PsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// runc's update flags: values are strings parsed as runc parses them
+/// (so that `-1` and `50M` are values, and errors use runc's words).
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct UpdateArgs {
     pub id: String,
-    /// Resources as JSON (runtime-spec linux.resources); `-` for stdin.
+    /// Path to a file with the resources to update (linux.resources JSON),
+    /// or `-` for stdin; the other flags are then ignored.
     #[arg(short, long)]
     pub resources: Option<PathBuf>,
-    /// Memory limit in bytes.
-    #[arg(long)]
-    pub memory: Option<i64>,
-    #[arg(long = "memory-swap")]
-    pub memory_swap: Option<i64>,
-    #[arg(long = "cpu-quota")]
-    pub cpu_quota: Option<i64>,
+    /// Per cgroup weight, 10 to 1000.
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<String>,
+    /// CPU CFS period (in usecs). 0 to use system default.
     #[arg(long = "cpu-period")]
-    pub cpu_period: Option<u64>,
+    pub cpu_period: Option<String>,
+    /// CPU CFS hardcap limit (in usecs). Allowed cpu time in a given period.
+    #[arg(long = "cpu-quota")]
+    pub cpu_quota: Option<String>,
+    /// CPU shares (relative weight vs. other containers).
     #[arg(long = "cpu-share")]
-    pub cpu_share: Option<u64>,
+    pub cpu_share: Option<String>,
+    /// CPU realtime period (in usecs). 0 to use system default.
+    #[arg(long = "cpu-rt-period")]
+    pub cpu_rt_period: Option<String>,
+    /// CPU realtime hardcap limit (in usecs).
+    #[arg(long = "cpu-rt-runtime")]
+    pub cpu_rt_runtime: Option<String>,
+    /// CPU(s) to use.
     #[arg(long = "cpuset-cpus")]
     pub cpuset_cpus: Option<String>,
+    /// Memory node(s) to use.
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
+    /// Obsolete; ignored with a warning, as by runc.
+    #[arg(long = "kernel-memory", hide = true)]
+    pub kernel_memory: Option<String>,
+    /// Obsolete; ignored with a warning, as by runc.
+    #[arg(long = "kernel-memory-tcp", hide = true)]
+    pub kernel_memory_tcp: Option<String>,
+    /// Memory limit (in bytes; k, m, g suffixes).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Memory reservation or soft_limit (in bytes).
+    #[arg(long = "memory-reservation")]
+    pub memory_reservation: Option<String>,
+    /// Total memory usage (memory + swap); -1 for unlimited swap.
+    #[arg(long = "memory-swap")]
+    pub memory_swap: Option<String>,
+    /// Maximum number of pids allowed in the container.
     #[arg(long = "pids-limit")]
-    pub pids_limit: Option<i64>,
+    pub pids_limit: Option<String>,
+    /// Intel RDT/CAT L3 cache schema (not supported by Ferry).
+    #[arg(long = "l3-cache-schema")]
+    pub l3_cache_schema: Option<String>,
+    /// Intel RDT/MBA memory bandwidth schema (not supported by Ferry).
+    #[arg(long = "mem-bw-schema")]
+    pub mem_bw_schema: Option<String>,
 }
 
 pub fn update(cli: &Cli, a: &UpdateArgs) -> anyhow::Result<ExitCode> {
+    use ferry_oci::runtime::update as up;
     let c = Container::load(&cli.root, &a.id)?;
     let r: LinuxResources = match &a.resources {
         Some(p) => {
@@ -102,48 +138,69 @@ pub fn update(cli: &Cli, a: &UpdateArgs) -> anyhow::Result<ExitCode> {
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
                 s
             } else {
-                std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+                std::fs::read(p).with_context(|| format!("open {}", p.display()))?
             };
-            serde_json::from_slice(&text).context("parsing the resources JSON")?
+            up::resources_from_json(&text).context("decoding the resources JSON")?
         }
         None => {
-            let mut b = LinuxResourcesBuilder::default();
-            if a.memory.is_some() || a.memory_swap.is_some() {
-                let mut m = LinuxMemoryBuilder::default();
-                if let Some(v) = a.memory {
-                    m = m.limit(v);
-                }
-                if let Some(v) = a.memory_swap {
-                    m = m.swap(v);
-                }
-                b = b.memory(m.build()?);
+            // runc ignores empty strings, as unset flags.
+            fn s(v: &Option<String>) -> Option<&str> {
+                v.as_deref().filter(|v| !v.is_empty())
             }
-            if a.cpu_quota.is_some()
-                || a.cpu_period.is_some()
-                || a.cpu_share.is_some()
-                || a.cpuset_cpus.is_some()
-            {
-                let mut cpu = LinuxCpuBuilder::default();
-                if let Some(v) = a.cpu_quota {
-                    cpu = cpu.quota(v);
-                }
-                if let Some(v) = a.cpu_period {
-                    cpu = cpu.period(v);
-                }
-                if let Some(v) = a.cpu_share {
-                    cpu = cpu.shares(v);
-                }
-                if let Some(v) = &a.cpuset_cpus {
-                    cpu = cpu.cpus(v.clone());
-                }
-                b = b.cpu(cpu.build()?);
+            let mut f = up::UpdateFlags::default();
+            if let Some(v) = s(&a.blkio_weight) {
+                f.blkio_weight = Some(up::parse_int("blkio-weight", v)? as u16);
             }
-            if let Some(v) = a.pids_limit {
-                b = b.pids(LinuxPidsBuilder::default().limit(v).build()?);
+            f.cpuset_cpus = s(&a.cpuset_cpus).map(str::to_string);
+            f.cpuset_mems = s(&a.cpuset_mems).map(str::to_string);
+            f.cpu_period = s(&a.cpu_period)
+                .map(|v| up::parse_uint("cpu-period", v))
+                .transpose()?;
+            f.cpu_rt_period = s(&a.cpu_rt_period)
+                .map(|v| up::parse_uint("cpu-rt-period", v))
+                .transpose()?;
+            f.cpu_share = s(&a.cpu_share)
+                .map(|v| up::parse_uint("cpu-share", v))
+                .transpose()?;
+            f.cpu_quota = s(&a.cpu_quota)
+                .map(|v| up::parse_int("cpu-quota", v))
+                .transpose()?;
+            f.cpu_rt_runtime = s(&a.cpu_rt_runtime)
+                .map(|v| up::parse_int("cpu-rt-runtime", v))
+                .transpose()?;
+            f.memory = s(&a.memory)
+                .map(|v| up::parse_memory("memory", v))
+                .transpose()?;
+            f.memory_swap = s(&a.memory_swap)
+                .map(|v| up::parse_memory("memory-swap", v))
+                .transpose()?;
+            f.memory_reservation = s(&a.memory_reservation)
+                .map(|v| up::parse_memory("memory-reservation", v))
+                .transpose()?;
+            let kernel = s(&a.kernel_memory)
+                .map(|v| up::parse_memory("kernel-memory", v))
+                .transpose()?;
+            let kernel_tcp = s(&a.kernel_memory_tcp)
+                .map(|v| up::parse_memory("kernel-memory-tcp", v))
+                .transpose()?;
+            if kernel.unwrap_or(0) != 0 || kernel_tcp.unwrap_or(0) != 0 {
+                tracing::warn!("Kernel memory settings are ignored and will be removed");
             }
-            b.build()?
+            f.pids_limit = s(&a.pids_limit)
+                .map(|v| up::parse_int("pids-limit", v))
+                .transpose()?;
+            f.resources()
         }
     };
+    // runc's words; Ferry has no Intel RDT support at all.
+    anyhow::ensure!(
+        a.l3_cache_schema.as_deref().unwrap_or("").is_empty(),
+        "Intel RDT/CAT: l3 cache schema is not enabled"
+    );
+    anyhow::ensure!(
+        a.mem_bw_schema.as_deref().unwrap_or("").is_empty(),
+        "Intel RDT/MBA: memory bandwidth schema is not enabled"
+    );
     c.update(&r)?;
     Ok(ExitCode::SUCCESS)
 }
