@@ -182,9 +182,31 @@ impl ContainerCgroup {
         Ok(())
     }
 
-    /// Applies the spec's resources at create (and restore): everything,
-    /// devices included.
+    /// Applies a spec's linux section at create, as runc's specconv and fs
+    /// driver do: the devices cgroup is set up even without
+    /// linux.resources (deny all but runc's default devices), and a
+    /// default device that linux.devices names by path is left to the spec.
+    pub fn apply_linux(&self, linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
+        let none = LinuxResources::default();
+        let resources = linux.and_then(|l| l.resources().as_ref()).unwrap_or(&none);
+        let paths: Vec<PathBuf> = linux
+            .and_then(|l| l.devices().as_ref())
+            .map(|d| d.iter().map(|d| d.path().clone()).collect())
+            .unwrap_or_default();
+        self.apply_with_device_paths(resources, &paths)
+    }
+
+    /// Applies the spec's resources (restore): everything, devices
+    /// included.
     pub fn apply(&self, resources: &LinuxResources) -> Result<()> {
+        self.apply_with_device_paths(resources, &[])
+    }
+
+    fn apply_with_device_paths(
+        &self,
+        resources: &LinuxResources,
+        device_paths: &[PathBuf],
+    ) -> Result<()> {
         if !is_v1() {
             return self.apply_libcgroups(resources);
         }
@@ -215,13 +237,15 @@ impl ContainerCgroup {
             resources::set_blkio_weights(&dir, resources)?;
         }
         // Last: libcgroups allows its own default devices on every apply.
-        let rules =
-            resources::device_rules(resources.devices().as_deref().unwrap_or_default(), &[])
-                .map_err(|reason| Error::Cgroup {
-                    op: "converting linux.resources.devices for",
-                    path: self.path.clone(),
-                    reason,
-                })?;
+        let rules = resources::device_rules(
+            resources.devices().as_deref().unwrap_or_default(),
+            device_paths,
+        )
+        .map_err(|reason| Error::Cgroup {
+            op: "converting linux.resources.devices for",
+            path: self.path.clone(),
+            reason,
+        })?;
         let dir = self.v1_dir("devices").ok_or_else(|| {
             cg_err("finding the devices hierarchy of", &self.path)(
                 "the host has no v1 devices controller, which containers require".into(),

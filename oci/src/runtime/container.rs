@@ -530,9 +530,7 @@ impl Container {
         guard.pid = Some(pid);
         guard.cgroup = Some(cgroup.clone());
         cgroup.create_and_add(pid)?;
-        if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-            cgroup.apply(r)?;
-        }
+        cgroup.apply_linux(spec.linux().as_ref())?;
         sync::send(&mut parent, &Msg::Go)?;
         match sync::recv(&mut parent)? {
             Msg::NamespacesReady => {}
