@@ -30,6 +30,79 @@ pub struct CgroupView {
     pub hierarchies: Vec<(String, PathBuf)>,
 }
 
+// The kernel's mount_setattr(2) ABI (linux/mount.h).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR__ATIME: u64 = 0x70;
+const MOUNT_ATTR_RELATIME: u64 = 0x0;
+const MOUNT_ATTR_NOATIME: u64 = 0x10;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Recursive mount attributes (runc's `rro`, `rnosuid`, ... options, set
+/// on a mount and every mount under it with mount_setattr(2)
+/// AT_RECURSIVE, which runc 1.1 applies after the mount).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecAttr {
+    pub set: u64,
+    pub clr: u64,
+}
+
+impl RecAttr {
+    fn is_empty(&self) -> bool {
+        self.set == 0 && self.clr == 0
+    }
+}
+
+/// The recursive attribute options among `opts` (runc's
+/// recAttrFlags table).
+pub fn parse_rec_attrs(opts: &[String]) -> RecAttr {
+    let mut a = RecAttr::default();
+    for o in opts {
+        let (set, clr) = match o.as_str() {
+            "rro" => (MOUNT_ATTR_RDONLY, 0),
+            "rrw" => (0, MOUNT_ATTR_RDONLY),
+            "rnosuid" => (MOUNT_ATTR_NOSUID, 0),
+            "rsuid" => (0, MOUNT_ATTR_NOSUID),
+            "rnodev" => (MOUNT_ATTR_NODEV, 0),
+            "rdev" => (0, MOUNT_ATTR_NODEV),
+            "rnoexec" => (MOUNT_ATTR_NOEXEC, 0),
+            "rexec" => (0, MOUNT_ATTR_NOEXEC),
+            "rnodiratime" => (MOUNT_ATTR_NODIRATIME, 0),
+            "rdiratime" => (0, MOUNT_ATTR_NODIRATIME),
+            "rrelatime" => (MOUNT_ATTR_RELATIME, MOUNT_ATTR__ATIME),
+            "rnorelatime" => (0, MOUNT_ATTR__ATIME),
+            "rnoatime" => (MOUNT_ATTR_NOATIME, MOUNT_ATTR__ATIME),
+            "ratime" => (0, MOUNT_ATTR__ATIME),
+            "rstrictatime" => (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR__ATIME),
+            "rnostrictatime" => (0, MOUNT_ATTR__ATIME),
+            "rnosymfollow" => (MOUNT_ATTR_NOSYMFOLLOW, 0),
+            "rsymfollow" => (0, MOUNT_ATTR_NOSYMFOLLOW),
+            _ => continue,
+        };
+        a.set = (a.set & !clr) | set;
+        a.clr = (a.clr & !set) | clr;
+    }
+    a
+}
+
+/// Whether `o` is one of the recursive attribute options.
+fn is_rec_attr(o: &str) -> bool {
+    !parse_rec_attrs(&[o.to_string()]).is_empty()
+}
+
 /// Mount flags and the leftover data string, from fstab-style options.
 pub fn parse_options(opts: &[String]) -> (MsFlags, MsFlags, String) {
     let mut flags = MsFlags::empty();
@@ -76,6 +149,7 @@ pub fn parse_options(opts: &[String]) -> (MsFlags, MsFlags, String) {
                     };
                 continue;
             }
+            other if is_rec_attr(other) => continue,
             other => {
                 data.push(other.to_string());
                 continue;
@@ -151,6 +225,46 @@ impl Dest<'_> {
             (!data.is_empty()).then_some(data),
         )
         .map_err(|e| fail(name(), e))
+    }
+}
+
+impl Dest<'_> {
+    /// mount_setattr(2) with AT_RECURSIVE on this destination.
+    fn set_rec_attrs(&self, a: RecAttr) -> Result<(), StepError> {
+        let name = || {
+            format!(
+                "setting recursive mount attributes on {}",
+                self.host.display()
+            )
+        };
+        let fd = securejoin::open_in_root(
+            self.rootfs,
+            &securejoin::container_path(self.rootfs, &self.host),
+        )
+        .map_err(|e| fail(name(), e))?;
+        let attr = MountAttr {
+            attr_set: a.set,
+            attr_clr: a.clr,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let empty = c"";
+        // SAFETY: mount_setattr on an fd we hold, with an attr struct of
+        // the size we pass.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                empty.as_ptr(),
+                (libc::AT_EMPTY_PATH as libc::c_uint) | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r < 0 {
+            return Err(fail(name(), std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 }
 
@@ -275,6 +389,11 @@ fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError>
     } else {
         ensure_target(&dest.host, false)?;
         let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        let flags = if ro_later(m) {
+            flags & !MsFlags::MS_RDONLY
+        } else {
+            flags
+        };
         let r = dest.mount(Some(&src), Some(typ), flags, &data);
         if let Err(e) = r {
             // sysfs cannot be mounted in a joined (not owned) netns: bind
@@ -300,7 +419,22 @@ fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError>
     if !propagation.is_empty() {
         dest.mount(None, None, propagation, "")?;
     }
+    let rec = parse_rec_attrs(&opts);
+    if !rec.is_empty() {
+        dest.set_rec_attrs(rec)?;
+    }
     Ok(())
+}
+
+/// Whether a mount is made read-write first and made read-only only in
+/// [`finish_rootfs`]: /dev (its devices and submounts are made under it)
+/// and every tmpfs (runc's mountPropagate and finalizeRootfs).
+fn ro_later(m: &Mount) -> bool {
+    let (flags, _, _) = parse_options(&m.options().clone().unwrap_or_default());
+    let is_bind = m.typ().as_deref() == Some("bind") || flags.contains(MsFlags::MS_BIND);
+    flags.contains(MsFlags::MS_RDONLY)
+        && !is_bind
+        && (m.typ().as_deref() == Some("tmpfs") || m.destination() == Path::new("/dev"))
 }
 
 /// The device nodes every container gets (runc's defaults) plus the spec's.
@@ -434,6 +568,19 @@ pub fn pivot(rootfs: &Path) -> Result<(), StepError> {
 /// sysctls.
 pub fn finish_rootfs(spec: &Spec) -> Result<(), StepError> {
     let linux = spec.linux().clone().unwrap_or_default();
+    // /dev and tmpfs mounts asked read-only were mounted read-write so that
+    // devices and submounts could be made in them: now they are made
+    // read-only, keeping their other flags (runc's remountReadonly).
+    for m in spec.mounts().iter().flatten().filter(|m| ro_later(m)) {
+        let (flags, _, _) = parse_options(&m.options().clone().unwrap_or_default());
+        do_mount(
+            None,
+            m.destination(),
+            None,
+            flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            "",
+        )?;
+    }
     // Sysctls first: /proc/sys becomes read-only below (runc's order).
     for (k, v) in linux.sysctl().clone().unwrap_or_default() {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
@@ -568,6 +715,20 @@ mod tests {
         assert_eq!(d, "mode=755,size=65536k");
         let (f, _, _) = o(&["ro", "rw"]);
         assert!(!f.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn recursive_attributes_parse_as_runcs() {
+        let o = |v: &[&str]| parse_rec_attrs(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(o(&["rbind", "rro"]).set, MOUNT_ATTR_RDONLY);
+        let a = o(&["rro", "rrw"]);
+        assert_eq!((a.set, a.clr), (0, MOUNT_ATTR_RDONLY));
+        let a = o(&["rnoatime"]);
+        assert_eq!((a.set, a.clr), (MOUNT_ATTR_NOATIME, MOUNT_ATTR__ATIME));
+        assert_eq!(o(&["ro", "nosuid"]), RecAttr::default());
+        // rro is not mount data.
+        let (_, _, data) = parse_options(&["rro".to_string(), "mode=755".to_string()]);
+        assert_eq!(data, "mode=755");
     }
 
     #[test]
