@@ -166,6 +166,13 @@ pub enum Error {
         source: libseccomp::error::SeccompError,
     },
 
+    #[error("{what}")]
+    SeccompPatch {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("invalid seccomp profile: {reason}")]
     SeccompNotify { reason: String },
 

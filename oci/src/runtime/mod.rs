@@ -20,6 +20,7 @@ pub mod net;
 pub mod process;
 pub mod resources;
 pub mod seccomp;
+mod seccomp_enosys;
 pub mod securejoin;
 pub mod signal;
 pub mod spec;

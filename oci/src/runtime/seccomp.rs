@@ -28,19 +28,29 @@ use oci_spec::runtime::{
 
 use crate::error::{Error, Result};
 
-/// A filter ready to load.
-pub struct Filter(ScmpFilterContext);
+/// A filter ready to load: libseccomp's, behind runc's ENOSYS stub when
+/// the profile's default action is not to allow (see
+/// [`super::seccomp_enosys`]).
+pub struct Filter {
+    ctx: ScmpFilterContext,
+    patched: Option<super::seccomp_enosys::Program>,
+}
 
 impl std::fmt::Debug for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Filter")
+        f.debug_struct("Filter")
+            .field("patched", &self.patched)
+            .finish_non_exhaustive()
     }
 }
 
 impl Filter {
     /// Loads the filter into the calling thread (with TSYNC, every thread).
-    pub fn load(&self) -> std::result::Result<(), libseccomp::error::SeccompError> {
-        self.0.load()
+    pub fn load(&self) -> std::io::Result<()> {
+        match &self.patched {
+            Some(p) => p.load(),
+            None => self.ctx.load().map_err(std::io::Error::other),
+        }
     }
 }
 
@@ -202,7 +212,37 @@ pub fn build(s: &LinuxSeccomp) -> Result<Filter> {
             }
         }
     }
-    Ok(Filter(f))
+    // runc's patchbpf: syscalls newer than the profile get ENOSYS rather
+    // than the default action, unless that action already lets them run.
+    let names = s
+        .syscalls()
+        .iter()
+        .flatten()
+        .flat_map(|r| r.names().iter().map(String::as_str));
+    let max = super::seccomp_enosys::max_native_syscall(names);
+    let patched = match (default, max) {
+        (ScmpAction::Allow, _) | (_, None) => None,
+        (_, Some(max)) => {
+            let mut flags: libc::c_ulong = 0;
+            for flag in s.flags().iter().flatten() {
+                flags |= match flag {
+                    LinuxSeccompFilterFlag::SeccompFilterFlagTsync => 1,
+                    LinuxSeccompFilterFlag::SeccompFilterFlagLog => 2,
+                    LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => 4,
+                    LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => 0,
+                };
+            }
+            Some(
+                super::seccomp_enosys::patch(&f, max, flags).map_err(|source| {
+                    Error::SeccompPatch {
+                        what: "adding the ENOSYS stub to the seccomp filter",
+                        source,
+                    }
+                })?,
+            )
+        }
+    };
+    Ok(Filter { ctx: f, patched })
 }
 
 #[cfg(test)]
