@@ -148,6 +148,11 @@ fn check_notify(s: &LinuxSeccomp) -> Result<()> {
         });
     }
     let path = s.listener_path().clone().unwrap_or_default();
+    if path.as_os_str().is_empty() {
+        return Err(Error::SeccompNotify {
+            reason: "SCMP_ACT_NOTIFY rules need a seccomp agent, and linux.seccomp.listenerPath is empty".into(),
+        });
+    }
     if let Err(e) = std::os::unix::net::UnixStream::connect(&path) {
         return Err(Error::SeccompNotify {
             reason: format!(
