@@ -356,3 +356,83 @@ fn a_seccomp_profile_confines_the_container_and_its_execs() {
     assert!(root.ids().is_empty());
     assert!(cgroup_leftovers(&id).is_empty());
 }
+
+/// A container in a user namespace: its root is a mapped host id, a bind
+/// source under a directory only the host's root may enter is still
+/// mounted (the runtime clones it before the init enters the namespace),
+/// exec joins the
+/// namespace, and a checkpoint is refused before anything freezes.
+#[test]
+fn a_user_namespace_container_runs_as_its_mapped_root() {
+    const HOST_ROOT: u32 = 200_000;
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(
+        tmp.path(),
+        &[
+            "sh",
+            "-c",
+            "cat /secret/f > /out/read; id -u > /out/uid; sleep 30",
+        ],
+    );
+    // The source is readable, the directory above it is not: only the
+    // host's root can reach it by path.
+    let hidden = tmp.path().join("hidden");
+    let secret = hidden.join("dir");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("f"), "for root only\n").unwrap();
+    std::fs::set_permissions(&hidden, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["-R", &format!("{HOST_ROOT}:{HOST_ROOT}")])
+        .arg(bundle.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    edit_config(&bundle, |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        let map = serde_json::json!([{"containerID": 0, "hostID": HOST_ROOT, "size": 65536}]);
+        c["linux"]["uidMappings"] = map.clone();
+        c["linux"]["gidMappings"] = map;
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "source": secret, "destination": "/secret", "options": ["bind", "ro"]
+        }));
+    });
+    let id = unique("userns");
+    root.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    let out = bundle.join("rootfs/out");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !out.join("uid").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never wrote /out/uid"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        std::fs::read_to_string(out.join("read")).unwrap(),
+        "for root only\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("uid")).unwrap().trim(),
+        "0"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", root.pid(&id))).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some(HOST_ROOT.to_string().as_str()),
+        "the host sees the mapped id: {uid_line}"
+    );
+    assert_eq!(root.ok(&["exec", &id, "id", "-u"]).trim(), "0");
+
+    let images = tmp.path().join("images");
+    let err = root.fails(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
+    assert!(err.contains("user namespace"), "{err}");
+    assert_eq!(root.status(&id), "running");
+    root.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&id).is_empty());
+}

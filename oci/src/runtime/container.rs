@@ -202,6 +202,7 @@ fn init_main(
     console: Option<&UnixStream>,
     cgroup_ns: bool,
     cg: &CgroupView,
+    sources: &init::MountSources,
     seccomp: Option<&seccomp::Filter>,
 ) -> std::result::Result<(), StepError> {
     let fail = |step: &str, e: &dyn std::fmt::Display| StepError {
@@ -224,7 +225,7 @@ fn init_main(
         other => return Err(fail("waiting for hooks", &format!("{other:?}"))),
     }
     let spec = &bundle.spec;
-    init::prepare_rootfs(spec, &bundle.rootfs, cg)?;
+    init::prepare_rootfs(spec, &bundle.rootfs, cg, sources)?;
     let state = OciState {
         oci_version: spec.version().clone(),
         id: String::new(),
@@ -304,8 +305,9 @@ fn report_and_exit(mut sock: UnixStream, r: std::result::Result<(), StepError>) 
 /// exits. Returns the pid (as the host sees it) and our end of the sync
 /// socket.
 fn fork_into(
-    enter: impl FnOnce() -> std::result::Result<(), StepError>,
+    enter: impl FnOnce(&mut UnixStream) -> std::result::Result<(), StepError>,
     body: impl FnOnce(UnixStream) -> std::result::Result<(), StepError>,
+    maps: Option<&IdMaps>,
 ) -> Result<(Pid, UnixStream)> {
     let (mut parent, child) = UnixStream::pair().map_err(|source| Error::Sync { source })?;
     // SAFETY: ferry is single-threaded when it forks; the children make
@@ -321,7 +323,7 @@ fn fork_into(
             // runc's debug log names the same steps (nsexec.c, init.go),
             // and scripts and runc's debug.bats look for them.
             tracing::debug!("nsexec container setup: entering the container's namespaces");
-            if let Err(e) = enter() {
+            if let Err(e) = enter(&mut sock) {
                 report_and_exit(sock, Err(e));
             }
             // SAFETY: as above.
@@ -347,16 +349,25 @@ fn fork_into(
         }
         ForkResult::Parent { child: c1 } => {
             drop(child);
-            let pid = wait_pid_msg(&mut parent);
+            let pid = wait_pid_msg(&mut parent, c1, maps);
             let _ = waitpid(c1, None);
             Ok((Pid::from_raw(pid?), parent))
         }
     }
 }
 
-/// The pid of the init, and its start time, once it runs.
-fn wait_pid_msg(sock: &mut UnixStream) -> Result<i32> {
-    match sync::recv(sock)? {
+/// The pid of the init once it runs; on the way, the id maps of the user
+/// namespace the intermediate child `c1` made, written from here (runc's
+/// nsexec asks its parent the same way: only a process outside the new
+/// namespace, with the rights over the host ids, may write them).
+fn wait_pid_msg(sock: &mut UnixStream, c1: Pid, maps: Option<&IdMaps>) -> Result<i32> {
+    let mut msg = sync::recv(sock)?;
+    if let (Msg::UserNs, Some(m)) = (&msg, maps) {
+        m.write(c1)?;
+        sync::send(sock, &Msg::Mapped)?;
+        msg = sync::recv(sock)?;
+    }
+    match msg {
         Msg::Pid(p) => Ok(p),
         Msg::Failed { step, message } => Err(Error::Init { step, message }),
         m => Err(Error::Init {
@@ -395,13 +406,91 @@ fn ns_paths(spec: &Spec) -> Result<(Vec<(CloneFlags, OwnedFd)>, CloneFlags)> {
             None => new |= flag,
         }
     }
-    if new.contains(CloneFlags::CLONE_NEWUSER) {
-        return Err(Error::Unsupported {
-            what: "user namespaces",
-            hint: "remove the user namespace from linux.namespaces in config.json",
-        });
-    }
     Ok((join, new))
+}
+
+/// The uid and gid maps of a new user namespace (`linux.uidMappings`,
+/// `linux.gidMappings`), as /proc/PID/{uid,gid}_map take them.
+#[derive(Debug, Clone)]
+pub struct IdMaps {
+    uid: String,
+    gid: String,
+}
+
+impl IdMaps {
+    /// The maps of `spec`; a user namespace without both is refused, as by
+    /// runc ("user namespaces enabled, but no uid/gid mappings").
+    fn of(spec: &Spec, config: &Path) -> Result<IdMaps> {
+        let linux = spec.linux().as_ref();
+        let text = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            m.map(|v| {
+                v.iter()
+                    .map(|e| format!("{} {} {}\n", e.container_id(), e.host_id(), e.size()))
+                    .collect::<String>()
+            })
+            .filter(|t| !t.is_empty())
+        };
+        let uid = text(linux.and_then(|l| l.uid_mappings().as_ref()));
+        let gid = text(linux.and_then(|l| l.gid_mappings().as_ref()));
+        match (uid, gid) {
+            (Some(uid), Some(gid)) => Ok(IdMaps { uid, gid }),
+            _ => Err(Error::InvalidConfig {
+                path: config.to_path_buf(),
+                reason: "a user namespace is requested but linux.uidMappings or linux.gidMappings is missing".into(),
+            }),
+        }
+    }
+
+    /// The host uid and gid of the namespace's root (container id 0);
+    /// the host's root when 0 is not mapped.
+    fn host_root(&self) -> (u32, u32) {
+        let find = |text: &str| {
+            text.lines()
+                .filter_map(|l| {
+                    let v: Vec<u32> = l
+                        .split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    (v.len() == 3 && v[0] == 0).then_some(v[1])
+                })
+                .next()
+                .unwrap_or(0)
+        };
+        (find(&self.uid), find(&self.gid))
+    }
+
+    fn write(&self, pid: Pid) -> Result<()> {
+        for (file, text) in [("uid_map", &self.uid), ("gid_map", &self.gid)] {
+            let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+            fs::write(&path, text).map_err(|source| Error::Io {
+                op: "writing the user namespace's id map",
+                path,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// In the intermediate child: a new user namespace, its maps written by
+/// the parent, then root inside it (the uid the host sees is the mapped
+/// one), with every capability there to make the other namespaces.
+fn enter_new_userns(sock: &mut UnixStream) -> std::result::Result<(), StepError> {
+    let step = |step: &str, e: &dyn std::fmt::Display| StepError {
+        step: step.into(),
+        message: e.to_string(),
+    };
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| step("unshare(CLONE_NEWUSER)", &e))?;
+    sync::send(sock, &Msg::UserNs).map_err(|e| step("sync", &e))?;
+    match sync::recv(sock) {
+        Ok(Msg::Mapped) => {}
+        other => return Err(step("waiting for the id maps", &format!("{other:?}"))),
+    }
+    let root = nix::unistd::Uid::from_raw(0);
+    let root_g = nix::unistd::Gid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g).map_err(|e| step("setresgid 0", &e))?;
+    nix::unistd::setresuid(root, root, root).map_err(|e| step("setresuid 0", &e))
 }
 
 impl Container {
@@ -465,6 +554,18 @@ impl Container {
                 source: e.into(),
             },
         )?;
+        // 0622 whatever the umask: the init opens it for writing after it
+        // left the host's root behind (runc clears the umask around mkfifo).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&fifo_path, fs::Permissions::from_mode(0o622)).map_err(
+                |source| Error::Io {
+                    op: "setting the mode of",
+                    path: fifo_path.clone(),
+                    source,
+                },
+            )?;
+        }
         let fifo = OwnedFd::from(
             fs::OpenOptions::new()
                 .read(true)
@@ -497,7 +598,35 @@ impl Container {
                 .collect(),
         };
         let cgroup_ns = new.contains(CloneFlags::CLONE_NEWCGROUP);
-        let enter = || -> std::result::Result<(), StepError> {
+        let userns = new.contains(CloneFlags::CLONE_NEWUSER);
+        let maps = if userns {
+            Some(IdMaps::of(spec, &bundle.dir.join("config.json"))?)
+        } else {
+            None
+        };
+        // The init, root of its user namespace, owns its exec.fifo (runc
+        // chowns it to the container's root).
+        if let Some(m) = &maps {
+            let (uid, gid) = m.host_root();
+            nix::unistd::chown(
+                &fifo_path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| Error::Io {
+                op: "giving the container's root",
+                path: fifo_path.clone(),
+                source: e.into(),
+            })?;
+        }
+        // Bind sources opened now, by the host's root: from inside a user
+        // namespace the init may not reach them (runc's mount fds).
+        let sources = if userns {
+            init::MountSources::open(spec, &bundle.dir)?
+        } else {
+            init::MountSources::default()
+        };
+        let enter = |sock: &mut UnixStream| -> std::result::Result<(), StepError> {
             if let Some(s) = &opts.stdio {
                 s.install()?;
             }
@@ -507,12 +636,16 @@ impl Container {
                     message: e.to_string(),
                 })?;
             }
+            if userns {
+                enter_new_userns(sock)?;
+            }
             // The cgroup namespace is unshared by the init once it is in
             // the container's cgroups.
-            nix::sched::unshare(new - CloneFlags::CLONE_NEWCGROUP).map_err(|e| StepError {
-                step: "unshare".into(),
-                message: e.to_string(),
-            })
+            nix::sched::unshare(new - CloneFlags::CLONE_NEWCGROUP - CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| StepError {
+                    step: "unshare".into(),
+                    message: e.to_string(),
+                })
         };
         let body = |sock: UnixStream| {
             init_main(
@@ -522,10 +655,11 @@ impl Container {
                 console.as_ref(),
                 cgroup_ns,
                 &cg_view,
+                &sources,
                 filter.as_ref(),
             )
         };
-        let (pid, mut parent) = fork_into(enter, body)?;
+        let (pid, mut parent) = fork_into(enter, body, maps.as_ref())?;
         drop(console);
         guard.pid = Some(pid);
         guard.cgroup = Some(cgroup.clone());
@@ -799,6 +933,11 @@ impl Container {
     }
 
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        // runc's Set refuses a stopped container (ErrNotRunning).
+        self.require(
+            &[Status::Created, Status::Running, Status::Paused],
+            "running, created or paused",
+        )?;
         self.state.cgroup.update(resources)
     }
 
@@ -828,7 +967,9 @@ impl Container {
         let placement = super::subcgroup::placement(&self.state.cgroup, &opts.sub_cgroups)?;
         let init = self.state.pid;
         let mut nss = Vec::new();
+        // The user namespace first: the others belong to it.
         for (name, flag) in [
+            ("user", CloneFlags::CLONE_NEWUSER),
             ("cgroup", CloneFlags::CLONE_NEWCGROUP),
             ("ipc", CloneFlags::CLONE_NEWIPC),
             ("uts", CloneFlags::CLONE_NEWUTS),
@@ -863,7 +1004,7 @@ impl Container {
         // back to us when it exits.
         // SAFETY: prctl on our own process.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let enter = || -> std::result::Result<(), StepError> {
+        let enter = |_: &mut UnixStream| -> std::result::Result<(), StepError> {
             if let Some(s) = &opts.stdio {
                 s.install()?;
             }
@@ -903,7 +1044,7 @@ impl Container {
             tracing::debug!("setns_init: about to exec");
             Err(process::exec(p))
         };
-        let (pid, mut parent) = fork_into(enter, body)?;
+        let (pid, mut parent) = fork_into(enter, body, None)?;
         drop(console);
         let placed = placement.add(pid);
         if let Err(e) = placed {

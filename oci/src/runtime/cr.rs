@@ -31,6 +31,24 @@ impl Container {
     ) -> Result<Checkpointed> {
         self.require(&[Status::Running, Status::Paused], "running")?;
         let mut spec = self.spec()?;
+        // A user namespace's container binds the host's device nodes (it
+        // cannot mknod) and has id-mapped ownership: CRIU's plan here
+        // does not describe either yet. Refused before anything freezes.
+        let userns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter().any(|n| {
+                    n.typ() == oci_spec::runtime::LinuxNamespaceType::User && n.path().is_none()
+                })
+            });
+        if userns {
+            return Err(Error::Unsupported {
+                what: "checkpoint of a container in a user namespace",
+                hint: "run the container without a user namespace to checkpoint or migrate it",
+            });
+        }
         if let Some(n) = &self.state.net {
             // Ferry's own netns is external to CRIU, as a path in the spec.
             super::net::use_netns(&mut spec, &n.netns)?;

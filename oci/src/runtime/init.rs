@@ -310,7 +310,104 @@ fn do_mount(
     })
 }
 
-fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError> {
+/// Bind mount sources cloned by the runtime, as host root, before the
+/// init enters a user namespace: from inside it the mapped root may not
+/// reach a source (a directory only the host's root may enter), and a
+/// plain fd of a host mount cannot be bound into the container's mount
+/// namespace. open_tree(2) OPEN_TREE_CLONE makes a detached copy that the
+/// init attaches with move_mount(2) (runc passes its init such "mount
+/// fds" for the same reason). By mount index.
+#[derive(Debug, Default)]
+pub struct MountSources(Vec<Option<std::os::fd::OwnedFd>>);
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+impl MountSources {
+    /// Clones the source of every bind mount of `spec` (recursively for
+    /// rbind; relative sources are relative to the bundle).
+    pub fn open(spec: &Spec, bundle: &Path) -> crate::error::Result<MountSources> {
+        use std::os::fd::FromRawFd;
+        let mut out = Vec::new();
+        for m in spec.mounts().iter().flatten() {
+            let (flags, _, _) = parse_options(&m.options().clone().unwrap_or_default());
+            let bind = m.typ().as_deref() == Some("bind") || flags.contains(MsFlags::MS_BIND);
+            let fd = match (bind, m.source()) {
+                (true, Some(src)) => {
+                    let src = bundle.join(src);
+                    let c = std::ffi::CString::new(src.as_os_str().as_encoded_bytes())
+                        .unwrap_or_default();
+                    let rec = if flags.contains(MsFlags::MS_REC) {
+                        AT_RECURSIVE
+                    } else {
+                        0
+                    };
+                    // SAFETY: open_tree(2) on a NUL-terminated path.
+                    let fd = unsafe {
+                        libc::syscall(
+                            libc::SYS_open_tree,
+                            libc::AT_FDCWD,
+                            c.as_ptr(),
+                            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
+                        )
+                    };
+                    if fd < 0 {
+                        return Err(crate::error::Error::Io {
+                            op: "cloning the bind mount source",
+                            path: src,
+                            source: std::io::Error::last_os_error(),
+                        });
+                    }
+                    // SAFETY: a fresh fd open_tree gave us.
+                    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+                }
+                _ => None,
+            };
+            out.push(fd);
+        }
+        Ok(MountSources(out))
+    }
+
+    fn get(&self, i: usize) -> Option<&std::os::fd::OwnedFd> {
+        self.0.get(i).and_then(|f| f.as_ref())
+    }
+}
+
+impl Dest<'_> {
+    /// Attaches a detached mount tree here (move_mount(2)).
+    fn attach(&self, tree: &std::os::fd::OwnedFd) -> Result<(), StepError> {
+        let name = || format!("attaching the bind mount source on {}", self.host.display());
+        let fd = securejoin::open_in_root(
+            self.rootfs,
+            &securejoin::container_path(self.rootfs, &self.host),
+        )
+        .map_err(|e| fail(name(), e))?;
+        let empty = c"";
+        // SAFETY: move_mount between two fds we hold.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                fd.as_raw_fd(),
+                empty.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        };
+        if r < 0 {
+            return Err(fail(name(), std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+fn mount_one(
+    rootfs: &Path,
+    m: &Mount,
+    cg: &CgroupView,
+    opened: Option<&std::os::fd::OwnedFd>,
+) -> Result<(), StepError> {
     let opts = m.options().clone().unwrap_or_default();
     let (flags, propagation, data) = parse_options(&opts);
     let typ = m.typ().as_deref().unwrap_or("");
@@ -359,7 +456,24 @@ fn mount_one(rootfs: &Path, m: &Mount, cg: &CgroupView) -> Result<(), StepError>
         }
         return Ok(());
     }
-    if is_bind {
+    if let (true, Some(tree)) = (is_bind, opened) {
+        let file = nix::sys::stat::fstat(tree.as_raw_fd())
+            .map_err(|e| fail("bind mount source", e))?
+            .st_mode
+            & libc::S_IFMT
+            == libc::S_IFREG;
+        ensure_target(&dest.host, file)?;
+        dest.attach(tree)?;
+        let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !rest.is_empty() {
+            dest.mount(
+                None,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rest,
+                "",
+            )?;
+        }
+    } else if is_bind {
         let src = m.source().as_ref().ok_or_else(|| {
             fail(
                 "mount",
@@ -522,7 +636,12 @@ fn devices(rootfs: &Path, spec: &Spec) -> Result<(), StepError> {
 }
 
 /// Everything before pivot_root: mounts and devices under `rootfs`.
-pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, cg: &CgroupView) -> Result<(), StepError> {
+pub fn prepare_rootfs(
+    spec: &Spec,
+    rootfs: &Path,
+    cg: &CgroupView,
+    sources: &MountSources,
+) -> Result<(), StepError> {
     let prop = spec
         .linux()
         .as_ref()
@@ -542,8 +661,8 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, cg: &CgroupView) -> Result<(),
         MsFlags::MS_BIND | MsFlags::MS_REC,
         "",
     )?;
-    for m in spec.mounts().iter().flatten() {
-        mount_one(rootfs, m, cg)?;
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        mount_one(rootfs, m, cg, sources.get(i))?;
     }
     devices(rootfs, spec)
 }

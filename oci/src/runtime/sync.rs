@@ -21,6 +21,10 @@ pub enum Msg {
     HooksDone,
     /// The init is ready and waits on exec.fifo.
     Ready,
+    /// Child to parent: a new user namespace exists, write its id maps.
+    UserNs,
+    /// Parent to child: the maps are written.
+    Mapped,
     /// The init failed: the message and the step.
     Failed { step: String, message: String },
 }
