@@ -238,6 +238,19 @@ pub fn numbers(file: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Waits until `file` exists (a container wrote it), 10 s at the most.
+pub fn wait_file(file: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until `file` has at least `n` numbers.
 pub fn wait_numbers(file: &Path, n: usize) -> Vec<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);

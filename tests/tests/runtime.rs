@@ -314,14 +314,7 @@ fn a_seccomp_profile_confines_the_container_and_its_execs() {
     let id = unique("seccomp");
     root.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     let out = bundle.join("rootfs/out");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !out.join("chmod777.rc").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the container never got to chmod"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_file(&out.join("chmod777.rc"));
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
     assert_eq!(read("mkdir.rc").trim(), "1");
     assert!(
@@ -403,14 +396,7 @@ fn a_user_namespace_container_runs_as_its_mapped_root() {
     let id = unique("userns");
     root.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     let out = bundle.join("rootfs/out");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !out.join("uid").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the container never wrote /out/uid"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_file(&out.join("uid"));
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         std::fs::read_to_string(out.join("read")).unwrap(),

@@ -189,6 +189,16 @@ struct Dest<'a> {
 }
 
 impl Dest<'_> {
+    /// The destination opened inside the rootfs, now (`what` names the
+    /// operation in an error).
+    fn open(&self, what: impl Fn() -> String) -> Result<std::os::fd::OwnedFd, StepError> {
+        securejoin::open_in_root(
+            self.rootfs,
+            &securejoin::container_path(self.rootfs, &self.host),
+        )
+        .map_err(|e| fail(what(), e))
+    }
+
     fn join(&self, name: &str) -> Dest<'_> {
         Dest {
             rootfs: self.rootfs,
@@ -211,11 +221,7 @@ impl Dest<'_> {
                 self.host.display()
             )
         };
-        let fd = securejoin::open_in_root(
-            self.rootfs,
-            &securejoin::container_path(self.rootfs, &self.host),
-        )
-        .map_err(|e| fail(name(), e))?;
+        let fd = self.open(name)?;
         let procfd = securejoin::proc_fd_path(&fd);
         mount(
             src,
@@ -237,11 +243,7 @@ impl Dest<'_> {
                 self.host.display()
             )
         };
-        let fd = securejoin::open_in_root(
-            self.rootfs,
-            &securejoin::container_path(self.rootfs, &self.host),
-        )
-        .map_err(|e| fail(name(), e))?;
+        let fd = self.open(name)?;
         let attr = MountAttr {
             attr_set: a.set,
             attr_clr: a.clr,
@@ -378,11 +380,7 @@ impl Dest<'_> {
     /// Attaches a detached mount tree here (move_mount(2)).
     fn attach(&self, tree: &std::os::fd::OwnedFd) -> Result<(), StepError> {
         let name = || format!("attaching the bind mount source on {}", self.host.display());
-        let fd = securejoin::open_in_root(
-            self.rootfs,
-            &securejoin::container_path(self.rootfs, &self.host),
-        )
-        .map_err(|e| fail(name(), e))?;
+        let fd = self.open(name)?;
         let empty = c"";
         // SAFETY: move_mount between two fds we hold.
         let r = unsafe {
