@@ -63,6 +63,10 @@ pub struct Cli {
     /// Use systemd to manage cgroups.
     #[arg(long = "systemd-cgroup", global = true)]
     pub systemd_cgroup: bool,
+    /// runc's rootless mode (ignore cgroup permission errors): `auto`
+    /// (off for root) or `false`; `true` is refused, Ferry runs as root.
+    #[arg(long, value_parser = ["auto", "true", "false"], default_value = "auto")]
+    pub rootless: String,
     /// The criu binary to use (default: `criu` in PATH).
     #[arg(long, global = true, env = "FERRY_CRIU")]
     pub criu: Option<PathBuf>,
@@ -253,6 +257,12 @@ fn main() -> ExitCode {
             .print_help();
         return ExitCode::SUCCESS;
     };
+    if cli.rootless == "true" || (cli.rootless == "auto" && !nix::unistd::geteuid().is_root()) {
+        eprintln!(
+            "ferry: rootless mode is not supported: run ferry as root (--rootless false or auto)"
+        );
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = logging::init(cli.log.as_deref(), cli.log_format, cli.debug) {
         eprintln!("ferry: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
