@@ -143,8 +143,12 @@ pub enum Error {
         problems: Vec<crate::migrate::preflight::Problem>,
     },
 
-    #[error("the destination failed: {error}")]
-    DestinationFailed { error: String },
+    /// What the destination reported, typed (CRIU's errno, message and
+    /// log lines when CRIU failed there).
+    #[error("the destination failed: {failure}")]
+    DestinationFailed {
+        failure: Box<crate::migrate::protocol::Failure>,
+    },
 
     #[error("the source gave up: {reason}")]
     SourceAborted { reason: String },
@@ -155,9 +159,6 @@ pub enum Error {
         failed: Box<Error>,
         resume: Box<Error>,
     },
-
-    #[error("the restore failed: {message}")]
-    RestoreFailed { message: String },
 
     #[error("{what}: {source}")]
     Seccomp {
@@ -221,6 +222,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// The destination's failure behind a failed move, if that is why it
+    /// failed (also when resuming the source failed afterwards).
+    pub fn destination_failure(&self) -> Option<&crate::migrate::protocol::Failure> {
+        match self {
+            Error::DestinationFailed { failure } => Some(failure.as_ref()),
+            Error::ResumeFailed { failed, .. } => failed.destination_failure(),
+            _ => None,
+        }
+    }
 }
 
 /// Wraps an io::Error with what was being done to which path

@@ -55,6 +55,15 @@ pub struct RestoreOptions {
     pub manage_cgroups_mode: Option<CgroupMode>,
     pub lsm_profile: Option<String>,
     pub lsm_mount_context: Option<String>,
+    /// The restored init becomes criu's child, not the caller's (CRIU's
+    /// `rst_sibling` off): for a long-lived caller that never waits for its
+    /// containers (the migration agent). CRIU then reaps the root task of
+    /// a failed restore itself (cr-restore.c kills and waits for it; as a
+    /// sibling it would stay the caller's zombie), and a restored one is
+    /// reparented to the nearest subreaper or init when criu exits. By
+    /// default it is the caller's child, as runc restores (RstSibling), so
+    /// that a foreground restore and containerd's shim can wait for it.
+    pub criu_parent: bool,
 }
 
 /// Where the container is restored.
@@ -306,7 +315,7 @@ pub fn restore_options(
     t.config_file = criu_plan::criu_config_file(dest.spec);
     t.ext_mounts =
         criu_plan::restore_ext_mounts(dest.spec, &crate::checkpoint::mount_key(dest.rootfs));
-    r.rst_sibling = true;
+    r.rst_sibling = !opts.criu_parent;
     r.evasive_devices = true;
     r.lazy_pages = opts.lazy_pages;
     r.lsm_mount_context = opts.lsm_mount_context.clone();
@@ -442,6 +451,28 @@ mod tests {
             .map(|m| m.dest)
             .collect();
         assert_eq!(got, [PathBuf::from("/proc"), "/run".into(), "/data".into()]);
+    }
+
+    #[test]
+    fn a_criu_parent_restore_is_no_sibling() {
+        let spec: Spec = serde_json::from_str(SPEC).unwrap();
+        let images = tempfile::tempdir().unwrap();
+        fs::write(images.path().join(DESCRIPTORS), "[]").unwrap();
+        let mut dest = Destination {
+            id: "c2",
+            spec: &spec,
+            rootfs: Path::new("/x/rootfs"),
+            state_dir: Path::new("/run/ferry/c2"),
+            stdio: [None, None, None],
+        };
+        let opts = RestoreOptions {
+            image_path: images.path().to_path_buf(),
+            criu_parent: true,
+            ..Default::default()
+        };
+        let dirs = ImageDirs::open(images.path()).unwrap();
+        let (ro, _) = restore_options(&mut dest, &opts, dirs, Path::new("/r")).unwrap();
+        assert!(!ro.rst_sibling);
     }
 
     #[test]

@@ -340,6 +340,22 @@ fn moved_rootfs(root: &Root, id: &str) -> std::path::PathBuf {
     root.path().join("incoming").join(id).join("bundle/rootfs")
 }
 
+/// The children of process `pid` (of all its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
 /// A failed move left the source running: `err` says so, and its count
 /// (in `count`) goes on without gap.
 fn assert_source_went_on(a: &Root, id: &str, count: &std::path::Path, err: &str) {
@@ -401,6 +417,13 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     assert!(report["pages_bytes"].as_u64().unwrap() > 0);
     assert!(a.ids().is_empty(), "the source container is gone");
     assert_eq!(b.status(&id), "running");
+    // The agent restored it in its own process, but it is not the agent's
+    // child (criu's, then init's): the agent never waits for containers.
+    assert_eq!(
+        children(serve_b.child.id()),
+        Vec::<u32>::new(),
+        "the agent keeps children"
+    );
     let moved = moved_rootfs(b, &id);
     let before = numbers(&bundle.join("rootfs/out/count"));
     let after = wait_numbers(&moved.join("out/count"), before.len() + 10);
@@ -431,6 +454,70 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     b.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-a-{tag}/{id}")).is_empty());
     assert!(cgroup_leftovers(&format!("ferry-b-{tag}/{id}")).is_empty());
+}
+
+/// A destination whose restore fails inside CRIU: the container shares the
+/// host's PID namespace, so on this one machine its restored init wants
+/// the very PID its frozen source still holds (CRIU: "Can't fork for PID:
+/// File exists", cr_errno EEXIST). `ferry migrate --json` reports CRIU's
+/// errno, message and log lines as fields, and the source runs on.
+#[test]
+fn a_criu_failure_on_the_destination_reaches_the_report_as_fields() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("crfail");
+    let bundle = busybox_bundle(p.dir(), COUNTER);
+    edit_config(&bundle, |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid");
+    });
+    let id = format!("crfail-{tag}");
+    run(a, &bundle, &id);
+    let count = bundle.join("rootfs/out/count");
+    wait_numbers(&count, 5);
+    let source_pid = a.pid(&id);
+
+    let out = a.ferry(&p.migrate_args(&id, &serve_b.addr, &["--mode", "precopy", "--json"]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the move succeeded: {err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {err}"));
+    assert_eq!(report["id"], id.as_str(), "{report:#}");
+    let d = &report["destination"];
+    assert_eq!(d["stage"], "restore", "{report:#}");
+    let c = &d["criu"];
+    assert_eq!(c["request"], "restore", "{report:#}");
+    assert_eq!(c["errno"], libc::EEXIST, "{report:#}");
+    assert_eq!(c["errno_name"], "EEXIST", "{report:#}");
+    assert!(
+        !c["message"].as_str().unwrap_or_default().is_empty(),
+        "{report:#}"
+    );
+    let fork = format!("Can't fork for {source_pid}: File exists");
+    assert_eq!(c["cause"], fork.as_str(), "{report:#}");
+    assert!(
+        c["log_lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains(&fork)),
+        "{report:#}"
+    );
+    // The received state is gone, CRIU's log kept beside it.
+    let log = std::path::Path::new(c["log_file"].as_str().unwrap());
+    assert!(log.starts_with(b.path()), "{report:#}");
+    assert!(std::fs::read_to_string(log).unwrap().contains(&fork));
+    assert!(!b.path().join("incoming").join(&id).exists());
+    // The sentence too, for the person reading stderr.
+    assert!(err.contains("the destination failed"), "{err}");
+    assert!(err.contains(&fork), "{err}");
+    assert_source_went_on(a, &id, &count, &err);
+    assert_eq!(a.pid(&id), source_pid);
+    assert!(b.ids().is_empty(), "a failed move left a container on B");
+    assert_eq!(children(serve_b.child.id()), Vec::<u32>::new());
+    a.ok(&["delete", "--force", &id]);
 }
 
 /// A container with a terminal: an agent without a console socket refuses

@@ -3,13 +3,26 @@
 //! CRIU's page server on an authenticated socket, the images and the root
 //! filesystem through the control connection, restores, and reports.
 //! Anything that fails before the restore succeeded is cleaned up here and
-//! reported to the source, which then resumes its container.
+//! reported to the source as a typed [`Failure`] (CRIU's errno, message and
+//! log lines when CRIU failed), and the source then resumes its container.
+//!
+//! The restore runs in this process, through the same
+//! [`restore_container`] as `ferry restore`, on the connection's thread.
+//! The agent is long-lived and never waits for its containers, so the
+//! restored init is made criu's child rather than ours (no `rst_sibling`,
+//! [`RestoreOptions::criu_parent`]): CRIU reaps the root task of a failed
+//! restore itself, and a restored one is reparented to init when criu
+//! exits (the agent is no subreaper), as it was when a short-lived
+//! `ferry restore --detach` ran it. criu is spawned with only
+//! async-signal-safe calls between fork and exec (criu-rpc's swrk), and
+//! namespace switches happen on scratch threads (crate::network), so the
+//! agent's other threads are safe.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -20,11 +33,14 @@ use criu_rpc::{Criu, ImageDirs, LogLevel, PageServerAddr, PageServerOptions};
 
 use super::auth::{self, Key};
 use super::preflight::{self, HostFacts, Needs};
-use super::protocol::{Hello, Reply, Step};
+use super::protocol::{Failure, Hello, Reply, Stage, Step};
 use super::tarball;
 use super::wire::{self, StreamReader};
 use crate::checkpoint::private_dir;
 use crate::error::{Error, Result};
+use crate::restore::RestoreOptions;
+use crate::runtime::cr::{restore_container, RestoreRuntimeOptions};
+use crate::runtime::Stdio;
 
 /// What `ferry serve` needs.
 pub struct Agent {
@@ -32,9 +48,6 @@ pub struct Agent {
     pub root: PathBuf,
     pub key: Key,
     pub criu: Criu,
-    /// The ferry binary, run for the restore itself (so that the restored
-    /// container is not this long-lived agent's child).
-    pub ferry: PathBuf,
     /// Prefixed to the containers' cgroup paths here (two "hosts" on one
     /// machine must not share a cgroup).
     pub cgroup_parent: Option<PathBuf>,
@@ -46,18 +59,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(
-        root: PathBuf,
-        key: Key,
-        criu: Criu,
-        ferry: PathBuf,
-        cgroup_parent: Option<PathBuf>,
-    ) -> Agent {
+    pub fn new(root: PathBuf, key: Key, criu: Criu, cgroup_parent: Option<PathBuf>) -> Agent {
         Agent {
             root,
             key,
             criu,
-            ferry,
             cgroup_parent,
             console_socket: None,
             pages: Mutex::new(HashMap::new()),
@@ -162,22 +168,42 @@ impl Agent {
         let in_memory = (!needs.postcopy
             && facts.mem_available > 2 * needs.memory + IN_MEMORY_MARGIN)
             .then_some(needs.memory + IN_MEMORY_MARGIN);
-        let result = self.take(&mut s, &id, &dir, &config, needs.postcopy, in_memory);
+        let stage = Cell::new(Stage::Receive);
+        // Unmounted when the restore is done (or failed, once its CRIU log
+        // is kept): the restored tasks hold their pages by then.
+        let mut tmpfs = None;
+        let result = self.take(
+            &mut s,
+            &id,
+            &dir,
+            &config,
+            needs.postcopy,
+            (in_memory, &mut tmpfs),
+            &stage,
+        );
         match &result {
             Ok(pid) => tracing::info!(id, pid, "migration received"),
             Err(e) => {
-                let _ = wire::send(
-                    &mut s,
-                    &Reply::Failed {
-                        error: crate::error::chain(e),
-                    },
-                );
+                let mut failure = Failure::new(stage.get(), e);
+                if let Some(c) = &mut failure.criu {
+                    c.log_file = c
+                        .log_file
+                        .take()
+                        .and_then(|log| self.keep_log(&id, &dir, log));
+                }
+                drop(tmpfs.take());
+                let _ = wire::send(&mut s, &Reply::Failed { failure });
                 let _ = remove_incoming(&dir);
             }
         }
+        drop(tmpfs);
         result.map(drop)
     }
 
+    /// Receives and restores, the images on a tmpfs of the size given
+    /// (mounted into `tmpfs`); `stage` follows where it is, for the report
+    /// of a failure.
+    #[allow(clippy::too_many_arguments)]
     fn take(
         &self,
         s: &mut TcpStream,
@@ -185,18 +211,16 @@ impl Agent {
         dir: &Path,
         config: &str,
         postcopy: bool,
-        in_memory: Option<u64>,
+        (in_memory, tmpfs): (Option<u64>, &mut Option<ImagesTmpfs>),
+        stage: &Cell<Stage>,
     ) -> Result<i32> {
         let images = dir.join("images");
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
         private_dir(&images)?;
-        // Unmounted when the restore is done (or failed): the restored
-        // tasks hold their pages by then.
-        let _tmpfs = match in_memory {
-            Some(size) => Some(ImagesTmpfs::mount(&images, size)?),
-            None => None,
-        };
+        if let Some(size) = in_memory {
+            *tmpfs = Some(ImagesTmpfs::mount(&images, size)?);
+        }
         std::fs::create_dir_all(&rootfs).map_err(|source| Error::Io {
             op: "creating",
             path: rootfs.clone(),
@@ -317,7 +341,8 @@ impl Agent {
         // Restores, then tells the source (with CRIU's stats, which a
         // lazy restore writes in its work dir).
         let restore = |s: &mut TcpStream, lazy_work: Option<&Path>| {
-            let (pid, restore_ms) = self.restore(id, dir, &images, &bundle, lazy_work)?;
+            stage.set(Stage::Restore);
+            let (pid, restore_ms) = self.restore(id, &images, &bundle, lazy_work)?;
             if overlay_mounted {
                 crate::runtime::Container::load(&self.root, id)?.own_rootfs_mount()?;
             }
@@ -353,6 +378,7 @@ impl Agent {
                     return Err(e);
                 }
             };
+            stage.set(Stage::LazyPages);
             match served.join() {
                 Ok(Ok(lazy)) => {
                     tracing::info!(id, ?lazy, "every page arrived");
@@ -392,6 +418,26 @@ impl Agent {
         }
     }
 
+    /// A CRIU log of a failed move, which is inside the received state
+    /// about to be removed, moved to `ROOT/failed-moves/ID.NAME`, where the
+    /// report says it is; `None` when it could not be kept.
+    fn keep_log(&self, id: &str, dir: &Path, log: PathBuf) -> Option<PathBuf> {
+        if !log.starts_with(dir) {
+            return Some(log);
+        }
+        let kept_dir = self.root.join(FAILED_MOVES);
+        let name = log.file_name()?.to_string_lossy().into_owned();
+        let kept = kept_dir.join(format!("{id}.{name}"));
+        let copied = std::fs::create_dir_all(&kept_dir).and_then(|_| std::fs::copy(&log, &kept));
+        match copied {
+            Ok(_) => Some(kept),
+            Err(e) => {
+                tracing::warn!(id, error = %e, log = %log.display(), "keeping CRIU's log of a failed move");
+                None
+            }
+        }
+    }
+
     fn kill_restored(&self, id: &str) {
         if let Ok(c) = crate::runtime::Container::load(&self.root, id) {
             if let Err(e) = c.delete(true) {
@@ -400,79 +446,57 @@ impl Agent {
         }
     }
 
-    /// Runs `ferry restore` for the received container; returns its pid and
-    /// how long the restore took.
+    /// Restores the received container (what `ferry restore --detach
+    /// --tcp-established --file-locks` does, called rather than run);
+    /// returns its pid and how long the restore took.
     fn restore(
         &self,
         id: &str,
-        dir: &Path,
         images: &Path,
         bundle: &Path,
         lazy_work: Option<&Path>,
     ) -> Result<(i32, f64)> {
         let start = Instant::now();
-        // The restored container inherits the restore's stdio: /dev/null,
-        // never a pipe (nobody would read it, and waiting for its EOF would
-        // wait for the container). Errors come back through --log.
-        let log = dir.join("restore.ferry.log");
         let console = self
             .console_socket
-            .as_ref()
+            .clone()
             .filter(|_| crate::runtime::spec::bundle_has_terminal(bundle));
-        let status = Command::new(&self.ferry)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--log")
-            .arg(&log)
-            .args(["--log-format", "json"])
-            .args([
-                "restore",
-                "--detach",
-                "--tcp-established",
-                "--file-locks",
-                "--image-path",
-            ])
-            .arg(images)
-            .args(lazy_work.iter().flat_map(|w| {
-                [
-                    std::ffi::OsStr::new("--lazy-pages"),
-                    "--work-path".as_ref(),
-                    w.as_os_str(),
-                ]
-            }))
-            .args(
-                console
-                    .iter()
-                    .flat_map(|c| [std::ffi::OsStr::new("--console-socket"), c.as_os_str()]),
-            )
-            .arg("--bundle")
-            .arg(bundle)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|source| Error::Io {
-                op: "running",
-                path: self.ferry.clone(),
-                source,
-            })?;
-        if !status.success() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let message = text
-                .lines()
-                .rev()
-                .find_map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                    (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or("").to_string())
-                })
-                .unwrap_or_else(|| format!("ferry restore {status}"));
-            return Err(Error::RestoreFailed { message });
-        }
+        let opts = RestoreOptions {
+            work_path: lazy_work.map(Path::to_path_buf),
+            lazy_pages: lazy_work.is_some(),
+            // Not this agent's child: see the module's doc.
+            criu_parent: true,
+            ..super::CRIU_FLAGS.restore(images.to_path_buf())
+        };
+        let rt = RestoreRuntimeOptions {
+            console_socket: console,
+            // The checkpointed stdio pipes become /dev/null: never the
+            // agent's own stdio, and never a pipe (nobody would read it).
+            stdio: Some(dev_null_stdio()?),
+            ..Default::default()
+        };
+        let (_, restored) = restore_container(&self.root, id, bundle, &self.criu, &opts, &rt)?;
         let restore_ms = start.elapsed().as_secs_f64() * 1000.0;
-        let pid = crate::runtime::Container::load(&self.root, id)?.state.pid;
-        Ok((pid, restore_ms))
+        Ok((restored.pid.as_raw(), restore_ms))
     }
+}
+
+/// /dev/null as stdin, stdout and stderr.
+fn dev_null_stdio() -> Result<Stdio> {
+    let null = Path::new("/dev/null");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(null)
+            .map(OwnedFd::from)
+            .map_err(crate::error::io("opening", null))
+    };
+    Ok(Stdio {
+        stdin: open()?,
+        stdout: open()?,
+        stderr: open()?,
+    })
 }
 
 /// Removes a received container's directory, its mounts first: the
@@ -488,6 +512,9 @@ fn remove_incoming(dir: &Path) -> Result<()> {
         source,
     })
 }
+
+/// Where the CRIU logs of failed moves are kept, under the state root.
+const FAILED_MOVES: &str = "failed-moves";
 
 /// Room kept beside pre-copy pages received in memory.
 const IN_MEMORY_MARGIN: u64 = 256 << 20;

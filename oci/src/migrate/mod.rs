@@ -9,6 +9,7 @@
 //! between and no unauthenticated port ever open.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,48 @@ pub mod protocol;
 pub mod source;
 mod tarball;
 pub mod wire;
+
+/// The CRIU options a migration dumps and restores with, the one place
+/// they are spelled: the source's dump, the destination's restore, and
+/// containerd's restore of a checkpoint (which cannot know what the dump
+/// asked, so assumes what a move does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CriuFlags {
+    /// Established TCP connections move (in repair mode, behind the
+    /// network lock), as `runc checkpoint --tcp-established`.
+    pub tcp_established: bool,
+    /// Held file locks move (`--file-locks`).
+    pub file_locks: bool,
+}
+
+/// What every move uses.
+pub const CRIU_FLAGS: CriuFlags = CriuFlags {
+    tcp_established: true,
+    file_locks: true,
+};
+
+impl CriuFlags {
+    /// The dump options of a move into `image_path` (the caller adds the
+    /// page server, lazy pages, leave_stopped...).
+    pub fn dump(self, image_path: PathBuf) -> crate::checkpoint::CheckpointOptions {
+        crate::checkpoint::CheckpointOptions {
+            image_path,
+            tcp_established: self.tcp_established,
+            file_locks: self.file_locks,
+            ..Default::default()
+        }
+    }
+
+    /// The restore options of a move from `image_path`.
+    pub fn restore(self, image_path: PathBuf) -> crate::restore::RestoreOptions {
+        crate::restore::RestoreOptions {
+            image_path,
+            tcp_established: self.tcp_established,
+            file_locks: self.file_locks,
+            ..Default::default()
+        }
+    }
+}
 
 /// What `ferry migrate` reports while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +145,17 @@ impl FromStr for Mode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dump_and_restore_agree_on_the_flags() {
+        let d = CRIU_FLAGS.dump("i".into());
+        let r = CRIU_FLAGS.restore("i".into());
+        assert!(d.tcp_established && d.file_locks);
+        assert_eq!(
+            (d.tcp_established, d.file_locks),
+            (r.tcp_established, r.file_locks)
+        );
+    }
 
     #[test]
     fn auto_picks_postcopy_for_big_containers_only() {

@@ -2,9 +2,13 @@
 //! images, the rootfs) follows its announcing message as a
 //! [`super::wire`] stream.
 
+use std::fmt;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::preflight::{Needs, Problem};
+use crate::error::Error;
 
 /// The first message on a connection to `ferry serve`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,7 +71,173 @@ pub enum Reply {
     PagesDone {
         lazy: criu_rpc::lazy::LazyStats,
     },
+    /// The move failed here (and what was received is gone): the source
+    /// resumes its container.
     Failed {
-        error: String,
+        failure: Failure,
     },
+}
+
+/// Why the destination failed, in fields the source reports as they are
+/// (`ferry migrate --json`), not one sentence to parse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Where in the move.
+    pub stage: Stage,
+    /// The error and its causes on one line, as a person reads it.
+    pub message: String,
+    /// A CRIU request failed: what CRIU said, and its log.
+    pub criu: Option<CriuFailure>,
+}
+
+/// Where a destination's failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Judging the offer, receiving the pages, the images, the rootfs.
+    Receive,
+    /// Restoring the received container.
+    Restore,
+    /// Post-copy, after the restore: the lazy-pages daemon could not get
+    /// every page (the restored copy was killed).
+    LazyPages,
+}
+
+/// A failed CRIU request on the destination, as the criu-rpc error has it
+/// (runc's `logCriuErrors` quotes the same log lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriuFailure {
+    /// The request: "restore", "page-server"...
+    pub request: Option<String>,
+    /// CRIU's `cr_errno`, when it set one.
+    pub errno: Option<i32>,
+    /// Its symbolic name (`EEXIST`).
+    pub errno_name: Option<String>,
+    /// CRIU's `cr_errmsg` (its first error, often a harmless one).
+    pub message: Option<String>,
+    /// The most telling error line of the log (`LogExcerpt::cause`).
+    pub cause: Option<String>,
+    /// CRIU's log file on the destination.
+    pub log_file: Option<PathBuf>,
+    /// The error lines of that log, with their context.
+    pub log_lines: Vec<String>,
+}
+
+impl Failure {
+    /// `e`, which happened at `stage`, for the source.
+    pub fn new(stage: Stage, e: &Error) -> Failure {
+        Failure {
+            stage,
+            message: crate::error::chain(e),
+            criu: criu_error(e).map(CriuFailure::from),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&criu_rpc::Error> for CriuFailure {
+    fn from(e: &criu_rpc::Error) -> CriuFailure {
+        use criu_rpc::Error as C;
+        let (request, message) = match e {
+            C::Failed { request, criu, .. } => (Some(*request), criu.message.clone()),
+            C::CriuExited { request, .. }
+            | C::Malformed { request, .. }
+            | C::UnexpectedResponse { request, .. }
+            | C::UnexpectedNotify { request, .. }
+            | C::Notify { request, .. }
+            | C::ExitStatus { request, .. }
+            | C::FdMismatch { request, .. } => (Some(*request), None),
+            _ => (None, None),
+        };
+        let errno = e.criu_errno();
+        let log = e.log();
+        CriuFailure {
+            request: request.map(|r| r.to_string()),
+            errno: errno.map(|n| n as i32),
+            errno_name: errno.map(|n| format!("{n:?}")),
+            message: message.map(|m| m.trim_end().to_string()),
+            cause: log.and_then(|l| l.cause()).map(str::to_string),
+            log_file: log.map(|l| l.path.clone()),
+            log_lines: log.map(|l| l.lines.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// The CRIU failure at the root of `e`, if any. ferry-oci's `Criu`
+/// variant is transparent (its `source()` is the criu-rpc error's own), so
+/// it is matched, not only found in the chain.
+fn criu_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e criu_rpc::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<criu_rpc::Error>() {
+            return Some(c);
+        }
+        match err.downcast_ref::<Error>() {
+            Some(Error::Criu(c)) | Some(Error::CorruptImage(c)) => return Some(c),
+            Some(Error::ResumeFailed { failed, .. }) => return criu_error(failed.as_ref()),
+            _ => {}
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use criu_rpc::{CriuMessage, LogExcerpt, RequestKind};
+
+    #[test]
+    fn a_criu_failure_crosses_the_wire_as_fields() {
+        let e = Error::Criu(criu_rpc::Error::Failed {
+            request: RequestKind::Restore,
+            criu: CriuMessage {
+                errno: Some(nix::errno::Errno::EEXIST),
+                message: Some("rlimit: Can't setup RLIMIT_NOFILE\n".into()),
+            },
+            log: Some(LogExcerpt {
+                path: "/r/restore.log".into(),
+                lines: vec![
+                    "(00.1) Error (criu/cr-restore.c:1237): Can't fork for 42: File exists".into(),
+                    "(00.2) Error (criu/cr-restore.c:2605): Restoring FAILED.".into(),
+                ],
+            }),
+        });
+        let f = Failure::new(Stage::Restore, &e);
+        let back: Reply =
+            serde_json::from_str(&serde_json::to_string(&Reply::Failed { failure: f }).unwrap())
+                .unwrap();
+        let Reply::Failed { failure } = back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(failure.stage, Stage::Restore);
+        let c = failure.criu.unwrap();
+        assert_eq!(c.request.as_deref(), Some("restore"));
+        assert_eq!(c.errno, Some(libc::EEXIST));
+        assert_eq!(c.errno_name.as_deref(), Some("EEXIST"));
+        assert_eq!(
+            c.message.as_deref(),
+            Some("rlimit: Can't setup RLIMIT_NOFILE")
+        );
+        assert_eq!(c.cause.as_deref(), Some("Can't fork for 42: File exists"));
+        assert_eq!(c.log_lines.len(), 2);
+        assert!(
+            failure.message.contains("Can't fork for 42"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn other_failures_have_no_criu_part() {
+        let e = Error::Protocol { what: "test" };
+        let f = Failure::new(Stage::Receive, &e);
+        assert!(f.criu.is_none());
+        assert_eq!(f.message, "migration protocol violated: test");
+    }
 }

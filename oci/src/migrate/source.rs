@@ -93,7 +93,9 @@ fn rss(pid: nix::unistd::Pid) -> u64 {
 /// A reply, unless it reports the destination's failure.
 fn expect(r: Reply) -> Result<Reply> {
     match r {
-        Reply::Failed { error } => Err(Error::DestinationFailed { error }),
+        Reply::Failed { failure } => Err(Error::DestinationFailed {
+            failure: Box::new(failure),
+        }),
         r => Ok(r),
     }
 }
@@ -372,13 +374,10 @@ fn send(
     // early (CRIU's page server then returns and leaves the tasks stopped).
     let pages_cut = pages.try_clone().map_err(Error::Wire)?;
     let opts = CheckpointOptions {
-        image_path: images.clone(),
         leave_stopped: true,
-        tcp_established: true,
-        file_locks: true,
         lazy_pages: postcopy,
         page_server: Some(PageServerAddr::Socket(OwnedFd::from(pages))),
-        ..Default::default()
+        ..super::CRIU_FLAGS.dump(images.clone())
     };
     std::thread::scope(|scope| {
         // Pages go from CRIU straight into the socket: what the destination
@@ -472,7 +471,9 @@ fn send(
                     let _ = pages_cut.shutdown(std::net::Shutdown::Both);
                     progress(Progress::Phase("resume the source"));
                     let failed = match (reply, dumped) {
-                        (Ok(Reply::Failed { error }), _) => Error::DestinationFailed { error },
+                        (Ok(Reply::Failed { failure }), _) => Error::DestinationFailed {
+                            failure: Box::new(failure),
+                        },
                         (_, Err(e)) => e,
                         (Err(e), _) => e,
                         _ => Error::Protocol {
@@ -597,7 +598,9 @@ fn move_state(
             restore_ms,
             criu_restore: criu,
         }),
-        Reply::Failed { error } => Err(Error::DestinationFailed { error }),
+        Reply::Failed { failure } => Err(Error::DestinationFailed {
+            failure: Box::new(failure),
+        }),
         _ => Err(Error::Protocol {
             what: "an unexpected answer to the restore",
         }),

@@ -46,14 +46,8 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&cli.root)
         .with_context(|| format!("creating {}", cli.root.display()))?;
     let agent = Arc::new(
-        Agent::new(
-            cli.root.clone(),
-            key,
-            criu(cli),
-            std::env::current_exe().context("finding the ferry binary")?,
-            a.cgroup_parent.clone(),
-        )
-        .with_console_socket(a.console_socket.clone()),
+        Agent::new(cli.root.clone(), key, criu(cli), a.cgroup_parent.clone())
+            .with_console_socket(a.console_socket.clone()),
     );
     agent.clean_leftovers();
     let listener =
@@ -65,6 +59,20 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     );
     agent.serve(listener)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry migrate --json`'s output when the move failed (the source runs
+/// on).
+#[derive(serde::Serialize)]
+struct Failed<'a> {
+    id: &'a str,
+    to: String,
+    /// The whole error on one line.
+    error: String,
+    /// The destination's failure, when it failed there.
+    destination: Option<&'a ferry_oci::migrate::protocol::Failure>,
+    /// Every problem of a destination that refused the container.
+    refused: &'a [ferry_oci::migrate::preflight::Problem],
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,6 +169,22 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let result = source::migrate(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress);
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if let (true, Err(e)) = (a.json, &result) {
+        // The report of a failure: what the destination said as its own
+        // fields (CRIU's errno, message and log lines), then the error on
+        // stderr as for any command.
+        let failed = Failed {
+            id: &a.id,
+            to: a.to.to_string(),
+            error: ferry_oci::error::chain(e),
+            destination: e.destination_failure(),
+            refused: match e {
+                ferry_oci::Error::Refused { problems } => problems,
+                _ => &[],
+            },
+        };
+        println!("{}", serde_json::to_string_pretty(&failed)?);
     }
     let report = result.with_context(|| {
         format!(

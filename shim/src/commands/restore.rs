@@ -86,6 +86,8 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         manage_cgroups_mode: cgroup_mode(&f.manage_cgroups_mode)?,
         lsm_profile: a.lsm_profile.clone(),
         lsm_mount_context: a.lsm_mount_context.clone(),
+        // The restored init is ours: a foreground restore waits for it.
+        criu_parent: false,
     };
     let rt = RestoreRuntimeOptions {
         at_create: false,

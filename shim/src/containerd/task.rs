@@ -476,12 +476,10 @@ impl TaskService {
                 let (pid, master, memory) = blocking(move || {
                     // The restore stands in for runc's `restore --detach`
                     // of runc-shim's createdCheckpointState.Start.
+                    // Whatever the dump asked, what a move uses.
                     let opts = RestoreOptions {
-                        image_path: r.image_path,
                         work_path: r.work_path,
-                        tcp_established: true,
-                        file_locks: true,
-                        ..Default::default()
+                        ..ferry_oci::migrate::CRIU_FLAGS.restore(r.image_path)
                     };
                     let rt = RestoreRuntimeOptions {
                         stdio,
