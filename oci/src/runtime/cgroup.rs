@@ -59,7 +59,13 @@ fn extra_hierarchies() -> Vec<(String, PathBuf)> {
                 None
             }
         })
-        .collect()
+        // The first mount of each (see `paths`).
+        .fold(Vec::new(), |mut out: Vec<(String, PathBuf)>, (h, p)| {
+            if !out.iter().any(|(seen, _)| *seen == h) {
+                out.push((h, p));
+            }
+            out
+        })
 }
 
 /// Whether libcgroups manages v1 controllers here (legacy and hybrid
@@ -392,7 +398,11 @@ impl ContainerCgroup {
                     } else {
                         h
                     };
-                    out.insert(name, join_rel(Path::new(&m.mountpoint), &self.path));
+                    // The first mount of a hierarchy is the system's; later
+                    // ones (a CRIU cgroup yard left mounted, a bind mount)
+                    // show the same cgroups elsewhere.
+                    out.entry(name)
+                        .or_insert_with(|| join_rel(Path::new(&m.mountpoint), &self.path));
                 }
             }
         }

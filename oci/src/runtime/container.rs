@@ -59,6 +59,9 @@ pub struct CreateOptions {
     pub systemd_cgroup: bool,
     /// The container's stdio; by default it inherits the caller's.
     pub stdio: Option<Stdio>,
+    /// How many of the caller's fds beyond stdio (3, 4, ...) the
+    /// container's process inherits (runc's --preserve-fds).
+    pub preserve_fds: u32,
 }
 
 /// `ferry exec`'s options.
@@ -204,6 +207,7 @@ fn init_main(
     cg: &CgroupView,
     sources: &init::MountSources,
     seccomp: Option<&seccomp::Filter>,
+    preserve_fds: u32,
 ) -> std::result::Result<(), StepError> {
     let fail = |step: &str, e: &dyn std::fmt::Display| StepError {
         step: step.into(),
@@ -267,7 +271,7 @@ fn init_main(
     (&w).write_all(b"0")
         .map_err(|e| fail("writing exec.fifo", &e))?;
     drop(w);
-    process::close_fds_on_exec(2)?;
+    process::close_fds_on_exec(2 + preserve_fds as i32)?;
     process::confine(&proc_, seccomp)?;
     // As in runc's standard_init: startContainer hooks run last, as the
     // container's user and under its seccomp filter.
@@ -657,6 +661,7 @@ impl Container {
                 &cg_view,
                 &sources,
                 filter.as_ref(),
+                opts.preserve_fds,
             )
         };
         let (pid, mut parent) = fork_into(enter, body, maps.as_ref())?;

@@ -536,18 +536,33 @@ pub fn set_memory(dir: &Path, r: &LinuxResources) -> Result<()> {
     if limit == -1 && swap == 0 && dir.join(SWAP).exists() {
         swap = -1;
     }
+    // runc's setMemory: EBUSY means below the current usage, said so.
+    let set_limit = || -> Result<()> {
+        match write(dir, LIMIT, limit) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::Cgroup {
+                op: "setting the memory limit of",
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "unable to set memory limit to {limit} (current usage: {}, peak usage: {})",
+                    read_u64(dir, "memory.usage_in_bytes")?,
+                    read_u64(dir, "memory.max_usage_in_bytes")?
+                ),
+            }),
+            r => r.map_err(failed(dir, LIMIT)),
+        }
+    };
     let mut done = false;
     if limit != 0 && swap != 0 {
         let cur = read_u64(dir, LIMIT)?;
         if swap == -1 || cur < swap as u64 {
             write(dir, SWAP, swap).map_err(failed(dir, SWAP))?;
-            write(dir, LIMIT, limit).map_err(failed(dir, LIMIT))?;
+            set_limit()?;
             done = true;
         }
     }
     if !done {
         if limit != 0 {
-            write(dir, LIMIT, limit).map_err(failed(dir, LIMIT))?;
+            set_limit()?;
         }
         if swap != 0 {
             write(dir, SWAP, swap).map_err(failed(dir, SWAP))?;
