@@ -422,3 +422,45 @@ fn a_user_namespace_container_runs_as_its_mapped_root() {
     root.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&id).is_empty());
 }
+
+/// `run --preserve-fds N` hands the caller's fds 3..3+N to the container's
+/// process (runc's flag; runc's suite checks it only for exec).
+#[test]
+fn run_preserves_the_fds_it_is_told_to() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(
+        tmp.path(),
+        &[
+            "sh",
+            "-c",
+            "if echo through fd 4 2>/dev/null >&4; then echo open; else echo closed; fi",
+        ],
+    );
+    let run = |n: u32, got: &std::path::Path, id: &str| {
+        // fds 3 and 4 are open in the caller.
+        let script = format!(
+            "exec 3</dev/null 4>{got}; {ferry} --root {root} run --preserve-fds {n} --bundle {b} {id}",
+            got = got.display(),
+            ferry = ferry_bin().display(),
+            root = root.path().display(),
+            b = bundle.display(),
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let got = tmp.path().join("fd4");
+    assert_eq!(run(2, &got, &unique("preserve2")), "open");
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "through fd 4\n");
+    let got = tmp.path().join("fd4-not");
+    assert_eq!(run(1, &got, &unique("preserve1")), "closed");
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "");
+}

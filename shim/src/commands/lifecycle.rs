@@ -84,6 +84,7 @@ fn create_opts(cli: &Cli, a: &CreateArgs, subreaper: bool) -> CreateOptions {
         subreaper,
         systemd_cgroup: cli.systemd_cgroup,
         stdio: None,
+        preserve_fds: a.preserve_fds,
     }
 }
 
