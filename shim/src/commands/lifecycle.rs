@@ -292,12 +292,9 @@ fn restore_request(bundle: &std::path::Path) -> anyhow::Result<Option<PathBuf>> 
 /// (dockerd's pipes) standing in for the checkpointed ones.
 fn restore_at_create(cli: &Cli, a: &CreateArgs, images: PathBuf) -> anyhow::Result<ExitCode> {
     use ferry_oci::runtime::cr::{restore_container, RestoreRuntimeOptions};
-    let opts = ferry_oci::restore::RestoreOptions {
-        image_path: images.clone(),
-        tcp_established: true,
-        file_locks: true,
-        ..Default::default()
-    };
+    // A checkpoint carried between dockerds is a move by hand: the same
+    // CRIU flags as `ferry migrate`'s.
+    let opts = ferry_oci::migrate::CRIU_FLAGS.restore(images.clone());
     let rt = RestoreRuntimeOptions {
         at_create: true,
         pid_file: a.pid_file.clone(),
