@@ -959,7 +959,12 @@ impl Container {
     /// `ferry exec`: runs `p` in the container. Returns the new process's
     /// pid; the caller waits for it unless detached (it is our grandchild:
     /// the caller must be a subreaper to reap it).
-    pub fn exec(&self, p: &Process, opts: &ExecOptions) -> Result<Pid> {
+    /// `ferry exec`. Consumes the container: its lock is released once
+    /// the process is in the container's cgroups, before waiting for it
+    /// to be ready. In a paused container (`ignore_paused`) it is ready
+    /// only after a `resume`, which takes the lock (runc holds no lock
+    /// across commands at all).
+    pub fn exec(self, p: &Process, opts: &ExecOptions) -> Result<Pid> {
         if self.status() == Status::Paused && !opts.ignore_paused {
             return Err(Error::ExecPaused {
                 id: self.state.id.clone(),
@@ -1057,6 +1062,7 @@ impl Container {
             let _ = waitpid(pid, None);
             return Err(e);
         }
+        drop(self);
         sync::send(&mut parent, &Msg::Go)?;
         match sync::recv(&mut parent) {
             Ok(Msg::Ready) => {}

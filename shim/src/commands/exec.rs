@@ -121,7 +121,6 @@ pub fn exec(cli: &Cli, a: &ExecArgs) -> anyhow::Result<ExitCode> {
             sub_cgroups: a.cgroup.clone(),
         },
     )?;
-    drop(c);
     if a.detach {
         return Ok(ExitCode::SUCCESS);
     }

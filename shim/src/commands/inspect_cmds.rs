@@ -334,7 +334,7 @@ pub fn features(_cli: &Cli) -> anyhow::Result<ExitCode> {
             "strictatime", "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave",
             "unbindable", "runbindable"],
         "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
             "seccomp": {
