@@ -63,8 +63,8 @@ pub struct Cli {
     /// Use systemd to manage cgroups.
     #[arg(long = "systemd-cgroup", global = true)]
     pub systemd_cgroup: bool,
-    /// runc's rootless mode (ignore cgroup permission errors): `auto`
-    /// (off for root) or `false`; `true` is refused, Ferry runs as root.
+    /// runc's rootless mode (ignore cgroup permission errors): `auto` and
+    /// `false` are accepted; `true` is refused, Ferry runs as root.
     #[arg(long, value_parser = ["auto", "true", "false"], default_value = "auto")]
     pub rootless: String,
     /// The criu binary to use (default: `criu` in PATH).
@@ -257,9 +257,9 @@ fn main() -> ExitCode {
             .print_help();
         return ExitCode::SUCCESS;
     };
-    if cli.rootless == "true" || (cli.rootless == "auto" && !nix::unistd::geteuid().is_root()) {
+    if cli.rootless == "true" {
         eprintln!(
-            "ferry: rootless mode is not supported: run ferry as root (--rootless false or auto)"
+            "ferry: rootless mode is not supported: run ferry as root, with --rootless false or auto"
         );
         return ExitCode::FAILURE;
     }

@@ -419,6 +419,9 @@ fn ns_paths(spec: &Spec) -> Result<(Vec<(CloneFlags, OwnedFd)>, CloneFlags)> {
 pub struct IdMaps {
     uid: String,
     gid: String,
+    /// The host uid and gid of the namespace's root (container id 0);
+    /// the host's root when 0 is not mapped.
+    host_root: (u32, u32),
 }
 
 impl IdMaps {
@@ -426,6 +429,16 @@ impl IdMaps {
     /// runc ("user namespaces enabled, but no uid/gid mappings").
     fn of(spec: &Spec, config: &Path) -> Result<IdMaps> {
         let linux = spec.linux().as_ref();
+        let root = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            m.into_iter()
+                .flatten()
+                .find(|e| e.container_id() == 0)
+                .map_or(0, |e| e.host_id())
+        };
+        let host_root = (
+            root(linux.and_then(|l| l.uid_mappings().as_ref())),
+            root(linux.and_then(|l| l.gid_mappings().as_ref())),
+        );
         let text = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
             m.map(|v| {
                 v.iter()
@@ -437,30 +450,16 @@ impl IdMaps {
         let uid = text(linux.and_then(|l| l.uid_mappings().as_ref()));
         let gid = text(linux.and_then(|l| l.gid_mappings().as_ref()));
         match (uid, gid) {
-            (Some(uid), Some(gid)) => Ok(IdMaps { uid, gid }),
+            (Some(uid), Some(gid)) => Ok(IdMaps {
+                uid,
+                gid,
+                host_root,
+            }),
             _ => Err(Error::InvalidConfig {
                 path: config.to_path_buf(),
                 reason: "a user namespace is requested but linux.uidMappings or linux.gidMappings is missing".into(),
             }),
         }
-    }
-
-    /// The host uid and gid of the namespace's root (container id 0);
-    /// the host's root when 0 is not mapped.
-    fn host_root(&self) -> (u32, u32) {
-        let find = |text: &str| {
-            text.lines()
-                .filter_map(|l| {
-                    let v: Vec<u32> = l
-                        .split_whitespace()
-                        .filter_map(|x| x.parse().ok())
-                        .collect();
-                    (v.len() == 3 && v[0] == 0).then_some(v[1])
-                })
-                .next()
-                .unwrap_or(0)
-        };
-        (find(&self.uid), find(&self.gid))
     }
 
     fn write(&self, pid: Pid) -> Result<()> {
@@ -611,7 +610,7 @@ impl Container {
         // The init, root of its user namespace, owns its exec.fifo (runc
         // chowns it to the container's root).
         if let Some(m) = &maps {
-            let (uid, gid) = m.host_root();
+            let (uid, gid) = m.host_root;
             nix::unistd::chown(
                 &fifo_path,
                 Some(nix::unistd::Uid::from_raw(uid)),

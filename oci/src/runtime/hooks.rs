@@ -114,12 +114,7 @@ fn status_text(status: &std::process::ExitStatus) -> String {
             let text = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }
                 .to_string_lossy()
                 .into_owned();
-            let mut c = text.chars();
-            let lower: String = match c.next() {
-                Some(f) => f.to_lowercase().chain(c).collect(),
-                None => format!("signal {sig}"),
-            };
-            format!("signal: {lower}")
+            format!("signal: {}", super::subcgroup::go_spelling(&text))
         }
         None => status.to_string(),
     }

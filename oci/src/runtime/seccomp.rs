@@ -183,11 +183,23 @@ pub fn build(s: &LinuxSeccomp) -> Result<Filter> {
         f.add_arch(a)
             .map_err(seccomp_err(format!("adding seccomp architecture {name}")))?;
     }
+    // The same flags as seccomp(2) takes them, for a program loaded
+    // without libseccomp (the ENOSYS-patched one below).
+    let mut kernel_flags: libc::c_ulong = 0;
     for flag in s.flags().iter().flatten() {
         match flag {
-            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => f.set_ctl_tsync(true),
-            LinuxSeccompFilterFlag::SeccompFilterFlagLog => f.set_ctl_log(true),
-            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => f.set_ctl_ssb(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => {
+                kernel_flags |= libc::SECCOMP_FILTER_FLAG_TSYNC;
+                f.set_ctl_tsync(true)
+            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => {
+                kernel_flags |= libc::SECCOMP_FILTER_FLAG_LOG;
+                f.set_ctl_log(true)
+            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                kernel_flags |= libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW;
+                f.set_ctl_ssb(true)
+            }
             // Only meaningful for a seccomp agent, which is refused above
             // anyway for SCMP_ACT_NOTIFY.
             LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
@@ -227,25 +239,12 @@ pub fn build(s: &LinuxSeccomp) -> Result<Filter> {
     let max = super::seccomp_enosys::max_native_syscall(names);
     let patched = match (default, max) {
         (ScmpAction::Allow, _) | (_, None) => None,
-        (_, Some(max)) => {
-            let mut flags: libc::c_ulong = 0;
-            for flag in s.flags().iter().flatten() {
-                flags |= match flag {
-                    LinuxSeccompFilterFlag::SeccompFilterFlagTsync => 1,
-                    LinuxSeccompFilterFlag::SeccompFilterFlagLog => 2,
-                    LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => 4,
-                    LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => 0,
-                };
-            }
-            Some(
-                super::seccomp_enosys::patch(&f, max, flags).map_err(|source| {
-                    Error::SeccompPatch {
-                        what: "adding the ENOSYS stub to the seccomp filter",
-                        source,
-                    }
-                })?,
-            )
-        }
+        (_, Some(max)) => Some(super::seccomp_enosys::patch(&f, max, kernel_flags).map_err(
+            |source| Error::SeccompPatch {
+                what: "adding the ENOSYS stub to the seccomp filter",
+                source,
+            },
+        )?),
     };
     Ok(Filter { ctx: f, patched })
 }

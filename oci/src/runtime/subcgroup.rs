@@ -23,18 +23,21 @@ pub enum Placement {
     Dirs(Vec<PathBuf>),
 }
 
-/// An errno as Go's syscall.Errno prints it (lowercase strerror), which is
-/// how runc's messages read and what scripts match.
+/// `text` with its first letter in lower case: libc's strerror and
+/// strsignal texts as Go spells them ("no such file or directory", "bad
+/// system call"), which is how runc's messages read and what scripts match.
+pub(crate) fn go_spelling(text: &str) -> String {
+    let mut c = text.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// An errno as Go's syscall.Errno prints it.
 pub fn errno_text(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(n) => {
-            let d = nix::errno::Errno::from_raw(n).desc();
-            let mut c = d.chars();
-            match c.next() {
-                Some(f) => f.to_lowercase().chain(c).collect(),
-                None => String::new(),
-            }
-        }
+        Some(n) => go_spelling(nix::errno::Errno::from_raw(n).desc()),
         None => e.to_string(),
     }
 }

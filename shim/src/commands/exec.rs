@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::lifecycle::{own_console, wait_foreground};
 use anyhow::Context;
 use ferry_oci::runtime::console::{ConsoleSocket, ForegroundTty};
-use ferry_oci::runtime::container::wait_exit;
 use ferry_oci::runtime::{Container, ExecOptions};
 use oci_spec::runtime::Process;
 
@@ -103,9 +103,7 @@ pub fn exec(cli: &Cli, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     }
     // A foreground exec with a terminal and no console socket gets a pty
     // proxied to our stdio, as with runc.
-    let console = (p.terminal().unwrap_or(false) && !a.detach && a.console_socket.is_none())
-        .then(ConsoleSocket::new)
-        .transpose()?;
+    let console = own_console(p.terminal().unwrap_or(false), a.detach, &a.console_socket)?;
     let pid = c.exec(
         &p,
         &ExecOptions {
@@ -129,9 +127,5 @@ pub fn exec(cli: &Cli, a: &ExecArgs) -> anyhow::Result<ExitCode> {
         .map(ConsoleSocket::receive)
         .transpose()?
         .map(ForegroundTty::attach);
-    let code = wait_exit(pid);
-    if let Some(t) = tty {
-        t.finish(std::time::Duration::from_secs(1));
-    }
-    Ok(ExitCode::from(code as u8))
+    Ok(wait_foreground(pid, tty))
 }

@@ -106,16 +106,27 @@ pub fn start(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
 
 /// A console socket of our own when the process wants a terminal, runs in
 /// the foreground and the caller gave none: runc then proxies the pty to
-/// its own stdio (tty.go's setupProcessPipes/recvtty path).
-fn own_console(
-    bundle_or_terminal: bool,
+/// its own stdio (tty.go's setupProcessPipes/recvtty path). Shared by
+/// `run` and `exec`.
+pub(crate) fn own_console(
+    terminal: bool,
     detach: bool,
     given: &Option<PathBuf>,
 ) -> anyhow::Result<Option<ConsoleSocket>> {
-    if !bundle_or_terminal || detach || given.is_some() {
+    if !terminal || detach || given.is_some() {
         return Ok(None);
     }
     Ok(Some(ConsoleSocket::new()?))
+}
+
+/// Waits for a foreground process, its pty (if [`own_console`] made one)
+/// proxied to our stdio until the process is gone and its output drained.
+pub(crate) fn wait_foreground(pid: nix::unistd::Pid, tty: Option<ForegroundTty>) -> ExitCode {
+    let code = wait_exit(pid);
+    if let Some(t) = tty {
+        t.finish(std::time::Duration::from_secs(1));
+    }
+    ExitCode::from(code as u8)
 }
 
 pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -147,16 +158,13 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let pid = nix::unistd::Pid::from_raw(c.state.pid);
     drop(c);
-    let code = wait_exit(pid);
-    if let Some(t) = tty {
-        t.finish(std::time::Duration::from_secs(1));
-    }
+    let code = wait_foreground(pid, tty);
     if !a.keep {
         if let Ok(c) = Container::load(&cli.root, &a.create.id) {
             let _ = c.delete(true);
         }
     }
-    Ok(ExitCode::from(code as u8))
+    Ok(code)
 }
 
 /// runc's containerState (state.go, list.go): its field order is what
@@ -179,9 +187,10 @@ struct ContainerState<'a> {
 
 impl<'a> ContainerState<'a> {
     fn of(s: &'a ferry_oci::runtime::State, status: Status, owner: &'a str) -> Self {
-        // The version of the container's config, as runc reports it.
-        let oci_version = ferry_oci::runtime::spec::Bundle::load(&s.bundle)
-            .map(|b| b.spec.version().clone())
+        // The version of the container's config, as runc reports it (the
+        // config the state points at; a bundle removed since says ours).
+        let oci_version = oci_spec::runtime::Spec::load(&s.config)
+            .map(|spec| spec.version().clone())
             .unwrap_or_else(|_| ferry_oci::runtime::spec::SPEC_VERSION.to_string());
         ContainerState {
             oci_version,
