@@ -47,6 +47,10 @@ pub struct CheckpointOptions {
     /// keeps the source until the destination runs.
     pub leave_stopped: bool,
     pub tcp_established: bool,
+    /// With `tcp_established`: lock the network namespace the container
+    /// joined (dockerd's sandbox), which CRIU treats as external and does
+    /// not lock (runc neither); a move, whose source dies here, needs it.
+    pub lock_joined_netns: bool,
     pub tcp_skip_in_flight: bool,
     pub ext_unix_sk: bool,
     pub shell_job: bool,

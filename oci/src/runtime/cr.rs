@@ -73,12 +73,20 @@ impl Container {
         let leave_stopped = opts.leave_stopped;
         // Ferry's own netns is external to CRIU, which then locks nothing:
         // Ferry locks it as CRIU would have (network::criu_lock).
-        let locked = match (&self.state.net, opts.tcp_established) {
-            (Some(n), true) => {
-                crate::network::criu_lock::add(&n.netns)?;
-                Some(n.netns.clone())
-            }
+        // So is a namespace the container joined (dockerd's sandbox) when
+        // asked: a move kills the container here, and the peers' packets
+        // must meet a locked namespace, not a closed socket's RST.
+        let to_lock = match (&self.state.net, opts.tcp_established) {
+            (Some(n), true) => Some(n.netns.clone()),
+            (None, true) if opts.lock_joined_netns => joined_netns(&spec),
             _ => None,
+        };
+        let locked = match to_lock {
+            Some(ns) => {
+                crate::network::criu_lock::add(&ns)?;
+                Some(ns)
+            }
+            None => None,
         };
         let result = checkpoint::checkpoint(criu, &target, opts, on_notify);
         // A leave-stopped dump keeps its lock until the tasks die or resume
@@ -108,9 +116,13 @@ impl Container {
 /// `ferry restore`'s runtime-side options.
 #[derive(Debug, Default)]
 pub struct RestoreRuntimeOptions {
-    /// The restore stands in for `create` (FERRY_RESTORE): a later
-    /// `start` finds the container running and succeeds.
+    /// The restore stands in for `create` (a [`super::pending`] request):
+    /// a later `start` finds the container running and succeeds.
     pub at_create: bool,
+    /// Lock the network namespace the spec joins (dockerd's sandbox) until
+    /// the tasks are restored, as CRIU locks one it restores itself: a
+    /// peer's packet must not meet a socket not yet there (and get a RST).
+    pub lock_joined_netns: bool,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub systemd_cgroup: bool,
@@ -193,23 +205,16 @@ impl RestoreHooks for Hooks<'_> {
     }
 }
 
-/// The environment variable that turns `ferry create` into a restore: how a
-/// dockerd without `--experimental` (which refuses `docker start
-/// --checkpoint`) restores a container Ferry checkpointed: `docker create
-/// --runtime ferry -e FERRY_RESTORE=/path/to/checkpoint ...` then
-/// `docker start`.
-pub const RESTORE_ENV: &str = "FERRY_RESTORE";
-
-/// The checkpoint a bundle asks to be restored from, if any.
-pub fn restore_requested(spec: &Spec) -> Option<PathBuf> {
-    spec.process()
+/// The network namespace the spec joins (a path), if any.
+pub fn joined_netns(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
         .as_ref()?
-        .env()
+        .namespaces()
         .as_ref()?
         .iter()
-        .find_map(|e| e.strip_prefix(RESTORE_ENV)?.strip_prefix('='))
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?
+        .path()
+        .clone()
 }
 
 /// `ferry restore`: a new container `id` from the bundle at `bundle_dir`
@@ -283,16 +288,23 @@ pub fn restore_container(
     };
     // The restored sockets' packets are dropped until the tasks run (CRIU
     // locks only namespaces it restores itself).
-    let locked = match (&net, opts.tcp_established) {
-        (Some(n), true) => {
-            if let Err(e) = crate::network::criu_lock::add(&n.netns) {
-                let _ = n.detach();
+    let to_lock = match (&net, opts.tcp_established) {
+        (Some(n), true) => Some(n.netns.clone()),
+        (None, true) if rt.lock_joined_netns => joined_netns(&bundle.spec),
+        _ => None,
+    };
+    let locked = match to_lock {
+        Some(ns) => {
+            if let Err(e) = crate::network::criu_lock::add(&ns) {
+                if let Some(n) = &net {
+                    let _ = n.detach();
+                }
                 let _ = dir.remove();
                 return Err(e);
             }
-            Some(n.netns.clone())
+            Some(ns)
         }
-        _ => None,
+        None => None,
     };
     let mut hooks = Hooks {
         cgroup: &cgroup,

@@ -17,6 +17,7 @@ pub mod events;
 pub mod hooks;
 pub mod init;
 pub mod net;
+pub mod pending;
 pub mod process;
 pub mod resources;
 pub mod seccomp;

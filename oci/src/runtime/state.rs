@@ -35,7 +35,7 @@ pub struct State {
     pub started: bool,
     /// The config the container was created with (hooks for delete).
     pub config: PathBuf,
-    /// Restored from a checkpoint when it was created (FERRY_RESTORE):
+    /// Restored from a checkpoint when it was created (a pending restore):
     /// it already runs, and `start` has nothing left to do.
     #[serde(default)]
     pub restored: bool,

@@ -210,6 +210,10 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
         leave_running: a.leave_running,
         leave_stopped: a.leave_stopped,
         tcp_established: f.tcp_established,
+        // runc's checkpoint leaves a joined netns unlocked; --docker's
+        // export (the container dies here, its peers must not see RSTs)
+        // sets it below.
+        lock_joined_netns: false,
         tcp_skip_in_flight: a.tcp_skip_in_flight,
         ext_unix_sk: f.ext_unix_sk,
         shell_job: f.shell_job,

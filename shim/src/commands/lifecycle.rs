@@ -89,8 +89,8 @@ fn create_opts(cli: &Cli, a: &CreateArgs, subreaper: bool) -> CreateOptions {
 }
 
 pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
-    if let Some(images) = restore_request(&a.bundle)? {
-        return restore_at_create(cli, a, images);
+    if let Some((pending, req)) = ferry_oci::runtime::pending::Pending::claim(&cli.root, &a.id)? {
+        return restore_at_create(cli, a, pending, req);
     }
     Container::create(&cli.root, &a.id, &a.bundle, &create_opts(cli, a, false))
         .with_context(|| format!("creating container {}", a.id))?;
@@ -288,42 +288,40 @@ pub fn resume(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore_request(bundle: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
-    // A bundle that does not load is create's to report.
-    let Ok(b) = ferry_oci::runtime::spec::Bundle::load(bundle) else {
-        return Ok(None);
-    };
-    Ok(ferry_oci::runtime::cr::restore_requested(&b.spec))
-}
-
-/// `create` of a bundle whose env names a checkpoint (FERRY_RESTORE): the
-/// container is restored from it, detached, with this process's stdio
-/// (dockerd's pipes) standing in for the checkpointed ones.
-fn restore_at_create(cli: &Cli, a: &CreateArgs, images: PathBuf) -> anyhow::Result<ExitCode> {
-    use ferry_oci::runtime::cr::{restore_container, RestoreRuntimeOptions};
-    // A checkpoint carried between dockerds is a move by hand: the same
-    // CRIU flags as `ferry migrate`'s.
-    let opts = ferry_oci::migrate::CRIU_FLAGS.restore(images.clone());
+/// `create` of a container whose restore is pending (see
+/// ferry_oci::runtime::pending: a migration agent or `ferry restore
+/// --docker` created it through dockerd and asked for it): the container is
+/// restored, detached, with this process's stdio (dockerd's pipes) standing
+/// in for the checkpointed ones.
+fn restore_at_create(
+    cli: &Cli,
+    a: &CreateArgs,
+    pending: ferry_oci::runtime::pending::Pending,
+    req: ferry_oci::runtime::pending::Request,
+) -> anyhow::Result<ExitCode> {
+    use ferry_oci::runtime::cr::RestoreRuntimeOptions;
     let rt = RestoreRuntimeOptions {
         at_create: true,
+        lock_joined_netns: true,
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         systemd_cgroup: cli.systemd_cgroup,
         stdio: None,
     };
-    restore_container(
+    ferry_oci::runtime::pending::restore_claimed(
+        &pending,
+        &req,
         &cli.root,
         &a.id,
         &a.bundle,
         &super::checkpoint::criu(cli),
-        &opts,
         &rt,
     )
     .with_context(|| {
         format!(
-            "restoring container {} from {} (FERRY_RESTORE)",
+            "restoring container {} from {} (a pending restore)",
             a.id,
-            images.display()
+            req.images.display()
         )
     })?;
     Ok(ExitCode::SUCCESS)

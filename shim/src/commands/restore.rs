@@ -91,6 +91,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = RestoreRuntimeOptions {
         at_create: false,
+        lock_joined_netns: false,
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         systemd_cgroup: cli.systemd_cgroup,
