@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod docker;
+pub use docker::*;
+
 /// The binary under test: $FERRY_BIN (hack/test sets it), else the debug
 /// build, which `cargo test --workspace` builds.
 pub fn ferry_bin() -> PathBuf {
@@ -438,6 +441,8 @@ impl Drop for NetPair {
 /// the test's own; removed on drop.
 pub struct Hosts {
     pub name: String,
+    /// The first three bytes of the wire's /24, e.g. "10.66.0".
+    pub subnet: String,
 }
 
 impl Hosts {
@@ -450,9 +455,43 @@ impl Hosts {
             .stdout(Stdio::null())
             .status()
             .unwrap();
-        let h = Hosts { name: name.into() };
+        let h = Hosts {
+            name: name.into(),
+            subnet: subnet.into(),
+        };
         assert!(st.success(), "hack/hosts up failed");
         h
+    }
+
+    /// The network namespace (its name under /run/netns) of host `h`: "a",
+    /// "b", "client" or "wire".
+    pub fn netns(&self, h: &str) -> String {
+        format!("{}-{h}", self.name)
+    }
+
+    /// The address of host `h` ("a", "b", "client") on the wire.
+    pub fn addr(&self, h: &str) -> String {
+        let last = match h {
+            "a" => 1,
+            "b" => 2,
+            "client" => 100,
+            _ => panic!("hack/hosts has no host {h}"),
+        };
+        format!("{}.{last}", self.subnet)
+    }
+
+    /// Runs `f` on a thread inside host `h`'s network namespace.
+    pub fn in_host<T: Send + 'static>(
+        &self,
+        h: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.netns(h));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
     }
 }
 

@@ -5,215 +5,14 @@
 //! - containers run with ferry: output, exec, stop, rm, nothing left;
 //! - with `--experimental`: `docker checkpoint create` and `docker start
 //!   --checkpoint` continue a counter;
-//! - WITHOUT `--experimental`, on two dockerds: `ferry --root <dockerd's
-//!   runtime dir> checkpoint` on one, `docker create -e FERRY_RESTORE=...`
-//!   and `docker start` on the other; the counter continues.
-
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+//! - WITHOUT `--experimental`, on two dockerds, by hand: `ferry checkpoint
+//!   --docker NAME --export FILE.zst` on one (the container stops),
+//!   `ferry restore --docker --import FILE.zst` on the other (and again
+//!   under another `--name`); the counter continues in both.
+//!
+//! The dockerd harness is ferry_tests::Dockerd (tests/src/docker.rs).
 
 use ferry_tests::*;
-
-const DOCKERD: &str = "/usr/sbin/dockerd";
-const DOCKER: &str = "/usr/bin/docker";
-/// The counter as docker runs it: numbers on stdout (docker logs).
-const LOOP: &str = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done";
-
-struct Dockerd {
-    dir: tempfile::TempDir,
-    netns: String,
-    child: Option<std::process::Child>,
-}
-
-impl Dockerd {
-    fn start(tag: &str, experimental: bool) -> Dockerd {
-        require_root();
-        assert!(
-            Path::new(DOCKERD).exists(),
-            "{DOCKERD} is missing: apt-get install docker.io (hack/setup does)"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-dockerd-")
-            .tempdir()
-            .unwrap();
-        let netns = format!("fd{}{tag}", std::process::id() % 100000);
-        ip(&["netns", "add", &netns]);
-        ip(&["-n", &netns, "link", "set", "lo", "up"]);
-        let mut d = Dockerd {
-            dir,
-            netns,
-            child: None,
-        };
-        let log = std::fs::File::create(d.path().join("dockerd.log")).unwrap();
-        // nsenter, not `ip netns exec`: the latter remounts /sys and hides
-        // the cgroup hierarchies from dockerd.
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", d.netns))
-            .arg(DOCKERD)
-            .arg("--data-root")
-            .arg(d.path().join("data"))
-            .arg("--exec-root")
-            .arg(d.path().join("exec"))
-            .arg("-H")
-            .arg(format!("unix://{}", d.sock().display()))
-            .arg("--pidfile")
-            .arg(d.path().join("docker.pid"))
-            .arg("--add-runtime")
-            .arg(format!("ferry={}", ferry_bin().display()))
-            .args(["--iptables=false", "--bridge=none"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if experimental {
-            cmd.arg("--experimental");
-        }
-        d.child = Some(cmd.spawn().expect("starting dockerd"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.docker(&["info"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not come up: {}",
-                std::fs::read_to_string(d.path().join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // A busybox image, imported: no registry here.
-        let rootfs = busybox_bundle(d.path(), &["sh"]).join("rootfs");
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let st = Command::new(DOCKER)
-            .arg("-H")
-            .arg(format!("unix://{}", d.sock().display()))
-            .args(["import", "-", "busybox:ferry"])
-            .stdin(tar.stdout.take().unwrap())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(
-            tar.wait().unwrap().success(),
-            "tar of the busybox rootfs failed"
-        );
-        assert!(st.success(), "docker import failed");
-        d
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.path().join("docker.sock")
-    }
-
-    /// Where dockerd 20.10 keeps the runtime's state (its `--root`).
-    fn runtime_root(&self) -> PathBuf {
-        self.path().join("exec/runtime-runc/moby")
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        run_ferry(
-            Command::new(DOCKER)
-                .arg("-H")
-                .arg(format!("unix://{}", self.sock().display()))
-                .args(args),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// `docker run -d` of the counter with ferry, under docker's default
-    /// seccomp profile; returns the container id.
-    fn run_counter(&self) -> String {
-        self.ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            "ferry",
-            "busybox:ferry",
-            "sh",
-            "-c",
-            LOOP,
-        ])
-    }
-
-    fn log_numbers(&self, id: &str) -> Vec<u64> {
-        let out = self.docker(&["logs", id]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-
-    fn wait_logs(&self, id: &str, n: usize) -> Vec<u64> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = self.log_numbers(id);
-            if v.len() >= n {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker logs {id} stuck at {}",
-                v.len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let ids = self.docker(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&ids.stdout).lines() {
-            let _ = self.docker(&["rm", "-f", id]);
-        }
-        if let Ok(pid) = std::fs::read_to_string(self.path().join("docker.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-        // dockerd leaves its exec-root mounts (netns, shm) on a hard stop.
-        let mounts = mount_leftovers(self.path().to_str().unwrap());
-        for m in mounts.iter().rev() {
-            if let Some(p) = m.split(' ').nth(4) {
-                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-    }
-}
-
-fn assert_consecutive_from_zero(v: &[u64]) {
-    for (i, n) in v.iter().enumerate() {
-        assert_eq!(*n, i as u64, "log line {i} is {n}");
-    }
-}
 
 #[test]
 fn docker_runs_execs_stops_and_removes_containers_with_ferry() {
@@ -229,7 +28,7 @@ fn docker_runs_execs_stops_and_removes_containers_with_ferry() {
         "echo hello from ferry",
     ]);
     assert_eq!(out, "hello from ferry");
-    let id = d.run_counter();
+    let id = d.run_counter("counter");
     d.wait_logs(&id, 3);
     let state: serde_json::Value =
         serde_json::from_str(&Root::ferry_at(&d.runtime_root(), &["state", &id])).unwrap();
@@ -266,13 +65,13 @@ fn docker_runs_execs_stops_and_removes_containers_with_ferry() {
 #[test]
 fn experimental_docker_checkpoint_and_start_from_it() {
     let d = Dockerd::start("x", true);
-    let id = d.run_counter();
+    let id = d.run_counter("counter");
     d.wait_logs(&id, 5);
     d.ok(&["checkpoint", "create", &id, "cp1"]);
     let before = d.log_numbers(&id);
     d.ok(&["start", "--checkpoint", "cp1", &id]);
     let after = d.wait_logs(&id, before.len() + 10);
-    assert_consecutive_from_zero(&after);
+    assert_consecutive(&after);
     d.ok(&["rm", "-f", &id]);
 }
 
@@ -280,43 +79,106 @@ fn experimental_docker_checkpoint_and_start_from_it() {
 fn checkpoint_and_restore_across_dockerds_without_experimental() {
     let a = Dockerd::start("a", false);
     let b = Dockerd::start("b", false);
-    let err = a.docker(&["checkpoint", "create", "x", "y"]);
+    a.fails(&["checkpoint", "create", "x", "y"]);
+
+    let src = a.run_counter("mover");
+    a.wait_logs(&src, 5);
+    // One file, zstd-compressed because of its name.
+    let archive = a.path().join("mover.tar.zst");
+    let out = a.ferry(&[
+        "checkpoint",
+        "--docker",
+        "mover",
+        "--export",
+        archive.to_str().unwrap(),
+        "--docker-host",
+        &a.host_arg(),
+    ]);
     assert!(
-        !err.status.success(),
-        "this dockerd refuses docker checkpoint"
+        out.status.success(),
+        "ferry checkpoint --docker: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(archive.is_file(), "no archive at {}", archive.display());
+    let head = std::fs::read(&archive).unwrap();
+    assert_eq!(
+        head.get(..4),
+        Some(&[0x28, 0xb5, 0x2f, 0xfd][..]),
+        "{} is not zstd",
+        archive.display()
+    );
+    // It stopped, as after runc checkpoint.
+    assert_ne!(a.state(&src), "running");
+    assert!(!a.running_names().contains(&"mover".to_string()));
+    let before = a.log_numbers(&src);
+    assert_consecutive(&before);
+    let k = *before.last().unwrap();
+    assert!(
+        !a.runtime_state().contains(&src),
+        "ferry state of the checkpointed container left: {:?}",
+        a.runtime_state()
     );
 
-    let src = a.run_counter();
-    a.wait_logs(&src, 5);
-    let images = a.path().join("moved");
-    Root::ferry_at(
-        &a.runtime_root(),
-        &["checkpoint", "--image-path", images.to_str().unwrap(), &src],
+    let restore = |d: &Dockerd, extra: &[&str]| -> String {
+        let mut args = vec![
+            "restore",
+            "--docker",
+            "--import",
+            archive.to_str().unwrap(),
+            "--docker-host",
+        ];
+        let host = d.host_arg();
+        args.push(&host);
+        args.extend_from_slice(extra);
+        let out = d.ferry(&args);
+        assert!(
+            out.status.success(),
+            "ferry restore --docker {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let continues = |d: &Dockerd, id: &str| {
+        let after = d.wait_logs(id, 10);
+        let expected: Vec<u64> = (k + 1..k + 1 + after.len() as u64).collect();
+        assert_eq!(after, expected, "the restored container continues from {k}");
+    };
+
+    // On B, under the same name.
+    let dst = restore(&b, &[]);
+    let full = b.id("mover");
+    assert!(
+        dst.len() >= 12 && full.starts_with(&dst),
+        "restore printed {dst:?}, not the new container's id {full}"
     );
-    let before = a.log_numbers(&src);
-    assert_consecutive_from_zero(&before);
-    let dst = b.ok(&[
-        "create",
-        "--runtime",
-        "ferry",
-        "-e",
-        &format!("FERRY_RESTORE={}", images.display()),
-        "busybox:ferry",
-        "sh",
-        "-c",
-        LOOP,
-    ]);
-    b.ok(&["start", &dst]);
-    let after = b.wait_logs(&dst, 10);
-    let k = before.last().copied().unwrap();
-    let expected: Vec<u64> = (k + 1..k + 1 + after.len() as u64).collect();
-    assert_eq!(after, expected, "the restored container continues from {k}");
+    let dst = full;
+    assert_eq!(b.state(&dst), "running");
+    continues(&b, &dst);
+    assert_eq!(b.ok(&["exec", "mover", "sh", "-c", "echo hi"]), "hi");
     b.ok(&["stop", "-t", "1", &dst]);
     b.ok(&["rm", &dst]);
     assert!(
-        std::fs::read_dir(b.runtime_root())
-            .map(|r| r.count())
-            .unwrap_or(0)
-            == 0
+        b.runtime_state().is_empty(),
+        "state left under B's runtime root: {:?}",
+        b.runtime_state()
+    );
+
+    // The same archive on A again, under another name (A still holds the
+    // stopped "mover").
+    let again = restore(&a, &["--name", "mover2"]);
+    let full = a.id("mover2");
+    assert!(
+        again.len() >= 12 && full.starts_with(&again),
+        "restore printed {again:?}, not the new container's id {full}"
+    );
+    let again = full;
+    assert_ne!(again, src);
+    assert_eq!(a.state(&again), "running");
+    continues(&a, &again);
+    a.ok(&["rm", "-f", &again]);
+    assert!(
+        !a.runtime_state().contains(&again),
+        "state left under A's runtime root: {:?}",
+        a.runtime_state()
     );
 }
