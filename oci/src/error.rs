@@ -215,6 +215,42 @@ pub enum Error {
     #[error("invalid network set-up: {reason}")]
     InvalidNetwork { reason: &'static str },
 
+    #[error("unsupported docker host `{host}`: {reason} (set --docker-host or DOCKER_HOST to unix:///path/docker.sock)")]
+    DockerHost { host: String, reason: &'static str },
+
+    #[error(
+        "cannot reach dockerd at {host} (is dockerd running? set --docker-host or DOCKER_HOST)"
+    )]
+    DockerConnect {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+
+    /// A request dockerd refused or failed; the source has its status
+    /// code and message.
+    #[error("dockerd at {host}: {op} {what}")]
+    Docker {
+        op: &'static str,
+        what: String,
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+
+    #[error("no container `{name}` on dockerd at {host} (`docker ps -a` lists them)")]
+    DockerNotFound { name: String, host: String },
+
+    #[error("container `{id}` is still running after {waited:?} (dockerd at {host})")]
+    DockerTimeout {
+        id: String,
+        host: String,
+        waited: std::time::Duration,
+    },
+
+    #[error("cannot find the exec-root of dockerd at {host}: {reason} (run Ferry in dockerd's pid namespace)")]
+    DockerDaemon { host: String, reason: String },
+
     #[error("{op} {}", path.display())]
     Io {
         op: &'static str,

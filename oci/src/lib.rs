@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod criu_plan;
+pub mod docker;
 pub mod error;
 pub mod export;
 pub mod migrate;
