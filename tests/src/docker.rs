@@ -263,7 +263,9 @@ impl Dockerd {
     }
 
     /// Imports Debian's busybox-static rootfs (hack/mkbundle-busybox) as
-    /// image `tag`: no registry here.
+    /// image `tag`: no registry here. The tarball is the same bytes every
+    /// time (names sorted, times and owners fixed), so that two dockerds
+    /// importing it hold the same layer, as two hosts that pulled one image.
     pub fn import_busybox(&self, tag: &str) {
         let scratch = self
             .path()
@@ -272,7 +274,15 @@ impl Dockerd {
         let mut tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
-            .args(["-c", "."])
+            .args([
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-c",
+                ".",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
