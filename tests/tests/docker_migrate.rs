@@ -210,8 +210,11 @@ impl Two {
             "ferry serve --new-key: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // hack/hosts names interfaces after the last 8 bytes of the name.
-        let hosts = Hosts::up(&format!("dm{:04}{t}", std::process::id() % 10000), subnet);
+        // hack/hosts names interfaces after the last 8 bytes of the name
+        // (`${NAME: -8}`, empty for a shorter name): 8 bytes, unique.
+        let name = format!("dm{:05}{t}", std::process::id() % 100000);
+        assert_eq!(name.len(), 8, "{name}");
+        let hosts = Hosts::up(&name, subnet);
         let a = Dockerd::in_host(&hosts, "a", true);
         let b = Dockerd::in_host(&hosts, "b", true);
         a.import_busybox(BUSYBOX_IMAGE);
@@ -879,6 +882,7 @@ fn a_killed_agent_keeps_the_source_and_is_cleaned_up_once_restarted() {
         std::thread::sleep(Duration::from_millis(5));
     };
     s.agent_b().kill();
+    eprintln!("agent B SIGKILLed when {why}");
     let (moved, said) = mig.finish();
     let _ = events.kill();
     let _ = events.wait();
