@@ -11,7 +11,8 @@
 //!   as NAME.moved*, the destination's container answers `docker ps`,
 //!   inspect and exec, and stop/rm leave no ferry state;
 //! - the writable layer moves: files written, a file of the image changed
-//!   and one deleted (a whiteout) are the same after the move;
+//!   and one deleted (a whiteout) are the same after the move (with
+//!   --rm-source, which removes the source container);
 //! - a TCP client keeps one connection to a server on a macvlan network
 //!   (same name and subnet on both hosts, a fixed --ip) across the move;
 //! - failures keep the source running with its counter going on and leave
@@ -631,7 +632,8 @@ fn a_counter_moves_there_and_back_by_name() {
 }
 
 /// Files written before the move, a file of the image changed and one
-/// deleted (a whiteout in the writable layer) are the same after it.
+/// deleted (a whiteout in the writable layer) are the same after it; with
+/// --rm-source the source container is removed.
 #[test]
 fn the_writable_layer_moves_with_the_container() {
     let s = Two::up("w", "10.72.2", ImageOnB::Same);
@@ -656,8 +658,31 @@ fn the_writable_layer_moves_with_the_container() {
     assert!(on_a.contains("640 5 /data.txt"), "{on_a}");
     assert!(on_a.contains("2097152 /d/e/blob"), "{on_a}");
 
-    s.migrate_ok("a", "files", &["--mode", "precopy"]);
-    assert_moved(&s.a, &s.b, "files", &src);
+    // With --rm-source: nothing of it stays on A.
+    let seen = *s.a.log_numbers("files").last().unwrap();
+    s.migrate_ok("a", "files", &["--mode", "precopy", "--rm-source"]);
+    assert_eq!(
+        s.a.all(),
+        vec![],
+        "--rm-source left the source container on A"
+    );
+    assert!(
+        !s.a.runtime_state().contains(&src),
+        "ferry state of the source left: {:?}",
+        s.a.runtime_state()
+    );
+    assert!(
+        s.b.running_names().iter().any(|n| n == "files"),
+        "{:?}",
+        s.b.all()
+    );
+    let after = s.b.wait_logs("files", 10);
+    assert!(
+        after[0] > seen,
+        "B's first number {} is not after {seen}, seen on A before the move",
+        after[0]
+    );
+    assert_continuous(&after);
     let on_b = s.b.ok(&look);
     assert_eq!(on_b, on_a, "the writable layer changed in the move");
 }
