@@ -825,8 +825,8 @@ fn a_taken_name_on_the_destination_keeps_both() {
     let before = s.b.all();
     let said = s.migrate_fails("a", "counter", &["--mode", "precopy"]);
     assert!(
-        said.contains("counter"),
-        "the error does not name the taken name: {said}"
+        said.contains("counter") && said.contains(&squat[..12]),
+        "the error does not name the taken name and the container holding it ({squat}): {said}"
     );
     assert_source_goes_on(&s.a, "counter", &src, &said);
     assert_no_trace(&s.b, &before, &said);
@@ -991,7 +991,7 @@ fn check_lists_the_problems_without_freezing_anything() {
     assert_no_trace(&s.b, &before, &said);
 
     // Also the name taken, by a container of the image B has.
-    s.b.ok(&[
+    let squat = s.b.ok(&[
         "create",
         "--name",
         "counter",
@@ -1002,8 +1002,8 @@ fn check_lists_the_problems_without_freezing_anything() {
     let before = s.b.all();
     let said = s.migrate_fails("a", "counter", &["--check"]);
     assert!(
-        said.contains(BUSYBOX_IMAGE) && said.contains("counter"),
-        "--check does not list both problems: {said}"
+        said.contains(BUSYBOX_IMAGE) && said.contains(&squat[..12]),
+        "--check does not list both problems (image, name held by {squat}): {said}"
     );
     assert_no_trace(&s.b, &before, &said);
 
