@@ -150,6 +150,18 @@ pub enum Error {
         failure: Box<crate::migrate::protocol::Failure>,
     },
 
+    /// A dockerd's container that `ferry migrate --docker` cannot move.
+    #[error("docker container {name} cannot move: {why}")]
+    DockerNotMovable { name: String, why: String },
+
+    /// The runtime's restore of a pending request failed (its failure as
+    /// the runtime reported it, CRIU's part included).
+    #[error("restoring container {id} at its create failed: {failure}")]
+    PendingRestoreFailed {
+        id: String,
+        failure: Box<crate::migrate::protocol::Failure>,
+    },
+
     #[error("the source gave up: {reason}")]
     SourceAborted { reason: String },
 

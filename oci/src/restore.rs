@@ -44,6 +44,10 @@ pub struct RestoreOptions {
     pub image_path: PathBuf,
     pub work_path: Option<PathBuf>,
     pub tcp_established: bool,
+    /// Restore established TCP connections closed (CRIU's `tcp_close`):
+    /// a container whose address changed (docker's default bridge on
+    /// another host) cannot have them back.
+    pub tcp_close: bool,
     pub ext_unix_sk: bool,
     pub shell_job: bool,
     pub file_locks: bool,
@@ -308,6 +312,7 @@ pub fn restore_options(
     t.shell_job = opts.shell_job;
     t.orphan_pts_master = true;
     t.tcp_established = opts.tcp_established;
+    t.tcp_close = opts.tcp_close;
     t.ext_unix_sk = opts.ext_unix_sk;
     t.file_locks = opts.file_locks;
     t.display_stats = true;

@@ -25,6 +25,7 @@ fn this_host_accepts_what_fits_and_its_own_cpu() {
         postcopy: true,
         terminal: false,
         address: None,
+        docker: None,
     };
     assert_eq!(preflight::judge(&facts, &needs, false, |_| None), []);
     let too_big = Needs {

@@ -100,7 +100,11 @@ pub fn create_spec(inspect: &ContainerInspectResponse) -> CreateSpec {
         volumes: c.volumes,
         working_dir: c.working_dir,
         entrypoint: c.entrypoint,
-        network_disabled: c.network_disabled,
+        // dockerd sets it itself (20.10 does when its default bridge is
+        // off, `--bridge=none`) and still gives such a container a sandbox
+        // with /etc/hosts; sent back, it means no sandbox at all, and the
+        // restore misses the mounts the dump saw.
+        network_disabled: None,
         on_build: None,
         labels: c.labels,
         stop_signal: c.stop_signal,

@@ -32,14 +32,17 @@ use criu_rpc::lazy::LazyPages;
 use criu_rpc::{Criu, ImageDirs, LogLevel, PageServerAddr, PageServerOptions};
 
 use super::auth::{self, Key};
+use super::docker::{DockerFacts, DockerNeeds};
 use super::preflight::{self, HostFacts, Needs};
 use super::protocol::{Failure, Hello, Reply, Stage, Step};
 use super::tarball;
 use super::wire::{self, StreamReader};
 use crate::checkpoint::private_dir;
+use crate::docker::Engine;
 use crate::error::{Error, Result};
 use crate::restore::RestoreOptions;
 use crate::runtime::cr::{restore_container, RestoreRuntimeOptions};
+use crate::runtime::pending::{Outcome, Pending, Request};
 use crate::runtime::Stdio;
 
 /// What `ferry serve` needs.
@@ -55,6 +58,9 @@ pub struct Agent {
     /// master (`ferry restore --console-socket`); without it they are
     /// refused in pre-flight.
     pub console_socket: Option<PathBuf>,
+    /// `ferry serve --docker`: docker containers land on this dockerd
+    /// (`Some(None)`: found as docker finds it).
+    pub docker: Option<Option<String>>,
     pages: Mutex<HashMap<String, Sender<TcpStream>>>,
 }
 
@@ -66,7 +72,24 @@ impl Agent {
             criu,
             cgroup_parent,
             console_socket: None,
+            docker: None,
             pages: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Receives docker containers onto the dockerd at `host` (`None`: as
+    /// docker finds it).
+    pub fn with_docker(mut self, host: Option<String>) -> Agent {
+        self.docker = Some(host);
+        self
+    }
+
+    fn engine(&self) -> Result<Engine> {
+        match &self.docker {
+            Some(host) => Engine::connect(host.as_deref()),
+            None => Err(Error::Protocol {
+                what: "a docker container offered to an agent without --docker",
+            }),
         }
     }
 
@@ -132,15 +155,32 @@ impl Agent {
             console: self.console_socket.is_some(),
             ..HostFacts::gather(&self.criu, &self.root)?
         };
-        let taken = self.root.join(&needs.container_id).exists();
+        let taken = needs.docker.is_none() && self.root.join(&needs.container_id).exists();
         let mut problems = preflight::judge(&facts, needs, taken, |p| {
             crate::overlay::layer_digest(p).ok()
         });
+        if let Some(d) = &needs.docker {
+            problems.extend(self.judge_docker(d));
+        }
         let scratch = tempfile_dir(&self.root, "cpu")?;
         let cpu = preflight::check_cpuinfo(&self.criu, cpuinfo, &scratch);
         let _ = std::fs::remove_dir_all(&scratch);
         problems.extend(cpu?);
         Ok((problems, facts))
+    }
+
+    /// The destination dockerd's verdict on a docker offer.
+    fn judge_docker(&self, d: &DockerNeeds) -> Vec<preflight::Problem> {
+        let Some(host) = &self.docker else {
+            return vec![preflight::Problem::NotDocker];
+        };
+        match Engine::connect(host.as_deref()).and_then(|e| DockerFacts::gather(&e, d)) {
+            Ok(facts) => super::docker::judge(d, &facts),
+            Err(e) => vec![preflight::Problem::DockerUnreachable {
+                host: host.clone().unwrap_or_else(|| "the default socket".into()),
+                error: crate::error::chain(&e),
+            }],
+        }
     }
 
     fn receive(
@@ -153,7 +193,7 @@ impl Agent {
         let id = needs.container_id.clone();
         crate::runtime::state::validate_id(&id)?;
         let dir = self.root.join("incoming").join(&id);
-        if !self.root.join(&id).exists() && dir.exists() {
+        if needs.docker.is_none() && !self.root.join(&id).exists() && dir.exists() {
             // What an earlier move of this id left (its container is gone).
             remove_incoming(&dir)?;
         }
@@ -161,6 +201,23 @@ impl Agent {
         if !problems.is_empty() {
             return wire::send(&mut s, &Reply::Refused { problems });
         }
+        // Where it lands: this agent's state root, or a container created
+        // on the dockerd (its writable layer, a pending restore).
+        let landing = match &needs.docker {
+            None => Ok(Landing::Native {
+                dir: dir.clone(),
+                overlay_mounted: false,
+            }),
+            Some(d) => self.engine().and_then(|e| Landing::docker(e, d)),
+        };
+        let mut landing = match landing {
+            Ok(l) => l,
+            Err(e) => {
+                let failure = Failure::new(Stage::Receive, &e);
+                let _ = wire::send(&mut s, &Reply::Failed { failure });
+                return Err(e);
+            }
+        };
         // Pre-copy pages land in memory when there is room for them twice
         // (the images and the restored container), as P.Haul keeps CRIU's
         // images on a tmpfs: no disk writeback while the source is frozen,
@@ -175,28 +232,31 @@ impl Agent {
         let result = self.take(
             &mut s,
             &id,
-            &dir,
+            &mut landing,
             &config,
             needs.postcopy,
             (in_memory, &mut tmpfs),
             &stage,
         );
         match &result {
-            Ok(pid) => tracing::info!(id, pid, "migration received"),
+            Ok(pid) => {
+                tracing::info!(id, pid, "migration received");
+                drop(tmpfs.take());
+                landing.done();
+            }
             Err(e) => {
                 let mut failure = Failure::new(stage.get(), e);
                 if let Some(c) = &mut failure.criu {
                     c.log_file = c
                         .log_file
                         .take()
-                        .and_then(|log| self.keep_log(&id, &dir, log));
+                        .and_then(|log| self.keep_log(&id, landing.dir(), log));
                 }
                 drop(tmpfs.take());
                 let _ = wire::send(&mut s, &Reply::Failed { failure });
-                let _ = remove_incoming(&dir);
+                landing.discard();
             }
         }
-        drop(tmpfs);
         result.map(drop)
     }
 
@@ -208,41 +268,21 @@ impl Agent {
         &self,
         s: &mut TcpStream,
         id: &str,
-        dir: &Path,
+        landing: &mut Landing,
         config: &str,
         postcopy: bool,
         (in_memory, tmpfs): (Option<u64>, &mut Option<ImagesTmpfs>),
         stage: &Cell<Stage>,
     ) -> Result<i32> {
-        let images = dir.join("images");
-        let bundle = dir.join("bundle");
-        let rootfs = bundle.join("rootfs");
+        let images = landing.images();
         private_dir(&images)?;
         if let Some(size) = in_memory {
             *tmpfs = Some(ImagesTmpfs::mount(&images, size)?);
         }
-        std::fs::create_dir_all(&rootfs).map_err(|source| Error::Io {
-            op: "creating",
-            path: rootfs.clone(),
-            source,
-        })?;
-        let mut spec: serde_json::Value =
-            serde_json::from_str(config).map_err(|source| Error::BadMessage { source })?;
-        spec["root"]["path"] = "rootfs".into();
-        if let Some(parent) = &self.cgroup_parent {
-            let own = spec["linux"]["cgroupsPath"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("/{id}"));
-            spec["linux"]["cgroupsPath"] =
-                format!("{}/{}", parent.display(), own.trim_start_matches('/')).into();
+        if let Landing::Native { dir, .. } = landing {
+            let bundle = dir.join("bundle");
+            self.write_bundle(id, &bundle, config)?;
         }
-        let cfg = bundle.join("config.json");
-        std::fs::write(&cfg, spec.to_string()).map_err(|source| Error::Io {
-            op: "writing",
-            path: cfg.clone(),
-            source,
-        })?;
 
         let (tx, rx) = channel();
         self.pages.lock().unwrap().insert(id.to_string(), tx);
@@ -287,7 +327,6 @@ impl Agent {
             (Some((waiter, stop)), None)
         };
         wire::send(s, &Reply::PagesReady)?;
-        let mut overlay_mounted = false;
         loop {
             match wire::recv::<_, Step>(s)? {
                 Step::Images => {
@@ -297,27 +336,19 @@ impl Agent {
                     wire::send(s, &Reply::Received { bytes })?;
                 }
                 Step::Rootfs => {
+                    let rootfs = landing.whole_rootfs()?;
                     let mut r = StreamReader::new(&mut *s);
                     tarball::unpack(&mut r, &rootfs)?;
                     let bytes = r.drain()?;
                     wire::send(s, &Reply::Received { bytes })?;
                 }
                 Step::RootfsDiff { lowers } => {
-                    let (upper, work) = crate::overlay::layer_dirs(&dir.join("layer"));
-                    for d in [&upper, &work] {
-                        std::fs::create_dir_all(d).map_err(crate::error::io("creating", d))?;
-                    }
+                    let upper = landing.upper()?;
                     let mut r = StreamReader::new(&mut *s);
                     crate::overlay::unpack_diff(&mut r, &upper)?;
                     let bytes = r.drain()?;
                     // Mounted only once the stream's checksum held.
-                    crate::overlay::Overlay {
-                        lowers,
-                        upper,
-                        work,
-                    }
-                    .mount(&rootfs)?;
-                    overlay_mounted = true;
+                    landing.layer_received(lowers)?;
                     wire::send(s, &Reply::Received { bytes })?;
                 }
                 Step::Restore => break,
@@ -342,34 +373,30 @@ impl Agent {
         // lazy restore writes in its work dir).
         let restore = |s: &mut TcpStream, lazy_work: Option<&Path>| {
             stage.set(Stage::Restore);
-            let (pid, restore_ms) = self.restore(id, &images, &bundle, lazy_work)?;
-            if overlay_mounted {
-                crate::runtime::Container::load(&self.root, id)?.own_rootfs_mount()?;
-            }
-            let criu = criu_rpc::stats::read_restore_stats(lazy_work.unwrap_or(&images))
-                .ok()
-                .flatten();
+            let r = landing.restore(self, id, lazy_work)?;
             wire::send(
                 s,
                 &Reply::Restored {
-                    pid,
-                    restore_ms,
-                    criu,
+                    pid: r.pid,
+                    restore_ms: r.restore_ms,
+                    criu: r.criu,
+                    docker_id: r.docker_id,
                 },
             )?;
-            Ok::<_, Error>(pid)
+            Ok::<_, Error>(r.pid)
         };
         let Some(source) = lazy_source else {
             return restore(s, None);
         };
         // Post-copy: the daemon listens before the restore starts, and
         // serves the restored tasks until their last page is in.
-        let work = dir.join("lazy-work");
+        let work = landing.lazy_work();
         private_dir(&work)?;
         let daemon = LazyPages::bind(&images, &work)?;
         let cancel = AtomicBool::new(false);
+        let kill = landing.killer(self, id);
         std::thread::scope(|scope| {
-            let served = scope.spawn(|| daemon.serve(source, &cancel, || self.kill_restored(id)));
+            let served = scope.spawn(|| daemon.serve(source, &cancel, || kill.kill()));
             let pid = match restore(s, Some(&work)) {
                 Ok(pid) => pid,
                 Err(e) => {
@@ -388,11 +415,11 @@ impl Agent {
                 Ok(Err(e)) => {
                     // Its memory is incomplete: it must not run on (the
                     // daemon killed it before letting its faults go).
-                    self.kill_restored(id);
+                    kill.kill();
                     Err(Error::from(e))
                 }
                 Err(_) => {
-                    self.kill_restored(id);
+                    kill.kill();
                     Err(Error::Protocol {
                         what: "the lazy-pages daemon panicked",
                     })
@@ -405,6 +432,9 @@ impl Agent {
     /// incoming dirs of containers that do not exist here, with their
     /// mounts. Call it before listening.
     pub fn clean_leftovers(&self) {
+        if self.docker.is_some() {
+            self.clean_docker_leftovers();
+        }
         let Ok(rd) = std::fs::read_dir(self.root.join("incoming")) else {
             return;
         };
@@ -415,6 +445,35 @@ impl Agent {
             if let Err(e) = remove_incoming(&e.path()) {
                 tracing::warn!(error = %crate::error::chain(&e), "cleaning an earlier move up");
             }
+        }
+    }
+
+    /// What a killed agent left on its dockerd: containers it created for
+    /// moves that never ran there (a request never claimed, or a restore
+    /// that failed) are removed with their pending restores. A container
+    /// the runtime restored runs on: only its spent request goes (after a
+    /// post-copy whose pages stopped coming, it is killed: its memory is
+    /// incomplete).
+    fn clean_docker_leftovers(&self) {
+        let cleaned = self.engine().and_then(|engine| {
+            let root = engine.runtime_root()?;
+            for id in Pending::list(&root) {
+                let p = Pending::of(&root, &id)?;
+                let restored = matches!(p.outcome(), Ok(Some(Outcome::Restored { .. })));
+                let lazy = p.recorded().and_then(|r| r.lazy_work);
+                if !restored || lazy.is_some() {
+                    tracing::info!(id, "removing the docker container of an unfinished move");
+                    engine.remove(&id, true)?;
+                }
+                p.remove()?;
+                if let Some(w) = lazy {
+                    remove_lazy_work(&w)?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = cleaned {
+            tracing::warn!(error = %crate::error::chain(&e), "cleaning earlier docker moves up");
         }
     }
 
@@ -436,6 +495,27 @@ impl Agent {
                 None
             }
         }
+    }
+
+    /// The bundle of a container received into this agent's state root:
+    /// the source's config, its root at `rootfs`, its cgroups under the
+    /// agent's `--cgroup-parent`.
+    fn write_bundle(&self, id: &str, bundle: &Path, config: &str) -> Result<()> {
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(crate::error::io("creating", &rootfs))?;
+        let mut spec: serde_json::Value =
+            serde_json::from_str(config).map_err(|source| Error::BadMessage { source })?;
+        spec["root"]["path"] = "rootfs".into();
+        if let Some(parent) = &self.cgroup_parent {
+            let own = spec["linux"]["cgroupsPath"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("/{id}"));
+            spec["linux"]["cgroupsPath"] =
+                format!("{}/{}", parent.display(), own.trim_start_matches('/')).into();
+        }
+        let cfg = bundle.join("config.json");
+        std::fs::write(&cfg, spec.to_string()).map_err(crate::error::io("writing", &cfg))
     }
 
     fn kill_restored(&self, id: &str) {
@@ -481,6 +561,269 @@ impl Agent {
     }
 }
 
+/// Where a received container lands.
+enum Landing {
+    /// This agent's state root: `incoming/ID/` holds the images and the
+    /// bundle, whose rootfs is an overlay of the received writable layer
+    /// or the whole received tree.
+    Native { dir: PathBuf, overlay_mounted: bool },
+    /// A container created on the agent's dockerd, under the source's
+    /// name: the writable layer goes into its own upper dir (dockerd
+    /// mounts it at start), the images into a pending restore that the
+    /// runtime's `create` claims when the container is started.
+    Docker(Box<DockerLanding>),
+}
+
+struct DockerLanding {
+    engine: Engine,
+    /// The id dockerd gave the container.
+    id: String,
+    /// Its overlay2 upper dir.
+    upper: PathBuf,
+    pending: Pending,
+    /// Its address changed (default bridge, no --ip): TCP restored closed.
+    tcp_close: bool,
+    /// The addresses it keeps, announced (gratuitous ARP) once it runs.
+    keeps: Vec<std::net::Ipv4Addr>,
+    /// Post-copy's work dir, with the lazy-pages socket: short, since a
+    /// socket path has 108 bytes and dockerd's runtime root is deep.
+    lazy_work: PathBuf,
+}
+
+/// What a restore on the destination reports.
+struct RestoredHere {
+    pid: i32,
+    restore_ms: f64,
+    criu: Option<criu_rpc::stats::RestoreStats>,
+    docker_id: Option<String>,
+}
+
+/// Kills a restored copy whose memory cannot be completed.
+enum Killer<'a> {
+    Native(&'a Agent, &'a str),
+    Docker(&'a Engine, &'a str),
+}
+
+impl Killer<'_> {
+    fn kill(&self) {
+        match self {
+            Killer::Native(agent, id) => agent.kill_restored(id),
+            Killer::Docker(engine, id) => {
+                if let Err(e) = engine.remove(id, true) {
+                    tracing::warn!(id, error = %crate::error::chain(&e), "removing the half-restored docker container");
+                }
+            }
+        }
+    }
+}
+
+impl Landing {
+    /// Creates the container on `engine`'s dockerd (refused before if
+    /// its name is taken: pre-flight) and its pending restore.
+    fn docker(engine: Engine, d: &DockerNeeds) -> Result<Landing> {
+        let root = engine.runtime_root()?;
+        let by_name = engine.image(&d.container.image_name)?;
+        let id = engine.create(&super::docker::create_spec(d, by_name.as_ref()))?;
+        let made = (|| {
+            let c = engine.container(&id)?;
+            let upper = c.upper_dir.clone().ok_or_else(|| Error::DockerNotMovable {
+                name: d.container.name.clone(),
+                why: format!(
+                    "the destination's dockerd stores it with {}, not overlay2",
+                    c.storage_driver
+                ),
+            })?;
+            Ok((upper, Pending::prepare(&root, &id)?))
+        })();
+        match made {
+            Ok((upper, pending)) => Ok(Landing::Docker(Box::new(DockerLanding {
+                engine,
+                upper,
+                pending,
+                tcp_close: !super::docker::addresses_survive(&d.container),
+                keeps: d
+                    .container
+                    .networks
+                    .iter()
+                    .filter(|a| a.fixed && !a.builtin)
+                    .filter_map(|a| a.ip)
+                    .collect(),
+                lazy_work: PathBuf::from(LAZY_WORK).join(&id[..id.len().min(16)]),
+                id,
+            }))),
+            Err(e) => {
+                let _ = engine.remove(&id, true);
+                Err(e)
+            }
+        }
+    }
+
+    /// A directory that holds what was received (for CRIU logs).
+    fn dir(&self) -> &Path {
+        match self {
+            Landing::Native { dir, .. } => dir,
+            Landing::Docker(d) => &d.pending.dir,
+        }
+    }
+
+    fn images(&self) -> PathBuf {
+        match self {
+            Landing::Native { dir, .. } => dir.join("images"),
+            Landing::Docker(d) => d.pending.images(),
+        }
+    }
+
+    fn lazy_work(&self) -> PathBuf {
+        match self {
+            Landing::Native { dir, .. } => dir.join("lazy-work"),
+            Landing::Docker(d) => d.lazy_work.clone(),
+        }
+    }
+
+    /// Where a whole root filesystem goes (no overlay on the source).
+    fn whole_rootfs(&self) -> Result<PathBuf> {
+        match self {
+            Landing::Native { dir, .. } => Ok(dir.join("bundle/rootfs")),
+            Landing::Docker(_) => Err(Error::Protocol {
+                what: "a docker container's root filesystem sent whole (its writable layer moves as a diff)",
+            }),
+        }
+    }
+
+    /// Where the writable layer's diff is unpacked.
+    fn upper(&self) -> Result<PathBuf> {
+        match self {
+            Landing::Native { dir, .. } => {
+                let (upper, work) = crate::overlay::layer_dirs(&dir.join("layer"));
+                for d in [&upper, &work] {
+                    std::fs::create_dir_all(d).map_err(crate::error::io("creating", d))?;
+                }
+                Ok(upper)
+            }
+            Landing::Docker(d) => Ok(d.upper.clone()),
+        }
+    }
+
+    /// The writable layer is in: a native landing mounts it over `lowers`
+    /// (dockerd mounts its own at start).
+    fn layer_received(&mut self, lowers: Vec<PathBuf>) -> Result<()> {
+        if let Landing::Native {
+            dir,
+            overlay_mounted,
+        } = self
+        {
+            let (upper, work) = crate::overlay::layer_dirs(&dir.join("layer"));
+            crate::overlay::Overlay {
+                lowers,
+                upper,
+                work,
+            }
+            .mount(&dir.join("bundle/rootfs"))?;
+            *overlay_mounted = true;
+        }
+        Ok(())
+    }
+
+    fn restore(&self, agent: &Agent, id: &str, lazy_work: Option<&Path>) -> Result<RestoredHere> {
+        match self {
+            Landing::Native {
+                dir,
+                overlay_mounted,
+            } => {
+                let images = dir.join("images");
+                let (pid, restore_ms) =
+                    agent.restore(id, &images, &dir.join("bundle"), lazy_work)?;
+                if *overlay_mounted {
+                    crate::runtime::Container::load(&agent.root, id)?.own_rootfs_mount()?;
+                }
+                Ok(RestoredHere {
+                    pid,
+                    restore_ms,
+                    criu: criu_rpc::stats::read_restore_stats(lazy_work.unwrap_or(&images))
+                        .ok()
+                        .flatten(),
+                    docker_id: None,
+                })
+            }
+            Landing::Docker(d) => d.start(lazy_work),
+        }
+    }
+
+    fn killer<'a>(&'a self, agent: &'a Agent, id: &'a str) -> Killer<'a> {
+        match self {
+            Landing::Native { .. } => Killer::Native(agent, id),
+            Landing::Docker(d) => Killer::Docker(&d.engine, &d.id),
+        }
+    }
+
+    /// After a failure: nothing of the move stays (the created docker
+    /// container goes with its layer and pending restore).
+    fn discard(self) {
+        let r = match self {
+            Landing::Native { dir, .. } => remove_incoming(&dir),
+            Landing::Docker(d) => d
+                .engine
+                .remove(&d.id, true)
+                .and_then(|_| d.pending.remove())
+                .and_then(|_| remove_lazy_work(&d.lazy_work)),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %crate::error::chain(&e), "removing a failed move's leftovers");
+        }
+    }
+
+    /// After a success: a docker container's pending restore is spent.
+    fn done(self) {
+        if let Landing::Docker(d) = self {
+            if let Err(e) = d
+                .pending
+                .remove()
+                .and_then(|_| remove_lazy_work(&d.lazy_work))
+            {
+                tracing::warn!(error = %crate::error::chain(&e), "removing a spent pending restore");
+            }
+        }
+    }
+}
+
+impl DockerLanding {
+    /// Starts the container: dockerd's shim runs `ferry create`, which
+    /// claims the pending restore; its outcome says how it went.
+    fn start(&self, lazy_work: Option<&Path>) -> Result<RestoredHere> {
+        self.pending.request(&Request {
+            images: self.pending.images(),
+            lazy_work: lazy_work.map(Path::to_path_buf),
+            tcp_close: self.tcp_close,
+        })?;
+        let started = self.engine.start(&self.id);
+        match (started, self.pending.outcome()?) {
+            (_, Some(Outcome::Failed { failure })) => Err(Error::PendingRestoreFailed {
+                id: self.id.clone(),
+                failure: Box::new(failure),
+            }),
+            (Ok(()), Some(Outcome::Restored {
+                pid,
+                restore_ms,
+                criu,
+            })) => {
+                if let Some(ns) = self.engine.container(&self.id)?.sandbox_key {
+                    super::docker::announce(&ns, &self.keeps);
+                }
+                Ok(RestoredHere {
+                    pid,
+                    restore_ms,
+                    criu,
+                    docker_id: Some(self.id.clone()),
+                })
+            }
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(Error::Protocol {
+                what: "dockerd started the container without the runtime restoring it (is its runtime ferry?)",
+            }),
+        }
+    }
+}
+
 /// /dev/null as stdin, stdout and stderr.
 fn dev_null_stdio() -> Result<Stdio> {
     let null = Path::new("/dev/null");
@@ -511,6 +854,17 @@ fn remove_incoming(dir: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })
+}
+
+/// Where docker landings keep their lazy-pages work dirs.
+const LAZY_WORK: &str = "/run/ferry/lazy";
+
+fn remove_lazy_work(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::error::io("removing", dir)(e)),
+    }
 }
 
 /// Where the CRIU logs of failed moves are kept, under the state root.

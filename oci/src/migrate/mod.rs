@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod auth;
 pub mod destination;
+pub mod docker;
 pub mod preflight;
 pub mod protocol;
 pub mod source;

@@ -59,6 +59,9 @@ pub struct Needs {
     /// The container's address on Ferry's network, which it keeps.
     #[serde(default)]
     pub address: Option<IpAddr>,
+    /// A container of a dockerd, to recreate on the destination's.
+    #[serde(default)]
+    pub docker: Option<Box<super::docker::DockerNeeds>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -112,6 +115,36 @@ pub enum Problem {
         address: IpAddr,
         id: String,
     },
+    /// A container of a dockerd offered to an agent without `--docker`.
+    NotDocker,
+    /// The destination agent cannot reach its dockerd.
+    DockerUnreachable {
+        host: String,
+        error: String,
+    },
+    /// The container's image is not on the destination's dockerd.
+    ImageMissing {
+        image: String,
+        id: String,
+        /// The image the same name means there, if any.
+        found: Option<String>,
+        /// The source image's layers (diff ids) that image lacks.
+        missing_layers: Vec<String>,
+    },
+    /// The container's name is another container's there.
+    NameTaken {
+        name: String,
+        id: String,
+    },
+    /// A user-defined network the container is on does not exist there.
+    NetworkMissing {
+        network: String,
+    },
+    /// The network exists there, but its subnets exclude the address.
+    AddressOutsideNetwork {
+        network: String,
+        address: std::net::Ipv4Addr,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -155,6 +188,43 @@ impl fmt::Display for Problem {
             Problem::AddressInUse { address, id } => write!(
                 f,
                 "address {address} is container {id}'s on the destination: move or delete that one first"
+            ),
+            Problem::NotDocker => write!(
+                f,
+                "the destination agent does not serve a dockerd: start it with `ferry serve --docker`"
+            ),
+            Problem::DockerUnreachable { host, error } => write!(
+                f,
+                "the destination's dockerd at {host} cannot be reached ({error}): start dockerd there, or point `ferry serve --docker-host` at it"
+            ),
+            Problem::ImageMissing {
+                image,
+                id,
+                found,
+                missing_layers,
+            } => {
+                write!(f, "image {image} ({id}) is not on the destination's dockerd")?;
+                if let Some(other) = found {
+                    write!(
+                        f,
+                        " ({image} is {other} there, lacking {} of the source image's layers: {})",
+                        missing_layers.len(),
+                        missing_layers.join(", ")
+                    )?;
+                }
+                write!(f, ": `docker save {image}` here and `docker load` there first")
+            }
+            Problem::NameTaken { name, id } => write!(
+                f,
+                "the name {name} is container {id}'s on the destination's dockerd: remove or rename that one first"
+            ),
+            Problem::NetworkMissing { network } => write!(
+                f,
+                "network {network} does not exist on the destination's dockerd: create it there with the same driver and subnet first"
+            ),
+            Problem::AddressOutsideNetwork { network, address } => write!(
+                f,
+                "network {network} on the destination has no subnet holding {address}: give it the source network's subnet"
             ),
             Problem::IdInUse { id } => write!(
                 f,
@@ -377,6 +447,7 @@ mod tests {
             postcopy: false,
             terminal: false,
             address: None,
+            docker: None,
         }
     }
 

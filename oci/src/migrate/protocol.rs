@@ -66,6 +66,9 @@ pub enum Reply {
         restore_ms: f64,
         /// CRIU's stats-restore.
         criu: Option<criu_rpc::stats::RestoreStats>,
+        /// The id the destination's dockerd gave a docker container.
+        #[serde(default)]
+        docker_id: Option<String>,
     },
     /// Post-copy: every page arrived (after `Restored`).
     PagesDone {
@@ -126,6 +129,13 @@ pub struct CriuFailure {
 impl Failure {
     /// `e`, which happened at `stage`, for the source.
     pub fn new(stage: Stage, e: &Error) -> Failure {
+        // The runtime's own report of its restore, as it made it.
+        if let Error::PendingRestoreFailed { failure, .. } = e {
+            return Failure {
+                stage,
+                ..(**failure).clone()
+            };
+        }
         Failure {
             stage,
             message: crate::error::chain(e),

@@ -20,6 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use serde::Serialize;
 
 use super::auth::{self, Key};
+use super::docker::DockerNeeds;
 use super::preflight::{self, LowerLayer, Needs};
 use super::protocol::{Hello, Reply, Step};
 use super::tarball;
@@ -27,6 +28,7 @@ use super::wire::{self, StreamWriter};
 use super::{Mode, Progress};
 use crate::checkpoint::Checkpointed;
 use crate::checkpoint::{private_dir, CheckpointOptions};
+use crate::docker::Engine;
 use crate::error::{Error, Result};
 use crate::overlay::{self, layer_digest, Overlay};
 use crate::runtime::{Container, Status};
@@ -58,6 +60,21 @@ pub struct Report {
     /// CRIU's stats-dump (source) and stats-restore (destination).
     pub criu_dump: Option<DumpStats>,
     pub criu_restore: Option<RestoreStats>,
+    /// A container of a dockerd: what it became on both sides.
+    pub docker: Option<DockerMoved>,
+}
+
+/// What a move of a dockerd's container did with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DockerMoved {
+    pub name: String,
+    pub source_id: String,
+    /// The id the destination's dockerd gave it.
+    pub destination_id: String,
+    /// What the source's copy became: `renamed to NAME` or `removed`.
+    pub source: String,
+    /// What did not survive the move (pre-flight said so first).
+    pub notes: Vec<String>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -149,6 +166,7 @@ fn offer(
     work: &Path,
     mode: Mode,
     criu: &Criu,
+    docker: Option<&DockerSource<'_>>,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Offer> {
     let id = c.state.id.clone();
@@ -169,6 +187,9 @@ fn offer(
     // Only the writable layer moves; the lower layers must be there already.
     let rootfs_size = du(overlay.as_ref().map_or(&c.state.rootfs, |o| &o.upper));
     let lower_layers = match &overlay {
+        // dockerd's layers are content-addressed: the image id and its
+        // layers' digests are compared instead (migrate::docker::judge).
+        Some(_) if docker.is_some() => Vec::new(),
         Some(o) => o
             .lowers
             .iter()
@@ -197,6 +218,7 @@ fn offer(
         postcopy,
         terminal: false,
         address: c.state.net.as_ref().map(|n| n.address.addr),
+        docker: docker.map(|d| Box::new(d.needs.clone())),
     };
     let config = std::fs::read_to_string(&c.state.config).map_err(|source| Error::Io {
         op: "reading",
@@ -240,6 +262,8 @@ pub struct CheckReport {
     pub to: String,
     pub mode: Mode,
     pub mode_reason: String,
+    /// What would not survive the move.
+    pub notes: Vec<String>,
 }
 
 /// Asks the agent at `to` whether it would take container `id` of `root`
@@ -254,46 +278,92 @@ pub fn check(
     criu: &Criu,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<CheckReport> {
-    with_outgoing(root, id, |c, work| {
-        progress(Progress::Phase("pre-flight"));
-        let o = offer(&c, work, mode, criu, progress)?;
-        let mut ctl = connect(to, key)?;
-        wire::send(
-            &mut ctl,
-            &Hello::Check {
-                needs: o.needs,
-                cpuinfo: o.cpuinfo,
-            },
-        )?;
-        match wire::recv::<_, Reply>(&mut ctl)? {
-            Reply::Fits => Ok(CheckReport {
-                id: id.to_string(),
-                to: to.to_string(),
-                mode: o.mode,
-                mode_reason: o.mode_reason,
-            }),
-            Reply::Refused { problems } => Err(Error::Refused { problems }),
-            _ => Err(Error::Protocol {
-                what: "an unexpected answer to the check",
-            }),
-        }
+    with_outgoing(root, &root.join(OUTGOING), id, |c, work| {
+        ask(c, work, to, key, mode, criu, None, progress)
     })
 }
 
+/// [`check`] for a container of the dockerd `engine` talks to, named as
+/// docker names it.
+pub fn check_docker(
+    engine: &Engine,
+    name: &str,
+    to: SocketAddr,
+    key: &Key,
+    mode: Mode,
+    criu: &Criu,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<CheckReport> {
+    let d = DockerSource::find(engine, name)?;
+    for n in &d.notes {
+        progress(Progress::Phase(&format!("note: {n}")));
+    }
+    with_outgoing(
+        &d.root,
+        &d.root.join(DOCKER_OUTGOING),
+        &d.needs.container.id,
+        |c, work| ask(c, work, to, key, mode, criu, Some(&d), progress),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ask(
+    c: Container,
+    work: &Path,
+    to: SocketAddr,
+    key: &Key,
+    mode: Mode,
+    criu: &Criu,
+    docker: Option<&DockerSource<'_>>,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<CheckReport> {
+    progress(Progress::Phase("pre-flight"));
+    let o = offer(&c, work, mode, criu, docker, progress)?;
+    let mut ctl = connect(to, key)?;
+    wire::send(
+        &mut ctl,
+        &Hello::Check {
+            needs: o.needs,
+            cpuinfo: o.cpuinfo,
+        },
+    )?;
+    match wire::recv::<_, Reply>(&mut ctl)? {
+        Reply::Fits => Ok(CheckReport {
+            id: c.state.id.clone(),
+            to: to.to_string(),
+            mode: o.mode,
+            mode_reason: o.mode_reason,
+            notes: docker.map(|d| d.notes.clone()).unwrap_or_default(),
+        }),
+        Reply::Refused { problems } => Err(Error::Refused { problems }),
+        _ => Err(Error::Protocol {
+            what: "an unexpected answer to the check",
+        }),
+    }
+}
+
+/// Where a Ferry state root keeps the scratch dirs of its moves.
+const OUTGOING: &str = "outgoing";
+/// The same under dockerd's runtime root, out of the container id space.
+const DOCKER_OUTGOING: &str = "@outgoing";
+
 /// Runs `f` on running container `id` of `root` with a fresh scratch dir
-/// of its own (`outgoing/ID`), removed afterwards whatever happened.
+/// of its own (`scratch/ID`), removed afterwards whatever happened (with
+/// `scratch` once empty).
 fn with_outgoing<T>(
     root: &Path,
+    scratch: &Path,
     id: &str,
     f: impl FnOnce(Container, &Path) -> Result<T>,
 ) -> Result<T> {
     let c = Container::load(root, id)?;
     c.require(&[Status::Running], "running")?;
-    let work = root.join("outgoing").join(id);
+    let work = scratch.join(id);
     let _ = std::fs::remove_dir_all(&work);
     private_dir(&work)?;
     let result = f(c, &work);
     let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir(scratch);
     result
 }
 
@@ -308,9 +378,135 @@ pub fn migrate(
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Report> {
     let t0 = Instant::now();
-    with_outgoing(root, id, |c, work| {
-        send(root, c, work, to, key, mode, criu, progress, t0)
+    with_outgoing(root, &root.join(OUTGOING), id, |c, work| {
+        send(root, c, work, to, key, mode, criu, None, progress, t0)
     })
+}
+
+/// A container of a dockerd, about to move.
+pub struct DockerSource<'a> {
+    engine: &'a Engine,
+    /// dockerd's runtime root, where Ferry keeps the container's state.
+    root: std::path::PathBuf,
+    needs: DockerNeeds,
+    notes: Vec<String>,
+    /// Remove the source's exited copy (else it is renamed).
+    pub rm_source: bool,
+}
+
+impl<'a> DockerSource<'a> {
+    /// Container `name` (or id) of `engine`'s dockerd, which must be
+    /// running with Ferry, on overlay2.
+    pub fn find(engine: &'a Engine, name: &str) -> Result<DockerSource<'a>> {
+        let container = engine.container(name)?;
+        if !container.running || container.paused {
+            return Err(Error::DockerNotMovable {
+                name: name.to_string(),
+                why: format!(
+                    "it is {}: only a running container moves (docker start / docker unpause it)",
+                    if container.paused {
+                        "paused"
+                    } else {
+                        "not running"
+                    }
+                ),
+            });
+        }
+        let root = engine.runtime_root()?;
+        if Container::load(&root, &container.id).is_err() {
+            return Err(Error::DockerNotMovable {
+                name: name.to_string(),
+                why: format!(
+                    "dockerd runs it with runtime {:?}, not Ferry (no state in {}): run it with `docker run --runtime ferry`",
+                    container.runtime,
+                    root.display()
+                ),
+            });
+        }
+        if container.upper_dir.is_none() {
+            return Err(Error::DockerNotMovable {
+                name: name.to_string(),
+                why: format!(
+                    "its storage driver is {}: Ferry moves the writable layer of overlay2 containers only",
+                    container.storage_driver
+                ),
+            });
+        }
+        let image = engine
+            .image(&container.image_id)?
+            .ok_or_else(|| Error::DockerNotMovable {
+                name: name.to_string(),
+                why: format!("its image {} is gone from dockerd", container.image_id),
+            })?;
+        let notes = super::docker::notes(&container);
+        Ok(DockerSource {
+            engine,
+            root,
+            needs: DockerNeeds { container, image },
+            notes,
+            rm_source: false,
+        })
+    }
+
+    /// Ends the source's copy once the destination runs it: killed (it is
+    /// frozen and stopped since the dump), so that dockerd sees it exit,
+    /// then renamed out of the way of a move back, or removed.
+    fn end(&self, to: &str) -> Result<String> {
+        {
+            // Dropped (its lock with it) before waiting: dockerd's shim
+            // runs `ferry delete` on the exit, which takes that lock.
+            let c = Container::load(&self.root, &self.needs.container.id)?;
+            for p in c.pids()? {
+                let _ = kill(p, Signal::SIGKILL);
+            }
+            c.state.cgroup.thaw()?;
+        }
+        let id = &self.needs.container.id;
+        self.engine.wait_not_running(id, Duration::from_secs(20))?;
+        if self.rm_source {
+            self.engine.remove(id, true)?;
+            return Ok("removed".into());
+        }
+        let mut last = None;
+        for n in 0..10 {
+            let name = super::docker::moved_name(&self.needs.container.name, to, n);
+            match self.engine.rename(id, &name) {
+                Ok(()) => return Ok(format!("exited, renamed to {name}")),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried at least once"))
+    }
+}
+
+/// Moves the container of `d` to the agent at `to`: the destination's
+/// dockerd runs it under the same name, the source's dockerd shows it
+/// exited (renamed `NAME.moved-to-...`) or removed. Its restart policy is
+/// off while it moves, so that dockerd never starts the source's copy
+/// again behind the destination's; a failed move puts it back.
+pub fn migrate_docker(
+    d: &DockerSource<'_>,
+    to: SocketAddr,
+    key: &Key,
+    mode: Mode,
+    criu: &Criu,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    for n in &d.notes {
+        progress(Progress::Phase(&format!("note: {n}")));
+    }
+    let id = d.needs.container.id.clone();
+    let policy = d.engine.disable_restart(&id)?;
+    let moved = with_outgoing(&d.root, &d.root.join(DOCKER_OUTGOING), &id, |c, work| {
+        send(&d.root, c, work, to, key, mode, criu, Some(d), progress, t0)
+    });
+    if moved.is_err() {
+        if let Err(e) = d.engine.set_restart(&id, &policy) {
+            tracing::warn!(id, error = %crate::error::chain(&e), "putting the source's restart policy back");
+        }
+    }
+    moved
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -322,6 +518,7 @@ fn send(
     key: &Key,
     mode: Mode,
     criu: &Criu,
+    docker: Option<&DockerSource<'_>>,
     progress: &(dyn Fn(Progress<'_>) + Sync),
     t0: Instant,
 ) -> Result<Report> {
@@ -334,7 +531,7 @@ fn send(
         mode,
         mode_reason,
         overlay,
-    } = offer(&c, work, mode, criu, progress)?;
+    } = offer(&c, work, mode, criu, docker, progress)?;
     let (memory, postcopy) = (needs.memory, needs.postcopy);
     let mut ctl = connect(to, key)?;
     wire::send(
@@ -373,10 +570,16 @@ fn send(
     // Kept to cut the page connection under a post-copy dump that must end
     // early (CRIU's page server then returns and leaves the tasks stopped).
     let pages_cut = pages.try_clone().map_err(Error::Wire)?;
+    let empty_ns = match docker {
+        Some(_) => super::docker::empty_ns(&c.spec()?),
+        None => None,
+    };
     let opts = CheckpointOptions {
         leave_stopped: true,
         lazy_pages: postcopy,
         page_server: Some(PageServerAddr::Socket(OwnedFd::from(pages))),
+        lock_joined_netns: docker.is_some(),
+        empty_ns,
         ..super::CRIU_FLAGS.dump(images.clone())
     };
     std::thread::scope(|scope| {
@@ -493,7 +696,22 @@ fn send(
             (None, None) => 0,
         };
         progress(Progress::Phase("stop the source"));
-        Container::load(root, &id)?.delete(true)?;
+        let docker = match docker {
+            Some(d) => {
+                let source = d.end(&to.to_string())?;
+                Some(DockerMoved {
+                    name: d.needs.container.name.clone(),
+                    source_id: id.clone(),
+                    destination_id: moved.docker_id.clone().unwrap_or_default(),
+                    source,
+                    notes: d.notes.clone(),
+                })
+            }
+            None => {
+                Container::load(root, &id)?.delete(true)?;
+                None
+            }
+        };
         Ok(Report {
             id: id.clone(),
             to: to.to_string(),
@@ -513,6 +731,7 @@ fn send(
             lazy,
             criu_dump,
             criu_restore: moved.criu_restore,
+            docker,
         })
     })
 }
@@ -529,6 +748,8 @@ struct Moved {
     pid: i32,
     restore_ms: f64,
     criu_restore: Option<RestoreStats>,
+    /// The destination dockerd's id of the container.
+    docker_id: Option<String>,
 }
 
 enum DumpEvent {
@@ -590,7 +811,9 @@ fn move_state(
             pid,
             restore_ms,
             criu,
+            docker_id,
         } => Ok(Moved {
+            docker_id,
             images_bytes,
             rootfs_bytes,
             transfer_ms,

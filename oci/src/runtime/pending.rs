@@ -38,6 +38,10 @@ pub struct Request {
     /// Post-copy: the work dir whose `lazy-pages.socket` the waiting side
     /// serves (CRIU's restore connects there); `None` for pre-copy.
     pub lazy_work: Option<PathBuf>,
+    /// The container's address changed: its established TCP connections
+    /// are restored closed.
+    #[serde(default)]
+    pub tcp_close: bool,
 }
 
 /// What `create` did with the request.
@@ -82,10 +86,6 @@ impl Pending {
         self.dir.join("images")
     }
 
-    pub fn lazy_work(&self) -> PathBuf {
-        self.dir.join("lazy-work")
-    }
-
     /// Records the request (atomically: `create` sees all of it or none).
     pub fn request(&self, r: &Request) -> Result<()> {
         write_atomic(&self.dir, REQUEST, r)
@@ -126,6 +126,14 @@ impl Pending {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("reading", &p)(e)),
         }
+    }
+
+    /// The request recorded, claimed or not.
+    pub fn recorded(&self) -> Option<Request> {
+        [CLAIMED, REQUEST].iter().find_map(|f| {
+            let t = fs::read(self.dir.join(f)).ok()?;
+            serde_json::from_slice(&t).ok()
+        })
     }
 
     /// Whether `create` took the request (restored or failed).
@@ -178,6 +186,7 @@ pub fn restore_claimed(
     let opts = crate::restore::RestoreOptions {
         work_path: req.lazy_work.clone(),
         lazy_pages: req.lazy_work.is_some(),
+        tcp_close: req.tcp_close,
         ..crate::migrate::CRIU_FLAGS.restore(req.images.clone())
     };
     let result = super::cr::restore_container(root, id, bundle, criu, &opts, rt);
@@ -225,6 +234,7 @@ mod tests {
         let r = Request {
             images: p.images(),
             lazy_work: None,
+            tcp_close: false,
         };
         p.request(&r).unwrap();
         let (q, got) = Pending::claim(root.path(), "c1").unwrap().unwrap();

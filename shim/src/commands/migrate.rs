@@ -34,6 +34,14 @@ pub struct ServeArgs {
     /// a terminal are refused without it.
     #[arg(long = "console-socket")]
     pub console_socket: Option<PathBuf>,
+    /// Receive containers of a dockerd (`ferry migrate --docker`): each is
+    /// recreated on this host's dockerd under its name and restored there.
+    #[arg(long)]
+    pub docker: bool,
+    /// The dockerd to use (unix:///path/docker.sock); default: $DOCKER_HOST,
+    /// else unix:///var/run/docker.sock, as docker finds it.
+    #[arg(long = "docker-host", requires = "docker")]
+    pub docker_host: Option<String>,
 }
 
 pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -45,10 +53,18 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     let key = Key::load(&a.key_file)?;
     std::fs::create_dir_all(&cli.root)
         .with_context(|| format!("creating {}", cli.root.display()))?;
-    let agent = Arc::new(
-        Agent::new(cli.root.clone(), key, criu(cli), a.cgroup_parent.clone())
-            .with_console_socket(a.console_socket.clone()),
-    );
+    let mut agent = Agent::new(cli.root.clone(), key, criu(cli), a.cgroup_parent.clone())
+        .with_console_socket(a.console_socket.clone());
+    if a.docker {
+        let engine = ferry_oci::docker::Engine::connect(a.docker_host.as_deref())
+            .context("ferry serve --docker")?;
+        eprintln!(
+            "ferry serve: docker containers land on dockerd at {}",
+            engine.host()
+        );
+        agent = agent.with_docker(a.docker_host.clone());
+    }
+    let agent = Arc::new(agent);
     agent.clean_leftovers();
     let listener =
         TcpListener::bind(a.listen).with_context(|| format!("listening on {}", a.listen))?;
@@ -95,6 +111,19 @@ pub struct MigrateArgs {
     /// whole pre-flight check) and say why not; nothing is frozen or moved.
     #[arg(long)]
     pub check: bool,
+    /// The container is a dockerd's, named as docker names it (name or
+    /// id); the destination agent runs `ferry serve --docker`.
+    #[arg(long)]
+    pub docker: bool,
+    /// The dockerd to use (unix:///path/docker.sock); default: $DOCKER_HOST,
+    /// else unix:///var/run/docker.sock, as docker finds it.
+    #[arg(long = "docker-host", requires = "docker")]
+    pub docker_host: Option<String>,
+    /// With --docker: remove the source's exited copy once the destination
+    /// runs the container (by default it stays, exited, renamed
+    /// NAME.moved-to-ADDR).
+    #[arg(long = "rm-source", requires = "docker")]
+    pub rm_source: bool,
 }
 
 pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
@@ -145,8 +174,17 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     };
+    let engine = match a.docker {
+        true => Some(ferry_oci::docker::Engine::connect(
+            a.docker_host.as_deref(),
+        )?),
+        false => None,
+    };
     if a.check {
-        let checked = source::check(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress);
+        let checked = match &engine {
+            Some(e) => source::check_docker(e, &a.id, a.to, &key, a.mode, &criu(cli), &progress),
+            None => source::check(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress),
+        };
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -163,10 +201,19 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
                 "{} can take {} ({}: {})",
                 report.to, report.id, report.mode, report.mode_reason
             );
+            for n in &report.notes {
+                println!("note: {n}");
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let result = source::migrate(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress);
+    let result = match &engine {
+        Some(e) => source::DockerSource::find(e, &a.id).and_then(|mut d| {
+            d.rm_source = a.rm_source;
+            source::migrate_docker(&d, a.to, &key, a.mode, &criu(cli), &progress)
+        }),
+        None => source::migrate(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress),
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -210,6 +257,15 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             report.images_bytes as f64 / 1048576.0,
             report.rootfs_bytes as f64 / 1048576.0,
         );
+        if let Some(d) = &report.docker {
+            println!(
+                "docker: {} runs on {} as {}; on this host it is {}",
+                d.name, report.to, d.destination_id, d.source
+            );
+            for n in &d.notes {
+                println!("note: {n}");
+            }
+        }
         if let (Some(ms), Some(l)) = (report.lazy_ms, &report.lazy) {
             println!(
                 "post-copy: every page in {:.0} ms after the restore ({} faults, {:.1} MiB on faults, {:.1} MiB in the background)",

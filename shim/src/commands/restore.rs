@@ -78,6 +78,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         image_path,
         work_path: f.work_path.as_deref().map(absolute).transpose()?,
         tcp_established: f.tcp_established,
+        tcp_close: false,
         ext_unix_sk: f.ext_unix_sk,
         shell_job: f.shell_job,
         file_locks: f.file_locks,

@@ -1,0 +1,299 @@
+//! What is particular to moving a container of a dockerd to another
+//! dockerd: what the offer carries (the container as dockerd describes it,
+//! and its image), the destination's pre-flight against its own dockerd,
+//! what will not survive the move, and how the source's copy ends.
+//!
+//! The container is recreated on the destination through the Engine API
+//! ([`crate::docker::Engine::create`]) with the source's name, image,
+//! command, env, labels, mounts, restart policy, resources and networks,
+//! and started there with a [`crate::runtime::pending`] request, so that
+//! the runtime's `create` restores it. Only containers dockerd runs with
+//! Ferry (`--runtime ferry`) move: their state is in dockerd's runtime
+//! root, where Ferry's checkpoint finds it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::preflight::Problem;
+use crate::docker::{DockerContainer, Engine, ImageFacts, NetworkFacts};
+use crate::error::Result;
+
+/// The docker part of an offer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DockerNeeds {
+    pub container: DockerContainer,
+    /// Its image on the source, by id, with its layers' digests.
+    pub image: ImageFacts,
+}
+
+/// What the destination's dockerd has of what the container needs.
+#[derive(Debug, Clone, Default)]
+pub struct DockerFacts {
+    /// The image of the same id, if there.
+    pub image: Option<ImageFacts>,
+    /// The image the source's image name means there, if any (when it is
+    /// not the same image, its layers say what is missing).
+    pub image_by_name: Option<ImageFacts>,
+    /// The container holding the name there, if any.
+    pub name_holder: Option<String>,
+    /// Each user-defined network the container is on, as found there.
+    pub networks: BTreeMap<String, Option<NetworkFacts>>,
+}
+
+impl DockerFacts {
+    /// Asks `engine` (the destination's dockerd) about `needs`.
+    pub fn gather(engine: &Engine, needs: &DockerNeeds) -> Result<DockerFacts> {
+        let c = &needs.container;
+        let mut networks = BTreeMap::new();
+        for a in c.networks.iter().filter(|a| !a.builtin) {
+            networks.insert(a.network.clone(), engine.network(&a.network)?);
+        }
+        Ok(DockerFacts {
+            image: engine.image(&needs.image.id)?,
+            image_by_name: engine.image(&c.image_name)?,
+            name_holder: engine.name_taken(&c.name)?,
+            networks,
+        })
+    }
+}
+
+/// The destination's verdict on a docker offer, every problem at once.
+pub fn judge(needs: &DockerNeeds, facts: &DockerFacts) -> Vec<Problem> {
+    let c = &needs.container;
+    let mut out = Vec::new();
+    // The same image, or one of the same name with the same layers (the
+    // same root filesystem; `docker import` of one tarball on two hosts
+    // makes two ids): the container's own config carries its command and
+    // environment.
+    let same_id = facts.image.as_ref().map(|i| &i.id) == Some(&needs.image.id);
+    let same_layers = facts.image_by_name.as_ref().map(|i| &i.layers) == Some(&needs.image.layers);
+    if !same_id && !same_layers {
+        let have = facts
+            .image_by_name
+            .as_ref()
+            .map(|i| i.layers.clone())
+            .unwrap_or_default();
+        out.push(Problem::ImageMissing {
+            image: c.image_name.clone(),
+            id: needs.image.id.clone(),
+            found: facts.image_by_name.as_ref().map(|i| i.id.clone()),
+            missing_layers: needs
+                .image
+                .layers
+                .iter()
+                .filter(|l| !have.contains(l))
+                .cloned()
+                .collect(),
+        });
+    }
+    if let Some(id) = &facts.name_holder {
+        out.push(Problem::NameTaken {
+            name: c.name.clone(),
+            id: id.clone(),
+        });
+    }
+    for a in c.networks.iter().filter(|a| !a.builtin) {
+        match facts.networks.get(&a.network) {
+            Some(Some(n)) => {
+                if let (true, Some(ip)) = (a.fixed, a.ip) {
+                    if !n.subnets.iter().any(|(net, p)| in_subnet(ip, *net, *p)) {
+                        out.push(Problem::AddressOutsideNetwork {
+                            network: a.network.clone(),
+                            address: ip,
+                        });
+                    }
+                }
+            }
+            _ => out.push(Problem::NetworkMissing {
+                network: a.network.clone(),
+            }),
+        }
+    }
+    out
+}
+
+fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// What will not survive the move as it is on the source: said before
+/// anything is frozen, and carried by the report (never lost silently).
+pub fn notes(c: &DockerContainer) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in &c.networks {
+        let Some(ip) = a.ip else {
+            continue;
+        };
+        match (a.builtin, a.fixed) {
+            (true, _) if a.network == "bridge" => out.push(format!(
+                "address {ip} on docker's default bridge becomes the destination's: established TCP connections of the container are closed (run it on a user-defined network with --ip to keep them)"
+            )),
+            (true, _) => {}
+            (false, false) => out.push(format!(
+                "address {ip} on network {} was not fixed with --ip: the destination's dockerd picks one, and established TCP connections of the container are closed",
+                a.network
+            )),
+            (false, true) => {}
+        }
+    }
+    for v in &c.volumes {
+        out.push(format!(
+            "volume {v}: its content stays on the source; the destination mounts its own volume of that name"
+        ));
+    }
+    out
+}
+
+/// Whether every established TCP connection can survive: each address
+/// stays (user-defined network, fixed with `--ip`).
+pub fn addresses_survive(c: &DockerContainer) -> bool {
+    c.networks
+        .iter()
+        .all(|a| a.ip.is_none() || (!a.builtin && a.fixed))
+}
+
+/// The namespaces a dockerd's container is dumped without their content:
+/// its network namespace, unless it joined one by path. dockerd 20.10
+/// (libnetwork) gives a container a new netns and wires it from the
+/// `libnetwork-setkey` prestart hook; on the destination the restore
+/// must get an empty namespace (CRIU's `empty_ns`, runc's `--empty-ns
+/// network`) for that hook, run again at CRIU's setup-namespaces notify,
+/// to wire with the destination dockerd's links: the source's veth or
+/// macvlan cannot be recreated there.
+pub fn empty_ns(spec: &oci_spec::runtime::Spec) -> Option<nix::sched::CloneFlags> {
+    let new_netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none()
+            })
+        });
+    new_netns.then_some(nix::sched::CloneFlags::CLONE_NEWNET)
+}
+
+/// The create request for the destination: by image name when the name
+/// means the same root filesystem there, else by the image's id.
+pub fn create_spec(needs: &DockerNeeds, by_name: Option<&ImageFacts>) -> crate::docker::CreateSpec {
+    let mut spec = needs.container.create.clone();
+    if by_name.map(|i| &i.layers) != Some(&needs.image.layers) {
+        spec.body.image = Some(needs.image.id.clone());
+    }
+    spec
+}
+
+/// Tells the LAN that the container's kept addresses now live here: a
+/// gratuitous ARP out of each of its links that carries one (in its netns,
+/// `sandbox`), so that switches and neighbours follow the same MAC at once.
+pub fn announce(sandbox: &std::path::Path, ips: &[Ipv4Addr]) {
+    if ips.is_empty() {
+        return;
+    }
+    let ns = match crate::network::Netns::at(sandbox) {
+        Ok(ns) => ns,
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(&e), "gratuitous ARP: no netns");
+            return;
+        }
+    };
+    let links = crate::network::addresses(Some(&ns)).unwrap_or_default();
+    for (link, a) in links {
+        let std::net::IpAddr::V4(ip) = a.addr else {
+            continue;
+        };
+        if ips.contains(&ip) {
+            if let Err(e) = crate::network::announce(Some(&ns), &link, ip, 3) {
+                tracing::warn!(link, error = %crate::error::chain(&e), "gratuitous ARP failed");
+            }
+        }
+    }
+}
+
+/// The name the source's exited copy takes once the container runs at
+/// `to`, so that the name is free for a move back: `web.moved-to-10.0.0.2-7878`.
+pub fn moved_name(name: &str, to: &str, n: u32) -> String {
+    let to: String = to
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    match n {
+        0 | 1 => format!("{name}.moved-to-{to}"),
+        n => format!("{name}.moved-to-{to}.{n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::Attachment;
+
+    fn attachment(network: &str, ip: &str, fixed: bool, builtin: bool) -> Attachment {
+        Attachment {
+            network: network.into(),
+            ip: Some(ip.parse().unwrap()),
+            prefix: Some(24),
+            mac: None,
+            fixed,
+            builtin,
+        }
+    }
+
+    #[test]
+    fn subnets() {
+        let net: Ipv4Addr = "10.66.0.0".parse().unwrap();
+        assert!(in_subnet("10.66.0.50".parse().unwrap(), net, 24));
+        assert!(!in_subnet("10.66.1.50".parse().unwrap(), net, 24));
+        assert!(in_subnet("1.2.3.4".parse().unwrap(), net, 0));
+    }
+
+    #[test]
+    fn moved_names_are_docker_names() {
+        assert_eq!(
+            moved_name("web", "10.66.0.2:7878", 0),
+            "web.moved-to-10.66.0.2-7878"
+        );
+        assert_eq!(
+            moved_name("web", "[::1]:7878", 2),
+            "web.moved-to----1--7878.2"
+        );
+    }
+
+    #[test]
+    fn notes_name_what_will_not_survive() {
+        let bridge = attachment("bridge", "172.17.0.2", false, true);
+        let fixed = attachment("n", "10.66.0.50", true, false);
+        let floating = attachment("m", "10.67.0.3", false, false);
+        let mut c: DockerContainer = serde_json::from_value(serde_json::json!({
+            "id": "abc", "name": "web", "running": true, "paused": false, "pid": 1,
+            "runtime": "ferry", "image_id": "sha256:1", "image_name": "busybox",
+            "storage_driver": "overlay2", "upper_dir": null, "sandbox_key": null,
+            "networks": [], "volumes": ["data"],
+            "create": {"name": "web", "body": {}}
+        }))
+        .unwrap();
+        c.networks = vec![fixed.clone()];
+        assert!(addresses_survive(&c));
+        assert_eq!(notes(&c).len(), 1, "{:?}", notes(&c));
+        c.networks = vec![bridge, fixed, floating];
+        assert!(!addresses_survive(&c));
+        let n = notes(&c);
+        assert_eq!(n.len(), 3, "{n:?}");
+        assert!(n[0].contains("default bridge"), "{n:?}");
+        assert!(n[1].contains("network m"), "{n:?}");
+        assert!(n[2].contains("volume data"), "{n:?}");
+    }
+}
