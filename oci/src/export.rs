@@ -83,7 +83,77 @@ fn append_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) -> s
     b.append_data(&mut h, name, data)
 }
 
-fn write_tar<W: Write>(w: W, src: &ExportSource<'_>, file: &Path) -> Result<W> {
+/// What an archive holds: a bundle (`ferry checkpoint --export`) or a
+/// dockerd's container (`--docker`).
+#[derive(Debug, Clone, Copy)]
+pub enum Contents<'a> {
+    Bundle(&'a ExportSource<'a>),
+    Docker(&'a DockerExport<'a>),
+}
+
+/// A dockerd's container, checkpointed: its description (to recreate it
+/// on a dockerd), CRIU's images and its overlay2 writable layer, which
+/// moves as a diff (`layer.tar`, [`crate::overlay::pack_diff`]): the image
+/// layers are on the restoring dockerd already.
+#[derive(Debug, Clone, Copy)]
+pub struct DockerExport<'a> {
+    pub needs: &'a crate::migrate::docker::DockerNeeds,
+    pub images: &'a Path,
+    pub upper: &'a Path,
+}
+
+/// The writable layer's diff in a docker archive.
+pub const LAYER: &str = "layer.tar";
+
+fn write_tar<W: Write>(w: W, contents: &Contents<'_>, file: &Path) -> Result<W> {
+    match contents {
+        Contents::Bundle(src) => write_bundle_tar(w, src, file),
+        Contents::Docker(d) => write_docker_tar(w, d, file),
+    }
+}
+
+fn write_docker_tar<W: Write>(w: W, d: &DockerExport<'_>, file: &Path) -> Result<W> {
+    let err = archive_io(file);
+    let manifest = serde_json::json!({
+        "format": FORMAT,
+        "kind": "docker",
+        "id": d.needs.container.id,
+        "name": d.needs.container.name,
+        "created": crate::runtime::container::now_rfc3339(),
+        "images": IMAGES,
+        "layer": LAYER,
+        "docker": d.needs,
+    });
+    // The diff is packed beside the archive first: a tar entry's size
+    // comes before its bytes.
+    let layer = tempfile_beside(file, "layer");
+    let packed = (|| {
+        let mut f = BufWriter::new(File::create(&layer).map_err(io("creating", &layer))?);
+        crate::overlay::pack_diff(d.upper, &mut f)?;
+        f.flush().map_err(io("writing", &layer))
+    })();
+    let result = packed.and_then(|_| {
+        let mut b = tar::Builder::new(w);
+        b.follow_symlinks(false);
+        let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        append_bytes(&mut b, MANIFEST, &json).map_err(&err)?;
+        b.append_dir_all(IMAGES, d.images).map_err(&err)?;
+        b.append_path_with_name(&layer, LAYER).map_err(&err)?;
+        b.into_inner().map_err(&err)
+    });
+    let _ = fs::remove_file(&layer);
+    result
+}
+
+fn tempfile_beside(file: &Path, tag: &str) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.with_file_name(format!(".{name}.{tag}.{}", std::process::id()))
+}
+
+fn write_bundle_tar<W: Write>(w: W, src: &ExportSource<'_>, file: &Path) -> Result<W> {
     let err = archive_io(file);
     // The config as the archive's bundle has it: the root is ./rootfs.
     let text = fs::read(src.config).map_err(io("reading", src.config))?;
@@ -114,6 +184,16 @@ fn write_tar<W: Write>(w: W, src: &ExportSource<'_>, file: &Path) -> Result<W> {
 /// Writes the archive of `src` to `file` (replaced atomically: a failed
 /// export leaves no half file); returns its size.
 pub fn export(src: &ExportSource<'_>, file: &Path, compression: Compression) -> Result<u64> {
+    export_contents(&Contents::Bundle(src), file, compression)
+}
+
+/// Writes `contents` to `file` (through a temporary file renamed into
+/// place, so a failed export leaves no half archive); returns its size.
+pub fn export_contents(
+    contents: &Contents<'_>,
+    file: &Path,
+    compression: Compression,
+) -> Result<u64> {
     let err = archive_io(file);
     let tmp = file.with_file_name(format!(
         ".{}.partial",
@@ -125,10 +205,10 @@ pub fn export(src: &ExportSource<'_>, file: &Path, compression: Compression) -> 
     let result = (|| -> Result<()> {
         let w = BufWriter::new(out);
         let mut w = match compression {
-            Compression::None => write_tar(w, src, file)?,
+            Compression::None => write_tar(w, contents, file)?,
             Compression::Zstd => {
                 let z = zstd::Encoder::new(w, 3).map_err(&err)?;
-                write_tar(z, src, file)?.finish().map_err(&err)?
+                write_tar(z, contents, file)?.finish().map_err(&err)?
             }
         };
         w.flush().map_err(&err)?;
@@ -190,13 +270,17 @@ fn extract(file: &Path, dest: &Path, only: Option<&str>) -> Result<serde_json::V
                 serde_json::from_slice(&text)
                     .map_err(|_| not_an_export(file, "its ferry-export.json is not JSON"))?,
             );
+            if only == Some(MANIFEST) {
+                // It comes first: the rest need not be read.
+                break;
+            }
             continue;
         }
         let Some(top) = path.components().next() else {
             continue;
         };
         let top = top.as_os_str();
-        if top != IMAGES && top != BUNDLE {
+        if top != IMAGES && top != BUNDLE && top != LAYER {
             continue;
         }
         if only.is_some_and(|o| top != o) {
@@ -222,7 +306,42 @@ fn extract(file: &Path, dest: &Path, only: Option<&str>) -> Result<serde_json::V
 
 /// Extracts a whole export into `dest` (created; it must be empty or
 /// absent): the bundle at `dest/bundle`, the images at `dest/images`.
+/// A docker archive's container, its images and writable layer's diff
+/// extracted into `dest` (`dest/images`, `dest/layer.tar`).
+pub fn import_docker(file: &Path, dest: &Path) -> Result<crate::migrate::docker::DockerNeeds> {
+    let needs = docker_needs(file)?;
+    extract(file, dest, None)?;
+    if !dest.join(IMAGES).is_dir() || !dest.join(LAYER).is_file() {
+        return Err(not_an_export(file, "it lacks images/ or layer.tar"));
+    }
+    Ok(needs)
+}
+
+/// What a docker archive says of its container (its manifest only).
+pub fn docker_needs(file: &Path) -> Result<crate::migrate::docker::DockerNeeds> {
+    let manifest = read_manifest(file)?;
+    if manifest["kind"] != "docker" {
+        return Err(not_an_export(
+            file,
+            "it holds a bundle, not a dockerd's container: restore it with `ferry restore --import` (without --docker)",
+        ));
+    }
+    serde_json::from_value(manifest["docker"].clone())
+        .map_err(|_| not_an_export(file, "its docker description does not parse"))
+}
+
+/// The archive's manifest, read without extracting anything else.
+pub fn read_manifest(file: &Path) -> Result<serde_json::Value> {
+    extract(file, Path::new("/nonexistent"), Some(MANIFEST))
+}
+
 pub fn import(file: &Path, dest: &Path) -> Result<Imported> {
+    if read_manifest(file)?["kind"] == "docker" {
+        return Err(not_an_export(
+            file,
+            "it holds a dockerd's container: restore it with `ferry restore --docker --import FILE`",
+        ));
+    }
     if fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
         return Err(Error::ImportDestNotEmpty {
             path: dest.to_path_buf(),

@@ -32,7 +32,7 @@ use criu_rpc::lazy::LazyPages;
 use criu_rpc::{Criu, ImageDirs, LogLevel, PageServerAddr, PageServerOptions};
 
 use super::auth::{self, Key};
-use super::docker::{DockerFacts, DockerNeeds};
+use super::docker::{DockerFacts, DockerLanding, DockerNeeds};
 use super::preflight::{self, HostFacts, Needs};
 use super::protocol::{Failure, Hello, Reply, Stage, Step};
 use super::tarball;
@@ -42,7 +42,7 @@ use crate::docker::Engine;
 use crate::error::{Error, Result};
 use crate::restore::RestoreOptions;
 use crate::runtime::cr::{restore_container, RestoreRuntimeOptions};
-use crate::runtime::pending::{Outcome, Pending, Request};
+use crate::runtime::pending::{Outcome, Pending};
 use crate::runtime::Stdio;
 
 /// What `ferry serve` needs.
@@ -467,7 +467,7 @@ impl Agent {
                 }
                 p.remove()?;
                 if let Some(w) = lazy {
-                    remove_lazy_work(&w)?;
+                    super::docker::remove_lazy_work(&w)?;
                 }
             }
             Ok(())
@@ -574,22 +574,6 @@ enum Landing {
     Docker(Box<DockerLanding>),
 }
 
-struct DockerLanding {
-    engine: Engine,
-    /// The id dockerd gave the container.
-    id: String,
-    /// Its overlay2 upper dir.
-    upper: PathBuf,
-    pending: Pending,
-    /// Its address changed (default bridge, no --ip): TCP restored closed.
-    tcp_close: bool,
-    /// The addresses it keeps, announced (gratuitous ARP) once it runs.
-    keeps: Vec<std::net::Ipv4Addr>,
-    /// Post-copy's work dir, with the lazy-pages socket: short, since a
-    /// socket path has 108 bytes and dockerd's runtime root is deep.
-    lazy_work: PathBuf,
-}
-
 /// What a restore on the destination reports.
 struct RestoredHere {
     pid: i32,
@@ -621,62 +605,28 @@ impl Landing {
     /// Creates the container on `engine`'s dockerd (refused before if
     /// its name is taken: pre-flight) and its pending restore.
     fn docker(engine: Engine, d: &DockerNeeds) -> Result<Landing> {
-        let root = engine.runtime_root()?;
-        let by_name = engine.image(&d.container.image_name)?;
-        let id = engine.create(&super::docker::create_spec(d, by_name.as_ref()))?;
-        let made = (|| {
-            let c = engine.container(&id)?;
-            let upper = c.upper_dir.clone().ok_or_else(|| Error::DockerNotMovable {
-                name: d.container.name.clone(),
-                why: format!(
-                    "the destination's dockerd stores it with {}, not overlay2",
-                    c.storage_driver
-                ),
-            })?;
-            Ok((upper, Pending::prepare(&root, &id)?))
-        })();
-        match made {
-            Ok((upper, pending)) => Ok(Landing::Docker(Box::new(DockerLanding {
-                engine,
-                upper,
-                pending,
-                tcp_close: !super::docker::addresses_survive(&d.container),
-                keeps: d
-                    .container
-                    .networks
-                    .iter()
-                    .filter(|a| a.fixed && !a.builtin)
-                    .filter_map(|a| a.ip)
-                    .collect(),
-                lazy_work: PathBuf::from(LAZY_WORK).join(&id[..id.len().min(16)]),
-                id,
-            }))),
-            Err(e) => {
-                let _ = engine.remove(&id, true);
-                Err(e)
-            }
-        }
+        DockerLanding::create(engine, d, None).map(|l| Landing::Docker(Box::new(l)))
     }
 
     /// A directory that holds what was received (for CRIU logs).
     fn dir(&self) -> &Path {
         match self {
             Landing::Native { dir, .. } => dir,
-            Landing::Docker(d) => &d.pending.dir,
+            Landing::Docker(d) => d.dir(),
         }
     }
 
     fn images(&self) -> PathBuf {
         match self {
             Landing::Native { dir, .. } => dir.join("images"),
-            Landing::Docker(d) => d.pending.images(),
+            Landing::Docker(d) => d.images(),
         }
     }
 
     fn lazy_work(&self) -> PathBuf {
         match self {
             Landing::Native { dir, .. } => dir.join("lazy-work"),
-            Landing::Docker(d) => d.lazy_work.clone(),
+            Landing::Docker(d) => d.lazy_work().to_path_buf(),
         }
     }
 
@@ -700,7 +650,7 @@ impl Landing {
                 }
                 Ok(upper)
             }
-            Landing::Docker(d) => Ok(d.upper.clone()),
+            Landing::Docker(d) => Ok(d.upper().to_path_buf()),
         }
     }
 
@@ -745,14 +695,22 @@ impl Landing {
                     docker_id: None,
                 })
             }
-            Landing::Docker(d) => d.start(lazy_work),
+            Landing::Docker(d) => {
+                let (pid, restore_ms, criu) = d.start(lazy_work)?;
+                Ok(RestoredHere {
+                    pid,
+                    restore_ms,
+                    criu,
+                    docker_id: Some(d.id().to_string()),
+                })
+            }
         }
     }
 
     fn killer<'a>(&'a self, agent: &'a Agent, id: &'a str) -> Killer<'a> {
         match self {
             Landing::Native { .. } => Killer::Native(agent, id),
-            Landing::Docker(d) => Killer::Docker(&d.engine, &d.id),
+            Landing::Docker(d) => Killer::Docker(d.engine(), d.id()),
         }
     }
 
@@ -761,11 +719,7 @@ impl Landing {
     fn discard(self) {
         let r = match self {
             Landing::Native { dir, .. } => remove_incoming(&dir),
-            Landing::Docker(d) => d
-                .engine
-                .remove(&d.id, true)
-                .and_then(|_| d.pending.remove())
-                .and_then(|_| remove_lazy_work(&d.lazy_work)),
+            Landing::Docker(d) => d.discard(),
         };
         if let Err(e) = r {
             tracing::warn!(error = %crate::error::chain(&e), "removing a failed move's leftovers");
@@ -775,51 +729,9 @@ impl Landing {
     /// After a success: a docker container's pending restore is spent.
     fn done(self) {
         if let Landing::Docker(d) = self {
-            if let Err(e) = d
-                .pending
-                .remove()
-                .and_then(|_| remove_lazy_work(&d.lazy_work))
-            {
+            if let Err(e) = d.done() {
                 tracing::warn!(error = %crate::error::chain(&e), "removing a spent pending restore");
             }
-        }
-    }
-}
-
-impl DockerLanding {
-    /// Starts the container: dockerd's shim runs `ferry create`, which
-    /// claims the pending restore; its outcome says how it went.
-    fn start(&self, lazy_work: Option<&Path>) -> Result<RestoredHere> {
-        self.pending.request(&Request {
-            images: self.pending.images(),
-            lazy_work: lazy_work.map(Path::to_path_buf),
-            tcp_close: self.tcp_close,
-        })?;
-        let started = self.engine.start(&self.id);
-        match (started, self.pending.outcome()?) {
-            (_, Some(Outcome::Failed { failure })) => Err(Error::PendingRestoreFailed {
-                id: self.id.clone(),
-                failure: Box::new(failure),
-            }),
-            (Ok(()), Some(Outcome::Restored {
-                pid,
-                restore_ms,
-                criu,
-            })) => {
-                if let Some(ns) = self.engine.container(&self.id)?.sandbox_key {
-                    super::docker::announce(&ns, &self.keeps);
-                }
-                Ok(RestoredHere {
-                    pid,
-                    restore_ms,
-                    criu,
-                    docker_id: Some(self.id.clone()),
-                })
-            }
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => Err(Error::Protocol {
-                what: "dockerd started the container without the runtime restoring it (is its runtime ferry?)",
-            }),
         }
     }
 }
@@ -854,17 +766,6 @@ fn remove_incoming(dir: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })
-}
-
-/// Where docker landings keep their lazy-pages work dirs.
-const LAZY_WORK: &str = "/run/ferry/lazy";
-
-fn remove_lazy_work(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(crate::error::io("removing", dir)(e)),
-    }
 }
 
 /// Where the CRIU logs of failed moves are kept, under the state root.

@@ -16,9 +16,12 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use std::path::{Path, PathBuf};
+
 use super::preflight::Problem;
 use crate::docker::{DockerContainer, Engine, ImageFacts, NetworkFacts};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::runtime::pending::{Outcome, Pending, Request};
 
 /// The docker part of an offer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +48,11 @@ pub struct DockerFacts {
 impl DockerFacts {
     /// Asks `engine` (the destination's dockerd) about `needs`.
     pub fn gather(engine: &Engine, needs: &DockerNeeds) -> Result<DockerFacts> {
+        DockerFacts::gather_as(engine, needs, &needs.container.name)
+    }
+
+    /// [`DockerFacts::gather`] for the container under another `name`.
+    pub fn gather_as(engine: &Engine, needs: &DockerNeeds, name: &str) -> Result<DockerFacts> {
         let c = &needs.container;
         let mut networks = BTreeMap::new();
         for a in c.networks.iter().filter(|a| !a.builtin) {
@@ -53,7 +61,7 @@ impl DockerFacts {
         Ok(DockerFacts {
             image: engine.image(&needs.image.id)?,
             image_by_name: engine.image(&c.image_name)?,
-            name_holder: engine.name_taken(&c.name)?,
+            name_holder: engine.name_taken(name)?,
             networks,
         })
     }
@@ -188,6 +196,162 @@ pub fn create_spec(needs: &DockerNeeds, by_name: Option<&ImageFacts>) -> crate::
         spec.body.image = Some(needs.image.id.clone());
     }
     spec
+}
+
+/// A container created on a dockerd to restore a checkpoint into: the
+/// writable layer goes into its own overlay2 upper dir (dockerd mounts it
+/// at start), the images into a [`Pending`] restore that the runtime's
+/// `create` claims when the container is started. Used by the migration
+/// agent and by `ferry restore --docker --import`.
+pub struct DockerLanding {
+    engine: Engine,
+    /// The id dockerd gave the container.
+    id: String,
+    /// Its overlay2 upper dir.
+    upper: PathBuf,
+    pending: Pending,
+    /// Its address changed (default bridge, no --ip): TCP restored closed.
+    tcp_close: bool,
+    /// The addresses it keeps, announced (gratuitous ARP) once it runs.
+    keeps: Vec<Ipv4Addr>,
+    /// Post-copy's work dir, with the lazy-pages socket: short, since a
+    /// socket path has 108 bytes and dockerd's runtime root is deep.
+    lazy_work: PathBuf,
+}
+
+/// Where docker landings keep their lazy-pages work dirs.
+const LAZY_WORK: &str = "/run/ferry/lazy";
+
+/// Removes a lazy-pages work dir, if there.
+pub fn remove_lazy_work(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::error::io("removing", dir)(e)),
+    }
+}
+
+impl DockerLanding {
+    /// Creates the container of `d` on `engine`'s dockerd, under its name
+    /// or `name`, and its pending restore; nothing is left on failure.
+    pub fn create(engine: Engine, d: &DockerNeeds, name: Option<&str>) -> Result<DockerLanding> {
+        let root = engine.runtime_root()?;
+        let by_name = engine.image(&d.container.image_name)?;
+        let mut spec = create_spec(d, by_name.as_ref());
+        if let Some(n) = name {
+            spec.name = n.to_string();
+        }
+        let id = engine.create(&spec)?;
+        let made = (|| {
+            let c = engine.container(&id)?;
+            let upper = c.upper_dir.clone().ok_or_else(|| Error::DockerNotMovable {
+                name: d.container.name.clone(),
+                why: format!(
+                    "the destination's dockerd stores it with {}, not overlay2",
+                    c.storage_driver
+                ),
+            })?;
+            Ok((upper, Pending::prepare(&root, &id)?))
+        })();
+        match made {
+            Ok((upper, pending)) => Ok(DockerLanding {
+                engine,
+                upper,
+                pending,
+                tcp_close: !addresses_survive(&d.container),
+                keeps: d
+                    .container
+                    .networks
+                    .iter()
+                    .filter(|a| a.fixed && !a.builtin)
+                    .filter_map(|a| a.ip)
+                    .collect(),
+                lazy_work: PathBuf::from(LAZY_WORK).join(&id[..id.len().min(16)]),
+                id,
+            }),
+            Err(e) => {
+                let _ = engine.remove(&id, true);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The pending restore's directory.
+    pub fn dir(&self) -> &Path {
+        &self.pending.dir
+    }
+
+    /// Where CRIU's images go.
+    pub fn images(&self) -> PathBuf {
+        self.pending.images()
+    }
+
+    /// Where the writable layer's diff goes.
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    pub fn lazy_work(&self) -> &Path {
+        &self.lazy_work
+    }
+
+    /// Starts the container: dockerd's shim runs `ferry create`, which
+    /// claims the pending restore; its outcome says how it went. Returns
+    /// the restored pid, how long the restore took and CRIU's stats.
+    pub fn start(
+        &self,
+        lazy_work: Option<&Path>,
+    ) -> Result<(i32, f64, Option<criu_rpc::stats::RestoreStats>)> {
+        self.pending.request(&Request {
+            images: self.pending.images(),
+            lazy_work: lazy_work.map(Path::to_path_buf),
+            tcp_close: self.tcp_close,
+        })?;
+        let started = self.engine.start(&self.id);
+        match (started, self.pending.outcome()?) {
+            (_, Some(Outcome::Failed { failure })) => Err(Error::PendingRestoreFailed {
+                id: self.id.clone(),
+                failure: Box::new(failure),
+            }),
+            (
+                Ok(()),
+                Some(Outcome::Restored {
+                    pid,
+                    restore_ms,
+                    criu,
+                }),
+            ) => {
+                if let Some(ns) = self.engine.container(&self.id)?.sandbox_key {
+                    announce(&ns, &self.keeps);
+                }
+                Ok((pid, restore_ms, criu))
+            }
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(Error::Protocol {
+                what: "dockerd started the container without the runtime restoring it (is its runtime ferry?)",
+            }),
+        }
+    }
+
+    /// After a failure: the container goes, with its layer and request.
+    pub fn discard(self) -> Result<()> {
+        self.engine.remove(&self.id, true)?;
+        self.done()
+    }
+
+    /// After a success: the pending restore is spent.
+    pub fn done(self) -> Result<()> {
+        self.pending.remove()?;
+        remove_lazy_work(&self.lazy_work)
+    }
 }
 
 /// Tells the LAN that the container's kept addresses now live here: a

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub mod auth;
 pub mod destination;
 pub mod docker;
+pub mod docker_archive;
 pub mod preflight;
 pub mod protocol;
 pub mod source;

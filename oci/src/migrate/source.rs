@@ -345,12 +345,12 @@ fn ask(
 /// Where a Ferry state root keeps the scratch dirs of its moves.
 const OUTGOING: &str = "outgoing";
 /// The same under dockerd's runtime root, out of the container id space.
-const DOCKER_OUTGOING: &str = "@outgoing";
+pub(super) const DOCKER_OUTGOING: &str = "@outgoing";
 
 /// Runs `f` on running container `id` of `root` with a fresh scratch dir
 /// of its own (`scratch/ID`), removed afterwards whatever happened (with
 /// `scratch` once empty).
-fn with_outgoing<T>(
+pub(super) fn with_outgoing<T>(
     root: &Path,
     scratch: &Path,
     id: &str,
@@ -448,10 +448,23 @@ impl<'a> DockerSource<'a> {
         })
     }
 
-    /// Ends the source's copy once the destination runs it: killed (it is
-    /// frozen and stopped since the dump), so that dockerd sees it exit,
-    /// then renamed out of the way of a move back, or removed.
-    fn end(&self, to: &str) -> Result<String> {
+    /// The container as the offer describes it.
+    pub fn needs(&self) -> &DockerNeeds {
+        &self.needs
+    }
+
+    /// dockerd's runtime root, where Ferry keeps the container's state.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.engine
+    }
+
+    /// Kills the container (frozen and stopped since a leave-stopped
+    /// dump) and waits until dockerd has seen it exit.
+    pub fn kill(&self) -> Result<()> {
         {
             // Dropped (its lock with it) before waiting: dockerd's shim
             // runs `ferry delete` on the exit, which takes that lock.
@@ -461,8 +474,16 @@ impl<'a> DockerSource<'a> {
             }
             c.state.cgroup.thaw()?;
         }
+        self.engine
+            .wait_not_running(&self.needs.container.id, Duration::from_secs(20))
+    }
+
+    /// Ends the source's copy once the destination runs it: killed (it is
+    /// frozen and stopped since the dump), so that dockerd sees it exit,
+    /// then renamed out of the way of a move back, or removed.
+    fn end(&self, to: &str) -> Result<String> {
+        self.kill()?;
         let id = &self.needs.container.id;
-        self.engine.wait_not_running(id, Duration::from_secs(20))?;
         if self.rm_source {
             self.engine.remove(id, true)?;
             return Ok("removed".into());

@@ -94,6 +94,48 @@ pub struct CheckpointArgs {
     /// Compress the archive with zstd (the default for a FILE ending in .zst).
     #[arg(long, requires = "export")]
     pub zstd: bool,
+    /// The container is a dockerd's, named as docker names it (name or
+    /// id); with --export FILE (its writable layer as a diff, restored on
+    /// any dockerd by `ferry restore --docker --import FILE`). No
+    /// --experimental needed on either dockerd.
+    #[arg(long, requires = "export")]
+    pub docker: bool,
+    /// The dockerd to use (unix:///path/docker.sock); default: $DOCKER_HOST,
+    /// else unix:///var/run/docker.sock, as docker finds it.
+    #[arg(long = "docker-host", requires = "docker")]
+    pub docker_host: Option<String>,
+}
+
+/// `ferry checkpoint --docker NAME --export FILE`.
+fn checkpoint_docker(cli: &Cli, a: &CheckpointArgs, file: &Path) -> anyhow::Result<ExitCode> {
+    let f = &a.criu;
+    anyhow::ensure!(
+        f.image_path.is_none() && !a.pre_dump && !a.leave_stopped && !f.lazy_pages && a.page_server.is_none(),
+        "--docker checkpoints into the --export archive only: not with --image-path, --pre-dump, --leave-stopped, --lazy-pages or --page-server"
+    );
+    let engine = ferry_oci::docker::Engine::connect(a.docker_host.as_deref())?;
+    let file = absolute(file)?;
+    let compression = if a.zstd {
+        Compression::Zstd
+    } else {
+        Compression::for_path(&file)
+    };
+    let done = ferry_oci::migrate::docker_archive::checkpoint(
+        &engine,
+        &a.id,
+        &file,
+        compression,
+        a.leave_running,
+        &criu(cli),
+    )
+    .with_context(|| format!("checkpointing docker container {}", a.id))?;
+    for n in &done.notes {
+        eprintln!("note: {n}");
+    }
+    if f.print_stats {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn cgroup_mode(s: &Option<String>) -> anyhow::Result<Option<CgroupMode>> {
@@ -152,6 +194,9 @@ pub fn criu(cli: &Cli) -> Criu {
 }
 
 pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
+    if let (true, Some(file)) = (a.docker, &a.export) {
+        return checkpoint_docker(cli, a, file);
+    }
     let criu = criu(cli);
     let page_server = a
         .page_server

@@ -14,7 +14,9 @@ use crate::Cli;
 
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
-    pub id: String,
+    /// The container's id (not with --docker: dockerd gives it one).
+    #[arg(required_unless_present = "docker")]
+    pub id: Option<String>,
     #[command(flatten)]
     pub criu: CriuFlags,
     /// The bundle (config.json and rootfs) to restore into.
@@ -47,9 +49,41 @@ pub struct RestoreArgs {
     /// bundle is DIR/bundle, the images DIR/images), then restored.
     #[arg(long)]
     pub import: Option<PathBuf>,
+    /// Restore an archive of `ferry checkpoint --docker --export` on a
+    /// dockerd: the container is created there (same name, image, command,
+    /// env, labels, mounts, networks...) and starts restored. Prints its id.
+    #[arg(long, requires = "import", conflicts_with = "id")]
+    pub docker: bool,
+    /// The dockerd to use (unix:///path/docker.sock); default: $DOCKER_HOST,
+    /// else unix:///var/run/docker.sock, as docker finds it.
+    #[arg(long = "docker-host", requires = "docker")]
+    pub docker_host: Option<String>,
+    /// With --docker: the name the container gets (default: its own).
+    #[arg(long, requires = "docker")]
+    pub name: Option<String>,
+}
+
+/// `ferry restore --docker --import FILE`.
+fn restore_docker(a: &RestoreArgs, file: &Path) -> anyhow::Result<ExitCode> {
+    let engine = ferry_oci::docker::Engine::connect(a.docker_host.as_deref())?;
+    let file = absolute(file)?;
+    let id = ferry_oci::migrate::docker_archive::restore(&engine, &file, a.name.as_deref())
+        .with_context(|| {
+            format!(
+                "restoring {} on dockerd at {} (nothing was left there)",
+                file.display(),
+                engine.host()
+            )
+        })?;
+    println!("{id}");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    if let (true, Some(file)) = (a.docker, &a.import) {
+        return restore_docker(a, file);
+    }
+    let id = a.id.as_deref().unwrap_or_default();
     // A restored container that leaves its network empty is not something
     // Ferry recreates yet: refuse rather than restore it cut off.
     let f = &a.criu;
@@ -98,8 +132,8 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         systemd_cgroup: cli.systemd_cgroup,
         stdio: None,
     };
-    let (c, restored) = restore_container(&cli.root, &a.id, &bundle, &criu(cli), &opts, &rt)
-        .with_context(|| format!("restoring container {}", a.id))?;
+    let (c, restored) = restore_container(&cli.root, id, &bundle, &criu(cli), &opts, &rt)
+        .with_context(|| format!("restoring container {}", id))?;
     let log_dir = opts
         .work_path
         .clone()
@@ -107,7 +141,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let stats = criu_rpc::stats::read_restore_stats(&log_dir)?
         .or(criu_rpc::stats::read_restore_stats(&opts.image_path)?);
     let report = serde_json::json!({
-        "id": a.id,
+        "id": id,
         "restore_ms": restored.duration.as_secs_f64() * 1000.0,
         "pid": restored.pid.as_raw(),
         "criu": stats,
@@ -120,7 +154,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         let c = &report["criu"];
         println!(
             "restore of {}: {:.1} ms",
-            a.id,
+            id,
             report["restore_ms"].as_f64().unwrap_or(0.0)
         );
         println!(
@@ -140,7 +174,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     // then clean up, as a foreground runc restore does.
     drop(c);
     let code = wait_exit(restored.pid);
-    if let Ok(c) = Container::load(&cli.root, &a.id) {
+    if let Ok(c) = Container::load(&cli.root, id) {
         let _ = c.delete(true);
     }
     Ok(ExitCode::from(code as u8))
