@@ -788,6 +788,90 @@ fn a_tcp_client_keeps_its_connection_across_the_move() {
     );
 }
 
+/// On docker's default bridge the container gets the destination's
+/// address: pre-flight and the report say so, an established connection
+/// from outside is closed (not silently left half-alive), and the moved
+/// server takes new connections at its new home.
+#[test]
+fn on_the_default_bridge_outside_connections_close_and_the_report_says_so() {
+    let s = Two::up("b", "10.72.10", ImageOnB::Same);
+    let client_ns = s.hosts.netns("client");
+    let bridge_ip = |d: &Dockerd| d.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    s.a.run_ferry_container("web", &[], ECHO);
+    let ip_a = bridge_ip(&s.a);
+    assert!(ip_a.starts_with("172.17."), "{ip_a}");
+    // The client reaches a host's default bridge through that host.
+    ip(&[
+        "-n",
+        &client_ns,
+        "route",
+        "add",
+        "172.17.0.0/16",
+        "via",
+        &s.hosts.addr("a"),
+    ]);
+    assert_eq!(
+        echo_once(&s.hosts, &format!("{ip_a}:5000")),
+        Ok("hello".to_string())
+    );
+    // A connection held open across the move.
+    let addr: std::net::SocketAddr = format!("{ip_a}:5000").parse().unwrap();
+    let held = in_ns(&client_ns, move || {
+        let c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut w = c.try_clone().unwrap();
+        writeln!(w, "before").unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "before");
+        c
+    });
+
+    let check = s.migrate("a", "web", &["--check"]);
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("default bridge") && said.contains(&ip_a),
+        "--check says nothing of the address: {said}"
+    );
+
+    let r = report(&s.migrate_ok("a", "web", &["--mode", "precopy", "--json"]));
+    let notes = r["docker"]["notes"].to_string();
+    assert!(
+        notes.contains("default bridge") && notes.contains(&ip_a),
+        "{r}"
+    );
+    let ip_b = bridge_ip(&s.b);
+    assert!(s.b.running_names().contains(&"web".to_string()));
+
+    ip(&[
+        "-n",
+        &client_ns,
+        "route",
+        "replace",
+        "172.17.0.0/16",
+        "via",
+        &s.hosts.addr("b"),
+    ]);
+    assert_eq!(
+        echo_once(&s.hosts, &format!("{ip_b}:5000")),
+        Ok("hello".to_string()),
+        "the moved server takes new connections at {ip_b}"
+    );
+    // The held connection is gone: an error or the end, not an answer.
+    let old = in_ns(&client_ns, move || {
+        let mut w = held.try_clone().unwrap();
+        let _ = writeln!(w, "after");
+        let mut line = String::new();
+        BufReader::new(held).read_line(&mut line).map(|_| line)
+    });
+    assert!(
+        !matches!(&old, Ok(l) if l.trim() == "after"),
+        "an outside connection on the default bridge carried on after the move: {old:?}; notes: {notes}"
+    );
+}
+
 /// B lacks busybox:ferry (the same rootfs is there under another tag).
 #[test]
 fn a_missing_image_on_the_destination_keeps_the_source() {

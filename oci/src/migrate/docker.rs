@@ -29,6 +29,75 @@ pub struct DockerNeeds {
     pub container: DockerContainer,
     /// Its image on the source, by id, with its layers' digests.
     pub image: ImageFacts,
+    /// Established TCP connections to peers outside the container on an
+    /// address that does not survive the move: restored closed (CRIU's
+    /// `tcp_close`; they could not be bound to the old address there).
+    #[serde(default)]
+    pub tcp_close: bool,
+    /// How many such connections the container had when offered.
+    #[serde(default)]
+    pub outside_connections: usize,
+}
+
+impl DockerNeeds {
+    /// The offer for `container` running as `pid`, with `image`.
+    pub fn new(container: DockerContainer, image: ImageFacts) -> DockerNeeds {
+        let lost: Vec<Ipv4Addr> = container
+            .networks
+            .iter()
+            .filter(|a| a.builtin || !a.fixed)
+            .filter_map(|a| a.ip)
+            .collect();
+        let outside = if lost.is_empty() {
+            0
+        } else {
+            // tcp6 too: a server listening on :: (busybox nc does) holds
+            // its IPv4 peers as v4-mapped addresses there.
+            ["tcp", "tcp6"]
+                .iter()
+                .filter_map(|f| {
+                    std::fs::read_to_string(format!("/proc/{}/net/{f}", container.pid)).ok()
+                })
+                .map(|t| outside_connections(&t, &lost))
+                .sum()
+        };
+        DockerNeeds {
+            container,
+            image,
+            tcp_close: outside > 0,
+            outside_connections: outside,
+        }
+    }
+}
+
+/// How many established connections of a /proc/net/tcp text run from one
+/// of `ips` to a peer with another address (peers inside the container
+/// talk to the container's own address, and follow it).
+fn outside_connections(proc_net_tcp: &str, ips: &[Ipv4Addr]) -> usize {
+    // "  sl  local_address rem_address   st ..." with addresses as
+    // little-endian hex u32 and ports: "0200A8C0:1F90".
+    let addr = |f: &str| {
+        let hex = f.split(':').next()?;
+        // tcp6: a v4-mapped address (::ffff:a.b.c.d) ends with the IPv4
+        // word; other IPv6 addresses are not docker's bridge addresses.
+        let hex = match hex.len() {
+            8 => hex,
+            32 if hex.starts_with("0000000000000000FFFF0000") => &hex[24..],
+            _ => return None,
+        };
+        u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|n| Ipv4Addr::from(u32::from_be(n)))
+    };
+    proc_net_tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((addr(f.get(1)?)?, addr(f.get(2)?)?, *f.get(3)?))
+        })
+        .filter(|(local, remote, st)| *st == "01" && ips.contains(local) && local != remote)
+        .count()
 }
 
 /// What the destination's dockerd has of what the container needs.
@@ -133,19 +202,26 @@ fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
 
 /// What will not survive the move as it is on the source: said before
 /// anything is frozen, and carried by the report (never lost silently).
-pub fn notes(c: &DockerContainer) -> Vec<String> {
+pub fn notes(needs: &DockerNeeds) -> Vec<String> {
+    let c = &needs.container;
     let mut out = Vec::new();
+    if needs.tcp_close {
+        out.push(format!(
+            "{} established TCP connection(s) to peers outside the container, on an address that does not move, will be closed",
+            needs.outside_connections
+        ));
+    }
     for a in &c.networks {
         let Some(ip) = a.ip else {
             continue;
         };
         match (a.builtin, a.fixed) {
             (true, _) if a.network == "bridge" => out.push(format!(
-                "address {ip} on docker's default bridge becomes the destination's: established TCP connections of the container are closed (run it on a user-defined network with --ip to keep them)"
+                "address {ip} on docker's default bridge becomes the destination's: established TCP connections to peers outside the container are closed (run it on a user-defined network with --ip to keep them)"
             )),
             (true, _) => {}
             (false, false) => out.push(format!(
-                "address {ip} on network {} was not fixed with --ip: the destination's dockerd picks one, and established TCP connections of the container are closed",
+                "address {ip} on network {} was not fixed with --ip: the destination's dockerd picks one, and established TCP connections to peers outside the container are closed",
                 a.network
             )),
             (false, true) => {}
@@ -157,14 +233,6 @@ pub fn notes(c: &DockerContainer) -> Vec<String> {
         ));
     }
     out
-}
-
-/// Whether every established TCP connection can survive: each address
-/// stays (user-defined network, fixed with `--ip`).
-pub fn addresses_survive(c: &DockerContainer) -> bool {
-    c.networks
-        .iter()
-        .all(|a| a.ip.is_none() || (!a.builtin && a.fixed))
 }
 
 /// The namespaces a dockerd's container is dumped without their content:
@@ -258,7 +326,7 @@ impl DockerLanding {
                 engine,
                 upper,
                 pending,
-                tcp_close: !addresses_survive(&d.container),
+                tcp_close: d.tcp_close,
                 keeps: d
                     .container
                     .networks
@@ -417,6 +485,25 @@ mod tests {
     }
 
     #[test]
+    fn connections_to_the_outside_are_counted() {
+        // 172.17.0.2:5000 <- 10.66.0.100:40000 established; 172.17.0.2 to
+        // itself established; a listener; 127.0.0.1 to itself.
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 020011AC:1388 6400420A:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 20 4 30 10 -1
+   1: 020011AC:1389 020011AC:9C41 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 00000000:1388 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+   3: 0100007F:1770 0100007F:9C42 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1";
+        let ip: Ipv4Addr = "172.17.0.2".parse().unwrap();
+        assert_eq!(outside_connections(t, &[ip]), 1);
+        let t6 =
+            "  sl  local_address                         remote_address                        st
+   0: 0000000000000000FFFF0000020011AC:1388 0000000000000000FFFF00006400420A:A7C8 01 0
+   1: 00000000000000000000000000000000:1388 00000000000000000000000000000000:0000 0A 0";
+        assert_eq!(outside_connections(t6, &[ip]), 1);
+        assert_eq!(outside_connections(t, &["10.0.0.1".parse().unwrap()]), 0);
+    }
+
+    #[test]
     fn subnets() {
         let net: Ipv4Addr = "10.66.0.0".parse().unwrap();
         assert!(in_subnet("10.66.0.50".parse().unwrap(), net, 24));
@@ -449,15 +536,26 @@ mod tests {
             "create": {"name": "web", "body": {}}
         }))
         .unwrap();
+        let needs = |c: &DockerContainer, tcp_close| DockerNeeds {
+            container: c.clone(),
+            image: ImageFacts {
+                id: "sha256:1".into(),
+                layers: vec![],
+                tags: vec![],
+            },
+            tcp_close,
+            outside_connections: 2,
+        };
         c.networks = vec![fixed.clone()];
-        assert!(addresses_survive(&c));
-        assert_eq!(notes(&c).len(), 1, "{:?}", notes(&c));
+        let n = notes(&needs(&c, false));
+        assert_eq!(n.len(), 1, "{n:?}");
         c.networks = vec![bridge, fixed, floating];
-        assert!(!addresses_survive(&c));
-        let n = notes(&c);
+        let n = notes(&needs(&c, false));
         assert_eq!(n.len(), 3, "{n:?}");
         assert!(n[0].contains("default bridge"), "{n:?}");
         assert!(n[1].contains("network m"), "{n:?}");
+        let with_tcp = notes(&needs(&c, true));
+        assert!(with_tcp[0].starts_with("2 established TCP"), "{with_tcp:?}");
         assert!(n[2].contains("volume data"), "{n:?}");
     }
 }

@@ -106,7 +106,7 @@ pub fn checkpoint(
         file: file.to_path_buf(),
         bytes: result?,
         checkpoint_ms: started.elapsed().as_secs_f64() * 1000.0,
-        notes: docker::notes(&d.needs().container),
+        notes: docker::notes(d.needs()),
     })
 }
 

@@ -438,12 +438,13 @@ impl<'a> DockerSource<'a> {
                 name: name.to_string(),
                 why: format!("its image {} is gone from dockerd", container.image_id),
             })?;
-        let notes = super::docker::notes(&container);
+
+        let needs = DockerNeeds::new(container, image);
         Ok(DockerSource {
             engine,
             root,
-            needs: DockerNeeds { container, image },
-            notes,
+            notes: super::docker::notes(&needs),
+            needs,
             rm_source: false,
         })
     }
