@@ -484,20 +484,27 @@ impl<'a> DockerSource<'a> {
     /// then renamed out of the way of a move back, or removed.
     fn end(&self, to: &str) -> Result<String> {
         self.kill()?;
+        // The move is done: a failed rename or removal is reported, not
+        // turned into a failed move.
         let id = &self.needs.container.id;
         if self.rm_source {
-            self.engine.remove(id, true)?;
-            return Ok("removed".into());
+            return Ok(match self.engine.remove(id, true) {
+                Ok(()) => "removed".into(),
+                Err(e) => format!("exited; removing it failed: {}", crate::error::chain(&e)),
+            });
         }
-        let mut last = None;
+        let mut last = String::new();
         for n in 0..10 {
             let name = super::docker::moved_name(&self.needs.container.name, to, n);
             match self.engine.rename(id, &name) {
                 Ok(()) => return Ok(format!("exited, renamed to {name}")),
-                Err(e) => last = Some(e),
+                Err(e) => last = crate::error::chain(&e),
             }
         }
-        Err(last.expect("tried at least once"))
+        Ok(format!(
+            "exited, still named {} (renaming it failed: {last})",
+            self.needs.container.name
+        ))
     }
 }
 
