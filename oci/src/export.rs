@@ -201,7 +201,21 @@ pub fn export_contents(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    let out = File::create(&tmp).map_err(io("creating", &tmp))?;
+    // 0600 and exclusive: the archive holds the container's memory, and
+    // an existing file (or a symlink planted there) is never written
+    // through.
+    // A partial file a crashed export left (or a symlink planted in its
+    // place) goes first; remove_file never follows a symlink.
+    let _ = fs::remove_file(&tmp);
+    let out = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("creating", &tmp))?
+    };
     let result = (|| -> Result<()> {
         let w = BufWriter::new(out);
         let mut w = match compression {
@@ -396,6 +410,25 @@ mod tests {
     }
 
     #[test]
+    fn an_export_never_writes_through_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let (images, config, rootfs) = source(d.path());
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let file = d.path().join("c.tar");
+        std::os::unix::fs::symlink(&victim, d.path().join(".c.tar.partial")).unwrap();
+        let src = ExportSource {
+            id: "c1",
+            images: &images,
+            config: &config,
+            rootfs: &rootfs,
+        };
+        export(&src, &file, Compression::None).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(fs::symlink_metadata(&file).unwrap().is_file());
+    }
+
+    #[test]
     fn export_then_import_round_trips_plain_and_zstd() {
         for name in ["c.tar", "c.tar.zst"] {
             let d = tempfile::tempdir().unwrap();
@@ -408,6 +441,11 @@ mod tests {
                 rootfs: &rootfs,
             };
             export(&src, &file, Compression::for_path(&file)).unwrap();
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = fs::metadata(&file).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{name}: the archive holds memory");
+            }
             let mut head = [0u8; 4];
             File::open(&file).unwrap().read_exact(&mut head).unwrap();
             assert_eq!(head == ZSTD_MAGIC, name.ends_with(".zst"));

@@ -637,6 +637,51 @@ fn a_killed_destination_leaves_the_source_running() {
     a.ok(&["delete", "--force", &id]);
 }
 
+/// Two offers of one id at once (two sources each with a container of
+/// that name): the second is refused while the first is being received,
+/// and runs on at its source; the first completes.
+#[test]
+fn a_second_offer_of_an_id_being_received_is_refused() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let a2 = Root::new();
+    let serve_b = p.serve_b("twice");
+    let id = format!("twice-{tag}");
+    let big = python_bundle(&p.dir().join("big"), COUNTER_256_MIB);
+    let big_count = big.join("rootfs/out/count");
+    run(a, &big, &id);
+    let small = busybox_bundle(&p.dir().join("small"), COUNTER);
+    let small_count = small.join("rootfs/out/count");
+    // Two containers of one id on this machine: cgroups of their own.
+    edit_config(&small, |c| {
+        c["linux"]["cgroupsPath"] = format!("/ferry-twice2-{tag}/{id}").into();
+    });
+    run(&a2, &small, &id);
+    wait_numbers(&big_count, 3);
+    wait_numbers(&small_count, 3);
+    // The first move's pages go through a throttled relay: seconds long.
+    let relay = Relay::start(
+        serve_b.addr.clone(),
+        Tamper::Throttle {
+            bytes_per_sec: 64 << 20,
+        },
+    );
+    let mut first = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
+    first.wait_for("pages: ");
+    let err = p.migrate_fails(&a2, &id, &serve_b.addr, &["--mode", "precopy"]);
+    assert!(
+        err.contains("arriving there from another move"),
+        "the second offer was not refused as a duplicate: {err}"
+    );
+    assert_source_went_on(&a2, &id, &small_count, &err);
+    let (moved, said) = first.finish();
+    assert!(moved, "the first move failed: {said}");
+    assert_eq!(b.status(&id), "running");
+    b.ok(&["delete", "--force", &id]);
+    a2.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&format!("ferry-twice2-{tag}/{id}")).is_empty());
+}
+
 /// Post-copy of a 256 MiB container: it runs on B before its memory has
 /// arrived; every page comes (the lazy-pages daemon's count), the memory is
 /// the same (its crc, printed by the workload on every line, never changes)

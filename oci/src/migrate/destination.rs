@@ -62,6 +62,18 @@ pub struct Agent {
     /// (`Some(None)`: found as docker finds it).
     pub docker: Option<Option<String>>,
     pages: Mutex<HashMap<String, Sender<TcpStream>>>,
+    /// The ids being received now: a second offer of one is refused, not
+    /// let trample the first's incoming dir and page connection.
+    receiving: Mutex<std::collections::HashSet<String>>,
+}
+
+/// An id being received, released on drop.
+struct Receiving<'a>(&'a Agent, String);
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.0.receiving.lock().unwrap().remove(&self.1);
+    }
 }
 
 impl Agent {
@@ -74,6 +86,7 @@ impl Agent {
             console_socket: None,
             docker: None,
             pages: Mutex::new(HashMap::new()),
+            receiving: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -192,6 +205,11 @@ impl Agent {
     ) -> Result<()> {
         let id = needs.container_id.clone();
         crate::runtime::state::validate_id(&id)?;
+        if !self.receiving.lock().unwrap().insert(id.clone()) {
+            let problems = vec![preflight::Problem::IdInUse { id: id.clone() }];
+            return wire::send(&mut s, &Reply::Refused { problems });
+        }
+        let _receiving = Receiving(self, id.clone());
         let dir = self.root.join("incoming").join(&id);
         if needs.docker.is_none() && !self.root.join(&id).exists() && dir.exists() {
             // What an earlier move of this id left (its container is gone).

@@ -228,7 +228,7 @@ impl fmt::Display for Problem {
             ),
             Problem::IdInUse { id } => write!(
                 f,
-                "a container named {id} already exists on the destination: delete it or pick another id"
+                "a container named {id} already exists on the destination, or is arriving there from another move right now: delete it, wait, or pick another id"
             ),
             Problem::LowerLayerMissing { path } => write!(
                 f,

@@ -83,7 +83,13 @@ impl Container {
         };
         let locked = match to_lock {
             Some(ns) => {
-                crate::network::criu_lock::add(&ns)?;
+                if let Err(e) = crate::network::criu_lock::add(&ns) {
+                    // Nothing was dumped: the container runs on as it was.
+                    if !was_paused {
+                        let _ = self.state.cgroup.thaw();
+                    }
+                    return Err(e);
+                }
                 Some(ns)
             }
             None => None,
