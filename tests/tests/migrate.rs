@@ -451,6 +451,17 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     assert!(report["mode_reason"].as_str().unwrap().starts_with("auto"));
     let n = numbers(&back).len();
     assert_consecutive(&wait_numbers(&moved.join("out/count"), n + 5));
+    // Three moves later it lives in B's parent plus its name, not nested
+    // in A's (/ferry-b/ferry-a/ferry-b/...).
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", b.pid(&id))).unwrap();
+    let freezer = cgroups
+        .lines()
+        .find(|l| l.contains(":freezer:"))
+        .unwrap_or_else(|| panic!("no freezer line: {cgroups}"));
+    assert!(
+        freezer.ends_with(&format!(":/ferry-b-{tag}/{id}")),
+        "cgroup path nested across moves: {freezer}"
+    );
     b.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-a-{tag}/{id}")).is_empty());
     assert!(cgroup_leftovers(&format!("ferry-b-{tag}/{id}")).is_empty());

@@ -525,12 +525,18 @@ impl Agent {
             serde_json::from_str(config).map_err(|source| Error::BadMessage { source })?;
         spec["root"]["path"] = "rootfs".into();
         if let Some(parent) = &self.cgroup_parent {
-            let own = spec["linux"]["cgroupsPath"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("/{id}"));
-            spec["linux"]["cgroupsPath"] =
-                format!("{}/{}", parent.display(), own.trim_start_matches('/')).into();
+            // The agent's parent plus the container's own name, whatever
+            // path it had on the source: a container moved back and forth
+            // between agents must not nest one parent in the other's at
+            // every move. A systemd path (slice:prefix:name) is kept.
+            let own = spec["linux"]["cgroupsPath"].as_str().unwrap_or("");
+            if !own.contains(':') {
+                spec["linux"]["cgroupsPath"] = format!(
+                    "{}/{id}",
+                    parent.display().to_string().trim_end_matches('/')
+                )
+                .into();
+            }
         }
         let cfg = bundle.join("config.json");
         std::fs::write(&cfg, spec.to_string()).map_err(crate::error::io("writing", &cfg))
