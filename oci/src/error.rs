@@ -218,6 +218,16 @@ pub enum Error {
     #[error("migration protocol violated: {what}")]
     Protocol { what: &'static str },
 
+    /// An entry of a writable-layer diff that would be written outside
+    /// the layer or through something in it: the stream is corrupt or
+    /// hostile ([`crate::overlay::pack_diff`] never writes one).
+    #[error("writable-layer entry `{}` refused{}: {why} (the diff is corrupt or hostile; the source's pack never writes this)", entry.display(), target.as_ref().map(|t| format!(" (hard link to `{}`)", t.display())).unwrap_or_default())]
+    LayerEntryRefused {
+        entry: PathBuf,
+        target: Option<PathBuf>,
+        why: &'static str,
+    },
+
     #[error("malformed migration message")]
     BadMessage {
         #[source]

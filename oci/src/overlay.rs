@@ -11,21 +11,35 @@
 //! modification times. The `tar` crate frames it; entries are written and
 //! extracted here because the crate neither writes xattrs nor creates
 //! device nodes (it would turn a whiteout into an empty file).
+//!
+//! The destination unpacks a diff that came over the network, as root, so
+//! [`unpack_diff`] takes it as hostile: every entry is created through a
+//! directory fd that openat2 resolved beneath the upper directory without
+//! following a symlink, and nothing is written, linked or changed outside
+//! it (runc's securejoin / openat2 discipline).
 
-use std::collections::HashMap;
-use std::ffi::{CString, OsString};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, MsFlags};
-use nix::sys::stat::{mknod, Mode, SFlag};
+use nix::sys::stat::{
+    fchmodat, fstat, fstatat, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
+};
+use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use sha2::{Digest, Sha256};
 
 use crate::criu_plan::parse_mountinfo;
 use crate::error::{io, Error, Result};
+use crate::runtime::securejoin::proc_fd_path;
 
 /// The layers of an overlayfs mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +240,25 @@ pub fn pack_diff(upper: &Path, w: impl Write) -> Result<DiffCount> {
                 .map_err(io("archiving", p))?;
         } else {
             // Directories, fifos and devices (whiteouts are 0:0 character
-            // devices): set_metadata_in_mode set the type and numbers.
+            // devices): set_metadata_in_mode set the type, but zeroes the
+            // device numbers, which would turn every device into a
+            // whiteout on the destination (hiding the lower file).
+            if t.is_char_device() || t.is_block_device() {
+                let (major, minor) = (
+                    nix::sys::stat::major(m.rdev()),
+                    nix::sys::stat::minor(m.rdev()),
+                );
+                let too_big = |_| {
+                    io("archiving", p)(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "device number too large for a tar header",
+                    ))
+                };
+                h.set_device_major(u32::try_from(major).map_err(too_big)?)
+                    .map_err(io("archiving", p))?;
+                h.set_device_minor(u32::try_from(minor).map_err(too_big)?)
+                    .map_err(io("archiving", p))?;
+            }
             if t.is_char_device() && m.rdev() == 0 {
                 count.whiteouts += 1;
             }
@@ -277,28 +309,170 @@ fn xattr_records<W: Write>(path: &Path, b: &mut tar::Builder<W>) -> std::io::Res
     b.append(&h, &data[..])
 }
 
-/// Only plain relative paths: a hostile stream cannot write outside `dir`.
-fn inside(dir: &Path, rel: &Path) -> Option<PathBuf> {
-    rel.components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        .then(|| dir.join(rel))
+/// Why a name in a diff cannot be a path inside the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadName {
+    Absolute,
+    DotDot,
+    Root,
 }
 
-/// Extracts a stream made by [`pack_diff`] into the empty directory
-/// `upper`, as a new overlay's upper layer.
+impl BadName {
+    /// Said of an entry's own name.
+    fn of_entry(self) -> &'static str {
+        match self {
+            BadName::Absolute => "its path is absolute",
+            BadName::DotDot => "its path has a `..` component",
+            BadName::Root => "its path names the layer's root itself",
+        }
+    }
+
+    /// Said of a hard link's target.
+    fn of_target(self) -> &'static str {
+        match self {
+            BadName::Absolute => "its target is absolute",
+            BadName::DotDot => "its target has a `..` component",
+            BadName::Root => "its target is the layer's root itself",
+        }
+    }
+}
+
+/// Where an entry goes: the directory that holds it, relative to the
+/// layer's root (`.` for the root itself), and its own name. Only plain
+/// names make it: an absolute name or a `..` is refused outright, as GNU
+/// tar (without -P) and the tar crate's own `unpack` refuse them, and so is
+/// a name that is the root itself.
+fn entry_place(rel: &Path) -> std::result::Result<(PathBuf, OsString), BadName> {
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => parts.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(BadName::DotDot),
+            Component::RootDir | Component::Prefix(_) => return Err(BadName::Absolute),
+        }
+    }
+    let name = parts.pop().ok_or(BadName::Root)?;
+    let parent = if parts.is_empty() {
+        PathBuf::from(".")
+    } else {
+        parts.iter().collect()
+    };
+    Ok((parent, name.to_os_string()))
+}
+
+/// The upper directory being filled, held open. Every entry is created
+/// relative to a directory fd resolved beneath it and named by one plain
+/// component, never through a path string joined onto `upper`: what an
+/// earlier entry made (a symlink to /etc, say) cannot redirect a later one.
+struct Upper<'a> {
+    path: &'a Path,
+    root: OwnedFd,
+}
+
+impl<'a> Upper<'a> {
+    fn open(path: &'a Path) -> Result<Self> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("opening the writable layer", path)(e.into()))?;
+        // SAFETY: open returned a new fd that nothing else owns.
+        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Upper { path, root })
+    }
+
+    /// The directory `rel` (a parent [`entry_place`] gave), as an `O_PATH`
+    /// fd. RESOLVE_BENEATH keeps the walk under the root, and
+    /// RESOLVE_NO_SYMLINKS refuses a symlink anywhere on the way, the last
+    /// component included: [`pack_diff`]'s walk never descends into a
+    /// symlink, so no real diff has an entry below one. RESOLVE_IN_ROOT
+    /// (securejoin's `open_in_root`, right for a container's mount
+    /// destinations) would follow `d -> /etc` to `<upper>/etc`: inside, but
+    /// somewhere the source had nothing, so it is refused instead.
+    /// RESOLVE_NO_XDEV: nor is a mount inside the upper directory crossed.
+    fn dir(&self, rel: &Path) -> nix::Result<OwnedFd> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            );
+        let fd = nix::fcntl::openat2(self.root.as_raw_fd(), rel, how)?;
+        // SAFETY: openat2 returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// What a failed resolution of `entry`'s directory (or of its hard
+    /// link's `target`) means: the stream's fault, said so, or the host's.
+    fn resolve_error(&self, e: Errno, entry: &Path, target: Option<&Path>) -> Error {
+        let why = match e {
+            Errno::ELOOP => {
+                "a directory on its path is a symlink, and none is followed while unpacking"
+            }
+            Errno::ENOTDIR => "a component of its path is not a directory",
+            Errno::ENOENT => "its directory is not in the layer before it",
+            Errno::EXDEV => "its path leaves the layer or crosses a mount in it",
+            e => return io("resolving in the writable layer", &self.path.join(entry))(e.into()),
+        };
+        refused(entry, target, why)
+    }
+}
+
+fn refused(entry: &Path, target: Option<&Path>, why: &'static str) -> Error {
+    Error::LayerEntryRefused {
+        entry: entry.to_path_buf(),
+        target: target.map(Path::to_path_buf),
+        why,
+    }
+}
+
+/// Why creating an entry found its name taken: a diff names each path once,
+/// and what is there is neither replaced nor followed (a file entry over
+/// a symlink to the host's /etc/passwd would otherwise write there).
+const TAKEN: &str = "its name is taken already (a diff names each path once)";
+
+/// Extracts a stream made by [`pack_diff`] into `upper`, as a new overlay's
+/// upper layer: empty, or holding only directories (dockerd makes a new
+/// container's working directory there), which the stream's own are merged
+/// with.
+///
+/// The stream comes from the network (`ferry serve`, as root), so it is
+/// unpacked as if hostile, as runc's securejoin and openat2 would: nothing
+/// is created, changed or linked outside `upper` nor through a symlink in
+/// it. Names that are absolute or hold `..`, a directory on a path that is
+/// a symlink or missing, a name taken already, and a hard link to anything
+/// but a regular file this unpack wrote are refused with
+/// [`Error::LayerEntryRefused`]. A symlink's target is stored as it is (it
+/// is the container's, resolved in the container) and never followed here.
+/// Modes, set-id bits, devices, owners and xattrs are what the stream says.
 pub fn unpack_diff(r: impl Read, upper: &Path) -> Result<DiffCount> {
     let err = |p: &Path| io("extracting the writable layer into", p);
+    let layer = Upper::open(upper)?;
     let mut a = tar::Archive::new(r);
     let mut count = DiffCount::default();
     // Directory modes and times are set last: writing into a directory
     // changes its mtime, and a read-only mode would stop the writes.
     let mut dirs = Vec::new();
+    // The regular files this unpack wrote, the only ones a hard link may
+    // name ([`pack_diff`] writes a file's first name before its links).
+    let mut files: HashSet<(libc::dev_t, libc::ino_t)> = HashSet::new();
     for e in a.entries().map_err(err(upper))? {
         let mut e = e.map_err(err(upper))?;
+        // The effective name (a PAX `path` or GNU long name included).
         let rel = e.path().map_err(err(upper))?.into_owned();
-        let dst = inside(upper, &rel).ok_or_else(|| Error::Protocol {
-            what: "a writable-layer entry outside the layer",
-        })?;
+        let (parent_rel, name) =
+            entry_place(&rel).map_err(|b| refused(&rel, None, b.of_entry()))?;
+        // For messages only: nothing is ever opened by this path.
+        let dst = upper.join(&rel);
+        let parent = layer
+            .dir(&parent_rel)
+            .map_err(|e| layer.resolve_error(e, &rel, None))?;
+        let pfd = Some(parent.as_raw_fd());
+        let name = name.as_os_str();
         let h = e.header().clone();
         let xattrs: Vec<(OsString, Vec<u8>)> = match e.pax_extensions().map_err(err(&dst))? {
             Some(exts) => exts
@@ -312,30 +486,90 @@ pub fn unpack_diff(r: impl Read, upper: &Path) -> Result<DiffCount> {
         };
         let mode = h.mode().map_err(err(&dst))?;
         let kind = h.entry_type();
+        let taken = |e: Errno| match e {
+            Errno::EEXIST => refused(&rel, None, TAKEN),
+            e => err(&dst)(e.into()),
+        };
         count.entries += 1;
+        // Everything is created owner-only (0700, 0600) and gets its owner,
+        // then its mode: nobody else can use a set-id file or a device
+        // before it is what the stream says, and chown(2) would clear the
+        // set-id bits if the mode came first.
         match kind {
-            tar::EntryType::Directory => {
-                std::fs::create_dir_all(&dst).map_err(err(&dst))?;
-            }
+            tar::EntryType::Directory => match mkdirat(pfd, name, Mode::S_IRWXU) {
+                Ok(()) => {}
+                Err(Errno::EEXIST) => {
+                    let st = fstatat(pfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|e| err(&dst)(e.into()))?;
+                    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                        return Err(refused(&rel, None, TAKEN));
+                    }
+                }
+                Err(e) => return Err(err(&dst)(e.into())),
+            },
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut f = File::create(&dst).map_err(err(&dst))?;
+                let fd = openat(
+                    pfd,
+                    name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::S_IRUSR | Mode::S_IWUSR,
+                )
+                .map_err(taken)?;
+                // SAFETY: openat returned a new fd that nothing else owns.
+                let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
                 std::io::copy(&mut e, &mut f).map_err(err(&dst))?;
+                let st = fstat(f.as_raw_fd()).map_err(|e| err(&dst)(e.into()))?;
+                files.insert((st.st_dev, st.st_ino));
             }
             tar::EntryType::Symlink => {
-                let target = e.link_name().map_err(err(&dst))?.ok_or(Error::Protocol {
-                    what: "a symlink without a target in the writable layer",
-                })?;
-                std::os::unix::fs::symlink(&*target, &dst).map_err(err(&dst))?;
-            }
-            tar::EntryType::Link => {
-                let first = e
+                let target = e
                     .link_name()
                     .map_err(err(&dst))?
-                    .and_then(|t| inside(upper, &t))
+                    .filter(|t| !t.as_os_str().is_empty())
                     .ok_or(Error::Protocol {
-                        what: "a hard link outside the writable layer",
+                        what: "a symlink without a target in the writable layer",
                     })?;
-                std::fs::hard_link(&first, &dst).map_err(err(&dst))?;
+                symlinkat(target.as_os_str(), pfd, name).map_err(taken)?;
+            }
+            tar::EntryType::Link => {
+                let target = e
+                    .link_name()
+                    .map_err(err(&dst))?
+                    .ok_or(Error::Protocol {
+                        what: "a hard link without a target in the writable layer",
+                    })?
+                    .into_owned();
+                let (tparent, tname) = entry_place(&target)
+                    .map_err(|b| refused(&rel, Some(&target), b.of_target()))?;
+                let tdir = layer
+                    .dir(&tparent)
+                    .map_err(|e| layer.resolve_error(e, &rel, Some(&target)))?;
+                let tfd = Some(tdir.as_raw_fd());
+                let st =
+                    fstatat(tfd, tname.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| {
+                        match e {
+                            Errno::ENOENT => {
+                                refused(&rel, Some(&target), "its target is not in the layer")
+                            }
+                            e => err(&dst)(e.into()),
+                        }
+                    })?;
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG
+                    || !files.contains(&(st.st_dev, st.st_ino))
+                {
+                    return Err(refused(
+                        &rel,
+                        Some(&target),
+                        "its target is not a regular file of this diff written before it",
+                    ));
+                }
+                // No AT_SYMLINK_FOLLOW: linkat links the name itself, both
+                // names one component in a directory resolved inside.
+                linkat(tfd, tname.as_os_str(), pfd, name, AtFlags::empty()).map_err(taken)?;
                 count.hardlinks += 1;
                 // A link shares its first name's inode: nothing more to set.
                 continue;
@@ -353,13 +587,14 @@ pub fn unpack_diff(r: impl Read, upper: &Path) -> Result<DiffCount> {
                 if kind == tar::EntryType::Char && major == 0 && minor == 0 {
                     count.whiteouts += 1;
                 }
-                mknod(
-                    &dst,
+                mknodat(
+                    pfd,
+                    name,
                     ty,
-                    Mode::from_bits_truncate(mode),
+                    Mode::S_IRUSR | Mode::S_IWUSR,
                     nix::sys::stat::makedev(major as u64, minor as u64),
                 )
-                .map_err(|e| err(&dst)(e.into()))?;
+                .map_err(taken)?;
             }
             _ => {
                 return Err(Error::Protocol {
@@ -367,43 +602,74 @@ pub fn unpack_diff(r: impl Read, upper: &Path) -> Result<DiffCount> {
                 })
             }
         }
-        let uid = h.uid().map_err(err(&dst))? as u32;
-        let gid = h.gid().map_err(err(&dst))? as u32;
-        std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(err(&dst))?;
+        // From here on every call names the entry by its directory's fd and
+        // its one-component name, and none follows it if it is a symlink.
+        let owner = |id: u64| {
+            u32::try_from(id).map_err(|_| refused(&rel, None, "its owner is out of range"))
+        };
+        let uid = Uid::from_raw(owner(h.uid().map_err(err(&dst))?)?);
+        let gid = Gid::from_raw(owner(h.gid().map_err(err(&dst))?)?);
+        fchownat(
+            pfd,
+            name,
+            Some(uid),
+            Some(gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| err(&dst)(e.into()))?;
+        // There is no fsetxattr on an O_PATH fd (nor on a device node or a
+        // symlink opened otherwise): lsetxattr on /proc/self/fd/DIR/NAME
+        // goes to the pinned directory, then does not follow NAME (runc's
+        // procfd way).
+        let handle = proc_fd_path(&parent).join(name);
         for (k, v) in &xattrs {
-            xattr::set(&dst, k, v).map_err(err(&dst))?;
+            xattr::set(&handle, k, v).map_err(err(&dst))?;
         }
         let mtime = h.mtime().map_err(err(&dst))? as i64;
         if kind == tar::EntryType::Directory {
-            dirs.push((dst, mode, mtime));
+            dirs.push((parent_rel, name.to_os_string(), rel, mode, mtime));
             continue;
         }
         if kind != tar::EntryType::Symlink {
-            std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(mode))
-                .map_err(err(&dst))?;
+            set_mode(pfd, name, mode).map_err(|e| err(&dst)(e.into()))?;
         }
-        set_mtime(&dst, mtime).map_err(err(&dst))?;
+        set_mtime(pfd, name, mtime).map_err(|e| err(&dst)(e.into()))?;
     }
-    for (dst, mode, mtime) in dirs.into_iter().rev() {
-        std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(err(&dst))?;
-        set_mtime(&dst, mtime).map_err(err(&dst))?;
+    for (parent_rel, name, rel, mode, mtime) in dirs.into_iter().rev() {
+        let dst = upper.join(&rel);
+        let parent = layer
+            .dir(&parent_rel)
+            .map_err(|e| layer.resolve_error(e, &rel, None))?;
+        let pfd = Some(parent.as_raw_fd());
+        set_mode(pfd, &name, mode).map_err(|e| err(&dst)(e.into()))?;
+        set_mtime(pfd, &name, mtime).map_err(|e| err(&dst)(e.into()))?;
     }
     Ok(count)
 }
 
-/// Sets `path`'s modification time without following a symlink.
-fn set_mtime(path: &Path, secs: i64) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
+/// Sets the permission bits (set-id and sticky bits included) of `name` in
+/// `dir`. AT_SYMLINK_NOFOLLOW: glibc refuses a symlink rather than change
+/// what it points at.
+fn set_mode(dir: Option<RawFd>, name: &OsStr, mode: u32) -> nix::Result<()> {
+    fchmodat(
+        dir,
+        name,
+        Mode::from_bits_truncate(mode & 0o7777),
+        FchmodatFlags::NoFollowSymlink,
+    )
+}
+
+/// Sets the modification time of `name` in `dir` (not of what a symlink
+/// points at).
+fn set_mtime(dir: Option<RawFd>, name: &OsStr, secs: i64) -> nix::Result<()> {
     let t = nix::sys::time::TimeSpec::new(secs, 0);
-    nix::sys::stat::utimensat(
-        None,
-        c.as_c_str(),
+    utimensat(
+        dir,
+        name,
         &nix::sys::time::TimeSpec::UTIME_OMIT,
         &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(Into::into)
 }
 
 /// The name a destination gives a received layer's parts.
@@ -414,6 +680,7 @@ pub fn layer_dirs(dir: &Path) -> (PathBuf, PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::stat::mknod;
 
     #[test]
     fn options_with_several_lowers_and_escaped_commas() {
@@ -484,8 +751,17 @@ mod tests {
 
     #[test]
     fn hostile_paths_are_refused() {
-        assert!(inside(Path::new("/u"), Path::new("../etc")).is_none());
-        assert!(inside(Path::new("/u"), Path::new("/etc")).is_none());
-        assert!(inside(Path::new("/u"), Path::new("a/b")).is_some());
+        assert_eq!(entry_place(Path::new("../etc")), Err(BadName::DotDot));
+        assert_eq!(entry_place(Path::new("a/../../etc")), Err(BadName::DotDot));
+        assert_eq!(entry_place(Path::new("/etc")), Err(BadName::Absolute));
+        assert_eq!(entry_place(Path::new(".")), Err(BadName::Root));
+        assert_eq!(
+            entry_place(Path::new("a/b")).unwrap(),
+            (PathBuf::from("a"), OsString::from("b"))
+        );
+        assert_eq!(
+            entry_place(Path::new("./b/")).unwrap(),
+            (PathBuf::from("."), OsString::from("b"))
+        );
     }
 }
