@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use super::preflight::Problem;
 use crate::docker::{DockerContainer, Engine, ImageFacts, NetworkFacts};
 use crate::error::{Error, Result};
-use crate::runtime::pending::{Outcome, Pending, Request};
+use crate::runtime::pending::{Creating, Outcome, Pending, Request};
 
 /// The docker part of an offer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -309,7 +309,14 @@ impl DockerLanding {
         if let Some(n) = name {
             spec.name = n.to_string();
         }
-        let id = engine.create(&spec)?;
+        let creating = Creating::mark(&root, &spec.name)?;
+        let id = match engine.create(&spec) {
+            Ok(id) => id,
+            Err(e) => {
+                creating.done();
+                return Err(e);
+            }
+        };
         let made = (|| {
             let c = engine.container(&id)?;
             let upper = c.upper_dir.clone().ok_or_else(|| Error::DockerNotMovable {
@@ -321,6 +328,12 @@ impl DockerLanding {
             })?;
             Ok((upper, Pending::prepare(&root, &id)?))
         })();
+        // Either way the mark has done its work: the container has its
+        // pending request, or is removed below.
+        let made = made.inspect_err(|_| {
+            let _ = engine.remove(&id, true);
+        });
+        creating.done();
         match made {
             Ok((upper, pending)) => Ok(DockerLanding {
                 engine,
@@ -337,10 +350,7 @@ impl DockerLanding {
                 lazy_work: PathBuf::from(LAZY_WORK).join(&id[..id.len().min(16)]),
                 id,
             }),
-            Err(e) => {
-                let _ = engine.remove(&id, true);
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 

@@ -211,6 +211,58 @@ pub fn restore_claimed(
     Ok(c)
 }
 
+/// A container about to be created for a pending restore, by name:
+/// recorded before dockerd is asked, so that whoever cleans up after an
+/// agent killed between dockerd's create and the request still finds the
+/// container (`ROOT/@creating/NAME`).
+#[derive(Debug)]
+pub struct Creating {
+    path: PathBuf,
+}
+
+const CREATING: &str = "@creating";
+
+impl Creating {
+    /// Records that container `name` is being created.
+    pub fn mark(root: &Path, name: &str) -> Result<Creating> {
+        // docker's names: [a-zA-Z0-9][a-zA-Z0-9_.-]*, never a path.
+        super::state::validate_id(name)?;
+        let dir = root.join(CREATING);
+        crate::checkpoint::private_dir(&dir)?;
+        let path = dir.join(name);
+        fs::write(&path, b"").map_err(io("writing", &path))?;
+        Ok(Creating { path })
+    }
+
+    /// The container has its pending request (or is gone again): the
+    /// mark goes.
+    pub fn done(self) {
+        let _ = fs::remove_file(&self.path);
+        if let Some(dir) = self.path.parent() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    /// The names marked under `root`.
+    pub fn list(root: &Path) -> Vec<String> {
+        fs::read_dir(root.join(CREATING))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The mark of `name`, to clear after cleaning up.
+    pub fn of(root: &Path, name: &str) -> Result<Creating> {
+        super::state::validate_id(name)?;
+        Ok(Creating {
+            path: root.join(CREATING).join(name),
+        })
+    }
+}
+
 fn write_atomic(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
