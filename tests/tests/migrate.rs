@@ -693,6 +693,93 @@ fn a_second_offer_of_an_id_being_received_is_refused() {
     assert!(cgroup_leftovers(&format!("ferry-twice2-{tag}/{id}")).is_empty());
 }
 
+/// 1,000 connections without the key, idle or sending garbage, against an
+/// agent whose fd limit is low (512, enough for the CRIU it runs): it
+/// neither runs out of descriptors nor exits (a failed accept is waited
+/// out, connections beyond its cap are dropped at once, a silent one at the
+/// handshake deadline), and a real move succeeds afterwards.
+#[test]
+fn a_flood_of_connections_without_the_key_leaves_the_agent_serving() {
+    use std::io::Write as _;
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = Command::new("prlimit")
+        .arg("--nofile=512:512")
+        .arg("--")
+        .arg(ferry_bin())
+        .arg("--root")
+        .arg(b.path())
+        .args(["serve", "--listen", &addr, "--key-file"])
+        .arg(&p.key)
+        .args(["--cgroup-parent", &p.cgroup("flood")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) is missing");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "ferry serve did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bundle = busybox_bundle(p.dir(), COUNTER);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("flood-{tag}");
+    run(a, &bundle, &id);
+    wait_numbers(&count, 3);
+
+    let sa: std::net::SocketAddr = addr.parse().unwrap();
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        if let Ok(mut c) = std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(500)) {
+            // Mostly idle (each would hold an fd for ever before), some
+            // garbage.
+            if i % 10 == 0 {
+                let _ = c.write_all(&[0xff; 64]);
+            }
+            held.push(c);
+        }
+        // Up to 800 open at once, far past the agent's fd limit.
+        if held.len() >= 800 {
+            held.drain(..400);
+        }
+        assert!(
+            agent.try_wait().unwrap().is_none(),
+            "the agent exited under the flood (connection {i})"
+        );
+    }
+    drop(held);
+    assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
+    // The dropped connections' slots come back; the move goes through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let moved = loop {
+        let out = a.ferry(&p.migrate_args(&id, &addr, &["--mode", "precopy"]));
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        moved.status.success(),
+        "no move after the flood: {}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    let n = numbers(&count).len();
+    assert_consecutive(&wait_numbers(
+        &moved_rootfs(b, &id).join("out/count"),
+        n + 5,
+    ));
+    b.ok(&["delete", "--force", &id]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
 /// Post-copy of a 256 MiB container: it runs on B before its memory has
 /// arrived; every page comes (the lazy-pages daemon's count), the memory is
 /// the same (its crc, printed by the workload on every line, never changes)

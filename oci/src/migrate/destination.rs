@@ -42,7 +42,7 @@ use crate::docker::Engine;
 use crate::error::{Error, Result};
 use crate::restore::RestoreOptions;
 use crate::runtime::cr::{restore_container, RestoreRuntimeOptions};
-use crate::runtime::pending::{Outcome, Pending};
+use crate::runtime::pending::{Creating, Outcome, Pending};
 use crate::runtime::Stdio;
 
 /// What `ferry serve` needs.
@@ -112,17 +112,41 @@ impl Agent {
         self
     }
 
-    /// Serves connections until the listener fails.
+    /// Serves connections for ever: a failed accept (out of fds under a
+    /// flood, say) is waited out, never the end of the agent; at most
+    /// [`MAX_CONNECTIONS`] are served at once, and one that has not
+    /// authenticated and said what it wants within
+    /// [`wire::HANDSHAKE_DEADLINE`] is dropped.
     pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for conn in listener.incoming() {
-            let conn = conn.map_err(Error::Wire)?;
-            let me = self.clone();
-            std::thread::spawn(move || {
-                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                if let Err(e) = me.handle(conn, &peer) {
-                    tracing::warn!(peer, error = %crate::error::chain(&e), "migration failed");
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
-            });
+            };
+            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                active.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(peer = ?conn.peer_addr().ok(), "too many connections: dropped");
+                continue;
+            }
+            let me = self.clone();
+            let slot = Slot(active.clone());
+            let spawned = std::thread::Builder::new()
+                .name("ferry-serve-conn".into())
+                .spawn(move || {
+                    let _slot = slot;
+                    let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                    if let Err(e) = me.handle(conn, &peer) {
+                        tracing::warn!(peer, error = %crate::error::chain(&e), "migration failed");
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no thread for a connection: dropped");
+            }
         }
         Ok(())
     }
@@ -130,8 +154,19 @@ impl Agent {
     fn handle(&self, mut s: TcpStream, peer: &str) -> Result<()> {
         // Request/answer messages: never wait for a delayed ACK.
         let _ = s.set_nodelay(true);
+        wire::keepalive(&s)?;
+        s.set_read_timeout(Some(wire::HANDSHAKE_DEADLINE))
+            .and_then(|_| s.set_write_timeout(Some(wire::HANDSHAKE_DEADLINE)))
+            .map_err(Error::Wire)?;
         auth::server(&mut s, &self.key, peer)?;
-        match wire::recv::<_, Hello>(&mut s)? {
+        let hello = wire::recv::<_, Hello>(&mut s)?;
+        // Authenticated: the phases of a move have their own pace (a dump
+        // of many GiB keeps the control connection quiet); keepalive
+        // notices a dead peer.
+        s.set_read_timeout(None)
+            .and_then(|_| s.set_write_timeout(None))
+            .map_err(Error::Wire)?;
+        match hello {
             Hello::Pages { migration } => {
                 let tx = self.pages.lock().unwrap().remove(&migration);
                 match tx {
@@ -475,6 +510,18 @@ impl Agent {
     fn clean_docker_leftovers(&self) {
         let cleaned = self.engine().and_then(|engine| {
             let root = engine.runtime_root()?;
+            // Killed between dockerd's create and the pending request: the
+            // container never started, and nothing else knows it.
+            for name in Creating::list(&root) {
+                match engine.container(&name) {
+                    Ok(c) if !c.running && !Pending::of(&root, &c.id)?.dir.exists() => {
+                        tracing::info!(name, "removing the docker container of an unfinished move");
+                        engine.remove(&c.id, true)?;
+                    }
+                    _ => {}
+                }
+                Creating::of(&root, &name)?.done();
+            }
             for id in Pending::list(&root) {
                 let p = Pending::of(&root, &id)?;
                 let restored = matches!(p.outcome(), Ok(Some(Outcome::Restored { .. })));
@@ -790,6 +837,19 @@ fn remove_incoming(dir: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })
+}
+
+/// Connections served at once; more are dropped at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A served connection's place among [`MAX_CONNECTIONS`], given back on
+/// drop.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Where the CRIU logs of failed moves are kept, under the state root.

@@ -250,7 +250,14 @@ fn connect(to: SocketAddr, key: &Key) -> Result<TcpStream> {
         })?;
     // Request/answer messages: never wait for a delayed ACK.
     let _ = s.set_nodelay(true);
+    wire::keepalive(&s)?;
+    s.set_read_timeout(Some(wire::HANDSHAKE_DEADLINE))
+        .and_then(|_| s.set_write_timeout(Some(wire::HANDSHAKE_DEADLINE)))
+        .map_err(Error::Wire)?;
     auth::client(&mut s, key, &peer)?;
+    s.set_read_timeout(None)
+        .and_then(|_| s.set_write_timeout(None))
+        .map_err(Error::Wire)?;
     Ok(s)
 }
 

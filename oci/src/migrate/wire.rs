@@ -21,6 +21,25 @@ use crate::error::{Error, Result};
 const CONTROL: u8 = 1;
 const CHUNK: u8 = 2;
 const END: u8 = 3;
+/// How long a peer has to authenticate and say what it wants: an idle or
+/// garbage connection without the key holds a slot no longer than this.
+pub const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Makes a migration connection notice a dead peer: TCP keepalive probes
+/// after 10 s of silence, every 5 s, 3 unanswered ones and reads and writes
+/// fail (ETIMEDOUT) instead of blocking forever on a peer whose host died
+/// or whose link was cut without a FIN or RST. It also holds for the page
+/// connection once CRIU has it (the options stay on the socket).
+pub fn keepalive(s: &std::net::TcpStream) -> Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let set =
+        |r: nix::Result<()>| r.map_err(|e| Error::Wire(io::Error::from_raw_os_error(e as i32)));
+    set(setsockopt(s, sockopt::KeepAlive, &true))?;
+    set(setsockopt(s, sockopt::TcpKeepIdle, &10))?;
+    set(setsockopt(s, sockopt::TcpKeepInterval, &5))?;
+    set(setsockopt(s, sockopt::TcpKeepCount, &3))
+}
+
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 4 << 20;
 const CHUNK_SIZE: usize = 1 << 20;
