@@ -114,6 +114,9 @@ pub enum Command {
     Restore(commands::restore::RestoreArgs),
     /// Receive migrating containers (the destination's agent).
     Serve(commands::migrate::ServeArgs),
+    /// Make the shared key of `ferry serve` and `ferry migrate` (a new
+    /// file, mode 0600; copy it to both hosts).
+    Keygen(commands::migrate::KeygenArgs),
     /// Move a running container to another host's `ferry serve`.
     Migrate(commands::migrate::MigrateArgs),
     /// Read and debug a checkpoint: summary, ps, fds, mem, sockets, mounts,
@@ -287,6 +290,7 @@ fn main() -> ExitCode {
         Command::Checkpoint(a) => commands::checkpoint::checkpoint(&cli, a),
         Command::Restore(a) => commands::restore::restore(&cli, a),
         Command::Serve(a) => commands::migrate::serve(&cli, a),
+        Command::Keygen(a) => commands::migrate::keygen(a),
         Command::Migrate(a) => commands::migrate::migrate(&cli, a),
         Command::Inspect(a) => commands::inspect::inspect(&cli, a),
     };

@@ -197,20 +197,25 @@ impl Two {
         let key = tmp.path().join("key");
         let out = run_ferry(
             Command::new(ferry_bin())
-                .args([
-                    "serve",
-                    "--new-key",
-                    "--listen",
-                    "127.0.0.1:1",
-                    "--key-file",
-                ])
+                .args(["keygen", "--key-file"])
                 .arg(&key),
         );
         assert!(
             out.status.success(),
-            "ferry serve --new-key: {}",
+            "ferry keygen: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the key file is readable by others");
+        }
+        let again = run_ferry(
+            Command::new(ferry_bin())
+                .args(["keygen", "--key-file"])
+                .arg(&key),
+        );
+        assert!(!again.status.success(), "ferry keygen overwrote a key file");
         // hack/hosts names interfaces after the last 8 bytes of the name
         // (`${NAME: -8}`, empty for a shorter name): 8 bytes, unique.
         let name = format!("dm{:05}{t}", std::process::id() % 100000);

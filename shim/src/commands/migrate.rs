@@ -44,6 +44,21 @@ pub struct ServeArgs {
     pub docker_host: Option<String>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Where the key goes: a file that must not exist yet.
+    #[arg(long = "key-file")]
+    pub key_file: PathBuf,
+}
+
+/// `ferry keygen --key-file F`: what `serve --new-key` did, without an
+/// address to listen on.
+pub fn keygen(a: &KeygenArgs) -> anyhow::Result<ExitCode> {
+    Key::generate()?.save(&a.key_file)?;
+    println!("{}", a.key_file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     if a.new_key {
         Key::generate()?.save(&a.key_file)?;
