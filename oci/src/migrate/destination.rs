@@ -155,17 +155,13 @@ impl Agent {
         // Request/answer messages: never wait for a delayed ACK.
         let _ = s.set_nodelay(true);
         wire::keepalive(&s)?;
-        s.set_read_timeout(Some(wire::HANDSHAKE_DEADLINE))
-            .and_then(|_| s.set_write_timeout(Some(wire::HANDSHAKE_DEADLINE)))
-            .map_err(Error::Wire)?;
+        wire::deadline(&s, Some(wire::HANDSHAKE_DEADLINE))?;
         auth::server(&mut s, &self.key, peer)?;
         let hello = wire::recv::<_, Hello>(&mut s)?;
         // Authenticated: the phases of a move have their own pace (a dump
         // of many GiB keeps the control connection quiet); keepalive
         // notices a dead peer.
-        s.set_read_timeout(None)
-            .and_then(|_| s.set_write_timeout(None))
-            .map_err(Error::Wire)?;
+        wire::deadline(&s, None)?;
         match hello {
             Hello::Pages { migration } => {
                 let tx = self.pages.lock().unwrap().remove(&migration);

@@ -48,51 +48,46 @@ pub fn checkpoint(
     let policy = engine.disable_restart(&id)?;
     let root = d.root().to_path_buf();
     let started = Instant::now();
-    let result = source::with_outgoing(
-        &root,
-        &root.join(source::DOCKER_OUTGOING),
-        &id,
-        |c, work| {
-            let images = work.join("images");
-            let opts = CheckpointOptions {
-                leave_stopped: true,
-                lock_joined_netns: true,
-                empty_ns: docker::empty_ns(&c.spec()?),
-                ..super::CRIU_FLAGS.dump(images.clone())
-            };
-            c.checkpoint(criu, opts, &mut |_| {})?;
-            let upper = d.needs().container.upper_dir.clone().unwrap_or_default();
-            let packed = export::export_contents(
-                &Contents::Docker(&DockerExport {
-                    needs: d.needs(),
-                    images: &images,
-                    upper: &upper,
-                }),
-                file,
-                compression,
-            );
-            let bytes = match packed {
-                Ok(b) if !leave_running => {
-                    d.kill()?;
-                    b
-                }
-                Ok(b) => {
-                    source::resume(&root, &id)?;
-                    b
-                }
-                Err(e) => {
-                    return Err(match source::resume(&root, &id) {
-                        Ok(()) => e,
-                        Err(r) => Error::ResumeFailed {
-                            failed: Box::new(e),
-                            resume: Box::new(r),
-                        },
-                    })
-                }
-            };
-            Ok(bytes)
-        },
-    );
+    let result = d.with_outgoing(|c, work| {
+        let images = work.join("images");
+        let opts = CheckpointOptions {
+            leave_stopped: true,
+            lock_joined_netns: true,
+            empty_ns: docker::empty_ns(&c.spec()?),
+            ..super::CRIU_FLAGS.dump(images.clone())
+        };
+        c.checkpoint(criu, opts, &mut |_| {})?;
+        let upper = d.needs().container.upper_dir.clone().unwrap_or_default();
+        let packed = export::export_contents(
+            &Contents::Docker(&DockerExport {
+                needs: d.needs(),
+                images: &images,
+                upper: &upper,
+            }),
+            file,
+            compression,
+        );
+        let bytes = match packed {
+            Ok(b) if !leave_running => {
+                d.kill()?;
+                b
+            }
+            Ok(b) => {
+                source::resume(&root, &id)?;
+                b
+            }
+            Err(e) => {
+                return Err(match source::resume(&root, &id) {
+                    Ok(()) => e,
+                    Err(r) => Error::ResumeFailed {
+                        failed: Box::new(e),
+                        resume: Box::new(r),
+                    },
+                })
+            }
+        };
+        Ok(bytes)
+    });
     // A killed container keeps its policy "no" (dockerd would otherwise
     // restart it at once); one that runs on gets its own back.
     if result.is_err() || leave_running {
@@ -106,7 +101,7 @@ pub fn checkpoint(
         file: file.to_path_buf(),
         bytes: result?,
         checkpoint_ms: started.elapsed().as_secs_f64() * 1000.0,
-        notes: docker::notes(d.needs()),
+        notes: d.notes(),
     })
 }
 
@@ -114,16 +109,15 @@ pub fn checkpoint(
 /// its own name or `name`; returns the id dockerd gave it. Checked before
 /// anything is created (image, name, networks: every problem at once), and
 /// nothing stays on the dockerd if the restore fails.
-pub fn restore(engine: &Engine, file: &Path, name: Option<&str>) -> Result<String> {
+pub fn restore(engine: Engine, file: &Path, name: Option<&str>) -> Result<String> {
     let needs = export::docker_needs(file)?;
     let name = name.unwrap_or(&needs.container.name).to_string();
-    let facts = DockerFacts::gather_as(engine, &needs, &name)?;
+    let facts = DockerFacts::gather_as(&engine, &needs, &name)?;
     let problems = docker::judge(&needs, &facts);
     if !problems.is_empty() {
         return Err(Error::Refused { problems });
     }
-    let landing =
-        DockerLanding::create(Engine::connect(Some(engine.host()))?, &needs, Some(&name))?;
+    let landing = DockerLanding::create(engine, &needs, Some(&name))?;
     let placed = (|| {
         export::import_docker(file, landing.dir())?;
         let layer = landing.dir().join(export::LAYER);

@@ -251,13 +251,9 @@ fn connect(to: SocketAddr, key: &Key) -> Result<TcpStream> {
     // Request/answer messages: never wait for a delayed ACK.
     let _ = s.set_nodelay(true);
     wire::keepalive(&s)?;
-    s.set_read_timeout(Some(wire::HANDSHAKE_DEADLINE))
-        .and_then(|_| s.set_write_timeout(Some(wire::HANDSHAKE_DEADLINE)))
-        .map_err(Error::Wire)?;
+    wire::deadline(&s, Some(wire::HANDSHAKE_DEADLINE))?;
     auth::client(&mut s, key, &peer)?;
-    s.set_read_timeout(None)
-        .and_then(|_| s.set_write_timeout(None))
-        .map_err(Error::Wire)?;
+    wire::deadline(&s, None)?;
     Ok(s)
 }
 
@@ -302,15 +298,8 @@ pub fn check_docker(
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<CheckReport> {
     let d = DockerSource::find(engine, name)?;
-    for n in &d.notes {
-        progress(Progress::Phase(&format!("note: {n}")));
-    }
-    with_outgoing(
-        &d.root,
-        &d.root.join(DOCKER_OUTGOING),
-        &d.needs.container.id,
-        |c, work| ask(c, work, to, key, mode, criu, Some(&d), progress),
-    )
+    d.say_notes(progress);
+    d.with_outgoing(|c, work| ask(c, work, to, key, mode, criu, Some(&d), progress))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -340,7 +329,7 @@ fn ask(
             to: to.to_string(),
             mode: o.mode,
             mode_reason: o.mode_reason,
-            notes: docker.map(|d| d.notes.clone()).unwrap_or_default(),
+            notes: docker.map(DockerSource::notes).unwrap_or_default(),
         }),
         Reply::Refused { problems } => Err(Error::Refused { problems }),
         _ => Err(Error::Protocol {
@@ -352,12 +341,12 @@ fn ask(
 /// Where a Ferry state root keeps the scratch dirs of its moves.
 const OUTGOING: &str = "outgoing";
 /// The same under dockerd's runtime root, out of the container id space.
-pub(super) const DOCKER_OUTGOING: &str = "@outgoing";
+const DOCKER_OUTGOING: &str = "@outgoing";
 
 /// Runs `f` on running container `id` of `root` with a fresh scratch dir
 /// of its own (`scratch/ID`), removed afterwards whatever happened (with
 /// `scratch` once empty).
-pub(super) fn with_outgoing<T>(
+fn with_outgoing<T>(
     root: &Path,
     scratch: &Path,
     id: &str,
@@ -396,7 +385,6 @@ pub struct DockerSource<'a> {
     /// dockerd's runtime root, where Ferry keeps the container's state.
     root: std::path::PathBuf,
     needs: DockerNeeds,
-    notes: Vec<String>,
     /// Remove the source's exited copy (else it is renamed).
     pub rm_source: bool,
 }
@@ -450,10 +438,35 @@ impl<'a> DockerSource<'a> {
         Ok(DockerSource {
             engine,
             root,
-            notes: super::docker::notes(&needs),
             needs,
             rm_source: false,
         })
+    }
+
+    /// What will not survive the move (migrate::docker::notes).
+    pub fn notes(&self) -> Vec<String> {
+        super::docker::notes(&self.needs)
+    }
+
+    /// Says [`DockerSource::notes`] as progress, before anything freezes.
+    fn say_notes(&self, progress: &(dyn Fn(Progress<'_>) + Sync)) {
+        for n in self.notes() {
+            progress(Progress::Phase(&format!("note: {n}")));
+        }
+    }
+
+    /// [`with_outgoing`] for this container: its scratch dir under
+    /// dockerd's runtime root, out of the container id space.
+    pub(super) fn with_outgoing<T>(
+        &self,
+        f: impl FnOnce(Container, &Path) -> Result<T>,
+    ) -> Result<T> {
+        with_outgoing(
+            &self.root,
+            &self.root.join(DOCKER_OUTGOING),
+            &self.needs.container.id,
+            f,
+        )
     }
 
     /// The container as the offer describes it.
@@ -529,12 +542,10 @@ pub fn migrate_docker(
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Report> {
     let t0 = Instant::now();
-    for n in &d.notes {
-        progress(Progress::Phase(&format!("note: {n}")));
-    }
+    d.say_notes(progress);
     let id = d.needs.container.id.clone();
     let policy = d.engine.disable_restart(&id)?;
-    let moved = with_outgoing(&d.root, &d.root.join(DOCKER_OUTGOING), &id, |c, work| {
+    let moved = d.with_outgoing(|c, work| {
         send(&d.root, c, work, to, key, mode, criu, Some(d), progress, t0)
     });
     if moved.is_err() {
@@ -740,7 +751,7 @@ fn send(
                     source_id: id.clone(),
                     destination_id: moved.docker_id.clone().unwrap_or_default(),
                     source,
-                    notes: d.notes.clone(),
+                    notes: d.notes(),
                 })
             }
             None => {

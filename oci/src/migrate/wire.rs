@@ -40,6 +40,14 @@ pub fn keepalive(s: &std::net::TcpStream) -> Result<()> {
     set(setsockopt(s, sockopt::TcpKeepCount, &3))
 }
 
+/// Sets (or with `None`, clears) `s`'s read and write timeouts: the
+/// handshake's deadline, taken off once the peer is authenticated.
+pub fn deadline(s: &std::net::TcpStream, d: Option<std::time::Duration>) -> Result<()> {
+    s.set_read_timeout(d)
+        .and_then(|_| s.set_write_timeout(d))
+        .map_err(Error::Wire)
+}
+
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 4 << 20;
 const CHUNK_SIZE: usize = 1 << 20;

@@ -160,13 +160,7 @@ impl Pending {
     /// The ids with a directory here (requests never claimed, or whose
     /// waiting side died).
     pub fn list(root: &Path) -> Vec<String> {
-        fs::read_dir(root.join(DIR))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        names_in(&root.join(DIR))
     }
 }
 
@@ -245,13 +239,7 @@ impl Creating {
 
     /// The names marked under `root`.
     pub fn list(root: &Path) -> Vec<String> {
-        fs::read_dir(root.join(CREATING))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        names_in(&root.join(CREATING))
     }
 
     /// The mark of `name`, to clear after cleaning up.
@@ -261,6 +249,17 @@ impl Creating {
             path: root.join(CREATING).join(name),
         })
     }
+}
+
+/// The names in `dir` (none when it is absent).
+fn names_in(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn write_atomic(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {

@@ -67,12 +67,12 @@ pub struct RestoreArgs {
 fn restore_docker(a: &RestoreArgs, file: &Path) -> anyhow::Result<ExitCode> {
     let engine = ferry_oci::docker::Engine::connect(a.docker_host.as_deref())?;
     let file = absolute(file)?;
-    let id = ferry_oci::migrate::docker_archive::restore(&engine, &file, a.name.as_deref())
+    let host = engine.host().to_string();
+    let id = ferry_oci::migrate::docker_archive::restore(engine, &file, a.name.as_deref())
         .with_context(|| {
             format!(
-                "restoring {} on dockerd at {} (nothing was left there)",
-                file.display(),
-                engine.host()
+                "restoring {} on dockerd at {host} (nothing was left there)",
+                file.display()
             )
         })?;
     println!("{id}");
