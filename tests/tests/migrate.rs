@@ -33,6 +33,18 @@ impl Serve {
         cgroup_parent: &str,
         extra: &[&str],
     ) -> Serve {
+        Serve::start_under(&[], root, key, cgroup_parent, extra)
+    }
+
+    /// The same, run by `wrapper` (a command that execs the rest, such as
+    /// `prlimit --nofile=N --`).
+    fn start_under(
+        wrapper: &[&str],
+        root: &Root,
+        key: &std::path::Path,
+        cgroup_parent: &str,
+        extra: &[&str],
+    ) -> Serve {
         // A free port: bind, read it back, release it for ferry serve.
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -40,7 +52,15 @@ impl Serve {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(ferry_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(ferry_bin());
+                c
+            }
+            None => Command::new(ferry_bin()),
+        };
+        let child = cmd
             .arg("--root")
             .arg(root.path())
             .args(["serve", "--listen", &addr, "--key-file"])
@@ -703,31 +723,14 @@ fn a_flood_of_connections_without_the_key_leaves_the_agent_serving() {
     use std::io::Write as _;
     let p = Pair::new();
     let (a, b, tag) = (&p.a, &p.b, p.tag);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut agent = Command::new("prlimit")
-        .arg("--nofile=512:512")
-        .arg("--")
-        .arg(ferry_bin())
-        .arg("--root")
-        .arg(b.path())
-        .args(["serve", "--listen", &addr, "--key-file"])
-        .arg(&p.key)
-        .args(["--cgroup-parent", &p.cgroup("flood")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prlimit (util-linux) is missing");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "ferry serve did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut agent = Serve::start_under(
+        &["prlimit", "--nofile=512:512", "--"],
+        b,
+        &p.key,
+        &p.cgroup("flood"),
+        &[],
+    );
+    let addr = agent.addr.clone();
     let bundle = busybox_bundle(p.dir(), COUNTER);
     let count = bundle.join("rootfs/out/count");
     let id = format!("flood-{tag}");
@@ -750,12 +753,15 @@ fn a_flood_of_connections_without_the_key_leaves_the_agent_serving() {
             held.drain(..400);
         }
         assert!(
-            agent.try_wait().unwrap().is_none(),
+            agent.child.try_wait().unwrap().is_none(),
             "the agent exited under the flood (connection {i})"
         );
     }
     drop(held);
-    assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited"
+    );
     // The dropped connections' slots come back; the move goes through.
     let deadline = Instant::now() + Duration::from_secs(30);
     let moved = loop {
@@ -776,8 +782,6 @@ fn a_flood_of_connections_without_the_key_leaves_the_agent_serving() {
         n + 5,
     ));
     b.ok(&["delete", "--force", &id]);
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 /// Post-copy of a 256 MiB container: it runs on B before its memory has
