@@ -204,6 +204,28 @@ pub enum Error {
     #[error("peer {peer} failed authentication: {reason}")]
     AuthFailed { peer: String, reason: &'static str },
 
+    #[error("the channel to {peer} cannot open: {why}")]
+    ChannelMismatch { peer: String, why: String },
+
+    #[error("peer {peer} presented identity {key}, which is not in the peers file: add its FILE.pub line there if it is yours")]
+    UnknownPeer { peer: String, key: String },
+
+    #[error("the Noise handshake with {peer}")]
+    Noise {
+        peer: String,
+        #[source]
+        source: snow::Error,
+    },
+
+    #[error("no word from {peer} for {secs:.0} s (not even a heartbeat): a silent partition, or a stalled peer")]
+    PeerSilent { peer: String, secs: f64 },
+
+    #[error("{peer} cut the connection in the middle of a stream (no close record)")]
+    ChannelCut { peer: String },
+
+    #[error("a record from {peer} failed its authentication tag: the stream was tampered with or damaged in transit")]
+    Tampered { peer: String },
+
     #[error("{op} with peer {peer}")]
     Peer {
         op: &'static str,

@@ -1,12 +1,12 @@
 //! The core of a pre-copy move, for real: memory pages travel from the
-//! source's CRIU to the destination's CRIU page server over a connection
-//! that Ferry authenticated first and then handed to CRIU on both sides
-//! (`ps.fd`), so no unauthenticated port is ever open and no page touches
-//! the source's disk.
+//! source's CRIU to the destination's CRIU page server over a sealed
+//! channel (ferry_oci::migrate::channel), relayed to and from the sockets
+//! CRIU gets on both sides (`ps.fd`), so no unauthenticated port is ever
+//! open, no page crosses the network in clear and none touches the
+//! source's disk.
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,7 +16,8 @@ use criu_rpc::{
     Criu, DumpOptions, HandlerError, ImageDirs, LogLevel, Notify, PageServerAddr,
     PageServerOptions, RestoreOptions,
 };
-use ferry_oci::migrate::auth::{self, Key};
+use ferry_oci::migrate::auth::{Credentials, Key};
+use ferry_oci::migrate::channel::{Channel, Security};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -53,7 +54,7 @@ fn in_use(pid: Pid) -> bool {
 }
 
 #[test]
-fn pages_go_through_an_authenticated_socket_handed_to_criu() {
+fn pages_go_through_a_sealed_channel_relayed_to_criu() {
     assert!(nix::unistd::geteuid().is_root(), "needs root (CRIU)");
     let tmp = tempfile::tempdir().unwrap();
     let (src_images, dst_images) = (tmp.path().join("src"), tmp.path().join("dst"));
@@ -76,28 +77,32 @@ fn pages_go_through_an_authenticated_socket_handed_to_criu() {
     let pid = Pid::from_raw(child.id() as i32);
     wait_lines(&count, 5);
 
-    let key = Key::generate().unwrap();
+    let sec = Security::new(Credentials::Shared(Key::generate().unwrap()));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let (dkey, ddir) = (key.clone(), dst_images.clone());
+    let (dsec, ddir) = (sec.clone(), dst_images.clone());
     let destination = std::thread::spawn(move || {
-        let (mut s, peer) = listener.accept().unwrap();
-        auth::server(&mut s, &dkey, &peer.to_string()).unwrap();
+        let (s, peer) = listener.accept().unwrap();
+        let (fd, relay) = Channel::server(s, &dsec, &peer.to_string())
+            .unwrap()
+            .relay()
+            .unwrap();
         let dirs = ImageDirs::open(&ddir)
             .unwrap()
             .log_file("page-server.log")
             .log_level(LogLevel::Debug);
         let ps = Criu::new()
-            .page_server_child(&PageServerOptions::new(
-                dirs,
-                PageServerAddr::Socket(OwnedFd::from(s)),
-            ))
+            .page_server_child(&PageServerOptions::new(dirs, PageServerAddr::Socket(fd)))
             .unwrap();
         ps.wait().unwrap();
+        relay.wait().unwrap();
     });
 
-    let mut s = TcpStream::connect(addr).unwrap();
-    auth::client(&mut s, &key, &addr.to_string()).unwrap();
+    let s = TcpStream::connect(addr).unwrap();
+    let (fd, relay) = Channel::client(s, &sec, &addr.to_string())
+        .unwrap()
+        .relay()
+        .unwrap();
     let mut opts = DumpOptions::new(
         ImageDirs::open(&src_images)
             .unwrap()
@@ -105,7 +110,7 @@ fn pages_go_through_an_authenticated_socket_handed_to_criu() {
             .log_level(LogLevel::Debug),
         pid,
     );
-    opts.page_server = Some(PageServerAddr::Socket(OwnedFd::from(s)));
+    opts.page_server = Some(PageServerAddr::Socket(fd));
     opts.tree.notify_scripts = true;
     let mut frozen = Vec::new();
     let mut h = |n: Notify| -> Result<(), HandlerError> {
@@ -124,6 +129,10 @@ fn pages_go_through_an_authenticated_socket_handed_to_criu() {
     };
     Criu::new().dump(&opts, &mut h).unwrap();
     child.wait().unwrap();
+    // Our copy of CRIU's end of the socketpair: the relay ends once the
+    // last one is closed.
+    drop(opts);
+    relay.wait().unwrap();
     destination.join().unwrap();
 
     let pages = |d: &Path| {

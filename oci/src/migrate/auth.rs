@@ -1,27 +1,22 @@
-//! Peer authentication with a shared key.
-//!
-//! Both hosts hold the same secret (a key file, 0600, 32+ random bytes in
-//! hex). Each side proves it knows the key without sending it: a mutual
-//! HMAC-SHA256 challenge-response over fresh nonces, with the two roles'
-//! MACs domain-separated so a reflected answer is worthless. This
-//! authenticates peers; it does not encrypt the stream (run migrations over
-//! a network you trust, as CRIU's own page server does).
+//! What a host proves itself with: a shared key (one secret file, the
+//! same on every host) or a per-host identity (an X25519 key pair of its
+//! own, with a list of the peers' public keys it accepts, so that one
+//! leaked file does not open every agent). The channel
+//! ([`super::channel`]) uses them in its Noise handshake; nothing here
+//! speaks to the network.
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-const NONCE_LEN: usize = 32;
-const MAC_LEN: usize = 32;
 const MIN_KEY_LEN: usize = 32;
-/// Sent first by the client: protocol name and version.
-pub const GREETING: &[u8; 8] = b"FERRY\x00\x00\x01";
+/// X25519 keys are 32 bytes.
+pub const PUBLIC_KEY_LEN: usize = 32;
 
 /// A shared secret. Its Debug output never shows the bytes.
 #[derive(Clone)]
@@ -40,23 +35,11 @@ impl Key {
             path: path.to_path_buf(),
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|source| Error::Io {
-            op: "reading key file",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(bad("it is readable by others: chmod 600 it"));
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            op: "reading key file",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_private(path, "reading key file")?;
         let bytes = hex::decode(text.trim()).map_err(|_| bad("it is not hex"))?;
         if bytes.len() < MIN_KEY_LEN {
             return Err(bad(
-                "it holds fewer than 32 bytes: make one with `ferry serve --new-key FILE`",
+                "it holds fewer than 32 bytes: make one with `ferry keygen --key-file FILE`",
             ));
         }
         Ok(Key(bytes))
@@ -71,122 +54,195 @@ impl Key {
 
     /// Writes the key to a new file, mode 0600.
     pub fn save(&self, path: &Path) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| Error::Io {
-                op: "creating key file",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        writeln!(f, "{}", hex::encode(&self.0)).map_err(|source| Error::Io {
-            op: "writing key file",
+        create_new(path, 0o600, &format!("{}\n", hex::encode(&self.0)))
+    }
+
+    /// The pre-shared key of the channel's Noise handshake: the file's
+    /// bytes hashed with a label, so that the same file used elsewhere
+    /// yields an unrelated key.
+    pub(super) fn psk(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"ferry migration channel psk v2");
+        h.update(&self.0);
+        h.finalize().into()
+    }
+}
+
+/// Reads a private file (0600), refusing one others can read.
+fn read_private(path: &Path, what: &'static str) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(crate::error::io(what, path))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::KeyFile {
             path: path.to_path_buf(),
-            source,
+            reason: "it is readable by others: chmod 600 it",
+        });
+    }
+    std::fs::read_to_string(path).map_err(crate::error::io(what, path))
+}
+
+/// Creates `path` (it must not exist) with mode `mode` and `text`.
+fn create_new(path: &Path, mode: u32, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(crate::error::io("creating key file", path))?;
+    f.write_all(text.as_bytes())
+        .map_err(crate::error::io("writing key file", path))
+}
+
+/// A host's public key, as its peers list it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey(pub [u8; PUBLIC_KEY_LEN]);
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl PublicKey {
+    fn parse(text: &str) -> Option<PublicKey> {
+        hex::decode(text).ok()?.try_into().ok().map(PublicKey)
+    }
+}
+
+/// This host's key pair (the private half never shown by Debug).
+#[derive(Clone)]
+pub struct Identity {
+    private: [u8; 32],
+    pub public: PublicKey,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.public)
+    }
+}
+
+/// The X25519 public key of `private`, computed by snow's own DH.
+fn public_of(private: &[u8; 32]) -> Result<PublicKey> {
+    use snow::params::DHChoice;
+    use snow::resolvers::{CryptoResolver, DefaultResolver};
+    let mut dh = DefaultResolver
+        .resolve_dh(&DHChoice::Curve25519)
+        .ok_or(Error::Random)?;
+    dh.set(private);
+    Ok(PublicKey(
+        dh.pubkey().try_into().map_err(|_| Error::Random)?,
+    ))
+}
+
+impl Identity {
+    /// A fresh key pair.
+    pub fn generate() -> Result<Identity> {
+        let mut private = [0u8; 32];
+        getrandom::fill(&mut private).map_err(|_| Error::Random)?;
+        let public = public_of(&private)?;
+        Ok(Identity { private, public })
+    }
+
+    /// Reads an identity file (the private key in hex, mode 0600).
+    pub fn load(path: &Path) -> Result<Identity> {
+        let text = read_private(path, "reading identity file")?;
+        let private: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(Error::KeyFile {
+                path: path.to_path_buf(),
+                reason:
+                    "it is not a 32-byte key in hex: make one with `ferry keygen --identity FILE`",
+            })?;
+        let public = public_of(&private)?;
+        Ok(Identity { private, public })
+    }
+
+    /// Writes the private key to `path` (new, 0600) and the public key to
+    /// `path.pub` (new, 0644), the line a peer adds to its peers file.
+    pub fn save(&self, path: &Path) -> Result<PathBuf> {
+        create_new(path, 0o600, &format!("{}\n", hex::encode(self.private)))?;
+        let public = public_path(path);
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        create_new(&public, 0o644, &format!("{} {host}\n", self.public))?;
+        Ok(public)
+    }
+
+    pub(super) fn private(&self) -> &[u8; 32] {
+        &self.private
+    }
+}
+
+/// Where [`Identity::save`] puts the public key of `path`.
+pub fn public_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+/// The peers a host accepts: one public key (hex) per line, optionally
+/// followed by a name; `#` starts a comment (as ssh's authorized_keys).
+#[derive(Debug, Clone, Default)]
+pub struct Peers(Vec<(PublicKey, String)>);
+
+impl Peers {
+    pub fn load(path: &Path) -> Result<Peers> {
+        let text =
+            std::fs::read_to_string(path).map_err(crate::error::io("reading peers file", path))?;
+        let mut peers = Vec::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let key = words.next().and_then(PublicKey::parse).ok_or(Error::KeyFile {
+                path: path.to_path_buf(),
+                reason: "a line does not start with a 32-byte public key in hex (the content of a `ferry keygen --identity` FILE.pub)",
+            })?;
+            let name = words.collect::<Vec<_>>().join(" ");
+            peers.push((key, name));
+        }
+        Ok(Peers(peers))
+    }
+
+    /// The name `key` is listed under (its hex when unnamed), if listed.
+    pub fn find(&self, key: &[u8]) -> Option<String> {
+        self.0.iter().find(|(k, _)| k.0[..] == *key).map(|(k, n)| {
+            if n.is_empty() {
+                k.to_string()
+            } else {
+                n.clone()
+            }
         })
     }
-
-    fn mac(&self, role: &[u8], a: &[u8], b: &[u8]) -> [u8; MAC_LEN] {
-        let mut m =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        m.update(role);
-        m.update(a);
-        m.update(b);
-        m.finalize().into_bytes().into()
-    }
-
-    fn verify(&self, role: &[u8], a: &[u8], b: &[u8], tag: &[u8]) -> bool {
-        let mut m =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        m.update(role);
-        m.update(a);
-        m.update(b);
-        // Constant-time comparison.
-        m.verify_slice(tag).is_ok()
-    }
 }
 
-fn nonce() -> Result<[u8; NONCE_LEN]> {
-    let mut n = [0u8; NONCE_LEN];
-    getrandom::fill(&mut n).map_err(|_| Error::Random)?;
-    Ok(n)
+/// How a host proves itself and judges its peer.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Both hold the same secret.
+    Shared(Key),
+    /// Each its own key pair; the peer's public key must be in `peers`.
+    Identity { me: Identity, peers: Peers },
 }
 
-fn io(peer: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Peer {
-        peer: peer.to_string(),
-        op: "authenticating",
-        source,
-    }
-}
-
-/// The connecting side: proves itself and checks the server.
-pub fn client<S: Read + Write>(s: &mut S, key: &Key, peer: &str) -> Result<()> {
-    let nc = nonce()?;
-    s.write_all(GREETING).map_err(io(peer))?;
-    s.write_all(&nc).map_err(io(peer))?;
-    let mut greeting = [0u8; 8];
-    s.read_exact(&mut greeting).map_err(io(peer))?;
-    if &greeting != GREETING {
-        return Err(Error::AuthFailed {
-            peer: peer.to_string(),
-            reason: "it does not speak Ferry's migration protocol (or another version)",
-        });
-    }
-    let mut ns = [0u8; NONCE_LEN];
-    let mut server_mac = [0u8; MAC_LEN];
-    s.read_exact(&mut ns).map_err(io(peer))?;
-    s.read_exact(&mut server_mac).map_err(io(peer))?;
-    if !key.verify(b"ferry-server", &nc, &ns, &server_mac) {
-        return Err(Error::AuthFailed {
-            peer: peer.to_string(),
-            reason: "the server does not hold our key",
-        });
-    }
-    s.write_all(&key.mac(b"ferry-client", &ns, &nc))
-        .map_err(io(peer))?;
-    let mut verdict = [0u8; 1];
-    s.read_exact(&mut verdict).map_err(io(peer))?;
-    if verdict[0] != 1 {
-        return Err(Error::AuthFailed {
-            peer: peer.to_string(),
-            reason: "the server refused our key",
-        });
-    }
-    Ok(())
-}
-
-/// The accepting side: checks the client and proves itself.
-pub fn server<S: Read + Write>(s: &mut S, key: &Key, peer: &str) -> Result<()> {
-    let mut greeting = [0u8; 8];
-    s.read_exact(&mut greeting).map_err(io(peer))?;
-    if &greeting != GREETING {
-        return Err(Error::AuthFailed {
-            peer: peer.to_string(),
-            reason: "it does not speak Ferry's migration protocol (or another version)",
-        });
-    }
-    let mut nc = [0u8; NONCE_LEN];
-    s.read_exact(&mut nc).map_err(io(peer))?;
-    let ns = nonce()?;
-    s.write_all(GREETING).map_err(io(peer))?;
-    s.write_all(&ns).map_err(io(peer))?;
-    s.write_all(&key.mac(b"ferry-server", &nc, &ns))
-        .map_err(io(peer))?;
-    let mut client_mac = [0u8; MAC_LEN];
-    s.read_exact(&mut client_mac).map_err(io(peer))?;
-    let ok = key.verify(b"ferry-client", &ns, &nc, &client_mac);
-    s.write_all(&[ok as u8]).map_err(io(peer))?;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::AuthFailed {
-            peer: peer.to_string(),
-            reason: "the client does not hold our key",
-        })
+impl Credentials {
+    /// What the handshake's greeting calls this kind.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Credentials::Shared(_) => "a shared key",
+            Credentials::Identity { .. } => "per-host identities",
+        }
     }
 }
 
@@ -198,40 +254,6 @@ pub fn default_key_path(root: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::net::UnixStream;
-
-    fn pair(kc: Key, ks: Key) -> (Result<()>, Result<()>) {
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || server(&mut b, &ks, "client"));
-        let c = client(&mut a, &kc, "server");
-        drop(a);
-        (c, t.join().unwrap())
-    }
-
-    #[test]
-    fn same_key_both_accept() {
-        let k = Key::generate().unwrap();
-        let (c, s) = pair(k.clone(), k);
-        c.unwrap();
-        s.unwrap();
-    }
-
-    #[test]
-    fn different_keys_both_refuse() {
-        let (c, s) = pair(Key::generate().unwrap(), Key::generate().unwrap());
-        assert!(matches!(c, Err(Error::AuthFailed { .. })), "{c:?}");
-        assert!(s.is_err());
-    }
-
-    #[test]
-    fn wrong_protocol_is_named() {
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        let k = Key::generate().unwrap();
-        let t = std::thread::spawn(move || server(&mut b, &k, "client"));
-        a.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        let err = t.join().unwrap().unwrap_err();
-        assert!(err.to_string().contains("does not speak"), "{err}");
-    }
 
     #[test]
     fn key_files_must_be_private_hex_and_long_enough() {
@@ -250,5 +272,40 @@ mod tests {
             .to_string()
             .contains("fewer than 32"));
         assert!(format!("{k:?}").starts_with("Key(32 bytes)"));
+    }
+
+    #[test]
+    fn identities_round_trip_and_peers_are_found_by_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("host.key");
+        let me = Identity::generate().unwrap();
+        let public = me.save(&p).unwrap();
+        assert_eq!(public, d.path().join("host.key.pub"));
+        let back = Identity::load(&p).unwrap();
+        assert_eq!(back.public, me.public);
+        assert!(!format!("{back:?}").contains(&hex::encode(back.private())));
+        // The .pub file is a peers line as it is.
+        let peers = d.path().join("peers");
+        let line = std::fs::read_to_string(&public).unwrap();
+        std::fs::write(&peers, format!("# accepted\n{line}\n")).unwrap();
+        let peers = Peers::load(&peers).unwrap();
+        assert!(peers.find(&me.public.0).is_some());
+        assert!(peers.find(&[0u8; 32]).is_none());
+        // Never overwritten.
+        assert!(me.save(&p).is_err());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(Identity::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
+    }
+
+    #[test]
+    fn a_bad_peers_line_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let peers = d.path().join("peers");
+        std::fs::write(&peers, "not-a-key host-b\n").unwrap();
+        let e = Peers::load(&peers).unwrap_err().to_string();
+        assert!(e.contains("public key in hex"), "{e}");
     }
 }

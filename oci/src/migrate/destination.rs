@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use criu_rpc::lazy::LazyPages;
 use criu_rpc::{Criu, ImageDirs, LogLevel, PageServerAddr, PageServerOptions};
 
-use super::auth::{self, Key};
+use super::channel::{Channel, Security};
 use super::docker::{DockerFacts, DockerLanding, DockerNeeds};
 use super::preflight::{self, HostFacts, Needs};
 use super::protocol::{Failure, Hello, Reply, Stage, Step};
@@ -49,7 +49,8 @@ use crate::runtime::Stdio;
 pub struct Agent {
     /// This host's ferry state root.
     pub root: PathBuf,
-    pub key: Key,
+    /// How peers authenticate and whether the channel is sealed.
+    pub security: Security,
     pub criu: Criu,
     /// Prefixed to the containers' cgroup paths here (two "hosts" on one
     /// machine must not share a cgroup).
@@ -61,7 +62,8 @@ pub struct Agent {
     /// `ferry serve --docker`: docker containers land on this dockerd
     /// (`Some(None)`: found as docker finds it).
     pub docker: Option<Option<String>>,
-    pages: Mutex<HashMap<String, Sender<TcpStream>>>,
+    /// Page connections awaited, by the secret token of their move.
+    pages: Mutex<HashMap<String, Sender<Channel>>>,
     /// The ids being received now: a second offer of one is refused, not
     /// let trample the first's incoming dir and page connection.
     receiving: Mutex<std::collections::HashSet<String>>,
@@ -77,10 +79,15 @@ impl Drop for Receiving<'_> {
 }
 
 impl Agent {
-    pub fn new(root: PathBuf, key: Key, criu: Criu, cgroup_parent: Option<PathBuf>) -> Agent {
+    pub fn new(
+        root: PathBuf,
+        security: Security,
+        criu: Criu,
+        cgroup_parent: Option<PathBuf>,
+    ) -> Agent {
         Agent {
             root,
-            key,
+            security,
             criu,
             cgroup_parent,
             console_socket: None,
@@ -151,17 +158,20 @@ impl Agent {
         Ok(())
     }
 
-    fn handle(&self, mut s: TcpStream, peer: &str) -> Result<()> {
+    fn handle(&self, s: TcpStream, peer: &str) -> Result<()> {
         // Request/answer messages: never wait for a delayed ACK.
         let _ = s.set_nodelay(true);
         wire::keepalive(&s)?;
+        let started = Instant::now();
         wire::deadline(&s, Some(wire::HANDSHAKE_DEADLINE))?;
-        auth::server(&mut s, &self.key, peer)?;
+        let mut s = Channel::server(s, &self.security, peer)?;
+        // Heartbeats keep an authenticated channel up: its first message
+        // is still due within the handshake's deadline.
+        s.deadline(Some(started + wire::HANDSHAKE_DEADLINE))?;
         let hello = wire::recv::<_, Hello>(&mut s)?;
-        // Authenticated: the phases of a move have their own pace (a dump
-        // of many GiB keeps the control connection quiet); keepalive
-        // notices a dead peer.
-        wire::deadline(&s, None)?;
+        // Said: the phases of a move have their own pace (a dump of many
+        // GiB keeps the control connection quiet but for heartbeats).
+        s.deadline(None)?;
         match hello {
             Hello::Pages { migration } => {
                 let tx = self.pages.lock().unwrap().remove(&migration);
@@ -229,7 +239,7 @@ impl Agent {
 
     fn receive(
         &self,
-        mut s: TcpStream,
+        mut s: Channel,
         needs: Needs,
         config: String,
         cpuinfo: Vec<u8>,
@@ -315,7 +325,7 @@ impl Agent {
     #[allow(clippy::too_many_arguments)]
     fn take(
         &self,
-        s: &mut TcpStream,
+        s: &mut Channel,
         id: &str,
         landing: &mut Landing,
         config: &str,
@@ -333,16 +343,20 @@ impl Agent {
             self.write_bundle(id, &bundle, config)?;
         }
 
+        // The page connection names its move by a secret only the
+        // authenticated source read (on the sealed control channel), not
+        // by the container id anyone could guess.
+        let token = page_token()?;
         let (tx, rx) = channel();
-        self.pages.lock().unwrap().insert(id.to_string(), tx);
+        self.pages.lock().unwrap().insert(token.clone(), tx);
         wire::send(
             s,
             &Reply::Accepted {
-                migration: id.to_string(),
+                migration: token.clone(),
             },
         )?;
-        let pages = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
-            self.pages.lock().unwrap().remove(id);
+        let pages = rx.recv_timeout(wire::HANDSHAKE_DEADLINE).map_err(|_| {
+            self.pages.lock().unwrap().remove(&token);
             Error::Protocol {
                 what: "the page connection did not come",
             }
@@ -355,23 +369,26 @@ impl Agent {
             let dirs = ImageDirs::open(&images)?
                 .log_file("page-server.log")
                 .log_level(LogLevel::Debug);
-            let cut = pages.try_clone().map_err(Error::Wire)?;
-            let server = self.criu.page_server_child(&PageServerOptions::new(
-                dirs,
-                PageServerAddr::Socket(OwnedFd::from(pages)),
-            ))?;
+            // CRIU reads the pages from a socket of its own, which the
+            // relay fills from the sealed page channel.
+            let (fd, relay) = pages.relay()?;
+            let cut = relay.cutter()?;
+            let server = self
+                .criu
+                .page_server_child(&PageServerOptions::new(dirs, PageServerAddr::Socket(fd)))?;
             // criu's swrk process keeps its copy of the socket open after
             // its page-server child died (say of ENOSPC): the source's dump
-            // would block writing to it. So the socket is shut down as soon
-            // as the page server ends badly, which fails the source's dump
+            // would block writing to it. So the channel is cut as soon as
+            // the page server ends badly, which fails the source's dump
             // (and resumes its container) at once.
-            let stop = cut.try_clone().map_err(Error::Wire)?;
+            let stop = relay.cutter()?;
             let waiter = std::thread::spawn(move || {
                 let r = server.wait();
                 if r.is_err() {
-                    let _ = cut.shutdown(std::net::Shutdown::Both);
+                    cut.cut();
                 }
-                r
+                let relayed = relay.wait();
+                r.map_err(Error::from).and(relayed)
             });
             (Some((waiter, stop)), None)
         };
@@ -404,7 +421,7 @@ impl Agent {
                 Step::Abort { reason } => {
                     if let Some((waiter, stop)) = server {
                         // The page server ends at the socket's end.
-                        let _ = stop.shutdown(std::net::Shutdown::Both);
+                        stop.cut();
                         let _ = waiter.join();
                     }
                     return Err(Error::SourceAborted { reason });
@@ -420,7 +437,7 @@ impl Agent {
         }
         // Restores, then tells the source (with CRIU's stats, which a
         // lazy restore writes in its work dir).
-        let restore = |s: &mut TcpStream, lazy_work: Option<&Path>| {
+        let restore = |s: &mut Channel, lazy_work: Option<&Path>| {
             stage.set(Stage::Restore);
             let r = landing.restore(self, id, lazy_work)?;
             wire::send(
@@ -434,7 +451,7 @@ impl Agent {
             )?;
             Ok::<_, Error>(r.pid)
         };
-        let Some(source) = lazy_source else {
+        let Some(mut source) = lazy_source else {
             return restore(s, None);
         };
         // Post-copy: the daemon listens before the restore starts, and
@@ -445,7 +462,12 @@ impl Agent {
         let cancel = AtomicBool::new(false);
         let kill = landing.killer(self, id);
         std::thread::scope(|scope| {
-            let served = scope.spawn(|| daemon.serve(source, &cancel, || kill.kill()));
+            let served = scope.spawn(|| {
+                let served = daemon.serve(&mut source, &cancel, || kill.kill());
+                // Every page in: the source's page server may end.
+                let _ = source.close();
+                served
+            });
             let pid = match restore(s, Some(&work)) {
                 Ok(pid) => pid,
                 Err(e) => {
@@ -833,6 +855,13 @@ fn remove_incoming(dir: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })
+}
+
+/// A fresh secret naming a move's page connection.
+fn page_token() -> Result<String> {
+    let mut t = [0u8; 32];
+    getrandom::fill(&mut t).map_err(|_| Error::Random)?;
+    Ok(hex::encode(t))
 }
 
 /// Connections served at once; more are dropped at accept.

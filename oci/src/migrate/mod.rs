@@ -15,6 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub mod auth;
+pub mod channel;
 pub mod destination;
 pub mod docker;
 pub mod docker_archive;

@@ -8,7 +8,6 @@
 //! destination reports it running. Any failure before that resumes it.
 
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use criu_rpc::{Criu, Notify, PageServerAddr};
 use nix::sys::signal::{kill, Signal};
 use serde::Serialize;
 
-use super::auth::{self, Key};
+use super::channel::{Channel, Security};
 use super::docker::DockerNeeds;
 use super::preflight::{self, LowerLayer, Needs};
 use super::protocol::{Hello, Reply, Step};
@@ -38,6 +37,9 @@ use crate::runtime::{Container, Status};
 pub struct Report {
     pub id: String,
     pub to: String,
+    /// How the channel was secured ("encrypted (Noise ...)" or "PLAINTEXT
+    /// ...").
+    pub channel: String,
     pub mode: Mode,
     /// Why this mode (asked for, or what `auto` saw).
     pub mode_reason: String,
@@ -239,10 +241,11 @@ fn offer(
     })
 }
 
-/// An authenticated connection to the agent at `to`.
-fn connect(to: SocketAddr, key: &Key) -> Result<TcpStream> {
+/// A channel to the agent at `to` (authenticated, sealed unless both
+/// sides asked for plaintext).
+fn connect(to: SocketAddr, sec: &Security) -> Result<Channel> {
     let peer = to.to_string();
-    let mut s =
+    let s =
         TcpStream::connect_timeout(&to, Duration::from_secs(10)).map_err(|source| Error::Peer {
             peer: peer.clone(),
             op: "connecting",
@@ -252,9 +255,7 @@ fn connect(to: SocketAddr, key: &Key) -> Result<TcpStream> {
     let _ = s.set_nodelay(true);
     wire::keepalive(&s)?;
     wire::deadline(&s, Some(wire::HANDSHAKE_DEADLINE))?;
-    auth::client(&mut s, key, &peer)?;
-    wire::deadline(&s, None)?;
-    Ok(s)
+    Channel::client(s, sec, &peer)
 }
 
 /// What `ferry migrate --check` learnt: the destination would take the
@@ -263,6 +264,7 @@ fn connect(to: SocketAddr, key: &Key) -> Result<TcpStream> {
 pub struct CheckReport {
     pub id: String,
     pub to: String,
+    pub channel: String,
     pub mode: Mode,
     pub mode_reason: String,
     /// What would not survive the move.
@@ -276,13 +278,13 @@ pub fn check(
     root: &Path,
     id: &str,
     to: SocketAddr,
-    key: &Key,
+    sec: &Security,
     mode: Mode,
     criu: &Criu,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<CheckReport> {
     with_outgoing(root, &root.join(OUTGOING), id, |c, work| {
-        ask(c, work, to, key, mode, criu, None, progress)
+        ask(c, work, to, sec, mode, criu, None, progress)
     })
 }
 
@@ -292,14 +294,14 @@ pub fn check_docker(
     engine: &Engine,
     name: &str,
     to: SocketAddr,
-    key: &Key,
+    sec: &Security,
     mode: Mode,
     criu: &Criu,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<CheckReport> {
     let d = DockerSource::find(engine, name)?;
     d.say_notes(progress);
-    d.with_outgoing(|c, work| ask(c, work, to, key, mode, criu, Some(&d), progress))
+    d.with_outgoing(|c, work| ask(c, work, to, sec, mode, criu, Some(&d), progress))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -307,7 +309,7 @@ fn ask(
     c: Container,
     work: &Path,
     to: SocketAddr,
-    key: &Key,
+    sec: &Security,
     mode: Mode,
     criu: &Criu,
     docker: Option<&DockerSource<'_>>,
@@ -315,7 +317,7 @@ fn ask(
 ) -> Result<CheckReport> {
     progress(Progress::Phase("pre-flight"));
     let o = offer(&c, work, mode, criu, docker, progress)?;
-    let mut ctl = connect(to, key)?;
+    let mut ctl = connect(to, sec)?;
     wire::send(
         &mut ctl,
         &Hello::Check {
@@ -327,6 +329,7 @@ fn ask(
         Reply::Fits => Ok(CheckReport {
             id: c.state.id.clone(),
             to: to.to_string(),
+            channel: sec.describe(),
             mode: o.mode,
             mode_reason: o.mode_reason,
             notes: docker.map(DockerSource::notes).unwrap_or_default(),
@@ -368,14 +371,14 @@ pub fn migrate(
     root: &Path,
     id: &str,
     to: SocketAddr,
-    key: &Key,
+    sec: &Security,
     mode: Mode,
     criu: &Criu,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Report> {
     let t0 = Instant::now();
     with_outgoing(root, &root.join(OUTGOING), id, |c, work| {
-        send(root, c, work, to, key, mode, criu, None, progress, t0)
+        send(root, c, work, to, sec, mode, criu, None, progress, t0)
     })
 }
 
@@ -536,7 +539,7 @@ impl<'a> DockerSource<'a> {
 pub fn migrate_docker(
     d: &DockerSource<'_>,
     to: SocketAddr,
-    key: &Key,
+    sec: &Security,
     mode: Mode,
     criu: &Criu,
     progress: &(dyn Fn(Progress<'_>) + Sync),
@@ -546,7 +549,7 @@ pub fn migrate_docker(
     let id = d.needs.container.id.clone();
     let policy = d.engine.disable_restart(&id)?;
     let moved = d.with_outgoing(|c, work| {
-        send(&d.root, c, work, to, key, mode, criu, Some(d), progress, t0)
+        send(&d.root, c, work, to, sec, mode, criu, Some(d), progress, t0)
     });
     if moved.is_err() {
         if let Err(e) = d.engine.set_restart(&id, &policy) {
@@ -562,7 +565,7 @@ fn send(
     c: Container,
     work: &Path,
     to: SocketAddr,
-    key: &Key,
+    sec: &Security,
     mode: Mode,
     criu: &Criu,
     docker: Option<&DockerSource<'_>>,
@@ -580,7 +583,7 @@ fn send(
         overlay,
     } = offer(&c, work, mode, criu, docker, progress)?;
     let (memory, postcopy) = (needs.memory, needs.postcopy);
-    let mut ctl = connect(to, key)?;
+    let mut ctl = connect(to, sec)?;
     wire::send(
         &mut ctl,
         &Hello::Offer {
@@ -598,8 +601,11 @@ fn send(
             })
         }
     };
-    let mut pages = connect(to, key)?;
+    let mut pages = connect(to, sec)?;
     wire::send(&mut pages, &Hello::Pages { migration })?;
+    // CRIU writes the pages to a socket of its own, which the relay seals
+    // onto the page channel.
+    let (pages, relay) = pages.relay()?;
     match expect(wire::recv(&mut ctl)?)? {
         Reply::PagesReady => {}
         _ => {
@@ -616,7 +622,7 @@ fn send(
     let rootfs = c.state.rootfs.clone();
     // Kept to cut the page connection under a post-copy dump that must end
     // early (CRIU's page server then returns and leaves the tasks stopped).
-    let pages_cut = pages.try_clone().map_err(Error::Wire)?;
+    let pages_cut = relay.cutter()?;
     let empty_ns = match docker {
         Some(_) => super::docker::empty_ns(&c.spec()?),
         None => None,
@@ -624,7 +630,7 @@ fn send(
     let opts = CheckpointOptions {
         leave_stopped: true,
         lazy_pages: postcopy,
-        page_server: Some(PageServerAddr::Socket(OwnedFd::from(pages))),
+        page_server: Some(PageServerAddr::Socket(pages)),
         lock_joined_netns: docker.is_some(),
         empty_ns,
         ..super::CRIU_FLAGS.dump(images.clone())
@@ -634,7 +640,7 @@ fn send(
         // has acknowledged (TCP_INFO) is how far they got. Polled until this
         // closure returns, which drops `_stop_meter`.
         let (_stop_meter, stopped) = std::sync::mpsc::channel::<()>();
-        let pages_seen = &pages_cut;
+        let pages_seen = relay.tcp();
         scope.spawn(move || {
             // What the authentication exchanged before CRIU got the socket.
             let base = wire::bytes_acked(pages_seen).unwrap_or(0);
@@ -662,7 +668,7 @@ fn send(
             let _ = done.send(DumpEvent::Done(r.is_ok()));
             r
         });
-        let abort = |ctl: &mut TcpStream, e: Error| -> Result<Report> {
+        let abort = |ctl: &mut Channel, e: Error| -> Result<Report> {
             let _ = wire::send(
                 ctl,
                 &Step::Abort {
@@ -695,7 +701,7 @@ fn send(
             Ok(m) => m,
             Err(e) => {
                 progress(Progress::Phase("resume the source"));
-                let _ = pages_cut.shutdown(std::net::Shutdown::Both);
+                pages_cut.cut();
                 let _ = finish(dump);
                 return Err(resumed(root, &id, e));
             }
@@ -718,7 +724,7 @@ fn send(
                 (reply, dumped) => {
                     // The destination could not get every page: it killed
                     // its copy, and this one, whose memory is whole, runs on.
-                    let _ = pages_cut.shutdown(std::net::Shutdown::Both);
+                    pages_cut.cut();
                     progress(Progress::Phase("resume the source"));
                     let failed = match (reply, dumped) {
                         (Ok(Reply::Failed { failure }), _) => Error::DestinationFailed {
@@ -762,6 +768,7 @@ fn send(
         Ok(Report {
             id: id.clone(),
             to: to.to_string(),
+            channel: sec.describe(),
             mode,
             mode_reason,
             downtime_ms,
@@ -808,7 +815,7 @@ enum DumpEvent {
 
 /// Sends the images and the rootfs, asks for the restore.
 fn move_state(
-    ctl: &mut TcpStream,
+    ctl: &mut Channel,
     images: &Path,
     rootfs: &Path,
     overlay: Option<&Overlay>,

@@ -1,6 +1,8 @@
 //! `ferry serve` (the destination's agent) and `ferry migrate` (moving a
-//! running container to it). Peers authenticate with a shared key file:
-//! the agent never listens unauthenticated.
+//! running container to it). Peers authenticate with a shared key file or
+//! per-host identities, and every byte between them is sealed
+//! (ferry_oci::migrate::channel) unless both sides ask for plaintext: the
+//! agent never listens unauthenticated.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -8,7 +10,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ferry_oci::migrate::auth::Key;
+use ferry_oci::migrate::auth::{Credentials, Identity, Key, Peers};
+use ferry_oci::migrate::channel::Security;
 use ferry_oci::migrate::destination::Agent;
 use ferry_oci::migrate::{source, Mode, Progress};
 
@@ -18,13 +21,13 @@ use crate::Cli;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on, e.g. 10.66.0.2:7878.
-    #[arg(long)]
-    pub listen: SocketAddr,
-    /// The shared key (hex, mode 0600), the same file on both hosts.
-    #[arg(long = "key-file")]
-    pub key_file: PathBuf,
-    /// Create the key file (it must not exist) and exit.
-    #[arg(long = "new-key")]
+    #[arg(long, required_unless_present = "new_key")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+    /// Create the --key-file (it must not exist) and exit (as `ferry
+    /// keygen --key-file`).
+    #[arg(long = "new-key", requires = "key_file")]
     pub new_key: bool,
     /// Prefix for the cgroup paths of containers received here.
     #[arg(long = "cgroup-parent")]
@@ -44,32 +47,108 @@ pub struct ServeArgs {
     pub docker_host: Option<String>,
 }
 
+/// How a side of a move authenticates and secures its channel; the same
+/// flags for `ferry serve` and `ferry migrate`.
 #[derive(Debug, clap::Args)]
-pub struct KeygenArgs {
-    /// Where the key goes: a file that must not exist yet.
-    #[arg(long = "key-file")]
-    pub key_file: PathBuf,
+pub struct ChannelArgs {
+    /// The shared key (hex, mode 0600), the same file on both hosts
+    /// (`ferry keygen --key-file`).
+    #[arg(
+        long = "key-file",
+        required_unless_present = "identity",
+        conflicts_with = "identity"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// This host's own private key (`ferry keygen --identity FILE`), instead
+    /// of a shared key: one leaked file then opens no other host.
+    #[arg(long, requires = "peers")]
+    pub identity: Option<PathBuf>,
+    /// The public keys this host accepts as peers, one per line (the
+    /// FILE.pub lines of `ferry keygen --identity`), with --identity.
+    #[arg(long, requires = "identity")]
+    pub peers: Option<PathBuf>,
+    /// Send records unencrypted (peers are still authenticated): for a
+    /// trusted link only, and refused unless both sides give it.
+    #[arg(long)]
+    pub plaintext: bool,
+    /// Seconds a peer may stay silent (no data, no heartbeat) before the
+    /// move fails and the source resumes.
+    #[arg(long = "peer-timeout", default_value_t = 20.0)]
+    pub peer_timeout: f64,
 }
 
-/// `ferry keygen --key-file F`: what `serve --new-key` did, without an
-/// address to listen on.
+impl ChannelArgs {
+    pub fn security(&self) -> anyhow::Result<Security> {
+        let credentials = match (&self.key_file, &self.identity, &self.peers) {
+            (Some(k), _, _) => Credentials::Shared(Key::load(k)?),
+            (None, Some(me), Some(peers)) => Credentials::Identity {
+                me: Identity::load(me)?,
+                peers: Peers::load(peers)?,
+            },
+            _ => anyhow::bail!("give --key-file, or --identity with --peers"),
+        };
+        anyhow::ensure!(
+            self.peer_timeout >= 1.0 && self.peer_timeout.is_finite(),
+            "--peer-timeout must be at least 1 second"
+        );
+        Ok(Security {
+            plaintext: self.plaintext,
+            silence: std::time::Duration::from_secs_f64(self.peer_timeout),
+            ..Security::new(credentials)
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// A shared key: a file that must not exist yet, the same on every host.
+    #[arg(
+        long = "key-file",
+        required_unless_present = "identity",
+        conflicts_with = "identity"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// A per-host identity: the private key goes to FILE (0600), the
+    /// public key to FILE.pub (the line other hosts add to their --peers).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+}
+
+/// `ferry keygen --key-file F` or `--identity F`.
 pub fn keygen(a: &KeygenArgs) -> anyhow::Result<ExitCode> {
-    Key::generate()?.save(&a.key_file)?;
-    println!("{}", a.key_file.display());
+    match (&a.key_file, &a.identity) {
+        (Some(k), _) => {
+            Key::generate()?.save(k)?;
+            println!("{}", k.display());
+        }
+        (None, Some(i)) => {
+            let public = Identity::generate()?.save(i)?;
+            println!("{}", i.display());
+            println!("{}", public.display());
+        }
+        (None, None) => anyhow::bail!("give --key-file or --identity"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
-    if a.new_key {
-        Key::generate()?.save(&a.key_file)?;
-        println!("{}", a.key_file.display());
+    if let (true, Some(k)) = (a.new_key, &a.channel.key_file) {
+        Key::generate()?.save(k)?;
+        println!("{}", k.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let key = Key::load(&a.key_file)?;
+    let security = a.channel.security()?;
+    let listen = a.listen.context("--listen is required")?;
     std::fs::create_dir_all(&cli.root)
         .with_context(|| format!("creating {}", cli.root.display()))?;
-    let mut agent = Agent::new(cli.root.clone(), key, criu(cli), a.cgroup_parent.clone())
-        .with_console_socket(a.console_socket.clone());
+    let channel = security.describe();
+    let mut agent = Agent::new(
+        cli.root.clone(),
+        security,
+        criu(cli),
+        a.cgroup_parent.clone(),
+    )
+    .with_console_socket(a.console_socket.clone());
     if a.docker {
         let engine = ferry_oci::docker::Engine::connect(a.docker_host.as_deref())
             .context("ferry serve --docker")?;
@@ -81,10 +160,9 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let agent = Arc::new(agent);
     agent.clean_leftovers();
-    let listener =
-        TcpListener::bind(a.listen).with_context(|| format!("listening on {}", a.listen))?;
+    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     eprintln!(
-        "ferry serve: receiving containers on {} into {}",
+        "ferry serve: receiving containers on {} into {}; channel {channel}",
         listener.local_addr()?,
         cli.root.display()
     );
@@ -112,8 +190,8 @@ pub struct MigrateArgs {
     /// The destination agent (`ferry serve --listen`).
     #[arg(long)]
     pub to: SocketAddr,
-    #[arg(long = "key-file")]
-    pub key_file: PathBuf,
+    #[command(flatten)]
+    pub channel: ChannelArgs,
     /// precopy (freeze, send all memory, restore), postcopy (restore first,
     /// memory follows through userfaultfd) or auto (the lower-downtime one
     /// for this container; the report says which and why).
@@ -142,7 +220,7 @@ pub struct MigrateArgs {
 }
 
 pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    let key = Key::load(&a.key_file)?;
+    let sec = a.channel.security()?;
     let start = std::time::Instant::now();
     // On a terminal, a spinner with the phase that becomes a bar while the
     // memory pages move; plain timestamped lines otherwise (logs, CI), the
@@ -197,8 +275,8 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     };
     if a.check {
         let checked = match &engine {
-            Some(e) => source::check_docker(e, &a.id, a.to, &key, a.mode, &criu(cli), &progress),
-            None => source::check(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress),
+            Some(e) => source::check_docker(e, &a.id, a.to, &sec, a.mode, &criu(cli), &progress),
+            None => source::check(&cli.root, &a.id, a.to, &sec, a.mode, &criu(cli), &progress),
         };
         if let Some(b) = bar {
             b.finish_and_clear();
@@ -225,9 +303,9 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let result = match &engine {
         Some(e) => source::DockerSource::find(e, &a.id).and_then(|mut d| {
             d.rm_source = a.rm_source;
-            source::migrate_docker(&d, a.to, &key, a.mode, &criu(cli), &progress)
+            source::migrate_docker(&d, a.to, &sec, a.mode, &criu(cli), &progress)
         }),
-        None => source::migrate(&cli.root, &a.id, a.to, &key, a.mode, &criu(cli), &progress),
+        None => source::migrate(&cli.root, &a.id, a.to, &sec, a.mode, &criu(cli), &progress),
     };
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -272,6 +350,7 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             report.images_bytes as f64 / 1048576.0,
             report.rootfs_bytes as f64 / 1048576.0,
         );
+        println!("channel: {}", report.channel);
         if let Some(d) = &report.docker {
             println!(
                 "docker: {} runs on {} as {}; on this host it is {}",

@@ -1,0 +1,1045 @@
+//! The channel between two Ferry hosts: every connection of a move (the
+//! control connection and the page connection) is one [`Channel`].
+//!
+//! A connection opens with two cleartext greetings (magic, protocol
+//! version, how the side authenticates, whether it asked for plaintext),
+//! so that a mismatch is named on both sides; then a Noise handshake
+//! (snow), bound to both greetings as its prologue:
+//! `Noise_NNpsk0_25519_AESGCM_SHA256` with a shared key (fresh ephemeral
+//! keys each session, the key file as the PSK), or
+//! `Noise_XX_25519_AESGCM_SHA256` with per-host identities, each side
+//! checking the other's static key against its peers list. After it,
+//! every byte travels in records: a 2-byte length, then the AEAD-sealed
+//! record (a kind byte and up to [`MAX_DATA`] bytes), each under its
+//! direction's next nonce, so that a flipped, replaced, replayed, dropped
+//! or reordered record fails to open and ends the move. A connection ends
+//! with a sealed `CLOSE` record: a cut before it is an error, never a
+//! short stream. With `--plaintext` on both sides, the handshake still
+//! authenticates the peer and records carry the same framing unsealed.
+//!
+//! Silence is an error too: each side sends a sealed `PING` when it has
+//! written nothing for a quarter of [`Security::silence`], and a read that
+//! sees nothing, not even a ping, for `silence` fails. A peer that stops
+//! forwarding without closing (a silent partition, a stalled host) fails
+//! the move within that bound, which TCP keepalive alone cannot do when a
+//! middlebox answers the probes.
+//!
+//! CRIU writes memory pages to a file descriptor it is given (`ps.fd`):
+//! [`Channel::relay`] gives it one end of a socketpair and pumps between
+//! the other end and the channel on two threads, so pages are sealed too.
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{mpsc, Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use snow::{HandshakeState, StatelessTransportState};
+
+use super::auth::Credentials;
+use crate::error::{Error, Result};
+
+/// The migration protocol this Ferry speaks. 1 was the HMAC handshake
+/// with cleartext frames; 2 is this channel.
+pub const PROTOCOL_VERSION: u16 = 2;
+const MAGIC: &[u8; 5] = b"FERRY";
+const GREETING_LEN: usize = 8;
+/// The greeting of protocol 1 (`FERRY\0\0\x01`) reads as version 0 here.
+const V1_AS_READ: u16 = 0;
+
+const SHARED: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+const IDENTITY: &str = "Noise_XX_25519_AESGCM_SHA256";
+/// Noise's bound on a message, and the AEAD tag inside it.
+const MAX_MESSAGE: usize = 65535;
+const TAG: usize = 16;
+/// The most application bytes one record carries.
+pub const MAX_DATA: usize = MAX_MESSAGE - TAG - 1;
+
+const DATA: u8 = 0;
+const PING: u8 = 1;
+const CLOSE: u8 = 2;
+/// The agent's first record: the handshake checked out on its side too
+/// (with XX, the client's identity is judged only after the last message).
+const ACCEPT: u8 = 3;
+
+/// How long a peer may be silent by default: well under a minute, well
+/// above any pause of a healthy move (pings come every quarter of it).
+pub const DEFAULT_SILENCE: Duration = Duration::from_secs(20);
+/// The shortest silence allowed (pings every quarter of it).
+pub const MIN_SILENCE: Duration = Duration::from_secs(1);
+
+/// How a side secures its connections.
+#[derive(Debug, Clone)]
+pub struct Security {
+    pub credentials: Credentials,
+    /// Records go unsealed (a trusted link, asked for on both sides).
+    pub plaintext: bool,
+    /// A peer silent this long (no data, no ping) fails the move.
+    pub silence: Duration,
+}
+
+impl Security {
+    /// Sealed records, the default silence.
+    pub fn new(credentials: Credentials) -> Security {
+        Security {
+            credentials,
+            plaintext: false,
+            silence: DEFAULT_SILENCE,
+        }
+    }
+
+    /// What the report and `ferry serve` say of the channel.
+    pub fn describe(&self) -> String {
+        match self.plaintext {
+            false => format!(
+                "encrypted (Noise {}, {})",
+                self.pattern(),
+                self.credentials.describe()
+            ),
+            true => format!(
+                "PLAINTEXT (asked for; peers authenticated with {})",
+                self.credentials.describe()
+            ),
+        }
+    }
+
+    fn pattern(&self) -> &'static str {
+        match self.credentials {
+            Credentials::Shared(_) => SHARED,
+            Credentials::Identity { .. } => IDENTITY,
+        }
+    }
+}
+
+/// The cleartext opening of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Greeting {
+    version: u16,
+    identity: bool,
+    plaintext: bool,
+}
+
+impl Greeting {
+    fn ours(s: &Security) -> Greeting {
+        Greeting {
+            version: PROTOCOL_VERSION,
+            identity: matches!(s.credentials, Credentials::Identity { .. }),
+            plaintext: s.plaintext,
+        }
+    }
+
+    fn bytes(self) -> [u8; GREETING_LEN] {
+        let mut b = [0u8; GREETING_LEN];
+        b[..5].copy_from_slice(MAGIC);
+        b[5..7].copy_from_slice(&self.version.to_be_bytes());
+        b[7] = self.identity as u8 | (self.plaintext as u8) << 1;
+        b
+    }
+
+    fn parse(b: &[u8; GREETING_LEN], peer: &str) -> Result<Greeting> {
+        if &b[..5] != MAGIC {
+            return Err(Error::AuthFailed {
+                peer: peer.to_string(),
+                reason: "it does not speak Ferry's migration protocol",
+            });
+        }
+        Ok(Greeting {
+            version: u16::from_be_bytes([b[5], b[6]]),
+            identity: b[7] & 1 != 0,
+            plaintext: b[7] & 2 != 0,
+        })
+    }
+
+    /// Why `self` and `theirs` cannot talk, in words that name the fix.
+    fn mismatch(self, theirs: Greeting) -> Option<String> {
+        let kind = |identity| match identity {
+            true => "per-host identities (--identity, --peers)",
+            false => "a shared key (--key-file)",
+        };
+        if theirs.version != self.version {
+            let v = match theirs.version {
+                V1_AS_READ => 1,
+                v => v,
+            };
+            return Some(format!(
+                "it speaks migration protocol {v} and this Ferry speaks {}: run the same Ferry version on both hosts",
+                self.version
+            ));
+        }
+        if theirs.identity != self.identity {
+            return Some(format!(
+                "it authenticates with {} and this side with {}: use the same on both hosts",
+                kind(theirs.identity),
+                kind(self.identity)
+            ));
+        }
+        if theirs.plaintext != self.plaintext {
+            let who = if theirs.plaintext { "it" } else { "this side" };
+            return Some(format!(
+                "{who} asked for a plaintext channel and the other did not: --plaintext (for a trusted link only) must be given on both hosts"
+            ));
+        }
+        None
+    }
+}
+
+fn peer_io<'a>(peer: &'a str, op: &'static str) -> impl Fn(io::Error) -> Error + 'a {
+    move |source| Error::Peer {
+        peer: peer.to_string(),
+        op,
+        source,
+    }
+}
+
+fn noise(peer: &str) -> impl Fn(snow::Error) -> Error + '_ {
+    move |source| Error::Noise {
+        peer: peer.to_string(),
+        source,
+    }
+}
+
+fn write_message(s: &mut TcpStream, msg: &[u8], peer: &str) -> Result<()> {
+    let mut frame = Vec::with_capacity(msg.len() + 2);
+    frame.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    frame.extend_from_slice(msg);
+    s.write_all(&frame).map_err(peer_io(peer, "authenticating"))
+}
+
+fn read_message(s: &mut TcpStream, peer: &str) -> Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)
+        .map_err(peer_io(peer, "authenticating"))?;
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut msg)
+        .map_err(peer_io(peer, "authenticating"))?;
+    Ok(msg)
+}
+
+/// The handshake's state machine for `sec`, bound to both greetings.
+fn builder(sec: &Security, prologue: &[u8], initiator: bool) -> Result<HandshakeState> {
+    let params = sec.pattern().parse().expect("a valid Noise pattern name");
+    let b = snow::Builder::new(params);
+    let psk;
+    let b = match &sec.credentials {
+        Credentials::Shared(key) => {
+            psk = key.psk();
+            b.psk(0, &psk)
+        }
+        Credentials::Identity { me, .. } => b.local_private_key(me.private()),
+    }
+    .and_then(|b| b.prologue(prologue));
+    let b = b.map_err(noise("this host"))?;
+    if initiator {
+        b.build_initiator()
+    } else {
+        b.build_responder()
+    }
+    .map_err(noise("this host"))
+}
+
+/// With identities: the name the peer's static key is listed under.
+fn judge_peer(sec: &Security, hs: &HandshakeState, peer: &str) -> Result<Option<String>> {
+    let Credentials::Identity { peers, .. } = &sec.credentials else {
+        return Ok(None);
+    };
+    let key = hs.get_remote_static().unwrap_or_default();
+    match peers.find(key) {
+        Some(name) => Ok(Some(name)),
+        None => Err(Error::UnknownPeer {
+            peer: peer.to_string(),
+            key: hex::encode(key),
+        }),
+    }
+}
+
+/// The records' cipher, shared by both halves (each keeps its nonce).
+enum Cipher {
+    Sealed(StatelessTransportState),
+    Plain,
+}
+
+/// A connection after its handshake: read and write it as a byte stream
+/// (`Read`, `Write`), or [`split`](Channel::split) it.
+pub struct Channel {
+    reader: ReadHalf,
+    writer: WriteHalf,
+    /// The peer's name in our peers list (per-host identities).
+    pub peer_name: Option<String>,
+}
+
+impl Channel {
+    /// Opens the channel on `s` as the connecting side. `s` should have
+    /// the handshake's deadline as its timeouts; the channel sets its own.
+    pub fn client(mut s: TcpStream, sec: &Security, peer: &str) -> Result<Channel> {
+        let ours = Greeting::ours(sec);
+        s.write_all(&ours.bytes())
+            .map_err(peer_io(peer, "greeting"))?;
+        let mut b = [0u8; GREETING_LEN];
+        s.read_exact(&mut b).map_err(peer_io(peer, "greeting"))?;
+        let theirs = Greeting::parse(&b, peer)?;
+        if let Some(why) = ours.mismatch(theirs) {
+            return Err(Error::ChannelMismatch {
+                peer: peer.to_string(),
+                why,
+            });
+        }
+        let prologue = [ours.bytes(), theirs.bytes()].concat();
+        let mut hs = builder(sec, &prologue, true)?;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut payload = vec![0u8; MAX_MESSAGE];
+        let n = hs.write_message(&[], &mut buf).map_err(noise(peer))?;
+        write_message(&mut s, &buf[..n], peer)?;
+        let refused = |_| Error::AuthFailed {
+            peer: peer.to_string(),
+            reason:
+                "it hung up in the handshake: it holds another key, or does not accept our identity",
+        };
+        let msg = read_message(&mut s, peer).map_err(refused)?;
+        hs.read_message(&msg, &mut payload)
+            .map_err(|_| Error::AuthFailed {
+                peer: peer.to_string(),
+                reason: "it does not hold our key (its handshake does not open with it)",
+            })?;
+        let peer_name = judge_peer(sec, &hs, peer)?;
+        if !hs.is_handshake_finished() {
+            let n = hs.write_message(&[], &mut buf).map_err(noise(peer))?;
+            write_message(&mut s, &buf[..n], peer)?;
+        }
+        let transport = hs.into_stateless_transport_mode().map_err(noise(peer))?;
+        let mut ch = Channel::new(s, transport, sec, peer, peer_name)?;
+        match ch.reader.record() {
+            Ok(Some((ACCEPT, _))) => Ok(ch),
+            Ok(_) => Err(Error::Protocol {
+                what: "a record other than the agent's accept after the handshake",
+            }),
+            Err(_) => Err(Error::AuthFailed {
+                peer: peer.to_string(),
+                reason:
+                    "it refused us after the handshake: our public key is not in its peers file",
+            }),
+        }
+    }
+
+    /// Opens the channel on `s` as the accepting side.
+    pub fn server(mut s: TcpStream, sec: &Security, peer: &str) -> Result<Channel> {
+        let mut b = [0u8; GREETING_LEN];
+        s.read_exact(&mut b).map_err(peer_io(peer, "greeting"))?;
+        let theirs = Greeting::parse(&b, peer)?;
+        let ours = Greeting::ours(sec);
+        // Our greeting goes out even on a mismatch: the client then names
+        // it as precisely as we do.
+        s.write_all(&ours.bytes())
+            .map_err(peer_io(peer, "greeting"))?;
+        if let Some(why) = ours.mismatch(theirs) {
+            return Err(Error::ChannelMismatch {
+                peer: peer.to_string(),
+                why,
+            });
+        }
+        let prologue = [theirs.bytes(), ours.bytes()].concat();
+        let mut hs = builder(sec, &prologue, false)?;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut payload = vec![0u8; MAX_MESSAGE];
+        let msg = read_message(&mut s, peer)?;
+        hs.read_message(&msg, &mut payload)
+            .map_err(|_| Error::AuthFailed {
+                peer: peer.to_string(),
+                reason: "it does not hold our key (its handshake does not open with it)",
+            })?;
+        let n = hs.write_message(&[], &mut buf).map_err(noise(peer))?;
+        write_message(&mut s, &buf[..n], peer)?;
+        if !hs.is_handshake_finished() {
+            let msg = read_message(&mut s, peer)?;
+            hs.read_message(&msg, &mut payload).map_err(noise(peer))?;
+        }
+        let peer_name = judge_peer(sec, &hs, peer)?;
+        let transport = hs.into_stateless_transport_mode().map_err(noise(peer))?;
+        let ch = Channel::new(s, transport, sec, peer, peer_name)?;
+        ch.writer
+            .send(ACCEPT, &[])
+            .map_err(peer_io(peer, "accepting"))?;
+        Ok(ch)
+    }
+
+    fn new(
+        s: TcpStream,
+        transport: StatelessTransportState,
+        sec: &Security,
+        peer: &str,
+        peer_name: Option<String>,
+    ) -> Result<Channel> {
+        let silence = sec.silence.max(MIN_SILENCE);
+        // Every read and write has a deadline: nothing (not even a ping)
+        // for `silence` is a dead peer.
+        s.set_read_timeout(Some(silence))
+            .and_then(|_| s.set_write_timeout(Some(silence)))
+            .map_err(Error::Wire)?;
+        let cipher = Arc::new(match sec.plaintext {
+            false => Cipher::Sealed(transport),
+            true => Cipher::Plain,
+        });
+        let w = s.try_clone().map_err(Error::Wire)?;
+        let writer = Arc::new(Mutex::new(Writer {
+            tcp: w,
+            cipher: cipher.clone(),
+            nonce: 0,
+            plain: Vec::with_capacity(MAX_MESSAGE),
+            out: vec![0u8; MAX_MESSAGE + 2],
+            last: Instant::now(),
+            closed: false,
+        }));
+        let beat = Heartbeat::start(Arc::downgrade(&writer), silence / 4)?;
+        Ok(Channel {
+            reader: ReadHalf {
+                r: BufReader::with_capacity(4 * MAX_MESSAGE, s),
+                cipher,
+                nonce: 0,
+                buf: vec![0u8; MAX_MESSAGE],
+                pos: 0,
+                len: 0,
+                closed: false,
+                peer: peer.to_string(),
+                silence,
+                deadline: None,
+            },
+            writer: WriteHalf {
+                w: writer,
+                _beat: beat,
+            },
+            peer_name,
+        })
+    }
+
+    /// The TCP connection under the channel (to shut it down from another
+    /// thread, or read TCP_INFO).
+    pub fn tcp(&self) -> Result<TcpStream> {
+        self.reader.r.get_ref().try_clone().map_err(Error::Wire)
+    }
+
+    /// Bounds the reads that follow to end by `at` (pings or not), or with
+    /// `None` lifts the bound: a peer must say what it wants within the
+    /// handshake's deadline even while its heartbeat runs.
+    pub fn deadline(&mut self, at: Option<Instant>) -> Result<()> {
+        self.reader.deadline = at;
+        if at.is_none() {
+            let s = self.reader.r.get_ref();
+            s.set_read_timeout(Some(self.reader.silence))
+                .map_err(Error::Wire)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the channel cleanly: a sealed close record, then no more
+    /// writes. The peer reads the end of the stream.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.writer.close()
+    }
+
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        (self.reader, self.writer)
+    }
+
+    /// Hands the channel to a program that wants a file descriptor (CRIU's
+    /// `ps.fd`): the returned fd is one end of a socketpair; two threads
+    /// pump bytes between the other end and the channel until both
+    /// directions ended. An error in either shuts down both the channel
+    /// and the socketpair, so the program sees the failure at once.
+    pub fn relay(self) -> Result<(OwnedFd, Relay)> {
+        let (theirs, ours) = UnixStream::pair().map_err(Error::Wire)?;
+        let tcp = self.tcp()?;
+        let cut = Cut {
+            tcp: tcp.try_clone().map_err(Error::Wire)?,
+            local: ours.try_clone().map_err(Error::Wire)?,
+        };
+        let (mut reader, mut writer) = self.split();
+        let up_local = ours.try_clone().map_err(Error::Wire)?;
+        let up_cut = cut.clone()?;
+        let up = std::thread::Builder::new()
+            .name("ferry-relay-up".into())
+            .spawn(move || {
+                let r = pump(&mut &up_local, &mut writer).and_then(|n| {
+                    writer.close().map_err(Error::Wire)?;
+                    Ok(n)
+                });
+                if r.is_err() {
+                    up_cut.cut();
+                }
+                r
+            })
+            .map_err(Error::Wire)?;
+        let down_cut = cut.clone()?;
+        let down = std::thread::Builder::new()
+            .name("ferry-relay-down".into())
+            .spawn(move || {
+                let mut local = &ours;
+                let r = pump(&mut reader, &mut local);
+                match &r {
+                    Ok(_) => {
+                        let _ = ours.shutdown(Shutdown::Write);
+                    }
+                    Err(_) => down_cut.cut(),
+                }
+                r
+            })
+            .map_err(Error::Wire)?;
+        Ok((
+            OwnedFd::from(theirs),
+            Relay {
+                up: Some(up),
+                down: Some(down),
+                cut,
+                tcp,
+            },
+        ))
+    }
+}
+
+/// Copies `r` into `w` until `r` ends; returns the byte count.
+fn pump(r: &mut impl Read, w: &mut impl Write) -> Result<u64> {
+    let mut buf = vec![0u8; MAX_DATA];
+    let mut total = 0;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Wire(e)),
+        };
+        w.write_all(&buf[..n]).map_err(Error::Wire)?;
+        total += n as u64;
+    }
+}
+
+impl Read for Channel {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(out)
+    }
+}
+
+impl Write for Channel {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.writer.write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reading side of a channel: opens records, answers pings by ignoring
+/// them, and ends at the sealed close record.
+pub struct ReadHalf {
+    r: BufReader<TcpStream>,
+    cipher: Arc<Cipher>,
+    nonce: u64,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    closed: bool,
+    peer: String,
+    silence: Duration,
+    /// A bound on the whole of the next reads, pings or not.
+    deadline: Option<Instant>,
+}
+
+impl ReadHalf {
+    fn fault(&self, e: Error) -> io::Error {
+        let kind = match e {
+            Error::PeerSilent { .. } => io::ErrorKind::TimedOut,
+            Error::ChannelCut { .. } => io::ErrorKind::UnexpectedEof,
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e)
+    }
+
+    /// The next record, opened: (kind, its data at buf[pos..len]). `None`
+    /// once the close record was read.
+    fn record(&mut self) -> io::Result<Option<(u8, ())>> {
+        if self.closed {
+            return Ok(None);
+        }
+        if let Some(d) = self.deadline {
+            // Pings do not extend a deadline: wait for real data no longer
+            // than what is left of it.
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.fault(Error::PeerSilent {
+                    peer: self.peer.clone(),
+                    secs: self.silence.as_secs_f64(),
+                }));
+            }
+            self.r
+                .get_ref()
+                .set_read_timeout(Some(left.min(self.silence)))?;
+        }
+        let mut len = [0u8; 2];
+        if let Err(e) = self.r.read_exact(&mut len) {
+            return Err(match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    self.fault(Error::PeerSilent {
+                        peer: self.peer.clone(),
+                        secs: self.silence.as_secs_f64(),
+                    })
+                }
+                io::ErrorKind::UnexpectedEof => self.fault(Error::ChannelCut {
+                    peer: self.peer.clone(),
+                }),
+                _ => e,
+            });
+        }
+        let len = u16::from_be_bytes(len) as usize;
+        let mut sealed = std::mem::take(&mut self.buf);
+        let read = self.r.read_exact(&mut sealed[..len]);
+        let opened = read.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.fault(Error::PeerSilent {
+                peer: self.peer.clone(),
+                secs: self.silence.as_secs_f64(),
+            }),
+            io::ErrorKind::UnexpectedEof => self.fault(Error::ChannelCut {
+                peer: self.peer.clone(),
+            }),
+            _ => e,
+        });
+        let opened = opened.and_then(|_| match &*self.cipher {
+            // Opened in place: the tag is checked before a byte is used.
+            Cipher::Sealed(t) => {
+                let mut plain = vec![0u8; len];
+                let n = t
+                    .read_message(self.nonce, &sealed[..len], &mut plain)
+                    .map_err(|_| {
+                        self.fault(Error::Tampered {
+                            peer: self.peer.clone(),
+                        })
+                    })?;
+                sealed[..n].copy_from_slice(&plain[..n]);
+                Ok(n)
+            }
+            Cipher::Plain => Ok(len),
+        });
+        self.buf = sealed;
+        let n = opened?;
+        self.nonce += 1;
+        if n == 0 {
+            return Err(self.fault(Error::Protocol {
+                what: "an empty record",
+            }));
+        }
+        let kind = self.buf[0];
+        self.pos = 1;
+        self.len = n;
+        if kind == CLOSE {
+            self.closed = true;
+            return Ok(None);
+        }
+        Ok(Some((kind, ())))
+    }
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.len {
+            match self.record()? {
+                None => return Ok(0),
+                Some((DATA, ())) => {}
+                Some((PING, ())) => self.pos = self.len,
+                Some(_) => {
+                    return Err(self.fault(Error::Protocol {
+                        what: "a record of an unknown kind",
+                    }))
+                }
+            }
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+struct Writer {
+    tcp: TcpStream,
+    cipher: Arc<Cipher>,
+    nonce: u64,
+    plain: Vec<u8>,
+    out: Vec<u8>,
+    last: Instant,
+    closed: bool,
+}
+
+impl Writer {
+    /// Seals and sends one record (one write: its length and body
+    /// together, see wire's note on Nagle).
+    fn send(&mut self, kind: u8, data: &[u8]) -> io::Result<()> {
+        if self.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "writing to a closed migration channel",
+            ));
+        }
+        self.plain.clear();
+        self.plain.push(kind);
+        self.plain.extend_from_slice(data);
+        let n = match &*self.cipher {
+            Cipher::Sealed(t) => t
+                .write_message(self.nonce, &self.plain, &mut self.out[2..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            Cipher::Plain => {
+                self.out[2..2 + self.plain.len()].copy_from_slice(&self.plain);
+                self.plain.len()
+            }
+        };
+        self.out[..2].copy_from_slice(&(n as u16).to_be_bytes());
+        self.nonce += 1;
+        self.tcp.write_all(&self.out[..n + 2])?;
+        self.last = Instant::now();
+        Ok(())
+    }
+}
+
+/// Writing side of a channel. Each `write` is one record (no buffering: a
+/// request is on the wire when `write` returns).
+pub struct WriteHalf {
+    w: Arc<Mutex<Writer>>,
+    _beat: Heartbeat,
+}
+
+impl WriteHalf {
+    fn send(&self, kind: u8, data: &[u8]) -> io::Result<()> {
+        self.w
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(kind, data)
+    }
+
+    /// Sends the close record and shuts the connection's sending side.
+    pub fn close(&mut self) -> io::Result<()> {
+        let mut w = self.w.lock().unwrap_or_else(|e| e.into_inner());
+        if w.closed {
+            return Ok(());
+        }
+        w.send(CLOSE, &[])?;
+        w.closed = true;
+        let _ = w.tcp.shutdown(Shutdown::Write);
+        Ok(())
+    }
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(MAX_DATA);
+        self.send(DATA, &data[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends a ping on a writer idle for `every`; stops when the writer is
+/// gone (it holds only a weak reference, so it never keeps a connection
+/// open) or this is dropped.
+struct Heartbeat(#[allow(dead_code)] mpsc::Sender<()>);
+
+impl Heartbeat {
+    fn start(w: Weak<Mutex<Writer>>, every: Duration) -> Result<Heartbeat> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("ferry-heartbeat".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    let Some(w) = w.upgrade() else { return };
+                    let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+                    if w.closed {
+                        return;
+                    }
+                    if w.last.elapsed() >= every && w.send(PING, &[]).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(Error::Wire)?;
+        Ok(Heartbeat(stop))
+    }
+}
+
+/// Shuts a relay's two sides down, from any thread.
+pub struct Cut {
+    tcp: TcpStream,
+    local: UnixStream,
+}
+
+impl Cut {
+    fn clone(&self) -> Result<Cut> {
+        Ok(Cut {
+            tcp: self.tcp.try_clone().map_err(Error::Wire)?,
+            local: self.local.try_clone().map_err(Error::Wire)?,
+        })
+    }
+
+    /// Both the network connection and the program's socket: reads and
+    /// writes on either fail at once.
+    pub fn cut(&self) {
+        let _ = self.tcp.shutdown(Shutdown::Both);
+        let _ = self.local.shutdown(Shutdown::Both);
+    }
+}
+
+/// The threads of [`Channel::relay`].
+pub struct Relay {
+    up: Option<JoinHandle<Result<u64>>>,
+    down: Option<JoinHandle<Result<u64>>>,
+    cut: Cut,
+    tcp: TcpStream,
+}
+
+impl Relay {
+    /// The network connection (TCP_INFO for the page meter).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// A handle that ends the relay from another thread.
+    pub fn cutter(&self) -> Result<Cut> {
+        self.cut.clone()
+    }
+
+    /// Waits for both directions to end; the first error, if any.
+    pub fn wait(mut self) -> Result<()> {
+        let mut first = Ok(());
+        for t in [self.up.take(), self.down.take()].into_iter().flatten() {
+            let r = t.join().unwrap_or(Err(Error::Protocol {
+                what: "a relay thread panicked",
+            }));
+            if let (Ok(()), Err(e)) = (&first, r) {
+                first = Err(e);
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Relay {
+    /// A relay dropped unwaited for is cut: its threads end.
+    fn drop(&mut self) {
+        if self.up.is_some() || self.down.is_some() {
+            self.cut.cut();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::auth::{Identity, Key, Peers};
+    use std::net::TcpListener;
+
+    fn shared(k: &Key) -> Security {
+        Security::new(Credentials::Shared(k.clone()))
+    }
+
+    /// A connected pair of channels, or both sides' results.
+    fn open(client: Security, server: Security) -> (Result<Channel>, Result<Channel>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            Channel::server(s, &server, "client")
+        });
+        let c = TcpStream::connect(addr).unwrap();
+        let c = Channel::client(c, &client, "server");
+        (c, t.join().unwrap())
+    }
+
+    #[test]
+    fn a_shared_key_opens_a_sealed_two_way_stream() {
+        let k = Key::generate().unwrap();
+        let (c, s) = open(shared(&k), shared(&k));
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let d2 = data.clone();
+        let t = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            s.write_all(b"ok").unwrap();
+            s.close().unwrap();
+            got
+        });
+        c.write_all(&d2).unwrap();
+        c.close().unwrap();
+        assert_eq!(t.join().unwrap(), data);
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"ok");
+    }
+
+    #[test]
+    fn different_keys_are_refused_on_both_sides() {
+        let (c, s) = open(
+            shared(&Key::generate().unwrap()),
+            shared(&Key::generate().unwrap()),
+        );
+        assert!(matches!(c, Err(Error::AuthFailed { .. })), "{:?}", c.err());
+        assert!(matches!(s, Err(Error::AuthFailed { .. })), "{:?}", s.err());
+    }
+
+    #[test]
+    fn a_plaintext_request_meets_a_refusal_naming_the_flag() {
+        let k = Key::generate().unwrap();
+        let mut plain = shared(&k);
+        plain.plaintext = true;
+        let (c, s) = open(plain, shared(&k));
+        let c = crate::error::chain(&c.err().unwrap());
+        assert!(c.contains("--plaintext"), "{c}");
+        assert!(s.is_err());
+    }
+
+    #[test]
+    fn identities_are_judged_against_each_sides_peers() {
+        let (a, b, stranger) = (
+            Identity::generate().unwrap(),
+            Identity::generate().unwrap(),
+            Identity::generate().unwrap(),
+        );
+        let d = tempfile::tempdir().unwrap();
+        let peers = |keys: &[&Identity]| {
+            let p = d.path().join(format!("peers{}", keys.len()));
+            let text: String = keys
+                .iter()
+                .map(|k| format!("{} host\n", k.public))
+                .collect();
+            std::fs::write(&p, text).unwrap();
+            Peers::load(&p).unwrap()
+        };
+        let sec = |me: &Identity, peers: Peers| {
+            Security::new(Credentials::Identity {
+                me: me.clone(),
+                peers,
+            })
+        };
+        let (c, s) = open(sec(&a, peers(&[&b])), sec(&b, peers(&[&a, &stranger])));
+        assert_eq!(c.unwrap().peer_name.as_deref(), Some("host"));
+        assert_eq!(s.unwrap().peer_name.as_deref(), Some("host"));
+        // A client the agent does not list: both sides fail.
+        let (c, s) = open(sec(&stranger, peers(&[&b])), sec(&b, peers(&[&a])));
+        assert!(matches!(s, Err(Error::UnknownPeer { .. })), "{:?}", s.err());
+        assert!(c.is_err());
+        // An agent the client does not list.
+        let (c, _) = open(sec(&a, peers(&[&stranger])), sec(&b, peers(&[&a])));
+        assert!(matches!(c, Err(Error::UnknownPeer { .. })), "{:?}", c.err());
+    }
+
+    #[test]
+    fn a_silent_peer_fails_the_read_within_the_bound() {
+        let k = Key::generate().unwrap();
+        let mut quick = shared(&k);
+        quick.silence = Duration::from_secs(1);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // A server that completes the handshake, then goes quiet: its
+        // heartbeat is stopped by leaking nothing but never writing (the
+        // raw socket is kept, the channel's writer is gone).
+        let server = quick.clone();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let raw = s.try_clone().unwrap();
+            let ch = Channel::server(s, &server, "client").unwrap();
+            drop(ch.split());
+            std::thread::sleep(Duration::from_secs(3));
+            drop(raw);
+        });
+        let mut c = Channel::client(TcpStream::connect(addr).unwrap(), &quick, "agent").unwrap();
+        let start = Instant::now();
+        let e = c.read(&mut [0u8; 10]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn an_idle_channel_stays_up_on_pings() {
+        let k = Key::generate().unwrap();
+        let mut quick = shared(&k);
+        quick.silence = Duration::from_secs(1);
+        let (c, s) = open(quick.clone(), quick);
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        std::thread::sleep(Duration::from_millis(2500));
+        s.write_all(b"still here").unwrap();
+        let mut got = [0u8; 10];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"still here");
+    }
+
+    /// A server that sends 1000 bytes of 42 and closes, reached through
+    /// a proxy that applies `damage` to the server's records after the
+    /// handshake (record 0 is the accept, 1 the data, 2 the close): what
+    /// the client reads.
+    fn through(damage: fn(usize, &mut Vec<u8>) -> bool) -> io::Result<Vec<u8>> {
+        let k = Key::generate().unwrap();
+        let sec = shared(&k);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = sec.clone();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut ch = Channel::server(s, &server, "client").unwrap();
+            ch.write_all(&[42u8; 1000]).unwrap();
+            ch.close().unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        let p = TcpListener::bind("127.0.0.1:0").unwrap();
+        let paddr = p.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut client, _) = p.accept().unwrap();
+            let mut server = TcpStream::connect(addr).unwrap();
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || io::copy(&mut c2, &mut s2));
+            let mut greeting = [0u8; GREETING_LEN];
+            server.read_exact(&mut greeting).unwrap();
+            client.write_all(&greeting).unwrap();
+            for n in 0.. {
+                let mut len = [0u8; 2];
+                if server.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+                server.read_exact(&mut body).unwrap();
+                let mut frame = [len.to_vec(), body].concat();
+                // Message 0 is the handshake's second message.
+                if n == 0 || damage(n - 1, &mut frame) {
+                    client.write_all(&frame).unwrap();
+                }
+            }
+        });
+        let c = Channel::client(TcpStream::connect(paddr).unwrap(), &sec, "agent").unwrap();
+        let (mut r, _w) = c.split();
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).map(|_| all)
+    }
+
+    #[test]
+    fn a_flipped_dropped_or_replayed_record_or_a_cut_is_an_error_never_data() {
+        assert_eq!(through(|_, _| true).unwrap(), vec![42u8; 1000]);
+        let flipped = through(|n, f| {
+            if n == 1 {
+                f[500] ^= 1;
+            }
+            true
+        })
+        .unwrap_err();
+        assert_eq!(flipped.kind(), io::ErrorKind::InvalidData, "{flipped}");
+        assert!(flipped.to_string().contains("tampered"), "{flipped}");
+        // Without the data record, the close record is under the wrong
+        // nonce; without the close record, the stream was cut.
+        let dropped = through(|n, _| n != 1).unwrap_err();
+        assert_eq!(dropped.kind(), io::ErrorKind::InvalidData, "{dropped}");
+        let cut = through(|n, _| n != 2).unwrap_err();
+        assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof, "{cut}");
+    }
+}
