@@ -542,6 +542,10 @@ pub struct RestoreOptions {
     /// Post-copy: register memory with userfaultfd and fetch it lazily
     /// through a lazy-pages daemon.
     pub lazy_pages: bool,
+    /// Leave the restored tasks stopped (SIGSTOP once restored, CRIU's
+    /// `--leave-stopped` on restore, cr-restore.c finalize_restore): they
+    /// run no instruction until someone sends SIGCONT.
+    pub leave_stopped: bool,
     pub status_fd: Option<OwnedFd>,
     pub lsm_mount_context: Option<String>,
     pub weak_sysctls: bool,
@@ -559,6 +563,7 @@ impl RestoreOptions {
             join_ns: Vec::new(),
             veths: Vec::new(),
             lazy_pages: false,
+            leave_stopped: false,
             status_fd: None,
             lsm_mount_context: None,
             weak_sysctls: false,
@@ -593,6 +598,7 @@ impl RestoreOptions {
             m.veths.push(p);
         }
         m.lazy_pages = flag(self.lazy_pages);
+        m.leave_stopped = flag(self.leave_stopped);
         m.status_fd = self.status_fd.as_ref().map(|f| f.as_raw_fd());
         m.lsm_mount_context = self.lsm_mount_context.clone();
         m.weak_sysctls = flag(self.weak_sysctls);

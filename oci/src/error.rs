@@ -165,6 +165,25 @@ pub enum Error {
     #[error("the source gave up: {reason}")]
     SourceAborted { reason: String },
 
+    /// `ferry migrate` was asked to stop (a signal) and stopped the move.
+    #[error("the move of {id} was interrupted by {why}")]
+    Interrupted {
+        id: String,
+        why: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// The source committed and the destination's answer was lost; asking
+    /// it did not tell whether it runs the container.
+    #[error("{to} restored {id} and was told to run it, but whether it does is unknown: the source is left frozen so that two copies never run; if {to} does not run it, `ferry resume --force {id}` brings it back here")]
+    OutcomeUnknown {
+        id: String,
+        to: String,
+        #[source]
+        lost: Box<Error>,
+    },
+
     /// A move failed, and so did resuming its source afterwards.
     #[error("{failed}; then resuming the source failed too: {}", crate::error::chain(resume.as_ref()))]
     ResumeFailed {

@@ -68,6 +68,10 @@ pub struct RestoreOptions {
     /// default it is the caller's child, as runc restores (RstSibling), so
     /// that a foreground restore and containerd's shim can wait for it.
     pub criu_parent: bool,
+    /// The restored tasks stay stopped until SIGCONT: a migration's
+    /// destination runs its copy only once the source said it will never
+    /// resume its own (migrate::destination).
+    pub leave_stopped: bool,
 }
 
 /// Where the container is restored.
@@ -323,6 +327,7 @@ pub fn restore_options(
     r.rst_sibling = !opts.criu_parent;
     r.evasive_devices = true;
     r.lazy_pages = opts.lazy_pages;
+    r.leave_stopped = opts.leave_stopped;
     r.lsm_mount_context = opts.lsm_mount_context.clone();
     let ns = criu_plan::restore_namespaces(dest.spec)?;
     r.join_ns = ns.join;

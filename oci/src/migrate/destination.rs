@@ -34,7 +34,7 @@ use criu_rpc::{Criu, ImageDirs, LogLevel, PageServerAddr, PageServerOptions};
 use super::channel::{Channel, Security};
 use super::docker::{DockerFacts, DockerLanding, DockerNeeds};
 use super::preflight::{self, HostFacts, Needs};
-use super::protocol::{Failure, Hello, Reply, Stage, Step};
+use super::protocol::{Decision, Failure, Hello, Reply, Stage, Step};
 use super::tarball;
 use super::wire::{self, StreamReader};
 use crate::checkpoint::private_dir;
@@ -67,7 +67,18 @@ pub struct Agent {
     /// The ids being received now: a second offer of one is refused, not
     /// let trample the first's incoming dir and page connection.
     receiving: Mutex<std::collections::HashSet<String>>,
+    /// What became of recent moves' restored copies, by page token: a
+    /// source whose commit went unanswered asks (`Hello::Outcome`).
+    decisions: Mutex<HashMap<String, (Decision, Instant)>>,
 }
+
+/// How long a decision is kept for a source to ask about.
+const DECISIONS_KEPT: Duration = Duration::from_secs(3600);
+
+/// The file in a landing's directory that says its restored copy was not
+/// committed yet (it holds the move's token): an agent killed then finds
+/// it at its next start, and kills that copy, which never ran.
+const UNCOMMITTED: &str = "uncommitted";
 
 /// An id being received, released on drop.
 struct Receiving<'a>(&'a Agent, String);
@@ -94,7 +105,19 @@ impl Agent {
             docker: None,
             pages: Mutex::new(HashMap::new()),
             receiving: Mutex::new(std::collections::HashSet::new()),
+            decisions: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn decide(&self, token: &str, d: Decision) {
+        let mut all = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, (_, at)| at.elapsed() < DECISIONS_KEPT);
+        all.insert(token.to_string(), (d, Instant::now()));
+    }
+
+    fn decision(&self, token: &str) -> Decision {
+        let all = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(token).map_or(Decision::Unknown, |(d, _)| *d)
     }
 
     /// Receives docker containers onto the dockerd at `host` (`None`: as
@@ -190,6 +213,10 @@ impl Agent {
                 config,
                 cpuinfo,
             } => self.receive(s, needs, config, cpuinfo),
+            Hello::Outcome { migration } => {
+                let decision = self.decision(&migration);
+                wire::send(&mut s, &Reply::Outcome { decision })
+            }
             Hello::Check { needs, cpuinfo } => {
                 crate::runtime::state::validate_id(&needs.container_id)?;
                 let (problems, _) = self.judge(&needs, &cpuinfo)?;
@@ -384,11 +411,16 @@ impl Agent {
             let stop = relay.cutter()?;
             let waiter = std::thread::spawn(move || {
                 let r = server.wait();
-                if r.is_err() {
-                    cut.cut();
+                // Ended well, the page server acknowledged the dump's last
+                // flush: every page it wrote came through the relay, which
+                // forwards only records that opened. What the channel does
+                // after that (the source's close record may still be on
+                // its way) no longer matters.
+                cut.cut();
+                match relay.wait() {
+                    Err(e) if r.is_err() => Err(e),
+                    _ => r.map_err(Error::from),
                 }
-                let relayed = relay.wait();
-                r.map_err(Error::from).and(relayed)
             });
             (Some((waiter, stop)), None)
         };
@@ -418,6 +450,11 @@ impl Agent {
                     wire::send(s, &Reply::Received { bytes })?;
                 }
                 Step::Restore => break,
+                Step::Commit => {
+                    return Err(Error::Protocol {
+                        what: "a commit before the restore",
+                    })
+                }
                 Step::Abort { reason } => {
                     if let Some((waiter, stop)) = server {
                         // The page server ends at the socket's end.
@@ -437,18 +474,41 @@ impl Agent {
         }
         // Restores, then tells the source (with CRIU's stats, which a
         // lazy restore writes in its work dir).
+        // Restores, leaving the copy stopped, tells the source (with
+        // CRIU's stats, which a lazy restore writes in its work dir), and
+        // runs the copy only once the source committed: a copy that was
+        // never committed is killed before it ran an instruction, so the
+        // source may resume whenever it has not committed (Step::Commit).
         let restore = |s: &mut Channel, lazy_work: Option<&Path>| {
             stage.set(Stage::Restore);
+            let marker = landing.dir().join(UNCOMMITTED);
+            std::fs::write(&marker, &token).map_err(crate::error::io("writing", &marker))?;
             let r = landing.restore(self, id, lazy_work)?;
-            wire::send(
-                s,
-                &Reply::Restored {
-                    pid: r.pid,
-                    restore_ms: r.restore_ms,
-                    criu: r.criu,
-                    docker_id: r.docker_id,
-                },
-            )?;
+            self.decide(&token, Decision::Deciding);
+            let restored = Reply::Restored {
+                pid: r.pid,
+                restore_ms: r.restore_ms,
+                criu: r.criu,
+                docker_id: r.docker_id,
+            };
+            let ran = wire::send(s, &restored)
+                .and_then(|_| match wire::recv::<_, Step>(s)? {
+                    Step::Commit => Ok(()),
+                    Step::Abort { reason } => Err(Error::SourceAborted { reason }),
+                    _ => Err(Error::Protocol {
+                        what: "something other than the commit after the restore",
+                    }),
+                })
+                .and_then(|_| landing.run(self, id));
+            if let Err(e) = ran {
+                landing.killer(self, id).kill();
+                self.decide(&token, Decision::Killed);
+                return Err(e);
+            }
+            self.decide(&token, Decision::Running);
+            let _ = std::fs::remove_file(&marker);
+            // An answer lost here is asked for (Hello::Outcome).
+            let _ = wire::send(s, &Reply::Running);
             Ok::<_, Error>(r.pid)
         };
         let Some(mut source) = lazy_source else {
@@ -510,8 +570,16 @@ impl Agent {
             return;
         };
         for e in rd.flatten() {
-            if self.root.join(e.file_name()).exists() {
-                continue;
+            let id = e.file_name().to_string_lossy().into_owned();
+            if self.root.join(&id).exists() {
+                if !e.path().join(UNCOMMITTED).exists() {
+                    continue;
+                }
+                // Restored, stopped, never committed: the source resumed
+                // (or will, once it asked). It never ran; it goes.
+                self.forget_uncommitted(&e.path().join(UNCOMMITTED));
+                tracing::info!(id, "removing a restored copy that was never committed");
+                self.kill_restored(&id);
             }
             if let Err(e) = remove_incoming(&e.path()) {
                 tracing::warn!(error = %crate::error::chain(&e), "cleaning an earlier move up");
@@ -542,7 +610,10 @@ impl Agent {
             }
             for id in Pending::list(&root) {
                 let p = Pending::of(&root, &id)?;
-                let restored = matches!(p.outcome(), Ok(Some(Outcome::Restored { .. })));
+                let uncommitted = p.dir.join(UNCOMMITTED);
+                let restored = matches!(p.outcome(), Ok(Some(Outcome::Restored { .. })))
+                    && !uncommitted.exists();
+                self.forget_uncommitted(&uncommitted);
                 let lazy = p.recorded().and_then(|r| r.lazy_work);
                 if !restored || lazy.is_some() {
                     tracing::info!(id, "removing the docker container of an unfinished move");
@@ -557,6 +628,14 @@ impl Agent {
         });
         if let Err(e) = cleaned {
             tracing::warn!(error = %crate::error::chain(&e), "cleaning earlier docker moves up");
+        }
+    }
+
+    /// Records that the move of an uncommitted marker found at start was
+    /// killed here, for its source's question.
+    fn forget_uncommitted(&self, marker: &Path) {
+        if let Ok(token) = std::fs::read_to_string(marker) {
+            self.decide(token.trim(), Decision::Killed);
         }
     }
 
@@ -635,6 +714,8 @@ impl Agent {
             lazy_pages: lazy_work.is_some(),
             // Not this agent's child: see the module's doc.
             criu_parent: true,
+            // Run only once the source commits.
+            leave_stopped: true,
             ..super::CRIU_FLAGS.restore(images.to_path_buf())
         };
         let rt = RestoreRuntimeOptions {
@@ -785,7 +866,7 @@ impl Landing {
                 })
             }
             Landing::Docker(d) => {
-                let (pid, restore_ms, criu) = d.start(lazy_work)?;
+                let (pid, restore_ms, criu) = d.start(lazy_work, true)?;
                 Ok(RestoredHere {
                     pid,
                     restore_ms,
@@ -794,6 +875,17 @@ impl Landing {
                 })
             }
         }
+    }
+
+    /// Continues the restored copy's tasks (restored stopped).
+    fn run(&self, agent: &Agent, id: &str) -> Result<()> {
+        let c = match self {
+            Landing::Native { .. } => crate::runtime::Container::load(&agent.root, id)?,
+            Landing::Docker(d) => {
+                crate::runtime::Container::load(&d.engine().runtime_root()?, d.id())?
+            }
+        };
+        c.kill(libc::SIGCONT, true)
     }
 
     fn killer<'a>(&'a self, agent: &'a Agent, id: &'a str) -> Killer<'a> {

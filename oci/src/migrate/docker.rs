@@ -387,11 +387,13 @@ impl DockerLanding {
     pub fn start(
         &self,
         lazy_work: Option<&Path>,
+        leave_stopped: bool,
     ) -> Result<(i32, f64, Option<criu_rpc::stats::RestoreStats>)> {
         self.pending.request(&Request {
             images: self.pending.images(),
             lazy_work: lazy_work.map(Path::to_path_buf),
             tcp_close: self.tcp_close,
+            leave_stopped,
         })?;
         let started = self.engine.start(&self.id);
         match (started, self.pending.outcome()?) {

@@ -124,7 +124,7 @@ pub fn restore(engine: Engine, file: &Path, name: Option<&str>) -> Result<String
         let f = std::fs::File::open(&layer).map_err(crate::error::io("opening", &layer))?;
         crate::overlay::unpack_diff(std::io::BufReader::new(f), landing.upper())?;
         std::fs::remove_file(&layer).map_err(crate::error::io("removing", &layer))?;
-        landing.start(None)
+        landing.start(None, false)
     })();
     match placed {
         Ok(_) => {

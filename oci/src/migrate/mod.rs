@@ -19,6 +19,7 @@ pub mod channel;
 pub mod destination;
 pub mod docker;
 pub mod docker_archive;
+pub mod interrupt;
 pub mod preflight;
 pub mod protocol;
 pub mod source;

@@ -27,6 +27,25 @@ pub enum Hello {
     /// An offer to judge only (`ferry migrate --check`): the answer is
     /// `Fits` or `Refused`, and nothing is received.
     Check { needs: Needs, cpuinfo: Vec<u8> },
+    /// What became of move `migration` (its page token) after a commit
+    /// whose answer was lost: the answer is `Outcome`.
+    Outcome { migration: String },
+}
+
+/// What a destination decided about a restored copy (see
+/// [`Step::Commit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Restored and stopped, waiting for the commit.
+    Deciding,
+    /// The commit came: the copy runs here.
+    Running,
+    /// The commit did not come (or the move failed): the copy was killed
+    /// before it ran an instruction.
+    Killed,
+    /// This agent knows nothing of that move (it restarted, or never had it).
+    Unknown,
 }
 
 /// Source to destination, after the offer was accepted.
@@ -40,8 +59,13 @@ pub enum Step {
     /// (crate::overlay), to mount over `lowers`, which the pre-flight check
     /// found on the destination with the same digests.
     RootfsDiff { lowers: Vec<std::path::PathBuf> },
-    /// Everything is there: restore.
+    /// Everything is there: restore, leaving the copy stopped.
     Restore,
+    /// After `Restored`: the source will never resume its copy; run yours.
+    /// The destination's copy runs no instruction before this arrives, and
+    /// is killed if it does not: until the commit, the source may resume;
+    /// after it, only the destination runs the container.
+    Commit,
     /// The source gives up (it resumed its container).
     Abort { reason: String },
 }
@@ -70,7 +94,13 @@ pub enum Reply {
         #[serde(default)]
         docker_id: Option<String>,
     },
-    /// Post-copy: every page arrived (after `Restored`).
+    /// The answer to `Commit`: the copy runs.
+    Running,
+    /// The answer to `Hello::Outcome`.
+    Outcome {
+        decision: Decision,
+    },
+    /// Post-copy: every page arrived (after `Running`).
     PagesDone {
         lazy: criu_rpc::lazy::LazyStats,
     },

@@ -20,7 +20,9 @@ use serde::Serialize;
 
 use super::channel::{Channel, Security};
 use super::docker::DockerNeeds;
+use super::interrupt::Interrupt;
 use super::preflight::{self, LowerLayer, Needs};
+use super::protocol::Decision;
 use super::protocol::{Hello, Reply, Step};
 use super::tarball;
 use super::wire::{self, StreamWriter};
@@ -258,6 +260,19 @@ fn connect(to: SocketAddr, sec: &Security) -> Result<Channel> {
     Channel::client(s, sec, &peer)
 }
 
+/// Where and how a container moves: what `ferry migrate` was told.
+#[derive(Clone, Copy)]
+pub struct Plan<'a> {
+    /// The destination agent.
+    pub to: SocketAddr,
+    pub security: &'a Security,
+    pub mode: Mode,
+    pub criu: &'a Criu,
+    pub progress: &'a (dyn Fn(Progress<'_>) + Sync),
+    /// Stops the move from outside (a signal), resuming the source.
+    pub interrupt: &'a Interrupt,
+}
+
 /// What `ferry migrate --check` learnt: the destination would take the
 /// container, in this mode.
 #[derive(Debug, Clone, Serialize)]
@@ -274,47 +289,34 @@ pub struct CheckReport {
 /// Asks the agent at `to` whether it would take container `id` of `root`
 /// (its whole pre-flight check), and moves nothing: the container runs on,
 /// never frozen. A refusal is [`Error::Refused`], with every problem.
-pub fn check(
-    root: &Path,
-    id: &str,
-    to: SocketAddr,
-    sec: &Security,
-    mode: Mode,
-    criu: &Criu,
-    progress: &(dyn Fn(Progress<'_>) + Sync),
-) -> Result<CheckReport> {
+pub fn check(root: &Path, id: &str, plan: &Plan<'_>) -> Result<CheckReport> {
     with_outgoing(root, &root.join(OUTGOING), id, |c, work| {
-        ask(c, work, to, sec, mode, criu, None, progress)
+        ask(c, work, plan, None)
     })
 }
 
 /// [`check`] for a container of the dockerd `engine` talks to, named as
 /// docker names it.
-pub fn check_docker(
-    engine: &Engine,
-    name: &str,
-    to: SocketAddr,
-    sec: &Security,
-    mode: Mode,
-    criu: &Criu,
-    progress: &(dyn Fn(Progress<'_>) + Sync),
-) -> Result<CheckReport> {
+pub fn check_docker(engine: &Engine, name: &str, plan: &Plan<'_>) -> Result<CheckReport> {
     let d = DockerSource::find(engine, name)?;
-    d.say_notes(progress);
-    d.with_outgoing(|c, work| ask(c, work, to, sec, mode, criu, Some(&d), progress))
+    d.say_notes(plan.progress);
+    d.with_outgoing(|c, work| ask(c, work, plan, Some(&d)))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn ask(
     c: Container,
     work: &Path,
-    to: SocketAddr,
-    sec: &Security,
-    mode: Mode,
-    criu: &Criu,
+    plan: &Plan<'_>,
     docker: Option<&DockerSource<'_>>,
-    progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<CheckReport> {
+    let Plan {
+        to,
+        security: sec,
+        mode,
+        criu,
+        progress,
+        ..
+    } = *plan;
     progress(Progress::Phase("pre-flight"));
     let o = offer(&c, work, mode, criu, docker, progress)?;
     let mut ctl = connect(to, sec)?;
@@ -367,18 +369,10 @@ fn with_outgoing<T>(
 }
 
 /// Moves container `id` of `root` to the agent at `to`.
-pub fn migrate(
-    root: &Path,
-    id: &str,
-    to: SocketAddr,
-    sec: &Security,
-    mode: Mode,
-    criu: &Criu,
-    progress: &(dyn Fn(Progress<'_>) + Sync),
-) -> Result<Report> {
+pub fn migrate(root: &Path, id: &str, plan: &Plan<'_>) -> Result<Report> {
     let t0 = Instant::now();
     with_outgoing(root, &root.join(OUTGOING), id, |c, work| {
-        send(root, c, work, to, sec, mode, criu, None, progress, t0)
+        send(root, c, work, plan, None, t0)
     })
 }
 
@@ -536,21 +530,12 @@ impl<'a> DockerSource<'a> {
 /// exited (renamed `NAME.moved-to-...`) or removed. Its restart policy is
 /// off while it moves, so that dockerd never starts the source's copy
 /// again behind the destination's; a failed move puts it back.
-pub fn migrate_docker(
-    d: &DockerSource<'_>,
-    to: SocketAddr,
-    sec: &Security,
-    mode: Mode,
-    criu: &Criu,
-    progress: &(dyn Fn(Progress<'_>) + Sync),
-) -> Result<Report> {
+pub fn migrate_docker(d: &DockerSource<'_>, plan: &Plan<'_>) -> Result<Report> {
     let t0 = Instant::now();
-    d.say_notes(progress);
+    d.say_notes(plan.progress);
     let id = d.needs.container.id.clone();
     let policy = d.engine.disable_restart(&id)?;
-    let moved = d.with_outgoing(|c, work| {
-        send(&d.root, c, work, to, sec, mode, criu, Some(d), progress, t0)
-    });
+    let moved = d.with_outgoing(|c, work| send(&d.root, c, work, plan, Some(d), t0));
     if moved.is_err() {
         if let Err(e) = d.engine.set_restart(&id, &policy) {
             tracing::warn!(id, error = %crate::error::chain(&e), "putting the source's restart policy back");
@@ -559,19 +544,42 @@ pub fn migrate_docker(
     moved
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The move itself; an interrupted one says so around its failure.
 fn send(
     root: &Path,
     c: Container,
     work: &Path,
-    to: SocketAddr,
-    sec: &Security,
-    mode: Mode,
-    criu: &Criu,
+    plan: &Plan<'_>,
     docker: Option<&DockerSource<'_>>,
-    progress: &(dyn Fn(Progress<'_>) + Sync),
     t0: Instant,
 ) -> Result<Report> {
+    let id = c.state.id.clone();
+    send_inner(root, c, work, plan, docker, t0).map_err(|e| match plan.interrupt.fired() {
+        Some(why) => Error::Interrupted {
+            id,
+            why,
+            source: Box::new(e),
+        },
+        None => e,
+    })
+}
+
+fn send_inner(
+    root: &Path,
+    c: Container,
+    work: &Path,
+    plan: &Plan<'_>,
+    docker: Option<&DockerSource<'_>>,
+    t0: Instant,
+) -> Result<Report> {
+    let Plan {
+        to,
+        security: sec,
+        mode,
+        criu,
+        progress,
+        interrupt,
+    } = *plan;
     let id = c.state.id.clone();
     progress(Progress::Phase("pre-flight"));
     let Offer {
@@ -584,6 +592,7 @@ fn send(
     } = offer(&c, work, mode, criu, docker, progress)?;
     let (memory, postcopy) = (needs.memory, needs.postcopy);
     let mut ctl = connect(to, sec)?;
+    interrupt.watch(ctl.tcp()?);
     wire::send(
         &mut ctl,
         &Hello::Offer {
@@ -602,7 +611,13 @@ fn send(
         }
     };
     let mut pages = connect(to, sec)?;
-    wire::send(&mut pages, &Hello::Pages { migration })?;
+    interrupt.watch(pages.tcp()?);
+    wire::send(
+        &mut pages,
+        &Hello::Pages {
+            migration: migration.clone(),
+        },
+    )?;
     // CRIU writes the pages to a socket of its own, which the relay seals
     // onto the page channel.
     let (pages, relay) = pages.relay()?;
@@ -706,6 +721,46 @@ fn send(
                 return Err(resumed(root, &id, e));
             }
         };
+        // The point of no return. Until the commit, the destination's copy
+        // is stopped and dies without it, so the source may resume; after
+        // it, only the destination's answer (or its decision, asked for)
+        // says whether the source may.
+        let lost = if interrupt.commit() {
+            progress(Progress::Phase("commit"));
+            match commit(&mut ctl, &migration, plan) {
+                Committed::Running => None,
+                Committed::Killed(e) => Some(e),
+                Committed::Unknown(e) => {
+                    // Frozen for good here, unless someone who can see the
+                    // destination says otherwise. A post-copy source keeps
+                    // serving pages until the destination stops asking.
+                    let _ = finish(dump);
+                    return Err(Error::OutcomeUnknown {
+                        id: id.clone(),
+                        to: to.to_string(),
+                        lost: Box::new(e),
+                    });
+                }
+            }
+        } else {
+            let e = Error::Wire(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "asked to stop before the commit",
+            ));
+            let _ = wire::send(
+                &mut ctl,
+                &Step::Abort {
+                    reason: crate::error::chain(&e),
+                },
+            );
+            Some(e)
+        };
+        if let Some(e) = lost {
+            progress(Progress::Phase("resume the source"));
+            pages_cut.cut();
+            let _ = finish(dump);
+            return Err(resumed(root, &id, e));
+        }
         let downtime_ms = ms(frozen_at.elapsed());
         let mut lazy = None;
         let mut lazy_ms = None;
@@ -788,6 +843,68 @@ fn send(
             docker,
         })
     })
+}
+
+/// What the commit came to.
+enum Committed {
+    /// The destination runs the container.
+    Running,
+    /// The destination killed its copy (it never ran): the source resumes.
+    Killed(Error),
+    /// Nobody can tell: the source stays frozen.
+    Unknown(Error),
+}
+
+/// Tells the destination to run its copy. An answer lost on the way is
+/// asked for on new connections until the destination has decided: it
+/// decides within its own silence bound (it kills a copy whose commit did
+/// not come), so asking for twice that, plus a margin, outlasts it.
+fn commit(ctl: &mut Channel, token: &str, plan: &Plan<'_>) -> Committed {
+    let answer = wire::send(ctl, &Step::Commit).and_then(|_| wire::recv::<_, Reply>(ctl));
+    let lost = match answer {
+        Ok(Reply::Running) => return Committed::Running,
+        Ok(Reply::Failed { failure }) => {
+            return Committed::Killed(Error::DestinationFailed {
+                failure: Box::new(failure),
+            })
+        }
+        Ok(_) => Error::Protocol {
+            what: "an unexpected answer to the commit",
+        },
+        Err(e) => e,
+    };
+    (plan.progress)(Progress::Phase(
+        "the commit's answer was lost: asking the destination what it did",
+    ));
+    let until = Instant::now() + 2 * plan.security.silence + Duration::from_secs(5);
+    loop {
+        match outcome(plan, token) {
+            Ok(Decision::Running) => return Committed::Running,
+            Ok(Decision::Killed) => return Committed::Killed(lost),
+            Ok(Decision::Unknown) => return Committed::Unknown(lost),
+            Ok(Decision::Deciding) | Err(_) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            Ok(Decision::Deciding) | Err(_) => return Committed::Unknown(lost),
+        }
+    }
+}
+
+/// The destination's decision about move `token`.
+fn outcome(plan: &Plan<'_>, token: &str) -> Result<Decision> {
+    let mut c = connect(plan.to, plan.security)?;
+    wire::send(
+        &mut c,
+        &Hello::Outcome {
+            migration: token.to_string(),
+        },
+    )?;
+    match wire::recv::<_, Reply>(&mut c)? {
+        Reply::Outcome { decision } => Ok(decision),
+        _ => Err(Error::Protocol {
+            what: "an unexpected answer to the outcome question",
+        }),
+    }
 }
 
 /// How often the page meter looks at the page connection.

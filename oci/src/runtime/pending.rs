@@ -42,6 +42,10 @@ pub struct Request {
     /// are restored closed.
     #[serde(default)]
     pub tcp_close: bool,
+    /// The restored tasks stay stopped until the migration agent continues
+    /// them (once the source committed to the move).
+    #[serde(default)]
+    pub leave_stopped: bool,
 }
 
 /// What `create` did with the request.
@@ -181,6 +185,7 @@ pub fn restore_claimed(
         work_path: req.lazy_work.clone(),
         lazy_pages: req.lazy_work.is_some(),
         tcp_close: req.tcp_close,
+        leave_stopped: req.leave_stopped,
         ..crate::migrate::CRIU_FLAGS.restore(req.images.clone())
     };
     let result = super::cr::restore_container(root, id, bundle, criu, &opts, rt);
@@ -286,6 +291,7 @@ mod tests {
             images: p.images(),
             lazy_work: None,
             tcp_close: false,
+            leave_stopped: true,
         };
         p.request(&r).unwrap();
         let (q, got) = Pending::claim(root.path(), "c1").unwrap().unwrap();

@@ -13,6 +13,7 @@ use anyhow::Context;
 use ferry_oci::migrate::auth::{Credentials, Identity, Key, Peers};
 use ferry_oci::migrate::channel::Security;
 use ferry_oci::migrate::destination::Agent;
+use ferry_oci::migrate::interrupt::Interrupt;
 use ferry_oci::migrate::{source, Mode, Progress};
 
 use super::checkpoint::criu;
@@ -273,10 +274,20 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         )?),
         false => None,
     };
+    let criu = criu(cli);
+    let interrupt = Arc::new(Interrupt::new());
+    let plan = source::Plan {
+        to: a.to,
+        security: &sec,
+        mode: a.mode,
+        criu: &criu,
+        progress: &progress,
+        interrupt: &interrupt,
+    };
     if a.check {
         let checked = match &engine {
-            Some(e) => source::check_docker(e, &a.id, a.to, &sec, a.mode, &criu(cli), &progress),
-            None => source::check(&cli.root, &a.id, a.to, &sec, a.mode, &criu(cli), &progress),
+            Some(e) => source::check_docker(e, &a.id, &plan),
+            None => source::check(&cli.root, &a.id, &plan),
         };
         if let Some(b) = bar {
             b.finish_and_clear();
@@ -300,13 +311,17 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // Ctrl-C, a `kill`, a lost terminal: the move stops and the source
+    // resumes before we exit (after its commit, the move finishes).
+    let signals = on_signals(&interrupt)?;
     let result = match &engine {
         Some(e) => source::DockerSource::find(e, &a.id).and_then(|mut d| {
             d.rm_source = a.rm_source;
-            source::migrate_docker(&d, a.to, &sec, a.mode, &criu(cli), &progress)
+            source::migrate_docker(&d, &plan)
         }),
-        None => source::migrate(&cli.root, &a.id, a.to, &sec, a.mode, &criu(cli), &progress),
+        None => source::migrate(&cli.root, &a.id, &plan),
     };
+    signals.close();
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -326,11 +341,24 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{}", serde_json::to_string_pretty(&failed)?);
     }
-    let report = result.with_context(|| {
-        format!(
+    if let Err(e @ ferry_oci::Error::Interrupted { why, .. }) = &result {
+        eprintln!("ferry migrate: {}", ferry_oci::error::chain(e));
+        // As a shell reports a death by that signal: 128 + its number.
+        let code = match why.as_str() {
+            "SIGHUP" => 129,
+            "SIGTERM" => 143,
+            _ => 130,
+        };
+        return Ok(ExitCode::from(code));
+    }
+    let unknown = matches!(&result, Err(ferry_oci::Error::OutcomeUnknown { .. }));
+    let report = result.with_context(|| match unknown {
+        // The error says where the container is.
+        true => format!("migrating {} to {}", a.id, a.to),
+        false => format!(
             "migrating {} to {} (the source container keeps running)",
             a.id, a.to
-        )
+        ),
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -371,4 +399,50 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fires `interrupt` on SIGINT, SIGTERM or SIGHUP, from a thread of its
+/// own, until the returned handle is closed.
+fn on_signals(interrupt: &Arc<Interrupt>) -> anyhow::Result<SignalThread> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("catching SIGINT, SIGTERM and SIGHUP")?;
+    let handle = signals.handle();
+    let interrupt = interrupt.clone();
+    let thread = std::thread::Builder::new()
+        .name("ferry-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let name = match sig {
+                    SIGHUP => "SIGHUP",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGINT",
+                };
+                eprintln!(
+                    "ferry migrate: {name}: stopping the move (the source resumes, unless the destination already runs it)"
+                );
+                interrupt.fire(name);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(SignalThread {
+        handle,
+        thread: Some(thread),
+    })
+}
+
+/// The thread of [`on_signals`].
+struct SignalThread {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SignalThread {
+    /// Stops catching the signals (their default action is back).
+    fn close(mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

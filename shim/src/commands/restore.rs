@@ -123,6 +123,7 @@ pub fn restore(cli: &Cli, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         lsm_mount_context: a.lsm_mount_context.clone(),
         // The restored init is ours: a foreground restore waits for it.
         criu_parent: false,
+        leave_stopped: false,
     };
     let rt = RestoreRuntimeOptions {
         at_create: false,
