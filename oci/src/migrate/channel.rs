@@ -396,6 +396,7 @@ impl Channel {
                 r: BufReader::with_capacity(4 * MAX_MESSAGE, s),
                 cipher,
                 nonce: 0,
+                sealed: vec![0u8; MAX_MESSAGE],
                 buf: vec![0u8; MAX_MESSAGE],
                 pos: 0,
                 len: 0,
@@ -534,6 +535,8 @@ pub struct ReadHalf {
     r: BufReader<TcpStream>,
     cipher: Arc<Cipher>,
     nonce: u64,
+    /// The record as read, and opened.
+    sealed: Vec<u8>,
     buf: Vec<u8>,
     pos: usize,
     len: usize,
@@ -552,6 +555,21 @@ impl ReadHalf {
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)
+    }
+
+    /// A failed read, as the channel names it: a timeout is a silent
+    /// peer, an end of file a cut.
+    fn read_fault(&self, e: io::Error) -> io::Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.fault(Error::PeerSilent {
+                peer: self.peer.clone(),
+                secs: self.silence.as_secs_f64(),
+            }),
+            io::ErrorKind::UnexpectedEof => self.fault(Error::ChannelCut {
+                peer: self.peer.clone(),
+            }),
+            _ => e,
+        }
     }
 
     /// The next record, opened: (kind, its data at buf[pos..len]). `None`
@@ -576,49 +594,27 @@ impl ReadHalf {
         }
         let mut len = [0u8; 2];
         if let Err(e) = self.r.read_exact(&mut len) {
-            return Err(match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    self.fault(Error::PeerSilent {
-                        peer: self.peer.clone(),
-                        secs: self.silence.as_secs_f64(),
-                    })
-                }
-                io::ErrorKind::UnexpectedEof => self.fault(Error::ChannelCut {
-                    peer: self.peer.clone(),
-                }),
-                _ => e,
-            });
+            return Err(self.read_fault(e));
         }
         let len = u16::from_be_bytes(len) as usize;
-        let mut sealed = std::mem::take(&mut self.buf);
-        let read = self.r.read_exact(&mut sealed[..len]);
-        let opened = read.map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.fault(Error::PeerSilent {
-                peer: self.peer.clone(),
-                secs: self.silence.as_secs_f64(),
-            }),
-            io::ErrorKind::UnexpectedEof => self.fault(Error::ChannelCut {
-                peer: self.peer.clone(),
-            }),
-            _ => e,
-        });
-        let opened = opened.and_then(|_| match &*self.cipher {
-            // Opened in place: the tag is checked before a byte is used.
-            Cipher::Sealed(t) => {
-                let mut plain = vec![0u8; len];
-                let n = t
-                    .read_message(self.nonce, &sealed[..len], &mut plain)
+        let cipher = self.cipher.clone();
+        let opened = match &*cipher {
+            // The tag is checked before a byte of the record is used.
+            Cipher::Sealed(t) => match self.r.read_exact(&mut self.sealed[..len]) {
+                Err(e) => Err(self.read_fault(e)),
+                Ok(()) => t
+                    .read_message(self.nonce, &self.sealed[..len], &mut self.buf)
                     .map_err(|_| {
                         self.fault(Error::Tampered {
                             peer: self.peer.clone(),
                         })
-                    })?;
-                sealed[..n].copy_from_slice(&plain[..n]);
-                Ok(n)
-            }
-            Cipher::Plain => Ok(len),
-        });
-        self.buf = sealed;
+                    }),
+            },
+            Cipher::Plain => match self.r.read_exact(&mut self.buf[..len]) {
+                Err(e) => Err(self.read_fault(e)),
+                Ok(()) => Ok(len),
+            },
+        };
         let n = opened?;
         self.nonce += 1;
         if n == 0 {
