@@ -20,6 +20,7 @@ pub mod docker;
 pub mod docker_archive;
 pub mod preflight;
 pub mod protocol;
+pub mod record;
 pub mod source;
 mod tarball;
 pub mod wire;

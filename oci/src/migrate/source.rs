@@ -23,6 +23,7 @@ use super::auth::{self, Key};
 use super::docker::DockerNeeds;
 use super::preflight::{self, LowerLayer, Needs};
 use super::protocol::{Hello, Reply, Step};
+use super::record::{MoveRecord, Phase};
 use super::tarball;
 use super::wire::{self, StreamWriter};
 use super::{Mode, Progress};
@@ -339,9 +340,9 @@ fn ask(
 }
 
 /// Where a Ferry state root keeps the scratch dirs of its moves.
-const OUTGOING: &str = "outgoing";
+const OUTGOING: &str = super::record::OUTGOING;
 /// The same under dockerd's runtime root, out of the container id space.
-const DOCKER_OUTGOING: &str = "@outgoing";
+const DOCKER_OUTGOING: &str = super::record::DOCKER_OUTGOING;
 
 /// Runs `f` on running container `id` of `root` with a fresh scratch dir
 /// of its own (`scratch/ID`), removed afterwards whatever happened (with
@@ -570,6 +571,7 @@ fn send(
     t0: Instant,
 ) -> Result<Report> {
     let id = c.state.id.clone();
+    let mut record = MoveRecord::write(work, &id, to, Phase::Preflight)?;
     progress(Progress::Phase("pre-flight"));
     let Offer {
         needs,
@@ -610,6 +612,7 @@ fn send(
     }
     let preflight_ms = ms(t0.elapsed());
 
+    record.set_phase(Phase::Frozen)?;
     progress(Progress::Phase("freeze and dump"));
     let images = work.join("images");
     let frozen_at = Instant::now();
@@ -685,7 +688,15 @@ fn send(
             }
         }
         let dump_ms = ms(frozen_at.elapsed());
-        let moved = move_state(&mut ctl, &images, &rootfs, overlay.as_ref(), to, progress);
+        let moved = move_state(
+            &mut ctl,
+            &images,
+            &rootfs,
+            overlay.as_ref(),
+            to,
+            &mut record,
+            progress,
+        );
         let finish = |dump: std::thread::ScopedJoinHandle<'_, Result<Checkpointed>>| {
             dump.join().unwrap_or(Err(Error::Protocol {
                 what: "the dump thread panicked",
@@ -813,6 +824,7 @@ fn move_state(
     rootfs: &Path,
     overlay: Option<&Overlay>,
     to: SocketAddr,
+    record: &mut MoveRecord,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Moved> {
     progress(Progress::Phase("transfer"));
@@ -845,6 +857,7 @@ fn move_state(
     expect(wire::recv(ctl)?)?;
     let transfer_ms = ms(t.elapsed());
     progress(Progress::Phase("restore"));
+    record.set_phase(Phase::Committed)?;
     wire::send(ctl, &Step::Restore)?;
     match wire::recv::<_, Reply>(ctl).map_err(|e| match e {
         Error::Wire(source) => Error::Peer {

@@ -185,10 +185,16 @@ pub fn start_time(pid: i32) -> Option<u64> {
 
 /// Whether the process of `state` is still that process (and not a zombie).
 pub fn alive(state: &State) -> bool {
-    if state.pid <= 0 || start_time(state.pid) != Some(state.start_time) {
+    process_alive(state.pid, state.start_time)
+}
+
+/// Whether `pid` is still the process that started at `start_time` (field
+/// 22 of /proc/PID/stat: a reused pid has another) and not a zombie.
+pub fn process_alive(pid: i32, start_time: u64) -> bool {
+    if pid <= 0 || self::start_time(pid) != Some(start_time) {
         return false;
     }
-    let stat = fs::read_to_string(format!("/proc/{}/stat", state.pid)).unwrap_or_default();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let st = stat
         .rfind(')')
         .and_then(|i| stat[i + 2..].chars().next())
