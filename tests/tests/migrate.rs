@@ -1607,3 +1607,112 @@ fn a_killed_migrate_is_brought_back_by_resume() {
     a.remove(&id);
     drop(relay);
 }
+
+/// The container's rootfs as the lower layer of an overlay mounted in
+/// `dir` (as dockerd mounts one for runc), its config pointing at the
+/// overlay; unmounted on drop.
+struct OverlayRoot {
+    merged: std::path::PathBuf,
+}
+
+impl OverlayRoot {
+    fn mount(dir: &std::path::Path, bundle: &std::path::Path) -> OverlayRoot {
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let ok = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                bundle.join("rootfs").display(),
+                upper.display(),
+                work.display()
+            ))
+            .arg(&merged)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting the test's overlay");
+        edit_config(bundle, |c| {
+            c["root"]["path"] = merged.to_str().unwrap().into()
+        });
+        OverlayRoot { merged }
+    }
+}
+
+impl Drop for OverlayRoot {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+    }
+}
+
+/// A container moved in (its rootfs the overlay the agent mounted over its
+/// received writable layer) writes a file, then `ferry checkpoint --export`
+/// of it reads the overlay before the container and its layer go: the
+/// archive restored under a new id on the same root has the files written
+/// on both hosts, and the count goes on without gap. The received
+/// container's dir and overlay go with it (nothing left under incoming/).
+#[test]
+fn an_export_of_a_migrated_in_container_holds_its_writable_layer() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("xb");
+    let bundle = busybox_bundle(p.dir(), COUNTER);
+    let overlay = OverlayRoot::mount(p.dir(), &bundle);
+    let id = format!("xmig-{tag}");
+    run(a, &bundle, &id);
+    a.ok(&["exec", &id, "sh", "-c", "echo from-a > /out/a-file"]);
+    let on_a = wait_numbers(&overlay.merged.join("out/count"), 5).len();
+    p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy"]);
+    assert!(a.ids().is_empty());
+    let moved = moved_rootfs(b, &id);
+    assert!(
+        mount_leftovers(&moved.to_string_lossy())
+            .iter()
+            .any(|m| m.contains(" - overlay ")),
+        "B did not mount the received layer as an overlay"
+    );
+    b.ok(&["exec", &id, "sh", "-c", "echo from-b > /out/b-file"]);
+    let on_b = wait_numbers(&moved.join("out/count"), on_a + 10).len();
+
+    let file = p.dir().join("moved.tar.zst");
+    b.ok(&["checkpoint", "--export", file.to_str().unwrap(), &id]);
+    assert!(b.ids().is_empty(), "checkpoint removes the container");
+    assert!(
+        !b.path().join("incoming").join(&id).exists(),
+        "the received container's dir outlived it"
+    );
+    let left = mount_leftovers(&b.path().to_string_lossy());
+    assert!(left.is_empty(), "mounts left on B: {left:?}");
+
+    let dest = p.dir().join("imported");
+    let new_id = format!("ximp-{tag}");
+    b.ok(&[
+        "restore",
+        "-d",
+        "--import",
+        file.to_str().unwrap(),
+        "--bundle",
+        dest.to_str().unwrap(),
+        &new_id,
+    ]);
+    assert_eq!(b.status(&new_id), "running");
+    let rootfs = dest.join("bundle/rootfs");
+    for (f, text) in [("out/a-file", "from-a\n"), ("out/b-file", "from-b\n")] {
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join(f)).unwrap_or_default(),
+            text,
+            "{f} in the imported rootfs"
+        );
+    }
+    assert!(rootfs.join("bin/sh").exists(), "the lower layer is missing");
+    let n = numbers(&rootfs.join("out/count")).len();
+    assert!(
+        n >= on_b,
+        "the archive's count ({n}) is behind B's ({on_b})"
+    );
+    assert_consecutive(&wait_numbers(&rootfs.join("out/count"), n + 10));
+    b.remove(&new_id);
+    assert!(cgroup_leftovers(&format!("ferry-xb-{tag}/{id}")).is_empty());
+    drop(serve_b);
+}

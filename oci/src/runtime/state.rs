@@ -47,6 +47,12 @@ pub struct State {
     /// the overlays it mounted for runc.
     #[serde(default)]
     pub owns_rootfs_mount: bool,
+    /// A directory Ferry made for the container, which goes with it on
+    /// `delete`: where a migration received it (its bundle, images and
+    /// writable layer, ROOT/incoming/ID). Kept while the container exists,
+    /// whatever reads it (an export of its checkpoint reads the layer).
+    #[serde(default)]
+    pub owned_dir: Option<PathBuf>,
 }
 
 /// One container's directory, locked for the lifetime of this value.
