@@ -184,6 +184,28 @@ pub enum Error {
         lost: Box<Error>,
     },
 
+    /// `ferry resume` of a container a live `ferry migrate` is moving.
+    #[error("container `{id}` is being moved to {to} by ferry migrate (pid {pid}): wait for it to end (a move that fails resumes the container)")]
+    MoveInProgress {
+        id: String,
+        pid: i32,
+        to: std::net::SocketAddr,
+    },
+
+    /// `ferry resume` of a container whose dead `ferry migrate` had told
+    /// the destination to run its copy.
+    #[error("container `{id}` was left frozen by a ferry migrate (pid {pid}, gone) that had told {to} to run it: it may be running there now. Check {to}, then remove this copy with `ferry delete --force {id}`, or resume it anyway with `ferry resume --force {id}`")]
+    MoveCommitted {
+        id: String,
+        pid: i32,
+        to: std::net::SocketAddr,
+    },
+
+    /// `ferry resume` of a container whose tasks a dead move's CRIU still
+    /// holds.
+    #[error("container `{id}` is still held by CRIU (pid {tracer}) of an interrupted move: wait until that criu exits, then resume")]
+    MoveStillDumping { id: String, tracer: i32 },
+
     /// A move failed, and so did resuming its source afterwards.
     #[error("{failed}; then resuming the source failed too: {}", crate::error::chain(resume.as_ref()))]
     ResumeFailed {

@@ -94,8 +94,9 @@ pub enum Command {
     Delete(commands::lifecycle::DeleteArgs),
     /// Freeze every process of a container.
     Pause(commands::lifecycle::IdArgs),
-    /// Thaw a paused container.
-    Resume(commands::lifecycle::IdArgs),
+    /// Thaw a paused container, or bring back one a killed `ferry migrate`
+    /// left frozen.
+    Resume(commands::lifecycle::ResumeArgs),
     /// Run a new process in a container.
     Exec(commands::exec::ExecArgs),
     /// List the processes of a container.

@@ -1446,3 +1446,273 @@ except Exception as e:
     on("b", b, &["delete", "--force", &id]);
     drop(serve_b);
 }
+
+/// A counter whose every number makes a round trip over a loopback TCP
+/// connection inside the container (/out/count, every 50 ms); a failed
+/// exchange (EPERM of a socket left in repair mode, a reset) goes to
+/// /out/error and ends it.
+const LOOPBACK_COUNTER: &str = r#"
+import socket, threading, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(('127.0.0.1', 9000))
+srv.listen(1)
+def serve():
+    c, _ = srv.accept()
+    f = c.makefile('rw')
+    for line in f:
+        f.write('pong ' + line.split()[1] + '\n')
+        f.flush()
+threading.Thread(target=serve, daemon=True).start()
+c = socket.create_connection(('127.0.0.1', 9000))
+f = c.makefile('rw')
+out = open('/out/count', 'a')
+i = 0
+try:
+    while True:
+        f.write('ping %d\n' % i)
+        f.flush()
+        assert f.readline().strip() == 'pong %d' % i
+        out.write('%d\n' % i)
+        out.flush()
+        i += 1
+        time.sleep(0.05)
+except Exception as e:
+    open('/out/error', 'w').write(repr(e))
+    raise
+"#;
+
+/// The iptables rules of the network namespace of process `pid`.
+fn iptables_of(pid: u32) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg("iptables-save")
+        .output()
+        .expect("nsenter and iptables-save (hack/setup installs iptables)");
+    assert!(
+        out.status.success(),
+        "iptables-save in the netns of {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ferry migrate` SIGKILLed once the container is dumped and frozen (its
+/// rootfs on the way through a throttled relay): the container stays
+/// frozen, its tasks stopped, its network namespace locked by CRIU and its
+/// loopback connection in repair mode. While the move runs, `ferry resume`
+/// refuses, naming it; a record saying the destination was told to run its
+/// copy is refused without --force; then `ferry resume` brings it back:
+/// the count goes on without gap over the same TCP connection, no lock
+/// rule is left, and nothing of the move stays on either host.
+#[test]
+fn a_killed_migrate_is_brought_back_by_resume() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("rb");
+    let bundle = python_bundle(p.dir(), LOOPBACK_COUNTER);
+    // 64 MiB that does not compress in the rootfs: sent after the dump
+    // through a relay at 4 MiB/s, the rootfs stream takes 16 s less the
+    // time since the relay began (pre-flight and dump: a few seconds).
+    let mut blob = std::fs::File::create(bundle.join("rootfs/blob")).unwrap();
+    let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 64 << 20);
+    std::io::copy(&mut random, &mut blob).unwrap();
+    drop(blob);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("resume-{tag}");
+    run(a, &bundle, &id);
+    wait_numbers(&count, 5);
+    let init = a.pid(&id);
+    let relay = Relay::start(
+        serve_b.addr.clone(),
+        Tamper::Throttle {
+            bytes_per_sec: 4 << 20,
+        },
+    );
+    let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
+    // The dump is done (every page went) once the rootfs goes.
+    mig.wait_for("transfer");
+    let err = a.fails(&["resume", &id]);
+    let pid = mig.child.id();
+    assert!(
+        err.contains("being moved") && err.contains(&format!("pid {pid}")),
+        "a resume under a live move was not refused: {err}"
+    );
+    mig.child.kill().unwrap();
+    let (moved, said) = mig.finish();
+    assert!(!moved, "the move went through before the kill: {said}");
+
+    assert_eq!(a.status(&id), "paused");
+    let frozen = numbers(&count).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(numbers(&count).len(), frozen, "the container counted");
+    assert!(
+        iptables_of(init).contains(":CRIU"),
+        "the dump's network lock is not on:\n{}",
+        iptables_of(init)
+    );
+    let record = a.path().join("outgoing").join(&id).join("move.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(text.contains("\"frozen\""), "{text}");
+
+    // Stands in for a kill between telling the destination to restore and
+    // hearing back: never resumed without --force.
+    std::fs::write(&record, text.replace("\"frozen\"", "\"committed\"")).unwrap();
+    let err = a.fails(&["resume", &id]);
+    assert!(
+        err.contains(&relay.addr) && err.contains("--force"),
+        "a committed move was not refused: {err}"
+    );
+    assert_eq!(a.status(&id), "paused");
+    std::fs::write(&record, &text).unwrap();
+
+    let out = a.ferry(&["resume", &id]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferry resume: {said}");
+    assert!(
+        said.contains(&format!("pid {pid}")) && said.contains("network lock off"),
+        "{said}"
+    );
+    assert_eq!(a.status(&id), "running");
+    let after = wait_numbers(&count, frozen + 20);
+    assert_consecutive(&after);
+    let died = std::fs::read_to_string(bundle.join("rootfs/out/error")).unwrap_or_default();
+    assert!(
+        died.is_empty(),
+        "the loopback exchange failed after the resume: {died}"
+    );
+    let rules = iptables_of(init);
+    assert!(!rules.contains("CRIU"), "lock rules left:\n{rules}");
+    assert_no_lock_rules();
+    assert!(
+        !a.path().join("outgoing").exists(),
+        "the move's scratch dir stayed"
+    );
+    // A plain unpause is refused as before: it runs.
+    let err = a.fails(&["resume", &id]);
+    assert!(err.contains("running"), "{err}");
+
+    // The destination dropped what it had when the source went silent.
+    let incoming = b.path().join("incoming").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while incoming.exists() || !mount_leftovers(&b.path().to_string_lossy()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the destination kept the interrupted move"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(b.ids().is_empty());
+    assert_no_criu();
+    a.remove(&id);
+    drop(relay);
+}
+
+/// The container's rootfs as the lower layer of an overlay mounted in
+/// `dir` (as dockerd mounts one for runc), its config pointing at the
+/// overlay; unmounted on drop.
+struct OverlayRoot {
+    merged: std::path::PathBuf,
+}
+
+impl OverlayRoot {
+    fn mount(dir: &std::path::Path, bundle: &std::path::Path) -> OverlayRoot {
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let ok = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                bundle.join("rootfs").display(),
+                upper.display(),
+                work.display()
+            ))
+            .arg(&merged)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting the test's overlay");
+        edit_config(bundle, |c| {
+            c["root"]["path"] = merged.to_str().unwrap().into()
+        });
+        OverlayRoot { merged }
+    }
+}
+
+impl Drop for OverlayRoot {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+    }
+}
+
+/// A container moved in (its rootfs the overlay the agent mounted over its
+/// received writable layer) writes a file, then `ferry checkpoint --export`
+/// of it reads the overlay before the container and its layer go: the
+/// archive restored under a new id on the same root has the files written
+/// on both hosts, and the count goes on without gap. The received
+/// container's dir and overlay go with it (nothing left under incoming/).
+#[test]
+fn an_export_of_a_migrated_in_container_holds_its_writable_layer() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("xb");
+    let bundle = busybox_bundle(p.dir(), COUNTER);
+    let overlay = OverlayRoot::mount(p.dir(), &bundle);
+    let id = format!("xmig-{tag}");
+    run(a, &bundle, &id);
+    a.ok(&["exec", &id, "sh", "-c", "echo from-a > /out/a-file"]);
+    let on_a = wait_numbers(&overlay.merged.join("out/count"), 5).len();
+    p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy"]);
+    assert!(a.ids().is_empty());
+    let moved = moved_rootfs(b, &id);
+    assert!(
+        mount_leftovers(&moved.to_string_lossy())
+            .iter()
+            .any(|m| m.contains(" - overlay ")),
+        "B did not mount the received layer as an overlay"
+    );
+    b.ok(&["exec", &id, "sh", "-c", "echo from-b > /out/b-file"]);
+    let on_b = wait_numbers(&moved.join("out/count"), on_a + 10).len();
+
+    let file = p.dir().join("moved.tar.zst");
+    b.ok(&["checkpoint", "--export", file.to_str().unwrap(), &id]);
+    assert!(b.ids().is_empty(), "checkpoint removes the container");
+    assert!(
+        !b.path().join("incoming").join(&id).exists(),
+        "the received container's dir outlived it"
+    );
+    let left = mount_leftovers(&b.path().to_string_lossy());
+    assert!(left.is_empty(), "mounts left on B: {left:?}");
+
+    let dest = p.dir().join("imported");
+    let new_id = format!("ximp-{tag}");
+    b.ok(&[
+        "restore",
+        "-d",
+        "--import",
+        file.to_str().unwrap(),
+        "--bundle",
+        dest.to_str().unwrap(),
+        &new_id,
+    ]);
+    assert_eq!(b.status(&new_id), "running");
+    let rootfs = dest.join("bundle/rootfs");
+    for (f, text) in [("out/a-file", "from-a\n"), ("out/b-file", "from-b\n")] {
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join(f)).unwrap_or_default(),
+            text,
+            "{f} in the imported rootfs"
+        );
+    }
+    assert!(rootfs.join("bin/sh").exists(), "the lower layer is missing");
+    let n = numbers(&rootfs.join("out/count")).len();
+    assert!(
+        n >= on_b,
+        "the archive's count ({n}) is behind B's ({on_b})"
+    );
+    assert_consecutive(&wait_numbers(&rootfs.join("out/count"), n + 10));
+    b.remove(&new_id);
+    assert!(cgroup_leftovers(&format!("ferry-xb-{tag}/{id}")).is_empty());
+    drop(serve_b);
+}

@@ -853,9 +853,9 @@ impl Landing {
                 let images = dir.join("images");
                 let (pid, restore_ms) =
                     agent.restore(id, &images, &dir.join("bundle"), lazy_work)?;
-                if *overlay_mounted {
-                    crate::runtime::Container::load(&agent.root, id)?.own_rootfs_mount()?;
-                }
+                // Its own now: delete takes the overlay and the dir down.
+                crate::runtime::Container::load(&agent.root, id)?
+                    .own_received(dir, *overlay_mounted)?;
                 Ok(RestoredHere {
                     pid,
                     restore_ms,

@@ -22,6 +22,7 @@ pub mod docker_archive;
 pub mod interrupt;
 pub mod preflight;
 pub mod protocol;
+pub mod record;
 pub mod source;
 mod tarball;
 pub mod wire;

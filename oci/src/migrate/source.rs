@@ -24,6 +24,7 @@ use super::interrupt::Interrupt;
 use super::preflight::{self, LowerLayer, Needs};
 use super::protocol::Decision;
 use super::protocol::{Hello, Reply, Step};
+use super::record::{MoveRecord, Phase};
 use super::tarball;
 use super::wire::{self, StreamWriter};
 use super::{Mode, Progress};
@@ -344,9 +345,9 @@ fn ask(
 }
 
 /// Where a Ferry state root keeps the scratch dirs of its moves.
-const OUTGOING: &str = "outgoing";
+const OUTGOING: &str = super::record::OUTGOING;
 /// The same under dockerd's runtime root, out of the container id space.
-const DOCKER_OUTGOING: &str = "@outgoing";
+const DOCKER_OUTGOING: &str = super::record::DOCKER_OUTGOING;
 
 /// Runs `f` on running container `id` of `root` with a fresh scratch dir
 /// of its own (`scratch/ID`), removed afterwards whatever happened (with
@@ -363,8 +364,12 @@ fn with_outgoing<T>(
     let _ = std::fs::remove_dir_all(&work);
     private_dir(&work)?;
     let result = f(c, &work);
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir(scratch);
+    // A move whose outcome is unknown keeps its record (committed) for
+    // `ferry resume --force`.
+    if !matches!(result, Err(Error::OutcomeUnknown { .. })) {
+        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_dir(scratch);
+    }
     result
 }
 
@@ -581,6 +586,7 @@ fn send_inner(
         interrupt,
     } = *plan;
     let id = c.state.id.clone();
+    let mut record = MoveRecord::write(work, &id, to, Phase::Preflight)?;
     progress(Progress::Phase("pre-flight"));
     let Offer {
         needs,
@@ -631,6 +637,7 @@ fn send_inner(
     }
     let preflight_ms = ms(t0.elapsed());
 
+    record.set_phase(Phase::Frozen)?;
     progress(Progress::Phase("freeze and dump"));
     let images = work.join("images");
     let frozen_at = Instant::now();
@@ -725,35 +732,46 @@ fn send_inner(
         // is stopped and dies without it, so the source may resume; after
         // it, only the destination's answer (or its decision, asked for)
         // says whether the source may.
-        let lost = if interrupt.commit() {
-            progress(Progress::Phase("commit"));
-            match commit(&mut ctl, &migration, plan) {
-                Committed::Running => None,
-                Committed::Killed(e) => Some(e),
-                Committed::Unknown(e) => {
-                    // Frozen for good here, unless someone who can see the
-                    // destination says otherwise. A post-copy source keeps
-                    // serving pages until the destination stops asking.
-                    let _ = finish(dump);
-                    return Err(Error::OutcomeUnknown {
-                        id: id.clone(),
-                        to: to.to_string(),
-                        lost: Box::new(e),
-                    });
-                }
-            }
-        } else {
-            let e = Error::Wire(std::io::Error::new(
+        let committing = match interrupt.commit() {
+            // Recorded first: a `ferry resume` after this process was
+            // killed must know the destination may run it.
+            true => record.set_phase(Phase::Committed),
+            false => Err(Error::Wire(std::io::Error::new(
                 std::io::ErrorKind::Interrupted,
                 "asked to stop before the commit",
-            ));
-            let _ = wire::send(
-                &mut ctl,
-                &Step::Abort {
-                    reason: crate::error::chain(&e),
-                },
-            );
-            Some(e)
+            ))),
+        };
+        let lost = match committing {
+            Ok(()) => {
+                progress(Progress::Phase("commit"));
+                match commit(&mut ctl, &migration, plan) {
+                    Committed::Running => None,
+                    Committed::Killed(e) => Some(e),
+                    Committed::Unknown(e) => {
+                        // Frozen for good here, unless someone who can see
+                        // the destination says otherwise. A post-copy source
+                        // keeps serving pages until the destination stops
+                        // asking.
+                        let _ = finish(dump);
+                        return Err(Error::OutcomeUnknown {
+                            id: id.clone(),
+                            to: to.to_string(),
+                            lost: Box::new(e),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                // Never committed: the destination kills its stopped copy
+                // (at once on the abort, or when its wait runs out).
+                let _ = wire::send(
+                    &mut ctl,
+                    &Step::Abort {
+                        reason: crate::error::chain(&e),
+                    },
+                );
+                Some(e)
+            }
         };
         if let Some(e) = lost {
             progress(Progress::Phase("resume the source"));

@@ -719,6 +719,7 @@ impl Container {
             restored: false,
             net,
             owns_rootfs_mount: false,
+            owned_dir: None,
         };
         dir.save(&st)?;
         if let Some(p) = &opts.pid_file {
@@ -911,6 +912,7 @@ impl Container {
         let spec = self.spec().ok();
         let mut oci = self.oci_state();
         oci.status = "stopped".into();
+        let owned = self.state.owned_dir.clone();
         let dir = self.dir;
         dir.remove()?;
         if let Some(spec) = spec {
@@ -921,6 +923,19 @@ impl Container {
                 &oci,
             ) {
                 tracing::warn!(error = %e, "poststop hook failed");
+            }
+        }
+        // Last: the hooks may look at the bundle, which is in there.
+        if let Some(d) = owned {
+            match fs::remove_dir_all(&d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io {
+                        op: "removing the directory the container was received into",
+                        path: d,
+                        source: e,
+                    })
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -945,9 +960,12 @@ impl Container {
         self.state.cgroup.update(resources)
     }
 
-    /// Marks the rootfs as a mount Ferry made, for `delete` to unmount.
-    pub fn own_rootfs_mount(mut self) -> Result<()> {
-        self.state.owns_rootfs_mount = true;
+    /// Hands the container what a migration received it into, for
+    /// `delete` to take down: the directory `dir`, and its rootfs when that
+    /// is a mount Ferry made (the overlay rebuilt from its writable layer).
+    pub fn own_received(mut self, dir: &Path, rootfs_mount: bool) -> Result<()> {
+        self.state.owns_rootfs_mount = rootfs_mount;
+        self.state.owned_dir = Some(dir.to_path_buf());
         self.dir.save(&self.state)
     }
 

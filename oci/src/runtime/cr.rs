@@ -29,6 +29,23 @@ impl Container {
         opts: CheckpointOptions,
         on_notify: &mut dyn FnMut(&Notify),
     ) -> Result<Checkpointed> {
+        self.checkpoint_then(criu, opts, on_notify, |_| ())
+            .map(|(done, ())| done)
+    }
+
+    /// [`Container::checkpoint`], with `then` run once the dump succeeded
+    /// and before the container is deleted: its rootfs is still there as
+    /// its tasks saw it. An export reads it there, since `delete` takes
+    /// down what the container owns (a migrated-in container's rootfs is an
+    /// overlay Ferry mounted, and its writable layer goes with it). The
+    /// container is deleted whatever `then` returns (its tasks are gone).
+    pub fn checkpoint_then<T>(
+        self,
+        criu: &Criu,
+        opts: CheckpointOptions,
+        on_notify: &mut dyn FnMut(&Notify),
+        then: impl FnOnce(&Checkpointed) -> T,
+    ) -> Result<(Checkpointed, T)> {
         self.require(&[Status::Running, Status::Paused], "running")?;
         let mut spec = self.spec()?;
         // A user namespace's container binds the host's device nodes (it
@@ -112,10 +129,11 @@ impl Container {
         }
         let done = result?;
         unlocked?;
+        let then = then(&done);
         if !keeps {
             self.delete(true)?;
         }
-        Ok(done)
+        Ok((done, then))
     }
 }
 
@@ -291,6 +309,7 @@ pub fn restore_container(
         restored: rt.at_create,
         net: net.clone(),
         owns_rootfs_mount: false,
+        owned_dir: None,
     };
     // The restored sockets' packets are dropped until the tasks run (CRIU
     // locks only namespaces it restores itself).

@@ -47,6 +47,12 @@ pub struct State {
     /// the overlays it mounted for runc.
     #[serde(default)]
     pub owns_rootfs_mount: bool,
+    /// A directory Ferry made for the container, which goes with it on
+    /// `delete`: where a migration received it (its bundle, images and
+    /// writable layer, ROOT/incoming/ID). Kept while the container exists,
+    /// whatever reads it (an export of its checkpoint reads the layer).
+    #[serde(default)]
+    pub owned_dir: Option<PathBuf>,
 }
 
 /// One container's directory, locked for the lifetime of this value.
@@ -185,10 +191,16 @@ pub fn start_time(pid: i32) -> Option<u64> {
 
 /// Whether the process of `state` is still that process (and not a zombie).
 pub fn alive(state: &State) -> bool {
-    if state.pid <= 0 || start_time(state.pid) != Some(state.start_time) {
+    process_alive(state.pid, state.start_time)
+}
+
+/// Whether `pid` is still the process that started at `start_time` (field
+/// 22 of /proc/PID/stat: a reused pid has another) and not a zombie.
+pub fn process_alive(pid: i32, start_time: u64) -> bool {
+    if pid <= 0 || self::start_time(pid) != Some(start_time) {
         return false;
     }
-    let stat = fs::read_to_string(format!("/proc/{}/stat", state.pid)).unwrap_or_default();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let st = stat
         .rfind(')')
         .and_then(|i| stat[i + 2..].chars().next())

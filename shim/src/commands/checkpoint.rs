@@ -275,12 +275,36 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
     };
     let c = Container::load(&cli.root, &a.id)?;
     let (config, rootfs) = (c.state.config.clone(), c.state.rootfs.clone());
-    let done = c
-        .checkpoint(&criu, opts, &mut |n| {
-            tracing::debug!(notify = n.script(), "criu")
-        })
+    // The report and the archive are made before the container is deleted:
+    // a migrated-in container's rootfs is an overlay Ferry mounted, which
+    // goes with it.
+    let (_, after) = c
+        .checkpoint_then(
+            &criu,
+            opts,
+            &mut |n| tracing::debug!(notify = n.script(), "criu"),
+            |done| after_dump(a, done, &image_path, &config, &rootfs),
+        )
         .with_context(|| format!("checkpointing container {}", a.id))?;
-    let stats = criu_rpc::stats::read_dump_stats(&image_path)?;
+    if after.is_err() {
+        // Keep the images the export could not pack.
+        if let Some(t) = scratch {
+            let _ = t.keep();
+        }
+    }
+    after.map(|()| ExitCode::SUCCESS)
+}
+
+/// What follows a successful dump in `image_path`: stats-dump.json (and
+/// the stats printed, if asked), then the archive, if asked.
+fn after_dump(
+    a: &CheckpointArgs,
+    done: &ferry_oci::checkpoint::Checkpointed,
+    image_path: &Path,
+    config: &Path,
+    rootfs: &Path,
+) -> anyhow::Result<()> {
+    let stats = criu_rpc::stats::read_dump_stats(image_path)?;
     let report = serde_json::json!({
         "id": a.id,
         "image_path": image_path,
@@ -293,45 +317,36 @@ pub fn checkpoint(cli: &Cli, a: &CheckpointArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_vec_pretty(&report)?,
     )
     .with_context(|| format!("writing stats-dump.json in {}", image_path.display()))?;
-    if f.print_stats {
+    if a.criu.print_stats {
         print_dump_stats(&report);
     }
-    if let Some(file) = &a.export {
-        let file = absolute(file)?;
-        let compression = if a.zstd {
-            Compression::Zstd
-        } else {
-            Compression::for_path(&file)
-        };
-        let src = ExportSource {
-            id: &a.id,
-            images: &image_path,
-            config: &config,
-            rootfs: &rootfs,
-        };
-        // The dump is done (and the container gone, unless
-        // --leave-running): a failed export keeps the images.
-        let bytes = export::export(&src, &file, compression).with_context(|| {
-            format!(
-                "exporting the checkpoint of {} to {} (the images are in {})",
-                a.id,
-                file.display(),
-                image_path.display()
-            )
-        });
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => {
-                // Keep the images the export could not pack.
-                if let Some(t) = scratch {
-                    let _ = t.keep();
-                }
-                return Err(e);
-            }
-        };
-        tracing::info!(file = %file.display(), bytes, "checkpoint exported");
-    }
-    Ok(ExitCode::SUCCESS)
+    let Some(file) = &a.export else {
+        return Ok(());
+    };
+    let file = absolute(file)?;
+    let compression = if a.zstd {
+        Compression::Zstd
+    } else {
+        Compression::for_path(&file)
+    };
+    let src = ExportSource {
+        id: &a.id,
+        images: image_path,
+        config,
+        rootfs,
+    };
+    // The dump is done (the container's tasks gone, unless
+    // --leave-running): a failed export keeps the images.
+    let bytes = export::export(&src, &file, compression).with_context(|| {
+        format!(
+            "exporting the checkpoint of {} to {} (the images are in {})",
+            a.id,
+            file.display(),
+            image_path.display()
+        )
+    })?;
+    tracing::info!(file = %file.display(), bytes, "checkpoint exported");
+    Ok(())
 }
 
 fn print_dump_stats(r: &serde_json::Value) {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ferry_oci::migrate::record::{self, MoveRecord, Recovery};
 use ferry_oci::runtime::console::{ConsoleSocket, ForegroundTty};
 use ferry_oci::runtime::container::{self, wait_exit};
 use ferry_oci::runtime::{signal, Container, CreateOptions, Status};
@@ -48,6 +49,15 @@ pub struct RunArgs {
 #[derive(Debug, clap::Args)]
 pub struct IdArgs {
     pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    pub id: String,
+    /// Resume a container a dead `ferry migrate` left frozen even though it
+    /// had told the destination to run its copy (which may run there).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -275,6 +285,13 @@ pub fn delete(cli: &Cli, a: &DeleteArgs) -> anyhow::Result<ExitCode> {
         Err(ferry_oci::Error::NoSuchContainer { .. }) if a.force => {}
         Err(e) => return Err(e.into()),
     }
+    // What a dead `ferry migrate` of it left (its images) goes with it:
+    // the way out `ferry resume` names for a move that had committed.
+    if let Some(r) = MoveRecord::load(&cli.root, &a.id)? {
+        if !r.is_alive() {
+            r.remove()?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -283,8 +300,35 @@ pub fn pause(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn resume(cli: &Cli, a: &IdArgs) -> anyhow::Result<ExitCode> {
-    Container::load(&cli.root, &a.id)?.resume()?;
+/// `ferry resume`: runc's unpause (dockerd's `docker unpause` runs it),
+/// unless a `ferry migrate` of the container died and left a record of
+/// its move: then what that move did is undone, when that is safe
+/// (ferry_oci::migrate::record::recover), and said on stderr.
+pub fn resume(cli: &Cli, a: &ResumeArgs) -> anyhow::Result<ExitCode> {
+    match record::recover(&cli.root, &a.id, a.force)? {
+        None => Container::load(&cli.root, &a.id)?.resume()?,
+        Some(Recovery::Resumed(r)) => {
+            let forced = match r.phase {
+                record::Phase::Committed => ", after it had told the destination to run it",
+                _ => "",
+            };
+            eprintln!(
+                "ferry resume: {} was left frozen by a ferry migrate to {} that died (pid {}){forced}: network lock off, TCP repair off, thawed and continued",
+                a.id, r.to, r.pid
+            );
+        }
+        Some(Recovery::Forgotten(r)) => {
+            eprintln!(
+                "ferry resume: a ferry migrate of {} to {} died (pid {}) before it froze anything: its record is removed",
+                a.id, r.to, r.pid
+            );
+            // Paused by someone else meanwhile: unpaused as asked.
+            let c = Container::load(&cli.root, &a.id)?;
+            if c.status() == Status::Paused {
+                c.resume()?;
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
