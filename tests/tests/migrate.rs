@@ -1716,3 +1716,151 @@ fn an_export_of_a_migrated_in_container_holds_its_writable_layer() {
     assert!(cgroup_leftovers(&format!("ferry-xb-{tag}/{id}")).is_empty());
     drop(serve_b);
 }
+
+/// A loopback ping-pong counter with 64 MiB of random bytes in its rootfs,
+/// running on `a` as `id`: its bundle.
+fn loopback_counter_with_blob(p: &Pair, id: &str) -> std::path::PathBuf {
+    let bundle = python_bundle(&p.dir().join(id), LOOPBACK_COUNTER);
+    let mut blob = std::fs::File::create(bundle.join("rootfs/blob")).unwrap();
+    let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 64 << 20);
+    std::io::copy(&mut random, &mut blob).unwrap();
+    drop(blob);
+    run(&p.a, &bundle, id);
+    wait_numbers(&bundle.join("rootfs/out/count"), 5);
+    bundle
+}
+
+/// SIGINT to `ferry migrate` before the freeze, while the pages go and
+/// while the rootfs goes (a relay at 4 MiB/s makes each phase seconds
+/// long): each time the move stops, the source runs on with its loopback
+/// TCP connection working and its count without gap, no lock rule is
+/// left, and the destination drops what it had; the command exits 130.
+/// Then the same container moves for real.
+#[test]
+fn sigint_at_each_phase_resumes_the_source() {
+    let _serial = serial();
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("int");
+    let id = format!("int-{tag}");
+    let bundle = loopback_counter_with_blob(&p, &id);
+    let count = bundle.join("rootfs/out/count");
+    let init = a.pid(&id);
+    let relay = Relay::start(
+        serve_b.addr.clone(),
+        Tamper::Throttle {
+            bytes_per_sec: 4 << 20,
+        },
+    );
+    for phase in ["mode ", "pages: ", "transfer"] {
+        let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
+        mig.wait_for(phase);
+        let pid = nix::unistd::Pid::from_raw(mig.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let status = mig.child.wait().unwrap();
+        let (_, said) = mig.finish();
+        assert_eq!(status.code(), Some(130), "at {phase:?}: {said}");
+        assert!(
+            said.contains("interrupted by SIGINT"),
+            "at {phase:?}, the command did not say it was interrupted: {said}"
+        );
+        assert_eq!(a.status(&id), "running", "at {phase:?}: {said}");
+        let before = numbers(&count).len();
+        let after = wait_numbers(&count, before + 10);
+        assert_consecutive(&after);
+        let died = std::fs::read_to_string(bundle.join("rootfs/out/error")).unwrap_or_default();
+        assert!(died.is_empty(), "at {phase:?}, the loopback exchange failed: {died}");
+        let rules = iptables_of(init);
+        assert!(!rules.contains("CRIU"), "at {phase:?}, lock rules left:\n{rules}");
+        assert!(!a.path().join("outgoing").exists(), "at {phase:?}: scratch dir left");
+        let incoming = b.path().join("incoming").join(&id);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while incoming.exists() || !b.ids().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "at {phase:?}, the destination kept the interrupted move"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_no_lock_rules();
+    drop(relay);
+    // Nothing stuck: it moves for real.
+    p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy"]);
+    assert_eq!(b.status(&id), "running");
+    let moved = moved_rootfs(b, &id).join("out/count");
+    let v = wait_numbers(&moved, numbers(&count).len() + 10);
+    assert_consecutive(&v);
+    b.remove(&id);
+    assert_no_criu();
+}
+
+/// The link is cut as the destination's restore completes (the relay is
+/// cut the moment the restored container appears in the agent's state
+/// root: before or after the commit crossed, whichever the timing gives):
+/// exactly one copy runs, with its whole rootfs and its count without gap,
+/// and the other is gone; nothing stays frozen.
+#[test]
+fn a_cut_as_the_restore_completes_leaves_exactly_one_copy() {
+    let _serial = serial();
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("cutr");
+    let id = format!("cutr-{tag}");
+    let bundle = loopback_counter_with_blob(&p, &id);
+    let blob_sum = std::fs::read(bundle.join("rootfs/blob")).unwrap();
+    let count = bundle.join("rootfs/out/count");
+    let relay = Relay::start(
+        serve_b.addr.clone(),
+        Tamper::Throttle {
+            bytes_per_sec: 64 << 20,
+        },
+    );
+    let mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
+    let state = b.path().join(&id);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !state.exists() {
+        assert!(Instant::now() < deadline, "the destination never restored");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    relay.cut();
+    let (moved, said) = mig.finish();
+    eprintln!("ferry migrate said:\n{said}");
+    // The agent decides within its peer timeout (20 s) at the latest.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let here = a.ids().contains(&id) && a.status(&id) == "running";
+        let there = b.ids().contains(&id) && b.status(&id) == "running";
+        match (moved, here, there) {
+            (true, false, true) | (false, true, false) => break,
+            _ if Instant::now() > deadline => panic!(
+                "not exactly one copy: moved {moved}, source running {here}, destination running {there}; {said}"
+            ),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    // The copy that runs goes on without gap, on its whole rootfs.
+    let (root, rootfs) = if moved {
+        assert!(!a.ids().contains(&id), "the source's copy stayed");
+        (b, moved_rootfs(b, &id))
+    } else {
+        assert!(
+            !b.path().join("incoming").join(&id).exists(),
+            "the destination kept the move it killed"
+        );
+        (a, bundle.join("rootfs"))
+    };
+    let before = numbers(&rootfs.join("out/count")).len();
+    let v = wait_numbers(&rootfs.join("out/count"), before + 10);
+    assert_consecutive(&v);
+    assert!(v.len() > numbers(&count).len().min(v.len()) - 1);
+    assert!(
+        std::fs::read(rootfs.join("blob")).unwrap() == blob_sum,
+        "the running copy's rootfs is not whole"
+    );
+    let died = std::fs::read_to_string(rootfs.join("out/error")).unwrap_or_default();
+    assert!(died.is_empty(), "the loopback exchange failed: {died}");
+    root.remove(&id);
+    assert_no_lock_rules();
+    assert_no_criu();
+}
