@@ -194,6 +194,24 @@ pub enum Error {
     #[error("lazy pages: the restore failed before it finished, so the lazy-pages daemon stopped")]
     LazyCancelled,
 
+    /// The post-copy guardian (`lazy::Guardian`) could not be started.
+    #[error("lazy pages: starting the post-copy guardian: {op}")]
+    GuardianSpawn {
+        op: &'static str,
+        #[source]
+        source: Errno,
+    },
+
+    /// The post-copy guardian failed or was lost: the restored tasks would
+    /// be unprotected if the daemon's process died, so the post-copy fails.
+    #[error("lazy pages: the post-copy guardian (pid {pid}): {op}")]
+    Guardian {
+        op: &'static str,
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("lazy pages: {op} of pid {pid} (pid in the images)")]
     Uffd {
         op: &'static str,

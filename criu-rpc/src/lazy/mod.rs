@@ -19,7 +19,13 @@
 //! restored tasks arrive as userfaultfd events and keep each process's
 //! [`iovs::Iovs`] true. When every range of every process is in, the daemon
 //! closes the page server (the source's dump then finishes) and returns.
+//!
+//! With a [`Guardian`] ([`LazyPages::with_guardian`]), a second process
+//! holds a copy of every userfaultfd the daemon holds, so that the death
+//! of the daemon's process cannot let the tasks run on zero pages: see
+//! [`guardian`].
 
+pub mod guardian;
 mod images;
 mod iovs;
 mod remote;
@@ -38,6 +44,8 @@ use nix::sys::socket::{recv, recvmsg, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use guardian::Guardian;
+use guardian::Slot;
 use iovs::Iovs;
 pub use remote::PAGE_SIZE;
 use uffd::{Event, Fill, Uffd};
@@ -77,6 +85,8 @@ struct Proc {
     uffd: Uffd,
     iovs: Iovs,
     gone: bool,
+    /// Where the guardian holds its copy of `uffd`, when there is one.
+    guarded: Option<Slot>,
 }
 
 #[repr(C, align(4096))]
@@ -107,6 +117,7 @@ pub struct LazyPages {
     listener: UnixListener,
     images: PathBuf,
     path: PathBuf,
+    guardian: Option<Guardian>,
 }
 
 impl LazyPages {
@@ -130,7 +141,19 @@ impl LazyPages {
             listener,
             images: images_dir.to_path_buf(),
             path,
+            guardian: None,
         })
+    }
+
+    /// Serves under `guardian`'s watch: every task's userfaultfd goes to
+    /// it as it arrives (the post-copy fails if it cannot take one, or if
+    /// it dies), and it is released when [`LazyPages::serve`] returns,
+    /// after `on_failure` on a failure. If this process dies before, the
+    /// guardian kills the tasks. Dropped without serving, the guardian
+    /// kills them too (see [`Guardian`]).
+    pub fn with_guardian(mut self, guardian: Guardian) -> LazyPages {
+        self.guardian = Some(guardian);
+        self
     }
 
     /// Serves the restore's tasks with pages from `source` (a connection to
@@ -142,12 +165,20 @@ impl LazyPages {
     /// faulting task go on with a zero page where its memory was, so the
     /// caller kills the tasks there, before that can happen.
     pub fn serve<S: Read + Write>(
-        self,
+        mut self,
         source: S,
         cancel: &AtomicBool,
         on_failure: impl FnOnce(),
     ) -> Result<LazyStats> {
-        let client = self.accept(cancel)?;
+        let guardian = self.guardian.take();
+        let client = match self.accept(cancel, guardian.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                // No task exists yet: nothing to kill, nothing to guard.
+                release(guardian);
+                return Err(e);
+            }
+        };
         let t0 = Instant::now();
         let mut d = Daemon {
             images: self.images.clone(),
@@ -156,20 +187,24 @@ impl LazyPages {
             buf: Buffer::new(MAX_CHUNK),
             chunk: FAULT_CHUNK,
             stats: LazyStats::default(),
+            guardian,
         };
         let result = d.run(client, cancel, t0);
         let _ = std::fs::remove_file(&self.path);
         if let Err(e) = result {
             on_failure();
+            // The tasks are dead: the guardian has nothing left to guard.
+            d.release_guardian();
             return Err(e);
         }
+        d.release_guardian();
         d.remote.close()?;
         d.stats.received_bytes = d.remote.received;
         d.stats.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
         Ok(d.stats)
     }
 
-    fn accept(&self, cancel: &AtomicBool) -> Result<UnixStream> {
+    fn accept(&self, cancel: &AtomicBool, guardian: Option<&Guardian>) -> Result<UnixStream> {
         loop {
             match self.listener.accept() {
                 Ok((s, _)) => {
@@ -183,8 +218,14 @@ impl LazyPages {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(Error::LazyCancelled);
                     }
-                    let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+                    let watched = guardian.and_then(watch);
+                    let guard_pid = watched.as_ref().map(|(pid, _)| *pid);
+                    let mut fds = vec![PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+                    fds.extend(watched.map(|(_, poll)| poll));
                     let _ = poll(&mut fds, PollTimeout::from(100u8));
+                    if let (Some(pid), Some(f)) = (guard_pid, fds.get(1)) {
+                        check_guardian(pid, f)?;
+                    }
                 }
                 Err(source) => {
                     return Err(Error::Io {
@@ -256,6 +297,38 @@ fn read_restore(client: &UnixStream) -> Result<FromRestore> {
     })
 }
 
+/// Releases a guardian whose watch is over. A failure is only logged:
+/// every page is in or the tasks are dead, so nothing depends on it.
+fn release(guardian: Option<Guardian>) {
+    if let Some(g) = guardian {
+        let pid = g.pid().as_raw();
+        if let Err(e) = g.release() {
+            tracing::warn!(pid, error = %e, "releasing the post-copy guardian");
+        }
+    }
+}
+
+/// The guardian's pid, and its socket in a poll set: no event asked for,
+/// so that only its hang-up (`POLLHUP`, `POLLERR`) shows.
+fn watch(g: &Guardian) -> Option<(i32, PollFd<'_>)> {
+    let sock = g.socket()?;
+    Some((g.pid().as_raw(), PollFd::new(sock, PollFlags::empty())))
+}
+
+/// Fails when the poll saw the guardian hang up: without it, the death of
+/// this process would let the tasks run on zero pages, so the post-copy
+/// fails now, while the daemon can still kill them (`on_failure`).
+fn check_guardian(pid: i32, polled: &PollFd<'_>) -> Result<()> {
+    match polled.revents() {
+        Some(ev) if !ev.is_empty() => Err(Error::Guardian {
+            op: "watching it",
+            pid,
+            source: std::io::Error::other("it died before the last page arrived"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 struct Daemon<S> {
     images: PathBuf,
     remote: remote::Remote<S>,
@@ -264,6 +337,42 @@ struct Daemon<S> {
     /// The next background chunk's size.
     chunk: u64,
     stats: LazyStats,
+    guardian: Option<Guardian>,
+}
+
+impl<S> Daemon<S> {
+    /// Hands the guardian a copy of a new process's userfaultfd.
+    fn guard(&mut self, uffd: &Uffd) -> Result<Option<Slot>> {
+        self.guardian
+            .as_mut()
+            .map(|g| g.guard(uffd.as_fd()))
+            .transpose()
+    }
+
+    /// Drops the processes `keep` refuses (their userfaultfds close, which
+    /// unregisters their ranges), and the guardian's copies with them.
+    fn drop_procs(&mut self, keep: impl Fn(&Proc) -> bool) -> Result<()> {
+        let mut freed = Vec::new();
+        self.procs.retain(|p| {
+            let k = keep(p);
+            if !k {
+                freed.extend(p.guarded);
+            }
+            k
+        });
+        if let Some(g) = &mut self.guardian {
+            for slot in freed {
+                g.forget(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the guardian's watch (every page is in, or the tasks were
+    /// killed).
+    fn release_guardian(&mut self) {
+        release(self.guardian.take());
+    }
 }
 
 impl<S: Read + Write> Daemon<S> {
@@ -281,10 +390,13 @@ impl<S: Read + Write> Daemon<S> {
                 PollTimeout::from(200u8)
             };
             let (client_ev, proc_ev) = {
-                let mut fds: Vec<PollFd> = Vec::with_capacity(self.procs.len() + 1);
+                let mut fds: Vec<PollFd> = Vec::with_capacity(self.procs.len() + 2);
                 if let Some(c) = &client {
                     fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
                 }
+                let watched = self.guardian.as_ref().and_then(watch);
+                let guard_pid = watched.as_ref().map(|(pid, _)| *pid);
+                fds.extend(watched.map(|(_, poll)| poll));
                 for p in &self.procs {
                     fds.push(PollFd::new(p.uffd.as_fd(), PollFlags::POLLIN));
                 }
@@ -297,11 +409,15 @@ impl<S: Read + Write> Daemon<S> {
                         })
                     }
                 }
+                let off = usize::from(client.is_some());
+                if let Some(pid) = guard_pid {
+                    check_guardian(pid, &fds[off])?;
+                }
                 let ev: Vec<PollFlags> = fds
                     .iter()
                     .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                     .collect();
-                let off = usize::from(client.is_some());
+                let off = off + usize::from(guard_pid.is_some());
                 (client.as_ref().map(|_| ev[0]), ev[off..].to_vec())
             };
             if !finished && cancel.load(Ordering::Relaxed) {
@@ -324,14 +440,21 @@ impl<S: Read + Write> Daemon<S> {
                 };
                 match msg {
                     FromRestore::Task { pid, uffd } => {
+                        let uffd = Uffd::new(uffd);
+                        // Before anything can fail: once the restorer
+                        // closes the task's own copy, ours and the
+                        // guardian's are all that keep its ranges armed,
+                        // and if this process dies, the guardian's alone.
+                        let guarded = self.guard(&uffd)?;
                         let iovs = images::collect(&self.images, pid)?;
                         tracing::debug!(pid, bytes = iovs.bytes(), "lazy task");
                         self.stats.processes += 1;
                         self.procs.push(Proc {
                             image_pid: pid,
-                            uffd: Uffd::new(uffd),
+                            uffd,
                             iovs,
                             gone: false,
+                            guarded,
                         });
                     }
                     FromRestore::Zombie => {}
@@ -351,9 +474,9 @@ impl<S: Read + Write> Daemon<S> {
             // A process whose pages are all in needs us no more: closing its
             // userfaultfd unregisters its ranges (userfaultfd_release).
             if finished {
-                self.procs.retain(|p| !p.gone && !p.iovs.is_empty());
+                self.drop_procs(|p| !p.gone && !p.iovs.is_empty())?;
             } else {
-                self.procs.retain(|p| !p.gone);
+                self.drop_procs(|p| !p.gone)?;
             }
             if finished && !busy {
                 self.background()?;
@@ -379,11 +502,14 @@ impl<S: Read + Write> Daemon<S> {
             match ev {
                 Event::PageFault { addr } => self.fault(i, addr & !(PAGE_SIZE - 1))?,
                 Event::Fork { uffd } => {
+                    let uffd = Uffd::new(uffd);
+                    let guarded = self.guard(&uffd)?;
                     let child = Proc {
                         image_pid: self.procs[i].image_pid,
-                        uffd: Uffd::new(uffd),
+                        uffd,
                         iovs: self.procs[i].iovs.clone(),
                         gone: false,
+                        guarded,
                     };
                     self.stats.processes += 1;
                     self.procs.push(child);

@@ -10,6 +10,7 @@
 //! the container's directory serializes concurrent commands.
 
 pub mod cgroup;
+pub mod cgroup_procs;
 pub mod console;
 pub mod container;
 pub mod cr;
