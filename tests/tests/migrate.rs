@@ -1738,7 +1738,6 @@ fn loopback_counter_with_blob(p: &Pair, id: &str) -> std::path::PathBuf {
 /// Then the same container moves for real.
 #[test]
 fn sigint_at_each_phase_resumes_the_source() {
-    let _serial = serial();
     let p = Pair::new();
     let (a, b, tag) = (&p.a, &p.b, p.tag);
     let serve_b = p.serve_b("int");
@@ -1769,10 +1768,19 @@ fn sigint_at_each_phase_resumes_the_source() {
         let after = wait_numbers(&count, before + 10);
         assert_consecutive(&after);
         let died = std::fs::read_to_string(bundle.join("rootfs/out/error")).unwrap_or_default();
-        assert!(died.is_empty(), "at {phase:?}, the loopback exchange failed: {died}");
+        assert!(
+            died.is_empty(),
+            "at {phase:?}, the loopback exchange failed: {died}"
+        );
         let rules = iptables_of(init);
-        assert!(!rules.contains("CRIU"), "at {phase:?}, lock rules left:\n{rules}");
-        assert!(!a.path().join("outgoing").exists(), "at {phase:?}: scratch dir left");
+        assert!(
+            !rules.contains("CRIU"),
+            "at {phase:?}, lock rules left:\n{rules}"
+        );
+        assert!(
+            !a.path().join("outgoing").exists(),
+            "at {phase:?}: scratch dir left"
+        );
         let incoming = b.path().join("incoming").join(&id);
         let deadline = Instant::now() + Duration::from_secs(30);
         while incoming.exists() || !b.ids().is_empty() {
@@ -1802,7 +1810,6 @@ fn sigint_at_each_phase_resumes_the_source() {
 /// and the other is gone; nothing stays frozen.
 #[test]
 fn a_cut_as_the_restore_completes_leaves_exactly_one_copy() {
-    let _serial = serial();
     let p = Pair::new();
     let (a, b, tag) = (&p.a, &p.b, p.tag);
     let serve_b = p.serve_b("cutr");

@@ -32,6 +32,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -389,6 +390,8 @@ impl Channel {
             out: vec![0u8; MAX_MESSAGE + 2],
             last: Instant::now(),
             closed: false,
+            peer: peer.to_string(),
+            silence,
         }));
         let beat = Heartbeat::start(Arc::downgrade(&writer), silence / 4)?;
         Ok(Channel {
@@ -422,14 +425,8 @@ impl Channel {
     /// Bounds the reads that follow to end by `at` (pings or not), or with
     /// `None` lifts the bound: a peer must say what it wants within the
     /// handshake's deadline even while its heartbeat runs.
-    pub fn deadline(&mut self, at: Option<Instant>) -> Result<()> {
+    pub fn deadline(&mut self, at: Option<Instant>) {
         self.reader.deadline = at;
-        if at.is_none() {
-            let s = self.reader.r.get_ref();
-            s.set_read_timeout(Some(self.reader.silence))
-                .map_err(Error::Wire)?;
-        }
-        Ok(())
     }
 
     /// Ends the channel cleanly: a sealed close record, then no more
@@ -453,6 +450,8 @@ impl Channel {
         let cut = Cut {
             tcp: tcp.try_clone().map_err(Error::Wire)?,
             local: ours.try_clone().map_err(Error::Wire)?,
+            done: Arc::new(AtomicBool::new(false)),
+            cause: Arc::new(Mutex::new(None)),
         };
         let (mut reader, mut writer) = self.split();
         let up_local = ours.try_clone().map_err(Error::Wire)?;
@@ -464,10 +463,7 @@ impl Channel {
                     writer.close().map_err(Error::Wire)?;
                     Ok(n)
                 });
-                if r.is_err() {
-                    up_cut.cut();
-                }
-                r
+                r.map_err(|e| up_cut.broke(e))
             })
             .map_err(Error::Wire)?;
         let down_cut = cut.clone()?;
@@ -475,14 +471,13 @@ impl Channel {
             .name("ferry-relay-down".into())
             .spawn(move || {
                 let mut local = &ours;
-                let r = pump(&mut reader, &mut local);
-                match &r {
-                    Ok(_) => {
+                match pump(&mut reader, &mut local) {
+                    Ok(n) => {
                         let _ = ours.shutdown(Shutdown::Write);
+                        Ok(n)
                     }
-                    Err(_) => down_cut.cut(),
+                    Err(e) => Err(down_cut.broke(e)),
                 }
-                r
             })
             .map_err(Error::Wire)?;
         Ok((
@@ -578,29 +573,23 @@ impl ReadHalf {
         if self.closed {
             return Ok(None);
         }
-        if let Some(d) = self.deadline {
-            // Pings do not extend a deadline: wait for real data no longer
-            // than what is left of it.
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.fault(Error::PeerSilent {
-                    peer: self.peer.clone(),
-                    secs: self.silence.as_secs_f64(),
-                }));
-            }
-            self.r
-                .get_ref()
-                .set_read_timeout(Some(left.min(self.silence)))?;
-        }
+        // A whole record within the silence bound (and the channel's
+        // deadline, which pings do not extend): a socket timeout alone
+        // applies to each read, so a peer trickling a byte at a time
+        // would hold the reader for ever.
+        let now = Instant::now();
+        let until = self
+            .deadline
+            .map_or(now + self.silence, |d| d.min(now + self.silence));
         let mut len = [0u8; 2];
-        if let Err(e) = self.r.read_exact(&mut len) {
+        if let Err(e) = read_exact_by(&mut self.r, &mut len, until) {
             return Err(self.read_fault(e));
         }
         let len = u16::from_be_bytes(len) as usize;
         let cipher = self.cipher.clone();
         let opened = match &*cipher {
             // The tag is checked before a byte of the record is used.
-            Cipher::Sealed(t) => match self.r.read_exact(&mut self.sealed[..len]) {
+            Cipher::Sealed(t) => match read_exact_by(&mut self.r, &mut self.sealed[..len], until) {
                 Err(e) => Err(self.read_fault(e)),
                 Ok(()) => t
                     .read_message(self.nonce, &self.sealed[..len], &mut self.buf)
@@ -610,7 +599,7 @@ impl ReadHalf {
                         })
                     }),
             },
-            Cipher::Plain => match self.r.read_exact(&mut self.buf[..len]) {
+            Cipher::Plain => match read_exact_by(&mut self.r, &mut self.buf[..len], until) {
                 Err(e) => Err(self.read_fault(e)),
                 Ok(()) => Ok(len),
             },
@@ -654,6 +643,32 @@ impl Read for ReadHalf {
     }
 }
 
+/// Fills `buf` from `r` by `deadline` (a timeout past it, an end of file
+/// before `buf` is full).
+fn read_exact_by(
+    r: &mut BufReader<TcpStream>,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        if r.buffer().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            r.get_ref().set_read_timeout(Some(left))?;
+        }
+        match r.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 struct Writer {
     tcp: TcpStream,
     cipher: Arc<Cipher>,
@@ -662,6 +677,8 @@ struct Writer {
     out: Vec<u8>,
     last: Instant,
     closed: bool,
+    peer: String,
+    silence: Duration,
 }
 
 impl Writer {
@@ -688,8 +705,49 @@ impl Writer {
         };
         self.out[..2].copy_from_slice(&(n as u16).to_be_bytes());
         self.nonce += 1;
-        self.tcp.write_all(&self.out[..n + 2])?;
+        self.write_by(n + 2, Instant::now() + self.silence)?;
         self.last = Instant::now();
+        Ok(())
+    }
+
+    /// Writes `out[..len]` by `deadline`. The socket's send timeout would
+    /// not do: Linux applies it to each send call, and a call that sent
+    /// anything before it expired returns that much, so a peer that
+    /// drains a few bytes per timeout would hold the writer for ever. The
+    /// socket stays blocking for the reader: each send here is
+    /// non-blocking by its flag, and waits in poll for what is left.
+    fn write_by(&mut self, len: usize, deadline: Instant) -> io::Result<()> {
+        use nix::errno::Errno;
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::socket::{send, MsgFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut sent = 0;
+        while sent < len {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match send(self.tcp.as_raw_fd(), &self.out[sent..len], flags) {
+                Ok(n) => sent += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            Error::PeerSilent {
+                                peer: self.peer.clone(),
+                                secs: self.silence.as_secs_f64(),
+                            },
+                        ));
+                    }
+                    let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+                    let mut fds = [PollFd::new(self.tcp.as_fd(), PollFlags::POLLOUT)];
+                    match poll(&mut fds, PollTimeout::from(ms)) {
+                        Ok(_) | Err(Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 }
@@ -765,6 +823,10 @@ impl Heartbeat {
 pub struct Cut {
     tcp: TcpStream,
     local: UnixStream,
+    /// Set by the first cut: errors after it are its echo, not a cause.
+    done: Arc<AtomicBool>,
+    /// What broke the relay first (a tampered record, a silent peer).
+    cause: Arc<Mutex<Option<Error>>>,
 }
 
 impl Cut {
@@ -772,14 +834,37 @@ impl Cut {
         Ok(Cut {
             tcp: self.tcp.try_clone().map_err(Error::Wire)?,
             local: self.local.try_clone().map_err(Error::Wire)?,
+            done: self.done.clone(),
+            cause: self.cause.clone(),
         })
     }
 
     /// Both the network connection and the program's socket: reads and
     /// writes on either fail at once.
     pub fn cut(&self) {
+        self.done.store(true, Ordering::SeqCst);
         let _ = self.tcp.shutdown(Shutdown::Both);
         let _ = self.local.shutdown(Shutdown::Both);
+    }
+
+    fn take_cause(&self) -> Option<Error> {
+        self.cause.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// A relay thread failed with `e`: kept as the relay's cause unless it
+    /// only echoes an earlier cut, then the relay is cut. Returns what the
+    /// thread reports.
+    fn broke(&self, e: Error) -> Error {
+        if !self.done.load(Ordering::SeqCst) {
+            let mut cause = self.cause.lock().unwrap_or_else(|e| e.into_inner());
+            if cause.is_none() {
+                *cause = Some(e);
+            }
+        }
+        self.cut();
+        Error::Protocol {
+            what: "the relay broke (its cause is kept by Relay::cause)",
+        }
     }
 }
 
@@ -802,7 +887,14 @@ impl Relay {
         self.cut.clone()
     }
 
-    /// Waits for both directions to end; the first error, if any.
+    /// What broke the relay's network side first (a tampered record, a
+    /// silent or vanished peer), once: the cause of what the program on
+    /// the socket saw fail.
+    pub fn cause(&self) -> Option<Error> {
+        self.cut.take_cause()
+    }
+
+    /// Waits for both directions to end; what broke it, if anything.
     pub fn wait(mut self) -> Result<()> {
         let mut first = Ok(());
         for t in [self.up.take(), self.down.take()].into_iter().flatten() {
@@ -813,7 +905,10 @@ impl Relay {
                 first = Err(e);
             }
         }
-        first
+        match (first, self.cut.take_cause()) {
+            (Err(_), Some(cause)) => Err(cause),
+            (r, _) => r,
+        }
     }
 }
 

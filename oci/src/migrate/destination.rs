@@ -190,11 +190,18 @@ impl Agent {
         let mut s = Channel::server(s, &self.security, peer)?;
         // Heartbeats keep an authenticated channel up: its first message
         // is still due within the handshake's deadline.
-        s.deadline(Some(started + wire::HANDSHAKE_DEADLINE))?;
-        let hello = wire::recv::<_, Hello>(&mut s)?;
+        s.deadline(Some(started + wire::HANDSHAKE_DEADLINE));
+        let hello = match wire::recv::<_, Hello>(&mut s) {
+            Ok(h) => h,
+            Err(e) => {
+                // An authenticated source hears why (a tampered offer).
+                tell_failure(&mut s, Failure::new(Stage::Receive, &e));
+                return Err(e);
+            }
+        };
         // Said: the phases of a move have their own pace (a dump of many
         // GiB keeps the control connection quiet but for heartbeats).
-        s.deadline(None)?;
+        s.deadline(None);
         match hello {
             Hello::Pages { migration } => {
                 let tx = self.pages.lock().unwrap().remove(&migration);
@@ -339,7 +346,10 @@ impl Agent {
                         .and_then(|log| self.keep_log(&id, landing.dir(), log));
                 }
                 drop(tmpfs.take());
-                let _ = wire::send(&mut s, &Reply::Failed { failure });
+                // The source knows why it gave up; anything else it hears.
+                if !matches!(e, Error::SourceAborted { .. }) {
+                    tell_failure(&mut s, failure);
+                }
                 landing.discard();
             }
         }
@@ -415,12 +425,13 @@ impl Agent {
                 // flush: every page it wrote came through the relay, which
                 // forwards only records that opened. What the channel does
                 // after that (the source's close record may still be on
-                // its way) no longer matters.
+                // its way) no longer matters. Ended badly, what broke the
+                // relay first (a tampered record, a silent source) is the
+                // cause, not CRIU's view of the socket's end.
+                let cause = relay.cause();
                 cut.cut();
-                match relay.wait() {
-                    Err(e) if r.is_err() => Err(e),
-                    _ => r.map_err(Error::from),
-                }
+                let _ = relay.wait();
+                (r.map_err(Error::from), cause)
             });
             (Some((waiter, stop)), None)
         };
@@ -457,9 +468,13 @@ impl Agent {
                 }
                 Step::Abort { reason } => {
                     if let Some((waiter, stop)) = server {
-                        // The page server ends at the socket's end.
+                        // The page server ends at the socket's end. If the
+                        // page channel broke before (tampered with), that
+                        // is why the source's dump failed.
                         stop.cut();
-                        let _ = waiter.join();
+                        if let Ok((_, Some(cause))) = waiter.join() {
+                            return Err(cause);
+                        }
                     }
                     return Err(Error::SourceAborted { reason });
                 }
@@ -468,9 +483,10 @@ impl Agent {
         // The dump ended with a FLUSH the page server acknowledged: every
         // page is written.
         if let Some((waiter, _)) = server {
-            waiter.join().map_err(|_| Error::Protocol {
+            let (served, cause) = waiter.join().map_err(|_| Error::Protocol {
                 what: "the page server's waiter panicked",
-            })??;
+            })?;
+            served.map_err(|e| cause.unwrap_or(e))?;
         }
         // Restores, then tells the source (with CRIU's stats, which a
         // lazy restore writes in its work dir).
@@ -519,6 +535,19 @@ impl Agent {
         let work = landing.lazy_work();
         private_dir(&work)?;
         let daemon = LazyPages::bind(&images, &work)?;
+        // If this agent dies before the last page is in, the guardian (a
+        // process of its own holding the userfaultfds too) kills the
+        // restored container before it can read a page that never came.
+        let daemon = match &landing {
+            Landing::Native { dir, .. } => {
+                let procs =
+                    crate::runtime::cgroup_procs::bundle_procs_files(&dir.join("bundle"), id)?;
+                daemon.with_guardian(criu_rpc::lazy::Guardian::spawn(&procs)?)
+            }
+            // dockerd picks the cgroup (its driver and parent); the
+            // daemon in this process still kills on any failure it sees.
+            Landing::Docker(_) => daemon,
+        };
         let cancel = AtomicBool::new(false);
         let kill = landing.killer(self, id);
         std::thread::scope(|scope| {
@@ -947,6 +976,28 @@ fn remove_incoming(dir: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })
+}
+
+/// Sends the source a failure and ends the channel; then reads away what
+/// the source still sends for a moment (a stream it was writing), so that
+/// closing with unread data does not reset the connection under the reply.
+fn tell_failure(s: &mut Channel, failure: Failure) {
+    use std::io::Read;
+    let _ = wire::send(s, &Reply::Failed { failure });
+    let _ = s.close();
+    // Raw bytes: after a tampered record, no later record opens.
+    let Ok(mut tcp) = s.tcp() else { return };
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut buf = vec![0u8; 64 << 10];
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// A fresh secret naming a move's page connection.

@@ -338,6 +338,9 @@ fn ask(
             notes: docker.map(DockerSource::notes).unwrap_or_default(),
         }),
         Reply::Refused { problems } => Err(Error::Refused { problems }),
+        Reply::Failed { failure } => Err(Error::DestinationFailed {
+            failure: Box::new(failure),
+        }),
         _ => Err(Error::Protocol {
             what: "an unexpected answer to the check",
         }),
@@ -610,6 +613,11 @@ fn send_inner(
     let migration = match wire::recv::<_, Reply>(&mut ctl)? {
         Reply::Accepted { migration } => migration,
         Reply::Refused { problems } => return Err(Error::Refused { problems }),
+        Reply::Failed { failure } => {
+            return Err(Error::DestinationFailed {
+                failure: Box::new(failure),
+            })
+        }
         _ => {
             return Err(Error::Protocol {
                 what: "an unexpected answer to the offer",
@@ -691,13 +699,16 @@ fn send_inner(
             r
         });
         let abort = |ctl: &mut Channel, e: Error| -> Result<Report> {
+            // The page channel broke under CRIU (tampered with, silent):
+            // that is why the dump failed.
+            let e = relay.cause().unwrap_or(e);
             let _ = wire::send(
                 ctl,
                 &Step::Abort {
                     reason: crate::error::chain(&e),
                 },
             );
-            Err(e)
+            Err(destination_said(ctl).unwrap_or(e))
         };
         // A failed dump leaves the container running (CRIU resumes it).
         match rx.recv() {
@@ -722,6 +733,11 @@ fn send_inner(
         let moved = match moved {
             Ok(m) => m,
             Err(e) => {
+                // A stream cut short by the destination: its reply says why.
+                let e = match e {
+                    Error::DestinationFailed { .. } => e,
+                    e => destination_said(&mut ctl).unwrap_or(e),
+                };
                 progress(Progress::Phase("resume the source"));
                 pages_cut.cut();
                 let _ = finish(dump);
@@ -861,6 +877,20 @@ fn send_inner(
             docker,
         })
     })
+}
+
+/// The destination's `Failed` reply, if it sent one not read yet (within
+/// 2 s): why a stream it stopped reading was cut short.
+fn destination_said(ctl: &mut Channel) -> Option<Error> {
+    ctl.deadline(Some(Instant::now() + Duration::from_secs(2)));
+    let said = match wire::recv::<_, Reply>(ctl) {
+        Ok(Reply::Failed { failure }) => Some(Error::DestinationFailed {
+            failure: Box::new(failure),
+        }),
+        _ => None,
+    };
+    ctl.deadline(None);
+    said
 }
 
 /// What the commit came to.
