@@ -384,6 +384,15 @@ fn four_mib(bundle: &Path) {
     std::fs::write(bundle.join("rootfs/data.bin"), data).unwrap();
 }
 
+/// 48 MiB at the rootfs's /big.bin (written, not sparse: the tar would
+/// send a sparse file as a few bytes): more than the kernel's socket
+/// buffers on both sides of the relay hold (tcp_wmem's 4 MiB and
+/// tcp_rmem's 32 MiB at most here), so that a partition in the rootfs
+/// stream finds the source blocked in a write, not waiting for an answer.
+fn forty_eight_mib(bundle: &Path) {
+    std::fs::write(bundle.join("rootfs/big.bin"), vec![7u8; 48 << 20]).unwrap();
+}
+
 /// A move from A to an agent on B through a relay built by `relay`, which
 /// must fail; checks the source counts on and B keeps nothing, and returns
 /// (what `ferry migrate` said, the agent's log, the relay's events, how
@@ -417,6 +426,7 @@ fn attacked_move(
         took.as_secs_f64()
     );
     let events = relay.events();
+    eprintln!("{name}: the relay {events:?}");
     drop(relay);
     two.a.remove(&id);
     (err, agent.said(), events, after_stall)
@@ -729,10 +739,11 @@ fn a_partition_during_the_pages_fails_within_the_timeout() {
     );
 }
 
-/// 1 MiB into the rootfs stream (a 4 MiB file in the rootfs).
+/// 1 MiB into the rootfs stream, with 48 MiB of it still to come: the
+/// source is blocked writing, its reads are not what times out.
 #[test]
 fn a_partition_during_the_rootfs_fails_within_the_timeout() {
-    let err = partition("prf", four_mib, |_, part, _| match part {
+    let err = partition("prf", forty_eight_mib, |_, part, _| match part {
         Some((Part::Rootfs, into)) if into >= 1 << 20 => Some(Verdict::Stall),
         _ => None,
     });
