@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 pub mod docker;
 pub use docker::*;
+pub mod relay;
+pub use relay::{Relay, Tamper};
 
 /// The binary under test: $FERRY_BIN (hack/test sets it), else the debug
 /// build, which `cargo test --workspace` builds.
