@@ -1770,10 +1770,15 @@ fn a_cut_as_the_restore_completes_leaves_exactly_one_copy() {
         assert!(!a.ids().contains(&id), "the source's copy stayed");
         (b, moved_rootfs(b, &id))
     } else {
-        assert!(
-            !b.path().join("incoming").join(&id).exists(),
-            "the destination kept the move it killed"
-        );
+        let incoming = b.path().join("incoming").join(&id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while incoming.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the destination kept the move it killed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         (a, bundle.join("rootfs"))
     };
     let before = numbers(&rootfs.join("out/count")).len();
@@ -1789,4 +1794,67 @@ fn a_cut_as_the_restore_completes_leaves_exactly_one_copy() {
     root.remove(&id);
     assert_no_lock_rules();
     assert_no_criu();
+}
+
+/// The agent is SIGKILLed in the middle of a post-copy move, while B runs
+/// the container and pages are still missing (the page connection
+/// throttled to 32 MiB/s): the kernel would drop the userfaultfds with the
+/// agent and let B's copy run on zero pages, but the agent's guardian,
+/// which holds them too, kills that copy first (every line it wrote has
+/// the right crc, and it is dead), and A, which kept the whole memory,
+/// resumes.
+#[test]
+fn a_killed_agent_during_postcopy_leaves_no_copy_on_corrupt_memory() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let mut serve_b = p.serve_b("kp");
+    let relay = Relay::start(
+        serve_b.addr.clone(),
+        Tamper::Throttle {
+            bytes_per_sec: 32 << 20,
+        },
+    );
+    let bundle = python_bundle(p.dir(), CRC_COUNTER_256_MIB);
+    let count = bundle.join("rootfs/out/count");
+    let id = format!("kp-{tag}");
+    run(a, &bundle, &id);
+    wait_numbers(&count, 3);
+    let crc = crc_lines(&count)[0].1;
+    let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "postcopy");
+    mig.wait_for("memory follows");
+    let pid_b = b.pid(&id);
+    serve_b.child.kill().unwrap();
+    serve_b.child.wait().unwrap();
+    let (moved, err) = mig.finish();
+    assert!(!moved, "the move claimed success: {err}");
+    // B's copy is dead, quickly, and never wrote a wrong crc.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid_b}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "B's copy ({pid_b}) outlived its agent: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let moved = moved_rootfs(b, &id).join("out/count");
+    for (k, c) in crc_lines(&moved) {
+        assert_eq!(c, crc, "line {k} on B: the copy ran on zero pages");
+    }
+    assert!(
+        !std::process::Command::new("pgrep")
+            .args(["-x", "ferry-uffdguard"])
+            .status()
+            .unwrap()
+            .success(),
+        "a guardian outlived its work"
+    );
+    // A resumed with its memory whole.
+    assert_eq!(a.status(&id), "running", "{err}");
+    let n = crc_lines(&count).len();
+    wait_numbers(&count, n + 5);
+    assert_crc_count(&crc_lines(&count), crc, "on A, resumed");
+    a.remove(&id);
+    b.remove(&id);
+    assert_no_criu();
+    assert_no_lock_rules();
 }

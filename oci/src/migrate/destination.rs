@@ -1,10 +1,12 @@
 //! The receiving side of a migration (`ferry serve`): authenticates the
-//! source, judges its offer (pre-flight), receives the memory pages through
-//! CRIU's page server on an authenticated socket, the images and the root
-//! filesystem through the control connection, restores, and reports.
-//! Anything that fails before the restore succeeded is cleaned up here and
-//! reported to the source as a typed [`Failure`] (CRIU's errno, message and
-//! log lines when CRIU failed), and the source then resumes its container.
+//! source (its sealed channel), judges its offer (pre-flight), receives the
+//! memory pages through CRIU's page server (relayed from the page channel),
+//! the images and the root filesystem through the control connection,
+//! restores the container stopped, and runs it once the source committed.
+//! Anything that fails before that is cleaned up here (a restored copy
+//! killed before it ran) and reported to the source as a typed [`Failure`]
+//! (CRIU's errno, message and log lines when CRIU failed), and the source
+//! then resumes its container.
 //!
 //! The restore runs in this process, through the same
 //! [`restore_container`] as `ferry restore`, on the connection's thread.
@@ -346,11 +348,12 @@ impl Agent {
                         .and_then(|log| self.keep_log(&id, landing.dir(), log));
                 }
                 drop(tmpfs.take());
+                // Nothing of the move stays by the time the source hears.
+                landing.discard();
                 // The source knows why it gave up; anything else it hears.
                 if !matches!(e, Error::SourceAborted { .. }) {
                     tell_failure(&mut s, failure);
                 }
-                landing.discard();
             }
         }
         result.map(drop)
@@ -968,6 +971,10 @@ fn dev_null_stdio() -> Result<Stdio> {
 /// images tmpfs and an overlay rebuilt from the writable layer (removing
 /// through the overlay would whiteout its lower layers).
 fn remove_incoming(dir: &Path) -> Result<()> {
+    // Gone already: a received container's delete takes its dir along.
+    if !dir.exists() {
+        return Ok(());
+    }
     for m in ["images", "bundle/rootfs"] {
         crate::mount::detach(&dir.join(m), "unmounting")?;
     }

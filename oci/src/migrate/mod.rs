@@ -1,12 +1,15 @@
-//! Live migration between two Ferry hosts: the wire protocol, its
-//! authentication, and (in later files) the source and destination sides.
+//! Live migration between two Ferry hosts: the credentials (`auth`), the
+//! sealed channel every connection is (`channel`), the framing of messages
+//! and streams on it (`wire`, `protocol`), the pre-flight verdict, and the
+//! source and destination sides.
 //!
 //! One control connection carries typed messages and bulk streams (CRIU's
 //! small images, the rootfs diff); memory pages travel on a second
-//! connection that, once authenticated, is handed to CRIU itself (the
-//! page-server socket `ps.fd` on both sides), so pages go from the source's
-//! CRIU straight into the destination's page server, with no file in
-//! between and no unauthenticated port ever open.
+//! connection, relayed between the channel and the page-server socket CRIU
+//! is given on each side (`ps.fd`), so pages go from the source's CRIU into
+//! the destination's page server, sealed, with no file in between and no
+//! unauthenticated port ever open. The destination runs its copy only once
+//! the source committed (`protocol::Step::Commit`): exactly one copy runs.
 
 use std::fmt;
 use std::path::PathBuf;

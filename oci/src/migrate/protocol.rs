@@ -21,8 +21,8 @@ pub enum Hello {
         /// The source CPU, as CRIU describes it (cpuinfo.img).
         cpuinfo: Vec<u8>,
     },
-    /// The connection that will carry the memory pages of `migration`,
-    /// handed to CRIU's page server once authenticated.
+    /// The connection that will carry the memory pages of `migration` (the
+    /// secret token of `Reply::Accepted`), relayed to CRIU's page server.
     Pages { migration: String },
     /// An offer to judge only (`ferry migrate --check`): the answer is
     /// `Fits` or `Refused`, and nothing is received.
