@@ -547,9 +547,9 @@ impl Agent {
                     crate::runtime::cgroup_procs::bundle_procs_files(&dir.join("bundle"), id)?;
                 daemon.with_guardian(criu_rpc::lazy::Guardian::spawn(&procs)?)
             }
-            // dockerd picks the cgroup (its driver and parent); the
-            // daemon in this process still kills on any failure it sees.
-            Landing::Docker(_) => daemon,
+            Landing::Docker(d) => {
+                daemon.with_guardian(criu_rpc::lazy::Guardian::spawn(&d.cgroup_procs()?)?)
+            }
         };
         let cancel = AtomicBool::new(false);
         let kill = landing.killer(self, id);
@@ -899,6 +899,9 @@ impl Landing {
             }
             Landing::Docker(d) => {
                 let (pid, restore_ms, criu) = d.start(lazy_work, true)?;
+                if lazy_work.is_some() {
+                    warn_unguarded(d);
+                }
                 Ok(RestoredHere {
                     pid,
                     restore_ms,
@@ -946,6 +949,26 @@ impl Landing {
                 tracing::warn!(error = %crate::error::chain(&e), "removing a spent pending restore");
             }
         }
+    }
+}
+
+/// Says so when a docker container restored with lazy pages is not in the
+/// cgroup its guardian watches (a dockerd with a `--cgroup-parent` of its
+/// own): the guardian would find nobody to kill there.
+fn warn_unguarded(d: &DockerLanding) {
+    let here = d
+        .engine()
+        .runtime_root()
+        .and_then(|root| crate::runtime::Container::load(&root, d.id()))
+        .and_then(|c| crate::runtime::cgroup_procs::procs_files(&c.state.cgroup));
+    match (here, d.cgroup_procs()) {
+        (Ok(here), Ok(watched)) if here == watched => {}
+        (here, watched) => tracing::warn!(
+            id = d.id(),
+            ?here,
+            ?watched,
+            "the post-copy guardian may not watch this container's cgroup: if this agent dies before the last page, nothing kills it"
+        ),
     }
 }
 

@@ -358,6 +358,27 @@ impl DockerLanding {
         &self.id
     }
 
+    /// The `cgroup.procs` files the container will be in once restored
+    /// (what a post-copy guardian kills): dockerd, whose cgroupfs driver
+    /// Ferry requires, asks for `HostConfig.CgroupParent/ID`, `/docker`
+    /// by default (a dockerd started with its own `--cgroup-parent` is
+    /// not seen here: the agent warns when the restore landed elsewhere).
+    pub fn cgroup_procs(&self) -> Result<Vec<PathBuf>> {
+        let parent = self
+            .engine
+            .inspect(&self.id)?
+            .host_config
+            .and_then(|h| h.cgroup_parent)
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/docker".into());
+        let cgroup = crate::runtime::cgroup::ContainerCgroup::new(
+            Some(&Path::new(&parent).join(&self.id)),
+            &self.id,
+            false,
+        )?;
+        crate::runtime::cgroup_procs::procs_files(&cgroup)
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
