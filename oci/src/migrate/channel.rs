@@ -459,7 +459,7 @@ impl Channel {
         let up = std::thread::Builder::new()
             .name("ferry-relay-up".into())
             .spawn(move || {
-                let r = pump(&mut &up_local, &mut writer).and_then(|n| {
+                let r = pump_up(&mut &up_local, &writer).and_then(|n| {
                     writer.close().map_err(Error::Wire)?;
                     Ok(n)
                 });
@@ -471,7 +471,7 @@ impl Channel {
             .name("ferry-relay-down".into())
             .spawn(move || {
                 let mut local = &ours;
-                match pump(&mut reader, &mut local) {
+                match pump_down(&mut reader, &mut local) {
                     Ok(n) => {
                         let _ = ours.shutdown(Shutdown::Write);
                         Ok(n)
@@ -492,20 +492,32 @@ impl Channel {
     }
 }
 
-/// Copies `r` into `w` until `r` ends; returns the byte count.
-fn pump(r: &mut impl Read, w: &mut impl Write) -> Result<u64> {
-    let mut buf = vec![0u8; MAX_DATA];
+/// Seals what `r` gives into records of `w` until `r` ends, reading
+/// straight into the record's place; returns the byte count.
+fn pump_up(r: &mut impl Read, w: &WriteHalf) -> Result<u64> {
+    let mut record = vec![0u8; MAX_DATA + 1];
     let mut total = 0;
     loop {
-        let n = match r.read(&mut buf) {
+        let n = match r.read(&mut record[1..]) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::Wire(e)),
         };
-        w.write_all(&buf[..n]).map_err(Error::Wire)?;
+        w.send_data(&mut record[..n + 1]).map_err(Error::Wire)?;
         total += n as u64;
     }
+}
+
+/// Writes what the records of `r` carry into `w`, from where they were
+/// opened, until the channel's end; returns the byte count.
+fn pump_down(r: &mut ReadHalf, w: &mut impl Write) -> Result<u64> {
+    let mut total = 0;
+    while let Some(data) = r.data().map_err(Error::Wire)? {
+        w.write_all(data).map_err(Error::Wire)?;
+        total += data.len() as u64;
+    }
+    Ok(total)
 }
 
 impl Read for Channel {
@@ -622,11 +634,13 @@ impl ReadHalf {
     }
 }
 
-impl Read for ReadHalf {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl ReadHalf {
+    /// The next bytes of the stream, in place in the opened record (no
+    /// copy: the relay writes them on as they are); `None` at its end.
+    fn data(&mut self) -> io::Result<Option<&[u8]>> {
         while self.pos == self.len {
             match self.record()? {
-                None => return Ok(0),
+                None => return Ok(None),
                 Some((DATA, ())) => {}
                 Some((PING, ())) => self.pos = self.len,
                 Some(_) => {
@@ -635,6 +649,21 @@ impl Read for ReadHalf {
                     }))
                 }
             }
+        }
+        let data = &self.buf[self.pos..self.len];
+        self.pos = self.len;
+        Ok(Some(data))
+    }
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.len {
+            if self.data()?.is_none() {
+                return Ok(0);
+            }
+            // Not consumed yet: give it back.
+            self.pos = 1;
         }
         let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -685,22 +714,31 @@ impl Writer {
     /// Seals and sends one record (one write: its length and body
     /// together, see wire's note on Nagle).
     fn send(&mut self, kind: u8, data: &[u8]) -> io::Result<()> {
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        plain.push(kind);
+        plain.extend_from_slice(data);
+        let sent = self.send_record(&plain);
+        self.plain = plain;
+        sent
+    }
+
+    /// [`Writer::send`] of a record already laid out: its kind byte, then
+    /// its data (the relay reads into such a buffer: no copy).
+    fn send_record(&mut self, plain: &[u8]) -> io::Result<()> {
         if self.closed {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "writing to a closed migration channel",
             ));
         }
-        self.plain.clear();
-        self.plain.push(kind);
-        self.plain.extend_from_slice(data);
         let n = match &*self.cipher {
             Cipher::Sealed(t) => t
-                .write_message(self.nonce, &self.plain, &mut self.out[2..])
+                .write_message(self.nonce, plain, &mut self.out[2..])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             Cipher::Plain => {
-                self.out[2..2 + self.plain.len()].copy_from_slice(&self.plain);
-                self.plain.len()
+                self.out[2..2 + plain.len()].copy_from_slice(plain);
+                plain.len()
             }
         };
         self.out[..2].copy_from_slice(&(n as u16).to_be_bytes());
@@ -760,6 +798,16 @@ pub struct WriteHalf {
 }
 
 impl WriteHalf {
+    /// Sends data read by the caller into `record[1..]` (`record[0]` is
+    /// for the kind byte): one copy less than `write` on the relay's path.
+    fn send_data(&self, record: &mut [u8]) -> io::Result<()> {
+        record[0] = DATA;
+        self.w
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_record(record)
+    }
+
     fn send(&self, kind: u8, data: &[u8]) -> io::Result<()> {
         self.w
             .lock()
