@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod agents;
 pub mod docker;
+pub use agents::*;
 pub use docker::*;
 
 /// The binary under test: $FERRY_BIN (hack/test sets it), else the debug
