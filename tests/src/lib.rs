@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod agents;
 pub mod docker;
+pub use agents::*;
 pub use docker::*;
 pub mod relay;
 pub use relay::{Relay, Tamper};

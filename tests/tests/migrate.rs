@@ -17,80 +17,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start(root: &Root, key: &std::path::Path, cgroup_parent: &str) -> Serve {
-        Serve::start_with(root, key, cgroup_parent, &[])
-    }
-
-    fn start_with(
-        root: &Root,
-        key: &std::path::Path,
-        cgroup_parent: &str,
-        extra: &[&str],
-    ) -> Serve {
-        Serve::start_under(&[], root, key, cgroup_parent, extra)
-    }
-
-    /// The same, run by `wrapper` (a command that execs the rest, such as
-    /// `prlimit --nofile=N --`).
-    fn start_under(
-        wrapper: &[&str],
-        root: &Root,
-        key: &std::path::Path,
-        cgroup_parent: &str,
-        extra: &[&str],
-    ) -> Serve {
-        // A free port: bind, read it back, release it for ferry serve.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut cmd = match wrapper.split_first() {
-            Some((w, rest)) => {
-                let mut c = Command::new(w);
-                c.args(rest).arg(ferry_bin());
-                c
-            }
-            None => Command::new(ferry_bin()),
-        };
-        let child = cmd
-            .arg("--root")
-            .arg(root.path())
-            .args(["serve", "--listen", &addr, "--key-file"])
-            .arg(key)
-            .args(["--cgroup-parent", cgroup_parent])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "ferry serve did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Serve { child, addr }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `ferry migrate` in the background, what it says on stderr collected
 /// line by line as it comes, so that a test can act at a given phase.
 struct BackgroundMove {
@@ -353,27 +279,6 @@ fn assert_crc_count(lines: &[(u64, u64)], crc: u64, copy: &str) {
 /// `ferry run -d` of `bundle` as `id` on `root`.
 fn run(root: &Root, bundle: &std::path::Path, id: &str) {
     root.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), id]);
-}
-
-/// Where a container received on `root` has its rootfs.
-fn moved_rootfs(root: &Root, id: &str) -> std::path::PathBuf {
-    root.path().join("incoming").join(id).join("bundle/rootfs")
-}
-
-/// The children of process `pid` (of all its threads).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(
-            list.split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-    }
-    out
 }
 
 /// A failed move left the source running: `err` says so, and its count
@@ -1002,21 +907,6 @@ for line in f:
     assert!(b.ids().is_empty());
     on("a", a, &["delete", "--force", &id]);
     drop((serve_a, serve_b));
-}
-
-/// Leaves no criu process behind (waits a little: criu exits after its
-/// client hung up).
-fn assert_no_criu() {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let criu = Command::new("pgrep").args(["-x", "criu"]).output().unwrap();
-        let left = String::from_utf8_lossy(&criu.stdout).trim().to_string();
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "criu processes left: {left}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// No network-lock rule of CRIU's left in this (host) namespace: CRIU marks

@@ -27,6 +27,13 @@ use crate::error::{Error, Result};
 pub struct ContainerCgroup {
     /// The path inside each hierarchy, e.g. `/ferry/c1`.
     pub path: PathBuf,
+    /// The directories above the container's own that did not exist when
+    /// it was made (`/ferry` of `/ferry/c1` in each hierarchy, when no
+    /// container had used that parent yet): made for it, so removed with
+    /// it once empty. runc leaves them; an agent's `--cgroup-parent` would
+    /// otherwise stay on the host after its last container left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub made: Vec<PathBuf>,
 }
 
 fn cg_err(op: &'static str, path: &Path) -> impl FnOnce(String) -> Error {
@@ -105,14 +112,80 @@ fn remove_tree(dir: &Path) -> Result<()> {
     unreachable!("the loop returns")
 }
 
+/// Every cgroup hierarchy's mountpoint, by hierarchy (`unified` for
+/// cgroup2).
+fn hierarchy_roots() -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    if let Ok(text) = fs::read_to_string("/proc/self/mountinfo") {
+        for m in parse_mountinfo(&text) {
+            if m.root != "/" {
+                continue;
+            }
+            if let Some(h) = hierarchy_of(&m) {
+                let name = if h.is_empty() {
+                    "unified".to_string()
+                } else {
+                    h
+                };
+                // The first mount of a hierarchy is the system's; later
+                // ones (a CRIU cgroup yard left mounted, a bind mount)
+                // show the same cgroups elsewhere.
+                out.entry(name)
+                    .or_insert_with(|| PathBuf::from(m.mountpoint));
+            }
+        }
+    }
+    out
+}
+
 fn join_rel(base: &Path, rel: &Path) -> PathBuf {
     base.join(rel.strip_prefix("/").unwrap_or(rel))
+}
+
+/// The ancestors of cgroup `path` (not the path itself, nor the root) that
+/// do not exist under any of `roots` (the hierarchies' mountpoints),
+/// nearest first in each hierarchy: what creating `path` will make.
+fn missing_ancestors(path: &Path, roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for root in roots {
+        for a in path.ancestors().skip(1) {
+            if !a
+                .components()
+                .any(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                break;
+            }
+            let dir = join_rel(root, a);
+            if !dir.exists() {
+                out.push(dir);
+            }
+        }
+    }
+    out
+}
+
+/// rmdir of each of `made` that holds `leaf` (nearest first), once the
+/// leaf is gone; one that another container uses (or is being created
+/// in) stays, as does everything above it.
+fn remove_made(leaf: &Path, made: &[PathBuf]) -> Result<()> {
+    for dir in made.iter().filter(|d| leaf.starts_with(d) && leaf != *d) {
+        match fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {
+                return Ok(())
+            }
+            Err(e) => return Err(cg_err("removing", dir)(e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 impl ContainerCgroup {
     /// Resolves the spec's `linux.cgroupsPath`, as runc does with cgroupfs:
     /// a path is taken from each hierarchy's root (a relative one too), and
-    /// none means `/<id>`. Nothing is created yet.
+    /// none means `/<id>`. Nothing is created yet; the parents that do not
+    /// exist yet are noted (see `made`).
     pub fn new(cgroups_path: Option<&Path>, id: &str, systemd: bool) -> Result<Self> {
         if systemd {
             return Err(Error::Unsupported {
@@ -135,7 +208,9 @@ impl ContainerCgroup {
                 reason: "it contains `..`".into(),
             });
         }
-        Ok(ContainerCgroup { path })
+        let roots: Vec<PathBuf> = hierarchy_roots().into_values().collect();
+        let made = missing_ancestors(&path, &roots);
+        Ok(ContainerCgroup { path, made })
     }
 
     fn manager(&self) -> Result<AnyCgroupManager> {
@@ -380,33 +455,17 @@ impl ContainerCgroup {
         }
         for (_, dir) in self.paths() {
             remove_tree(&dir)?;
+            remove_made(&dir, &self.made)?;
         }
         Ok(())
     }
 
     /// Every hierarchy's directory for this container.
     pub fn paths(&self) -> BTreeMap<String, PathBuf> {
-        let mut out = BTreeMap::new();
-        if let Ok(text) = fs::read_to_string("/proc/self/mountinfo") {
-            for m in parse_mountinfo(&text) {
-                if m.root != "/" {
-                    continue;
-                }
-                if let Some(h) = hierarchy_of(&m) {
-                    let name = if h.is_empty() {
-                        "unified".to_string()
-                    } else {
-                        h
-                    };
-                    // The first mount of a hierarchy is the system's; later
-                    // ones (a CRIU cgroup yard left mounted, a bind mount)
-                    // show the same cgroups elsewhere.
-                    out.entry(name)
-                        .or_insert_with(|| join_rel(Path::new(&m.mountpoint), &self.path));
-                }
-            }
-        }
-        out
+        hierarchy_roots()
+            .into_iter()
+            .map(|(h, root)| (h, join_rel(&root, &self.path)))
+            .collect()
     }
 
     /// The container's directory in the v1 memory hierarchy, if the host
@@ -448,5 +507,36 @@ mod tests {
         assert!(c(Some("/a/../../etc")).is_err());
         let err = ContainerCgroup::new(None, "c1", true).unwrap_err();
         assert!(err.to_string().contains("--systemd-cgroup"), "{err}");
+    }
+
+    /// Only the parents missing in a hierarchy are noted as made there,
+    /// and only those are removed with the container, nearest first, the
+    /// removal stopping at one another container still uses.
+    #[test]
+    fn parents_made_for_a_container_go_with_it() {
+        let t = tempfile::tempdir().unwrap();
+        let (h1, h2) = (t.path().join("h1"), t.path().join("h2"));
+        fs::create_dir_all(h1.join("agent")).unwrap();
+        fs::create_dir_all(&h2).unwrap();
+        let path = Path::new("/agent/pod/c1");
+        let made = missing_ancestors(path, &[h1.clone(), h2.clone()]);
+        assert_eq!(
+            made,
+            [h1.join("agent/pod"), h2.join("agent/pod"), h2.join("agent")]
+        );
+
+        for h in [&h1, &h2] {
+            fs::create_dir_all(h.join("agent/pod/c1")).unwrap();
+        }
+        // A sibling under h2's pod: it and everything above stay there.
+        fs::create_dir(h2.join("agent/pod/c2")).unwrap();
+        for h in [&h1, &h2] {
+            let leaf = h.join("agent/pod/c1");
+            fs::remove_dir(&leaf).unwrap();
+            remove_made(&leaf, &made).unwrap();
+        }
+        assert!(!h1.join("agent/pod").exists());
+        assert!(h1.join("agent").exists(), "a parent that was there went");
+        assert!(h2.join("agent/pod/c2").exists());
     }
 }
