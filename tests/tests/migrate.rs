@@ -4,7 +4,6 @@
 //! files written before the move are there after it, a failed move or a
 //! wrong key leaves the source running, and the container moves back.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -744,6 +743,9 @@ fn a_link_cut_during_postcopy_resumes_the_source() {
     let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "postcopy");
     // Cut once the container runs on B (the move got to post-copy).
     mig.wait_for("memory follows");
+    // What B's copy writes, read as it comes: the agent's clean-up of the
+    // killed copy takes its files along.
+    let seen_on_b = Tail::start(moved_rootfs(b, &id).join("out/count"));
     relay.cut();
     let (moved, err) = mig.finish();
     assert!(!moved, "the move claimed success: {err}");
@@ -753,15 +755,6 @@ fn a_link_cut_during_postcopy_resumes_the_source() {
     wait_numbers(&count, n + 5);
     let on_a = crc_lines(&count);
     assert_crc_count(&on_a, crc, "on A, resumed");
-    // B's copy ran a little with the pages it had; none of it saw a page
-    // that was not there.
-    let moved = moved_rootfs(b, &id).join("out/count");
-    for (k, c) in crc_lines(&moved) {
-        assert_eq!(
-            c, crc,
-            "line {k} on B: the incomplete copy ran on zero pages"
-        );
-    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !b.ids().is_empty() {
         assert!(
@@ -771,9 +764,51 @@ fn a_link_cut_during_postcopy_resumes_the_source() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // B's copy ran a little with the pages it had; none of it saw a page
+    // that was not there.
+    let on_b = seen_on_b.stop();
+    eprintln!("B's copy wrote {} lines before it was killed", on_b.len());
+    for (k, c) in on_b {
+        assert_eq!(
+            c, crc,
+            "line {k} on B: the incomplete copy ran on zero pages"
+        );
+    }
     assert_no_criu();
     assert_no_lock_rules();
     a.remove(&id);
+}
+
+/// Reads a file's crc lines over and over on a thread until stopped,
+/// keeping the most it saw: what a process wrote into a file that is
+/// removed with it.
+struct Tail {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl Tail {
+    fn start(path: std::path::PathBuf) -> Tail {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut most = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = crc_lines(&path);
+                if now.len() > most.len() {
+                    most = now;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        });
+        Tail { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 /// A TCP client outside both hosts keeps talking to a server inside the

@@ -942,12 +942,34 @@ impl Landing {
         }
     }
 
-    /// After a success: a docker container's pending restore is spent.
+    /// After a success: what only the restore needed goes (the images,
+    /// pages included, and a post-copy's work dir: as much disk as the
+    /// container's memory, for its whole life otherwise); CRIU's restore
+    /// log is kept beside the bundle. A docker container's pending
+    /// restore is spent.
     fn done(self) {
-        if let Landing::Docker(d) = self {
-            if let Err(e) = d.done() {
-                tracing::warn!(error = %crate::error::chain(&e), "removing a spent pending restore");
+        let r = match self {
+            Landing::Native { dir, .. } => {
+                let images = dir.join("images");
+                let _ = std::fs::rename(images.join("restore.log"), dir.join("restore.log"));
+                crate::mount::detach(&images, "unmounting")
+                    .and_then(|_| {
+                        std::fs::remove_dir_all(&images)
+                            .map_err(crate::error::io("removing", &images))
+                    })
+                    .and_then(|_| {
+                        let work = dir.join("lazy-work");
+                        match work.exists() {
+                            true => std::fs::remove_dir_all(&work)
+                                .map_err(crate::error::io("removing", &work)),
+                            false => Ok(()),
+                        }
+                    })
             }
+            Landing::Docker(d) => d.done(),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %crate::error::chain(&e), "removing what a received container's restore needed");
         }
     }
 }
