@@ -65,6 +65,17 @@ pub struct Report {
     /// CRIU's stats-dump (source) and stats-restore (destination).
     pub criu_dump: Option<DumpStats>,
     pub criu_restore: Option<RestoreStats>,
+    /// Inside `dump_ms`: from the freeze's start until CRIU's pre-dump
+    /// notify (Ferry's look-ups and CRIU's start, before CRIU froze
+    /// anything), so that a breakdown can tell it from CRIU's own work.
+    pub dump_prep_ms: Option<f64>,
+    /// From the restore request until the destination's answer: its
+    /// `restore_ms` plus what surrounds that there (the page server's end,
+    /// a post-copy daemon's set-up) and the round trip.
+    pub restore_wait_ms: Option<f64>,
+    /// The commit's round trip, inside the downtime: the destination
+    /// resumes its copy before it answers.
+    pub commit_ms: Option<f64>,
     /// A container of a dockerd: what it became on both sides.
     pub docker: Option<DockerMoved>,
 }
@@ -665,6 +676,8 @@ fn send_inner(
         empty_ns,
         ..super::CRIU_FLAGS.dump(images.clone())
     };
+    // When CRIU said it starts the dump (its pre-dump notify).
+    let pre_dump_at = std::sync::OnceLock::<Instant>::new();
     std::thread::scope(|scope| {
         // Pages go from CRIU straight into the socket: what the destination
         // has acknowledged (TCP_INFO) is how far they got. Polled until this
@@ -689,11 +702,16 @@ fn send_inner(
         let done = tx.clone();
         // The dump runs beside: with lazy pages it only returns once the
         // destination has every page, long after the restore.
+        let pre_dump_at = &pre_dump_at;
         let dump = scope.spawn(move || {
-            let r = c.checkpoint(criu, opts, &mut |n| {
-                if let Notify::StatusReady = n {
+            let r = c.checkpoint(criu, opts, &mut |n| match n {
+                Notify::PreDump => {
+                    let _ = pre_dump_at.set(Instant::now());
+                }
+                Notify::StatusReady => {
                     let _ = tx.send(DumpEvent::Ready);
                 }
+                _ => {}
             });
             let _ = done.send(DumpEvent::Done(r.is_ok()));
             r
@@ -724,6 +742,7 @@ fn send_inner(
             }
         }
         let dump_ms = ms(frozen_at.elapsed());
+        let dump_prep_ms = pre_dump_at.get().map(|t| ms(t.duration_since(frozen_at)));
         let moved = move_state(&mut ctl, &images, &rootfs, overlay.as_ref(), to, progress);
         let finish = |dump: std::thread::ScopedJoinHandle<'_, Result<Checkpointed>>| {
             dump.join().unwrap_or(Err(Error::Protocol {
@@ -757,10 +776,14 @@ fn send_inner(
                 "asked to stop before the commit",
             ))),
         };
+        let mut commit_ms = None;
         let lost = match committing {
             Ok(()) => {
                 progress(Progress::Phase("commit"));
-                match commit(&mut ctl, &migration, plan) {
+                let t = Instant::now();
+                let committed = commit(&mut ctl, &migration, plan);
+                commit_ms = Some(ms(t.elapsed()));
+                match committed {
                     Committed::Running => None,
                     Committed::Killed(e) => Some(e),
                     Committed::Unknown(e) => {
@@ -874,6 +897,9 @@ fn send_inner(
             lazy,
             criu_dump,
             criu_restore: moved.criu_restore,
+            dump_prep_ms,
+            restore_wait_ms: Some(moved.restore_wait_ms),
+            commit_ms,
             docker,
         })
     })
@@ -966,6 +992,8 @@ struct Moved {
     /// The destination's pid of the container.
     pid: i32,
     restore_ms: f64,
+    /// The restore request's round trip, seen from here.
+    restore_wait_ms: f64,
     criu_restore: Option<RestoreStats>,
     /// The destination dockerd's id of the container.
     docker_id: Option<String>,
@@ -1017,6 +1045,7 @@ fn move_state(
     expect(wire::recv(ctl)?)?;
     let transfer_ms = ms(t.elapsed());
     progress(Progress::Phase("restore"));
+    let t = Instant::now();
     wire::send(ctl, &Step::Restore)?;
     match wire::recv::<_, Reply>(ctl).map_err(|e| match e {
         Error::Wire(source) => Error::Peer {
@@ -1038,6 +1067,7 @@ fn move_state(
             transfer_ms,
             pid,
             restore_ms,
+            restore_wait_ms: ms(t.elapsed()),
             criu_restore: criu,
         }),
         Reply::Failed { failure } => Err(Error::DestinationFailed {
