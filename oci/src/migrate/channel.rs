@@ -95,7 +95,7 @@ impl Security {
     pub fn describe(&self) -> String {
         match self.plaintext {
             false => format!(
-                "encrypted (Noise {}, {})",
+                "encrypted ({}, {})",
                 self.pattern(),
                 self.credentials.describe()
             ),
