@@ -358,10 +358,12 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     );
     assert!(!moved.join("bin/vi").exists(), "a deleted file came back");
 
-    // And back to A, post-copy this time.
-    let out = p.migrate(b, &id, &serve_a.addr, &["--mode", "postcopy", "--json"]);
+    // And back to A, post-copy this time, named by a host name.
+    let to_a = serve_a.addr.replace("127.0.0.1", "localhost");
+    let out = p.migrate(b, &id, &to_a, &["--mode", "postcopy", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "postcopy");
+    assert_eq!(report["to"], serve_a.addr.as_str(), "{report}");
     assert!(report["lazy"]["received_bytes"].as_u64().unwrap() > 0);
     assert!(b.ids().is_empty());
     let back = moved_rootfs(a, &id).join("out/count");

@@ -172,8 +172,18 @@ impl Agent {
                 .spawn(move || {
                     let _slot = slot;
                     let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                    if let Err(e) = me.handle(conn, &peer) {
-                        tracing::warn!(peer, error = %crate::error::chain(&e), "migration failed");
+                    match me.handle(conn, &peer) {
+                        // Closed before a word: a port probe (`ferry
+                        // migrate --to NAME` trying a name's addresses).
+                        Err(Error::Peer { op: "greeting", source, .. })
+                            if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+                        {
+                            tracing::debug!(peer, "closed before its greeting");
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer, error = %crate::error::chain(&e), "migration failed")
+                        }
+                        Ok(()) => {}
                     }
                 });
             if let Err(e) = spawned {

@@ -188,9 +188,10 @@ struct Failed<'a> {
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
     pub id: String,
-    /// The destination agent (`ferry serve --listen`).
+    /// The destination agent (`ferry serve --listen`): an address or a
+    /// host name with its port (host-b:7878).
     #[arg(long)]
-    pub to: SocketAddr,
+    pub to: String,
     #[command(flatten)]
     pub channel: ChannelArgs,
     /// precopy (freeze, send all memory, restore), postcopy (restore first,
@@ -277,7 +278,7 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let criu = criu(cli);
     let interrupt = Arc::new(Interrupt::new());
     let plan = source::Plan {
-        to: a.to,
+        to: resolve(&a.to)?,
         security: &sec,
         mode: a.mode,
         criu: &criu,
@@ -331,7 +332,7 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         // stderr as for any command.
         let failed = Failed {
             id: &a.id,
-            to: a.to.to_string(),
+            to: a.to.clone(),
             error: ferry_oci::error::chain(e),
             destination: e.destination_failure(),
             refused: match e {
@@ -444,5 +445,27 @@ impl SignalThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// `--to`: a socket address as it is, or a host name and port resolved.
+/// A name with several addresses (localhost: ::1 and 127.0.0.1) goes to
+/// the first that accepts a connection, in the resolver's order.
+fn resolve(to: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addrs: Vec<SocketAddr> = to
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("--to {to}: not an address, nor a host name with a port (host-b:7878)")
+        })?
+        .collect();
+    match addrs.as_slice() {
+        [] => anyhow::bail!("--to {to}: the name resolves to no address"),
+        [one] => Ok(*one),
+        many => Ok(many
+            .iter()
+            .find(|a| TcpStream::connect_timeout(a, std::time::Duration::from_secs(3)).is_ok())
+            .copied()
+            .unwrap_or(many[0])),
     }
 }
