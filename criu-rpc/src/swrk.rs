@@ -143,19 +143,27 @@ impl Criu {
     }
 
     pub fn dump(&self, options: &DumpOptions, handler: &mut dyn NotifyHandler) -> Result<()> {
-        let mut swrk = self.spawn_for(options)?;
-        if options.track_mem {
-            swrk.require_soft_dirty()?;
-        }
-        swrk.dump(options, handler)
+        self.spawn_dump(options, false)?.dump(options, handler)
     }
 
     /// One pre-dump (SINGLE_PRE_DUMP); refused up front on kernels without
     /// soft-dirty tracking, where CRIU would abort with a BUG.
     pub fn pre_dump(&self, options: &DumpOptions, handler: &mut dyn NotifyHandler) -> Result<()> {
+        self.spawn_dump(options, true)?
+            .single_pre_dump(options, handler)
+    }
+
+    /// A `criu swrk` ready for the dump (or, with `pre_dump`, the
+    /// pre-dump) of `options`, started ahead of time: a caller that
+    /// freezes the tasks itself starts criu first, and keeps criu's
+    /// start-up out of the time they are frozen. Memory tracking is
+    /// checked here (soft-dirty), before anything is frozen.
+    pub fn spawn_dump(&self, options: &DumpOptions, pre_dump: bool) -> Result<Swrk> {
         let mut swrk = self.spawn_for(options)?;
-        swrk.require_soft_dirty()?;
-        swrk.single_pre_dump(options, handler)
+        if pre_dump || options.track_mem {
+            swrk.require_soft_dirty()?;
+        }
+        Ok(swrk)
     }
 
     pub fn restore(

@@ -230,9 +230,28 @@ pub fn dump_options(
 pub fn checkpoint(
     criu: &Criu,
     target: &Target<'_>,
-    mut opts: CheckpointOptions,
+    opts: CheckpointOptions,
     on_notify: &mut dyn FnMut(&Notify),
 ) -> Result<Checkpointed> {
+    prepare(criu, target, opts)?.run(on_notify)
+}
+
+/// A checkpoint made ready: its CRIU request built from the spec and the
+/// tasks' mounts and descriptors (what runc reads before it runs criu
+/// too), its side files written, and `criu swrk` started and waiting.
+/// Nothing is frozen or dumped yet: a caller that freezes the container
+/// itself prepares first, so that none of this is frozen time. Dropped
+/// unused, its criu is told to go.
+pub struct Prepared {
+    dump: criu_rpc::DumpOptions,
+    swrk: criu_rpc::Swrk,
+    pre_dump: bool,
+    image_path: PathBuf,
+    log: PathBuf,
+}
+
+/// Prepares the checkpoint of `target` into `opts.image_path`.
+pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) -> Result<Prepared> {
     private_dir(&opts.image_path)?;
     let (dirs, log_dir) = open_dirs(&opts.image_path, opts.work_path.as_deref(), DUMP_LOG)?;
     let root = PathBuf::from(format!("/proc/{}/root", target.init));
@@ -268,27 +287,48 @@ pub fn checkpoint(
         write_json(&opts.image_path.join(DESCRIPTORS), &fds)?;
     }
 
-    let mut frozen_at: Option<Instant> = None;
-    let mut handler = |n: Notify| -> Result<(), HandlerError> {
-        if matches!(n, Notify::NetworkLock | Notify::PreDump) && frozen_at.is_none() {
-            frozen_at = Some(Instant::now());
-        }
-        on_notify(&n);
-        Ok(())
-    };
-    let start = Instant::now();
-    if pre_dump {
-        criu.pre_dump(&dump, &mut handler)?;
-    } else {
-        criu.dump(&dump, &mut handler)?;
-    }
-    let end = Instant::now();
-    Ok(Checkpointed {
+    let swrk = criu.spawn_dump(&dump, pre_dump)?;
+    Ok(Prepared {
+        dump,
+        swrk,
+        pre_dump,
         image_path: opts.image_path.clone(),
         log: log_dir.join(DUMP_LOG),
-        duration: end - start,
-        frozen: frozen_at.map(|t| end - t),
     })
+}
+
+impl Prepared {
+    /// Dumps (CRIU freezes what is not frozen yet).
+    pub fn run(self, on_notify: &mut dyn FnMut(&Notify)) -> Result<Checkpointed> {
+        let Prepared {
+            dump,
+            swrk,
+            pre_dump,
+            image_path,
+            log,
+        } = self;
+        let mut frozen_at: Option<Instant> = None;
+        let mut handler = |n: Notify| -> Result<(), HandlerError> {
+            if matches!(n, Notify::NetworkLock | Notify::PreDump) && frozen_at.is_none() {
+                frozen_at = Some(Instant::now());
+            }
+            on_notify(&n);
+            Ok(())
+        };
+        let start = Instant::now();
+        if pre_dump {
+            swrk.single_pre_dump(&dump, &mut handler)?;
+        } else {
+            swrk.dump(&dump, &mut handler)?;
+        }
+        let end = Instant::now();
+        Ok(Checkpointed {
+            image_path,
+            log,
+            duration: end - start,
+            frozen: frozen_at.map(|t| end - t),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -291,7 +291,15 @@ impl Agent {
         cpuinfo: Vec<u8>,
     ) -> Result<()> {
         let id = needs.container_id.clone();
-        crate::runtime::state::validate_id(&id)?;
+        // Whatever fails before the landing exists, the source hears it:
+        // it waits for an answer to its offer.
+        let told = |s: &mut Channel, e: Error| {
+            tell_failure(s, Failure::new(Stage::Receive, &e));
+            Err(e)
+        };
+        if let Err(e) = crate::runtime::state::validate_id(&id) {
+            return told(&mut s, e);
+        }
         if !self.receiving.lock().unwrap().insert(id.clone()) {
             let problems = vec![preflight::Problem::IdInUse { id: id.clone() }];
             return wire::send(&mut s, &Reply::Refused { problems });
@@ -300,9 +308,14 @@ impl Agent {
         let dir = self.root.join("incoming").join(&id);
         if needs.docker.is_none() && !self.root.join(&id).exists() && dir.exists() {
             // What an earlier move of this id left (its container is gone).
-            remove_incoming(&dir)?;
+            if let Err(e) = remove_incoming(&dir) {
+                return told(&mut s, e);
+            }
         }
-        let (problems, facts) = self.judge(&needs, &cpuinfo)?;
+        let (problems, facts) = match self.judge(&needs, &cpuinfo) {
+            Ok(j) => j,
+            Err(e) => return told(&mut s, e),
+        };
         if !problems.is_empty() {
             return wire::send(&mut s, &Reply::Refused { problems });
         }

@@ -79,14 +79,6 @@ impl Container {
             rootfs: &self.state.rootfs,
             freezer: freezer.exists().then_some(freezer.as_path()),
         };
-        // Freeze first: CRIU then finds the cgroup frozen and goes on at
-        // once, where freezing it itself costs a 100 ms poll (seize.c:
-        // "100 x 100ms attempts"); it leaves a cgroup it found frozen
-        // frozen, so the container is thawed here if it is to run on.
-        let was_paused = self.state.cgroup.is_frozen();
-        if target.freezer.is_some() && !was_paused {
-            self.state.cgroup.freeze()?;
-        }
         let leave_stopped = opts.leave_stopped;
         // Ferry's own netns is external to CRIU, which then locks nothing:
         // Ferry locks it as CRIU would have (network::criu_lock).
@@ -98,6 +90,17 @@ impl Container {
             (None, true) if opts.lock_joined_netns => joined_netns(&spec),
             _ => None,
         };
+        // Everything that needs no frozen tasks happens before the freeze:
+        // the request, its side files, and criu swrk started and waiting.
+        let prepared = checkpoint::prepare(criu, &target, opts)?;
+        // Freeze first: CRIU then finds the cgroup frozen and goes on at
+        // once, where freezing it itself costs a 100 ms poll (seize.c:
+        // "100 x 100ms attempts"); it leaves a cgroup it found frozen
+        // frozen, so the container is thawed here if it is to run on.
+        let was_paused = self.state.cgroup.is_frozen();
+        if target.freezer.is_some() && !was_paused {
+            self.state.cgroup.freeze()?;
+        }
         let locked = match to_lock {
             Some(ns) => {
                 if let Err(e) = crate::network::criu_lock::add(&ns) {
@@ -111,7 +114,7 @@ impl Container {
             }
             None => None,
         };
-        let result = checkpoint::checkpoint(criu, &target, opts, on_notify);
+        let result = prepared.run(on_notify);
         // A leave-stopped dump keeps its lock until the tasks die or resume
         // (migrate::source::resume takes it off); otherwise it goes now.
         // (A dump that kills the tasks takes the namespace with them.)
