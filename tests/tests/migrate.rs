@@ -1159,36 +1159,7 @@ fn an_overlay_rootfs_moves_as_its_writable_layer() {
 fn a_failed_move_unlocks_the_source_network() {
     let p = Pair::new();
     let (a, b) = (&p.a, &p.b);
-    let script = r#"
-import socket, threading, time
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(('127.0.0.1', 9000))
-srv.listen(1)
-def serve():
-    c, _ = srv.accept()
-    f = c.makefile('rw')
-    for line in f:
-        f.write('pong ' + line.split()[1] + '\n')
-        f.flush()
-threading.Thread(target=serve, daemon=True).start()
-c = socket.create_connection(('127.0.0.1', 9000))
-f = c.makefile('rw')
-out = open('/out/count', 'a')
-i = 0
-try:
-    while True:
-        f.write('ping %d\n' % i)
-        f.flush()
-        assert f.readline().strip() == 'pong %d' % i
-        out.write('%d\n' % i)
-        out.flush()
-        i += 1
-        time.sleep(0.05)
-except Exception as e:
-    open('/out/error', 'w').write(repr(e))
-    raise
-"#;
+    let script = LOOPBACK_COUNTER;
     let bundle = python_bundle(p.dir(), script);
     let count = bundle.join("rootfs/out/count");
     let id = format!("unlock-{}", std::process::id());

@@ -120,13 +120,7 @@ impl Two {
     fn new() -> Two {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join("key");
-        let out = run_ferry(
-            Command::new(ferry_bin())
-                .args(["keygen", "--key-file"])
-                .arg(&key),
-        );
-        assert!(out.status.success(), "{out:?}");
+        let key = keygen(&tmp.path().join("key"));
         Two {
             a: Root::new(),
             b: Root::new(),
