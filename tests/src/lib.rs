@@ -113,6 +113,21 @@ impl Root {
         v["status"].as_str().unwrap().to_string()
     }
 
+    /// Whether container `id` exists and runs, read once: unlike
+    /// `ids().contains(id) && status(id) == "running"`, a container removed
+    /// between the two reads (an agent killing an uncommitted copy) is an
+    /// answer, not a failed `ferry state`.
+    pub fn runs(&self, id: &str) -> bool {
+        let out = self.ferry(&["state", id]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("does not exist"), "ferry state {id}: {err}");
+            return false;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["status"] == "running"
+    }
+
     pub fn ids(&self) -> Vec<String> {
         self.ok(&["list", "-q"])
             .lines()

@@ -1653,8 +1653,7 @@ fn a_cut_as_the_restore_completes_leaves_exactly_one_copy() {
     // The agent decides within its peer timeout (20 s) at the latest.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let here = a.ids().contains(&id) && a.status(&id) == "running";
-        let there = b.ids().contains(&id) && b.status(&id) == "running";
+        let (here, there) = (a.runs(&id), b.runs(&id));
         match (moved, here, there) {
             (true, false, true) | (false, true, false) => break,
             _ if Instant::now() > deadline => panic!(

@@ -942,6 +942,34 @@ impl Relay {
         self.cut.take_cause()
     }
 
+    /// The program on the socket ended well (its process exited): what it
+    /// wrote before is still sent, then the close record, and the relay
+    /// ends. Cutting instead could drop its last words: CRIU's page
+    /// server writes the ack of the dump's final flush and exits, and a
+    /// cut before the up thread read that ack leaves the source's dump
+    /// waiting for it in vain. Its socket may stay open in another
+    /// process (criu swrk keeps its copy after its page-server child
+    /// exited), so the socket's end is made here: a read after
+    /// `shutdown(SHUT_RD)` still returns what is queued, then 0.
+    pub fn finish(mut self) -> Result<()> {
+        let _ = self.cut.local.shutdown(Shutdown::Read);
+        let up = match self.up.take() {
+            Some(t) => t.join().unwrap_or(Err(Error::Protocol {
+                what: "a relay thread panicked",
+            })),
+            None => Ok(0),
+        };
+        // Nothing the peer still sends matters now.
+        self.cut.cut();
+        if let Some(t) = self.down.take() {
+            let _ = t.join();
+        }
+        match (up, self.cut.take_cause()) {
+            (Err(_), Some(cause)) => Err(cause),
+            (r, _) => r.map(drop),
+        }
+    }
+
     /// Waits for both directions to end; what broke it, if anything.
     pub fn wait(mut self) -> Result<()> {
         let mut first = Ok(());

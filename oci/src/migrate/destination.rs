@@ -445,19 +445,26 @@ impl Agent {
             // the page server ends badly, which fails the source's dump
             // (and resumes its container) at once.
             let stop = relay.cutter()?;
-            let waiter = std::thread::spawn(move || {
-                let r = server.wait();
+            let waiter = std::thread::spawn(move || match server.wait() {
                 // Ended well, the page server acknowledged the dump's last
                 // flush: every page it wrote came through the relay, which
-                // forwards only records that opened. What the channel does
-                // after that (the source's close record may still be on
-                // its way) no longer matters. Ended badly, what broke the
-                // relay first (a tampered record, a silent source) is the
-                // cause, not CRIU's view of the socket's end.
-                let cause = relay.cause();
-                cut.cut();
-                let _ = relay.wait();
-                (r.map_err(Error::from), cause)
+                // forwards only records that opened. Its ack still has to
+                // reach the source (Relay::finish sends it before the
+                // close record); what the source sends after that no
+                // longer matters.
+                Ok(()) => {
+                    drop(cut);
+                    (Ok(()), relay.finish().err())
+                }
+                // Ended badly, what broke the relay first (a tampered
+                // record, a silent source) is the cause, not CRIU's view
+                // of the socket's end.
+                Err(e) => {
+                    let cause = relay.cause();
+                    cut.cut();
+                    let _ = relay.wait();
+                    (Err(Error::from(e)), cause)
+                }
             });
             (Some((waiter, stop)), None)
         };
