@@ -1098,6 +1098,29 @@ mod tests {
         assert!(matches!(c, Err(Error::UnknownPeer { .. })), "{:?}", c.err());
     }
 
+    /// CRIU's page server writes its last ack and exits while criu swrk
+    /// still holds its socket: finishing the relay then delivers the ack
+    /// and a clean close, never a cut.
+    #[test]
+    fn a_finished_relay_delivers_the_programs_last_words_then_closes() {
+        let k = Key::generate().unwrap();
+        for _ in 0..50 {
+            let (c, s) = open(shared(&k), shared(&k));
+            let (mut c, s) = (c.unwrap(), s.unwrap());
+            let (program, relay) = s.relay().unwrap();
+            // swrk's copy of the socket stays open through the finish.
+            let swrk = program.try_clone().unwrap();
+            let mut program = UnixStream::from(program);
+            program.write_all(b"ack!").unwrap();
+            drop(program);
+            relay.finish().unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"ack!");
+            drop(swrk);
+        }
+    }
+
     #[test]
     fn a_silent_peer_fails_the_read_within_the_bound() {
         let k = Key::generate().unwrap();
