@@ -26,6 +26,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag, OpenHow, ResolveFlag};
@@ -208,13 +209,191 @@ pub struct DiffCount {
 
 /// Writes the upper directory `upper` as a tar stream.
 pub fn pack_diff(upper: &Path, w: impl Write) -> Result<DiffCount> {
-    let err = || io("archiving the writable layer", upper);
-    let mut b = tar::Builder::new(w);
-    let mut count = DiffCount::default();
-    let mut seen: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    walk(upper, |r, p, m| {
+    pack_ahead(upper, w).map(|(count, _)| count)
+}
+
+/// How far back of a first pass's start a change counts as made after it:
+/// a file's ctime comes from the kernel's coarse clock, which may lag the
+/// clock read here by a tick. Anything changed within it is sent twice,
+/// which is only bytes.
+const CTIME_SLACK: Duration = Duration::from_secs(1);
+
+/// What a first pass over a tree sent ([`pack_ahead`]): every entry's type
+/// and inode, and when the pass started, so that a second pass, once the
+/// container is frozen, sends only what changed since ([`Sent::changes`]).
+/// This takes the tree's bulk out of a migration's downtime: only the
+/// files the container wrote while the first pass went (its log, say)
+/// travel while it is frozen.
+#[derive(Debug)]
+pub struct Sent {
+    since: SystemTime,
+    entries: HashMap<PathBuf, (u32, u64, u64)>,
+}
+
+/// The type bits of a mode (S_IFMT).
+fn kind_of(m: &std::fs::Metadata) -> u32 {
+    m.mode() & libc::S_IFMT
+}
+
+fn ctime_of(m: &std::fs::Metadata) -> SystemTime {
+    let (s, ns) = (m.ctime(), m.ctime_nsec());
+    match u64::try_from(s) {
+        Ok(s) => UNIX_EPOCH + Duration::new(s, ns.clamp(0, 999_999_999) as u32),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+/// Writes the tree at `dir` (a whole root filesystem or an upper
+/// directory) as [`pack_diff`] does, and remembers what it sent.
+pub fn pack_ahead(dir: &Path, w: impl Write) -> Result<(DiffCount, Sent)> {
+    let since = SystemTime::now()
+        .checked_sub(CTIME_SLACK)
+        .unwrap_or(UNIX_EPOCH);
+    let mut sent = Sent {
+        since,
+        entries: HashMap::new(),
+    };
+    let mut out = Packer::new(dir, w);
+    walk(dir, |r, p, m| {
+        if out.append(r, p, m)? {
+            sent.entries
+                .insert(r.to_path_buf(), (kind_of(m), m.dev(), m.ino()));
+        }
+        Ok(())
+    })?;
+    Ok((out.finish()?, sent))
+}
+
+/// What changed in a tree since a first pass: what the destination removes
+/// first, then the entries to write again.
+#[derive(Debug)]
+pub struct Changes {
+    root: PathBuf,
+    /// Paths the first pass sent that are gone or are sent again (a file
+    /// rewritten, a name now of another type or inode), deepest first:
+    /// the destination removes them, then unpacks the stream.
+    pub removed: Vec<PathBuf>,
+    /// Entries to send (changed ones and the directories above them, for
+    /// their times and modes), in walk order.
+    entries: Vec<(PathBuf, std::fs::Metadata)>,
+}
+
+impl Sent {
+    /// Walks `dir` again (the container frozen) and finds what changed
+    /// since the first pass: an entry whose ctime is after its start
+    /// (ctime moves on any write, chmod, chown, link or rename of it, and
+    /// a directory's on any entry added or removed in it), or whose name
+    /// now holds another inode or type, or which is new; and every name
+    /// the first pass sent that is gone.
+    pub fn changes(&self, dir: &Path) -> Result<Changes> {
+        let mut now: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+        walk(dir, |r, _, m| {
+            if !m.file_type().is_socket() {
+                now.push((r.to_path_buf(), m.clone()));
+            }
+            Ok(())
+        })?;
+        let mut present: HashSet<&Path> = HashSet::new();
+        let mut send: HashSet<PathBuf> = HashSet::new();
+        let mut removed = Vec::new();
+        for (r, m) in &now {
+            present.insert(r);
+            let before = self.entries.get(r);
+            let same = before == Some(&(kind_of(m), m.dev(), m.ino()));
+            if same && ctime_of(m) < self.since {
+                continue;
+            }
+            // A directory that stays one is updated in place (its
+            // entries are its own business); anything else is written
+            // anew over nothing, as unpack_diff creates.
+            let kept_dir = m.is_dir() && before.is_some_and(|b| b.0 == libc::S_IFDIR);
+            if before.is_some() && !kept_dir {
+                removed.push(r.clone());
+            }
+            // With the directories above it, whose times the write
+            // changed on the destination.
+            let mut a = Some(r.as_path());
+            while let Some(p) = a.filter(|p| !p.as_os_str().is_empty()) {
+                if !send.insert(p.to_path_buf()) {
+                    break;
+                }
+                a = p.parent();
+            }
+        }
+        for r in self.entries.keys() {
+            if !present.contains(r.as_path()) {
+                removed.push(r.clone());
+                if let Some(p) = r.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    send.insert(p.to_path_buf());
+                }
+            }
+        }
+        // Children before their directory.
+        removed.sort_by_key(|r| std::cmp::Reverse(r.components().count()));
+        let entries = now.into_iter().filter(|(r, _)| send.contains(r)).collect();
+        Ok(Changes {
+            root: dir.to_path_buf(),
+            removed,
+            entries,
+        })
+    }
+}
+
+impl Changes {
+    /// How many entries the stream will hold.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.removed.is_empty()
+    }
+
+    /// Writes the changed entries as a [`pack_diff`] stream.
+    pub fn pack(&self, w: impl Write) -> Result<DiffCount> {
+        let mut out = Packer::new(&self.root, w);
+        for (r, m) in &self.entries {
+            out.append(r, &self.root.join(r), m)?;
+        }
+        out.finish()
+    }
+}
+
+/// Writes entries of a tree as tar records (see the module's docs).
+struct Packer<'a, W: Write> {
+    root: &'a Path,
+    b: tar::Builder<W>,
+    count: DiffCount,
+    /// The first name written of each multiply-linked file.
+    seen: HashMap<(u64, u64), PathBuf>,
+}
+
+impl<'a, W: Write> Packer<'a, W> {
+    fn new(root: &'a Path, w: W) -> Self {
+        Packer {
+            root,
+            b: tar::Builder::new(w),
+            count: DiffCount::default(),
+            seen: HashMap::new(),
+        }
+    }
+
+    fn finish(self) -> Result<DiffCount> {
+        let err = || io("archiving the writable layer", self.root);
+        self.b.into_inner().map_err(err())?.flush().map_err(err())?;
+        Ok(self.count)
+    }
+
+    /// Writes entry `r` (at `p`); false for what is not written: a
+    /// socket, which its process re-creates (CRIU binds a restored unix
+    /// socket again) and tar cannot hold.
+    fn append(&mut self, r: &Path, p: &Path, m: &std::fs::Metadata) -> Result<bool> {
+        let (b, count, seen) = (&mut self.b, &mut self.count, &mut self.seen);
+        if m.file_type().is_socket() {
+            return Ok(false);
+        }
         let t = m.file_type();
-        xattr_records(p, &mut b).map_err(io("reading the xattrs of", p))?;
+        xattr_records(p, b).map_err(io("reading the xattrs of", p))?;
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(m, tar::HeaderMode::Complete);
         h.set_size(0);
@@ -226,7 +405,7 @@ pub fn pack_diff(upper: &Path, w: impl Write) -> Result<DiffCount> {
                 b.append_link(&mut h, r, first)
                     .map_err(io("archiving", p))?;
                 count.hardlinks += 1;
-                return Ok(());
+                return Ok(true);
             }
             seen.insert((m.dev(), m.ino()), r.to_path_buf());
         }
@@ -265,10 +444,8 @@ pub fn pack_diff(upper: &Path, w: impl Write) -> Result<DiffCount> {
             b.append_data(&mut h, r, std::io::empty())
                 .map_err(io("archiving", p))?;
         }
-        Ok(())
-    })?;
-    b.into_inner().map_err(err())?.flush().map_err(err())?;
-    Ok(count)
+        Ok(true)
+    }
 }
 
 /// A PAX header carrying `path`'s extended attributes, before its entry.
@@ -647,6 +824,42 @@ pub fn unpack_diff(r: impl Read, upper: &Path) -> Result<DiffCount> {
     Ok(count)
 }
 
+/// Removes what a [`Changes`] names from a tree a first pass filled
+/// (before the changed entries are unpacked over it), children first. As
+/// hostile as [`unpack_diff`]: each name is removed through its directory
+/// resolved beneath `upper` without following a symlink; a directory that
+/// still holds something the list does not name is refused.
+pub fn remove_entries(upper: &Path, removed: &[PathBuf]) -> Result<()> {
+    let layer = Upper::open(upper)?;
+    for rel in removed {
+        let (parent_rel, name) = entry_place(rel).map_err(|b| refused(rel, None, b.of_entry()))?;
+        let parent = match layer.dir(&parent_rel) {
+            Ok(fd) => fd,
+            // Gone with its directory already.
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(layer.resolve_error(e, rel, None)),
+        };
+        let dst = upper.join(rel);
+        let unlink = |flag| nix::unistd::unlinkat(Some(parent.as_raw_fd()), name.as_os_str(), flag);
+        match unlink(nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(Errno::EISDIR) => match unlink(nix::unistd::UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::ENOTEMPTY) => {
+                    return Err(refused(
+                        rel,
+                        None,
+                        "it is a directory holding entries the removal does not name",
+                    ))
+                }
+                Err(e) => return Err(io("removing", &dst)(e.into())),
+            },
+            Err(e) => return Err(io("removing", &dst)(e.into())),
+        }
+    }
+    Ok(())
+}
+
 /// Sets the permission bits (set-id and sticky bits included) of `name` in
 /// `dir`. AT_SYMLINK_NOFOLLOW: glibc refuses a symlink rather than change
 /// what it points at.
@@ -738,6 +951,99 @@ mod tests {
         );
         assert!(dst.join("d/e").is_dir());
         assert_eq!(layer_digest(&src).unwrap(), layer_digest(&dst).unwrap());
+    }
+
+    /// A first pass while the container runs, then only what changed:
+    /// appends, removals, renames over, type changes, new links, modes
+    /// and new trees arrive; the untouched bulk does not travel again;
+    /// the trees end equal.
+    #[test]
+    fn a_second_pass_sends_only_what_changed_and_the_trees_end_equal() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        for d in ["a/b", "old/x/y", "d2f/in"] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+        }
+        std::fs::write(src.join("a/keep"), vec![7u8; 1 << 20]).unwrap();
+        for f in ["a/b/c", "log", "old/x/y/z", "f2d", "d2f/in/f", "mv", "hl"] {
+            std::fs::write(src.join(f), f.as_bytes()).unwrap();
+        }
+        // Older than the first pass by more than the ctime slack.
+        std::thread::sleep(CTIME_SLACK + Duration::from_millis(100));
+        let mut first = Vec::new();
+        let (_, sent) = pack_ahead(&src, &mut first).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        unpack_diff(&first[..], &dst).unwrap();
+
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(src.join("log"))
+            .unwrap();
+        log.write_all(b" and more").unwrap();
+        std::fs::remove_dir_all(src.join("old")).unwrap();
+        std::fs::remove_file(src.join("f2d")).unwrap();
+        std::fs::create_dir(src.join("f2d")).unwrap();
+        std::fs::write(src.join("f2d/now"), b"a dir").unwrap();
+        std::fs::remove_dir_all(src.join("d2f")).unwrap();
+        std::fs::write(src.join("d2f"), b"a file").unwrap();
+        std::fs::write(src.join("mv.tmp"), b"renamed over").unwrap();
+        std::fs::rename(src.join("mv.tmp"), src.join("mv")).unwrap();
+        std::fs::hard_link(src.join("hl"), src.join("hl2")).unwrap();
+        std::fs::set_permissions(src.join("a/b"), PermissionsExt::from_mode(0o750)).unwrap();
+        std::fs::create_dir_all(src.join("n/m")).unwrap();
+        std::fs::write(src.join("n/m/f"), b"new").unwrap();
+        let sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+
+        let changes = sent.changes(&src).unwrap();
+        let mut second = Vec::new();
+        let count = changes.pack(&mut second).unwrap();
+        assert!(second.len() < 64 << 10, "the untouched file went again");
+        assert_eq!(count.hardlinks, 1);
+        remove_entries(&dst, &changes.removed).unwrap();
+        unpack_diff(&second[..], &dst).unwrap();
+        drop(sock);
+        assert!(
+            !dst.join("sock").exists(),
+            "a socket is its process's to bind"
+        );
+        std::fs::remove_file(src.join("sock")).unwrap();
+        assert_eq!(layer_digest(&src).unwrap(), layer_digest(&dst).unwrap());
+        assert_eq!(
+            std::fs::metadata(dst.join("hl")).unwrap().ino(),
+            std::fs::metadata(dst.join("hl2")).unwrap().ino()
+        );
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().mtime();
+        for d in ["a", "a/b", "f2d", "n/m"] {
+            assert_eq!(mtime(&src.join(d)), mtime(&dst.join(d)), "{d}'s mtime");
+        }
+        // Nothing changed: nothing to send, nothing to remove.
+        let (_, sent) = {
+            let mut again = Vec::new();
+            std::thread::sleep(CTIME_SLACK + Duration::from_millis(100));
+            pack_ahead(&src, &mut again).unwrap()
+        };
+        assert!(sent.changes(&src).unwrap().is_empty());
+    }
+
+    /// A removal list is as hostile as a stream: nothing outside the tree,
+    /// nothing through a symlink, no directory emptied behind its back.
+    #[test]
+    fn removals_stay_beneath_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let (tree, outside) = (t.path().join("tree"), t.path().join("outside"));
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"x").unwrap();
+        std::fs::write(tree.join("d/kept"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+        for bad in ["../outside/victim", "/etc/hostname", "link/victim", "d"] {
+            let e = remove_entries(&tree, &[PathBuf::from(bad)]).unwrap_err();
+            assert!(matches!(e, Error::LayerEntryRefused { .. }), "{bad}: {e:?}");
+        }
+        assert!(outside.join("victim").exists() && tree.join("d/kept").exists());
+        remove_entries(&tree, &[PathBuf::from("d/kept"), PathBuf::from("d")]).unwrap();
+        assert!(!tree.join("d").exists());
     }
 
     #[test]

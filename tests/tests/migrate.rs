@@ -1008,8 +1008,9 @@ impl Drop for Tmpfs {
 }
 
 /// The destination's disk fills up once the move is under way (after its
-/// pre-flight check said there was room): its page server cannot write,
-/// the dump fails, and the source runs on; the destination keeps nothing.
+/// pre-flight check said there was room): a write there fails (the root
+/// filesystem's, or the page server's), the move fails, and the source
+/// runs on; the destination keeps nothing.
 #[test]
 fn a_full_destination_disk_keeps_the_source() {
     let p = Pair::new();
@@ -1023,22 +1024,28 @@ fn a_full_destination_disk_keeps_the_source() {
     wait_numbers(&count, 3);
     let mig = BackgroundMove::spawn(a, &id, &serve_b.addr, &p.key, "precopy");
     // Pre-flight passed once the destination made the container's dir:
-    // fill the disk then, leaving 1 MiB.
+    // fill the disk then.
     let incoming = b.path().join("incoming").join(&id);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !incoming.exists() {
         assert!(Instant::now() < deadline, "the move never started");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let st = nix::sys::statvfs::statvfs(b.path()).unwrap();
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-    let filler = b.path().join("filler");
-    let ok = Command::new("fallocate")
-        .args(["-l", &(free - (1 << 20)).to_string()])
-        .arg(&filler)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    // The root filesystem streams in meanwhile: what is free shrinks
+    // between the look and the fill, so the fill tries again, each time
+    // with a file of its own.
+    let filled = (0..50).any(|i| {
+        let st = nix::sys::statvfs::statvfs(b.path()).unwrap();
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        free == 0
+            || Command::new("fallocate")
+                .args(["-l", &free.to_string()])
+                .arg(b.path().join(format!("filler-{i}")))
+                .status()
+                .unwrap()
+                .success()
+    });
+    assert!(filled, "could not fill the destination's disk");
     let (moved, err) = mig.finish();
     assert!(!moved, "the move claimed success: {err}");
     assert_source_went_on(a, &id, &count, &err);
@@ -1046,7 +1053,9 @@ fn a_full_destination_disk_keeps_the_source() {
     assert!(!incoming.exists(), "the failed transfer was kept");
     assert_no_criu();
     assert_no_lock_rules();
-    std::fs::remove_file(&filler).unwrap();
+    for i in 0..50 {
+        let _ = std::fs::remove_file(b.path().join(format!("filler-{i}")));
+    }
     a.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-fb-{tag}/{id}")).is_empty());
 }

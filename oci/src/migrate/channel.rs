@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 
 /// The migration protocol this Ferry speaks. 1 was the HMAC handshake
 /// with cleartext frames; 2 is this channel.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 const MAGIC: &[u8; 5] = b"FERRY";
 const GREETING_LEN: usize = 8;
 /// The greeting of protocol 1 (`FERRY\0\0\x01`) reads as version 0 here.

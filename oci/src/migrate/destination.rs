@@ -469,6 +469,9 @@ impl Agent {
             (Some((waiter, stop)), None)
         };
         wire::send(s, &Reply::PagesReady)?;
+        // Where the root filesystem sent ahead went, and whether it is an
+        // overlay's writable layer.
+        let mut ahead: Option<(PathBuf, bool)> = None;
         loop {
             match wire::recv::<_, Step>(s)? {
                 Step::Images => {
@@ -477,20 +480,39 @@ impl Agent {
                     let bytes = r.drain()?;
                     wire::send(s, &Reply::Received { bytes })?;
                 }
-                Step::Rootfs => {
-                    let rootfs = landing.whole_rootfs()?;
+                Step::RootfsAhead { overlay } => {
+                    if ahead.is_some() {
+                        return Err(Error::Protocol {
+                            what: "the root filesystem sent ahead twice",
+                        });
+                    }
+                    let tree = match overlay {
+                        true => landing.upper()?,
+                        false => landing.whole_rootfs()?,
+                    };
                     let mut r = StreamReader::new(&mut *s);
-                    tarball::unpack(&mut r, &rootfs)?;
+                    crate::overlay::unpack_diff(&mut r, &tree)?;
                     let bytes = r.drain()?;
+                    ahead = Some((tree, overlay));
                     wire::send(s, &Reply::Received { bytes })?;
                 }
-                Step::RootfsDiff { lowers } => {
-                    let upper = landing.upper()?;
+                Step::RootfsChanges { removed, lowers } => {
+                    let tree = match (&ahead, &lowers) {
+                        (Some((tree, true)), Some(_)) | (Some((tree, false)), None) => tree,
+                        _ => {
+                            return Err(Error::Protocol {
+                                what: "root filesystem changes without the same tree sent ahead",
+                            })
+                        }
+                    };
+                    crate::overlay::remove_entries(tree, &removed)?;
                     let mut r = StreamReader::new(&mut *s);
-                    crate::overlay::unpack_diff(&mut r, &upper)?;
+                    crate::overlay::unpack_diff(&mut r, tree)?;
                     let bytes = r.drain()?;
                     // Mounted only once the stream's checksum held.
-                    landing.layer_received(lowers)?;
+                    if let Some(lowers) = lowers {
+                        landing.layer_received(lowers)?;
+                    }
                     wire::send(s, &Reply::Received { bytes })?;
                 }
                 Step::Restore => break,
@@ -865,7 +887,11 @@ impl Landing {
     /// Where a whole root filesystem goes (no overlay on the source).
     fn whole_rootfs(&self) -> Result<PathBuf> {
         match self {
-            Landing::Native { dir, .. } => Ok(dir.join("bundle/rootfs")),
+            Landing::Native { dir, .. } => {
+                let rootfs = dir.join("bundle/rootfs");
+                std::fs::create_dir_all(&rootfs).map_err(crate::error::io("creating", &rootfs))?;
+                Ok(rootfs)
+            }
             Landing::Docker(_) => Err(Error::Protocol {
                 what: "a docker container's root filesystem sent whole (its writable layer moves as a diff)",
             }),

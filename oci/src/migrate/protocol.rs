@@ -53,12 +53,20 @@ pub enum Decision {
 pub enum Step {
     /// A tar stream of CRIU's images (all but the pages) follows.
     Images,
-    /// A tar stream of the container's root filesystem follows.
-    Rootfs,
-    /// The rootfs is an overlay: a tar stream of its writable layer follows
-    /// (crate::overlay), to mount over `lowers`, which the pre-flight check
-    /// found on the destination with the same digests.
-    RootfsDiff { lowers: Vec<std::path::PathBuf> },
+    /// Before the freeze: the container's root filesystem as it is now, a
+    /// stream of [`crate::overlay::pack_ahead`] (the whole tree, or with
+    /// `overlay` the writable layer only).
+    RootfsAhead { overlay: bool },
+    /// While frozen: what changed in the root filesystem since
+    /// `RootfsAhead`. The destination removes `removed` (deepest first),
+    /// then unpacks the stream of changed entries that follows
+    /// ([`crate::overlay::Changes`]); an overlay's layer is then mounted
+    /// over `lowers`, which the pre-flight check found on the destination
+    /// with the same digests.
+    RootfsChanges {
+        removed: Vec<std::path::PathBuf>,
+        lowers: Option<Vec<std::path::PathBuf>>,
+    },
     /// Everything is there: restore, leaving the copy stopped.
     Restore,
     /// After `Restored`: the source will never resume its copy; run yours.

@@ -8,7 +8,7 @@
 //! destination reports it running. Any failure before that resumes it.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,13 @@ pub struct Report {
     pub transfer_ms: f64,
     pub restore_ms: f64,
     pub images_bytes: u64,
+    /// The root filesystem's bytes: sent before the freeze plus what
+    /// changed, sent while frozen (`rootfs_frozen_bytes`).
     pub rootfs_bytes: u64,
+    pub rootfs_frozen_bytes: u64,
+    /// Sending the root filesystem ahead, before the freeze (in
+    /// `preflight_ms`).
+    pub rootfs_ahead_ms: f64,
     /// Memory pages CRIU sent to the destination's page server.
     pub pages_bytes: u64,
     pub destination_pid: i32,
@@ -654,13 +660,15 @@ fn send_inner(
             })
         }
     }
+    // The root filesystem's bulk goes while the container still runs;
+    // only what it changes meanwhile goes while it is frozen.
+    let ahead = rootfs_ahead(&mut ctl, &c.state.rootfs, overlay.as_ref(), progress)?;
     let preflight_ms = ms(t0.elapsed());
 
     record.set_phase(Phase::Frozen)?;
     progress(Progress::Phase("freeze and dump"));
     let images = work.join("images");
     let frozen_at = Instant::now();
-    let rootfs = c.state.rootfs.clone();
     // Kept to cut the page connection under a post-copy dump that must end
     // early (CRIU's page server then returns and leaves the tasks stopped).
     let pages_cut = relay.cutter()?;
@@ -743,7 +751,7 @@ fn send_inner(
         }
         let dump_ms = ms(frozen_at.elapsed());
         let dump_prep_ms = pre_dump_at.get().map(|t| ms(t.duration_since(frozen_at)));
-        let moved = move_state(&mut ctl, &images, &rootfs, overlay.as_ref(), to, progress);
+        let moved = move_state(&mut ctl, &images, &ahead, overlay.as_ref(), to, progress);
         let finish = |dump: std::thread::ScopedJoinHandle<'_, Result<Checkpointed>>| {
             dump.join().unwrap_or(Err(Error::Protocol {
                 what: "the dump thread panicked",
@@ -890,7 +898,9 @@ fn send_inner(
             transfer_ms: moved.transfer_ms,
             restore_ms: moved.restore_ms,
             images_bytes: moved.images_bytes,
-            rootfs_bytes: moved.rootfs_bytes,
+            rootfs_bytes: ahead.bytes + moved.rootfs_bytes,
+            rootfs_frozen_bytes: moved.rootfs_bytes,
+            rootfs_ahead_ms: ahead.ms,
             pages_bytes,
             destination_pid: moved.pid,
             lazy_ms,
@@ -1006,11 +1016,50 @@ enum DumpEvent {
     Done(bool),
 }
 
-/// Sends the images and the rootfs, asks for the restore.
+/// The root filesystem as sent before the freeze.
+struct Ahead {
+    /// The tree sent: the whole rootfs, or an overlay's upper directory.
+    tree: PathBuf,
+    sent: overlay::Sent,
+    bytes: u64,
+    ms: f64,
+}
+
+/// Sends the root filesystem (an overlay's writable layer only) while the
+/// container runs.
+fn rootfs_ahead(
+    ctl: &mut Channel,
+    rootfs: &Path,
+    overlay: Option<&Overlay>,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<Ahead> {
+    progress(Progress::Phase("root filesystem, ahead of the freeze"));
+    let t = Instant::now();
+    let tree = overlay.map_or(rootfs, |o| &o.upper).to_path_buf();
+    wire::send(
+        ctl,
+        &Step::RootfsAhead {
+            overlay: overlay.is_some(),
+        },
+    )?;
+    let mut w = StreamWriter::new(ctl);
+    let (_, sent) = overlay::pack_ahead(&tree, &mut w)?;
+    let bytes = w.finish()?;
+    expect(wire::recv(ctl)?)?;
+    Ok(Ahead {
+        tree,
+        sent,
+        bytes,
+        ms: ms(t.elapsed()),
+    })
+}
+
+/// Sends the images and what changed in the rootfs since it went ahead,
+/// asks for the restore.
 fn move_state(
     ctl: &mut Channel,
     images: &Path,
-    rootfs: &Path,
+    ahead: &Ahead,
     overlay: Option<&Overlay>,
     to: SocketAddr,
     progress: &(dyn Fn(Progress<'_>) + Sync),
@@ -1022,25 +1071,16 @@ fn move_state(
     tarball::pack(images, &mut w, |_| false)?;
     let images_bytes = w.finish()?;
     expect(wire::recv(ctl)?)?;
-    let w = match overlay {
-        Some(o) => {
-            wire::send(
-                ctl,
-                &Step::RootfsDiff {
-                    lowers: o.lowers.clone(),
-                },
-            )?;
-            let mut w = StreamWriter::new(ctl);
-            overlay::pack_diff(&o.upper, &mut w)?;
-            w
-        }
-        None => {
-            wire::send(ctl, &Step::Rootfs)?;
-            let mut w = StreamWriter::new(ctl);
-            tarball::pack(rootfs, &mut w, |_| false)?;
-            w
-        }
-    };
+    let changes = ahead.sent.changes(&ahead.tree)?;
+    wire::send(
+        ctl,
+        &Step::RootfsChanges {
+            removed: changes.removed.clone(),
+            lowers: overlay.map(|o| o.lowers.clone()),
+        },
+    )?;
+    let mut w = StreamWriter::new(ctl);
+    changes.pack(&mut w)?;
     let rootfs_bytes = w.finish()?;
     expect(wire::recv(ctl)?)?;
     let transfer_ms = ms(t.elapsed());

@@ -365,7 +365,7 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} moved to {} ({}): downtime {:.0} ms, total {:.0} ms (pre-flight {:.0}, dump {:.0}, transfer {:.0}, restore {:.0}); pages {:.1} MiB, images {:.1} MiB, rootfs {:.1} MiB",
+            "{} moved to {} ({}): downtime {:.0} ms, total {:.0} ms (pre-flight {:.0}, dump {:.0}, transfer {:.0}, restore {:.0}); pages {:.1} MiB, images {:.1} MiB, rootfs {:.1} MiB ({:.2} MiB of it while frozen)",
             report.id,
             report.to,
             report.mode,
@@ -378,6 +378,7 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
             report.pages_bytes as f64 / 1048576.0,
             report.images_bytes as f64 / 1048576.0,
             report.rootfs_bytes as f64 / 1048576.0,
+            report.rootfs_frozen_bytes as f64 / 1048576.0,
         );
         println!("channel: {}", report.channel);
         if let Some(d) = &report.docker {
