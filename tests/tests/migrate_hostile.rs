@@ -281,19 +281,25 @@ fn assert_nothing_left(
 /// The part of a move that a data record of the control connection,
 /// source to agent, carries, told apart by the records' data lengths (the
 /// wire framing of oci/src/migrate/wire.rs: 4-byte length, kind, payload):
-/// the offer first, then the `"Images"` step (4 + 1 + 8 = 13 bytes), the
-/// images stream, its end (4 + 1 + SHA-256 = 37), the `"Rootfs"` step (13),
-/// the rootfs stream, its end (37), the `"Restore"` step (14). (A stream's
-/// last record may be 37 bytes by chance, about once in 65,518.)
+/// the offer first, then the `{"RootfsAhead":{"overlay":false}}` step
+/// (4 + 1 + 33 = 38 bytes), the root filesystem's stream sent before the
+/// freeze, its end (4 + 1 + SHA-256 = 37), the `"Images"` step (13), the
+/// images stream, its end (37), the `RootfsChanges` step (the record after
+/// the images' end), the changes' stream, its end (37), the `"Restore"`
+/// step (14). (A stream's last record may be 37 bytes by chance, about
+/// once in 65,518.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
     Offer,
+    AheadStep,
+    Ahead,
+    AheadEnd,
     ImagesStep,
     Images,
     ImagesEnd,
-    RootfsStep,
-    Rootfs,
-    RootfsEnd,
+    ChangesStep,
+    Changes,
+    ChangesEnd,
     Restore,
 }
 
@@ -303,8 +309,8 @@ struct Phases {
     part: Part,
     /// Data bytes of the current part before the record seen.
     into: u64,
-    /// The index of the `"Images"` step's record.
-    images_step: Option<usize>,
+    /// The index of the `RootfsAhead` step's record.
+    ahead_step: Option<usize>,
 }
 
 impl Phases {
@@ -312,7 +318,7 @@ impl Phases {
         Phases {
             part: Part::Offer,
             into: 0,
-            images_step: None,
+            ahead_step: None,
         }
     }
 
@@ -323,21 +329,24 @@ impl Phases {
             return None;
         }
         let next = match (self.part, r.len) {
-            (Part::Offer, 13) => Part::ImagesStep,
+            (Part::Offer, 38) => Part::AheadStep,
+            (Part::AheadStep, _) => Part::Ahead,
+            (Part::Ahead, 37) => Part::AheadEnd,
+            (Part::AheadEnd, 13) => Part::ImagesStep,
             (Part::ImagesStep, _) => Part::Images,
             (Part::Images, 37) => Part::ImagesEnd,
-            (Part::ImagesEnd, 13) => Part::RootfsStep,
-            (Part::RootfsStep, _) => Part::Rootfs,
-            (Part::Rootfs, 37) => Part::RootfsEnd,
-            (Part::RootfsEnd, 14) => Part::Restore,
+            (Part::ImagesEnd, _) => Part::ChangesStep,
+            (Part::ChangesStep, _) => Part::Changes,
+            (Part::Changes, 37) => Part::ChangesEnd,
+            (Part::ChangesEnd, 14) => Part::Restore,
             (p, _) => p,
         };
         if next != self.part {
             self.part = next;
             self.into = 0;
         }
-        if next == Part::ImagesStep {
-            self.images_step = Some(r.index);
+        if next == Part::AheadStep {
+            self.ahead_step = Some(r.index);
         }
         let at = (self.part, self.into);
         self.into += r.len as u64;
@@ -463,17 +472,42 @@ fn a_flipped_byte_in_the_offer_fails_the_move() {
     assert_names_tampering("ferry migrate", &err);
 }
 
-/// A byte 2 MiB into the rootfs stream (a 4 MiB file in the rootfs)
-/// flipped: late in the control connection, with the source frozen.
+/// A byte 2 MiB into the root filesystem's stream (a 4 MiB file in the
+/// rootfs) flipped, while it goes ahead of the freeze: nothing was frozen.
 #[test]
 fn a_flipped_byte_deep_in_the_rootfs_stream_fails_the_move() {
     let two = Two::new();
     let (err, agent, events, _) = attacked_move(&two, "trfs", four_mib, |r| {
         r.rule(once(|_, part, _| match part {
-            Some((Part::Rootfs, into)) if into >= 2 << 20 => Some(Verdict::Flip { at: 1000 }),
+            Some((Part::Ahead, into)) if into >= 2 << 20 => Some(Verdict::Flip { at: 1000 }),
             _ => None,
         }))
     });
+    assert_happened(&events, "flipped");
+    assert_names_tampering("the agent", &agent);
+    assert_names_tampering("ferry migrate", &err);
+    assert!(
+        !err.contains("freeze and dump"),
+        "frozen for nothing: {err}"
+    );
+}
+
+/// A byte of what changed in the root filesystem, sent while the source
+/// is frozen (the counter's file, rewritten), flipped.
+#[test]
+fn a_flipped_byte_in_the_frozen_rootfs_changes_fails_the_move() {
+    let two = Two::new();
+    let (err, agent, events, _) = attacked_move(
+        &two,
+        "tchg",
+        |_| {},
+        |r| {
+            r.rule(once(|_, part, _| match part {
+                Some((Part::Changes, _)) => Some(Verdict::Flip { at: 10 }),
+                _ => None,
+            }))
+        },
+    );
     assert_happened(&events, "flipped");
     assert_names_tampering("the agent", &agent);
     assert_names_tampering("ferry migrate", &err);
@@ -499,9 +533,9 @@ fn a_flipped_byte_in_the_page_stream_fails_the_move() {
     assert_names_tampering("ferry migrate", &err);
 }
 
-/// The `"Images"` step's record (sealed, authentic) sent again in place of
-/// the `"Rootfs"` step's, of the same length: without per-record nonces
-/// the agent would unpack the rootfs into the images dir.
+/// The `RootfsAhead` step's record (sealed, authentic) sent again in
+/// place of the `"Images"` step's: without per-record nonces the agent
+/// would unpack the images over the container's root filesystem.
 #[test]
 fn a_replayed_record_fails_the_move() {
     let two = Two::new();
@@ -511,10 +545,10 @@ fn a_replayed_record_fails_the_move() {
         |_| {},
         |r| {
             r.rule(once(|_, part, phases| match part {
-                Some((Part::RootfsStep, _)) => Some(Verdict::Replay {
+                Some((Part::ImagesStep, _)) => Some(Verdict::Replay {
                     index: phases
-                        .images_step
-                        .expect("an images step before the rootfs"),
+                        .ahead_step
+                        .expect("the root filesystem's step before the images"),
                 }),
                 _ => None,
             }))
@@ -733,17 +767,18 @@ fn a_partition_during_the_pages_fails_within_the_timeout() {
     );
 }
 
-/// 1 MiB into the rootfs stream, with 48 MiB of it still to come: the
-/// source is blocked writing, its reads are not what times out.
+/// 1 MiB into the root filesystem's stream (ahead of the freeze), with
+/// 48 MiB of it still to come: the source is blocked writing, its reads
+/// are not what times out.
 #[test]
 fn a_partition_during_the_rootfs_fails_within_the_timeout() {
     let err = partition("prf", forty_eight_mib, |_, part, _| match part {
-        Some((Part::Rootfs, into)) if into >= 1 << 20 => Some(Verdict::Stall),
+        Some((Part::Ahead, into)) if into >= 1 << 20 => Some(Verdict::Stall),
         _ => None,
     });
     assert!(
-        err.contains("transfer"),
-        "not stalled in the transfer: {err}"
+        err.contains("ahead of the freeze") && !err.contains("freeze and dump"),
+        "not stalled sending the root filesystem ahead: {err}"
     );
 }
 
@@ -759,9 +794,10 @@ fn a_partition_at_the_restore_request_fails_within_the_timeout() {
     assert!(err.contains("restore"), "not stalled at the restore: {err}");
 }
 
-/// The agent restored the container and answers `Restored` (its fifth
-/// data record on the control connection: accepted, pages ready, images
-/// received, rootfs received, restored); the answer never arrives. Only
+/// The agent restored the container and answers `Restored` (its sixth
+/// data record on the control connection: accepted, pages ready, rootfs
+/// received ahead, images received, changes received, restored); the
+/// answer never arrives. Only
 /// one copy may run: the source, which never heard of the restore, runs
 /// on, so B must kill its own.
 #[test]
@@ -769,7 +805,7 @@ fn a_partition_at_the_restore_answer_leaves_one_copy() {
     let err = partition(
         "pra",
         |_| {},
-        |r, _, _| (r.conn == 0 && r.dir == Dir::Down && r.index == 4).then_some(Verdict::Stall),
+        |r, _, _| (r.conn == 0 && r.dir == Dir::Down && r.index == 5).then_some(Verdict::Stall),
     );
     assert!(err.contains("restore"), "not stalled at the restore: {err}");
 }
