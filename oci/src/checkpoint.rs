@@ -35,6 +35,9 @@ pub const DUMP_LOG: &str = "dump.log";
 /// Ferry's record of the cgroup hierarchies bind-mounted into the
 /// container, for the restore to bind the new container's dirs.
 pub const CGROUP_BINDS: &str = "ferry-cgroup-binds.json";
+/// Ferry's record that the container's network namespace was dumped as
+/// external because it looked new: the restore hands CRIU a new one.
+pub const FRESH_NETNS: &str = "ferry-fresh-netns.json";
 
 /// `ferry checkpoint`'s options, as runc names them.
 #[derive(Debug, Default)]
@@ -78,6 +81,10 @@ pub struct Target<'a> {
     pub rootfs: &'a Path,
     /// The container's freezer cgroup dir (v1) or cgroup dir (v2).
     pub freezer: Option<&'a Path>,
+    /// Its own network namespace looks new, and is given in `spec` by its
+    /// /proc path so that it is dumped as external: the restore makes a
+    /// new one ([`crate::network::fresh`]), told by [`FRESH_NETNS`].
+    pub fresh_netns: Option<crate::network::fresh::Fresh>,
 }
 
 /// What a checkpoint produced.
@@ -285,6 +292,13 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
             .external
             .extend(fds.iter().filter(|k| k.starts_with("file[")).cloned());
         write_json(&opts.image_path.join(DESCRIPTORS), &fds)?;
+        if let Some(f) = &target.fresh_netns {
+            write_json(&opts.image_path.join(FRESH_NETNS), f)?;
+            // Nothing outside the frozen tasks can reach a namespace with
+            // only `lo`: CRIU's lock (iptables-restore, run while frozen,
+            // and its unlock on restore) guards nothing there.
+            dump.tree.network_lock = Some(criu_rpc::NetworkLock::Skip);
+        }
     }
 
     let swrk = criu.spawn_dump(&dump, pre_dump)?;
@@ -352,6 +366,7 @@ mod tests {
             spec,
             rootfs: Path::new("/var/lib/ferry/c1/rootfs"),
             freezer: Some(Path::new("/sys/fs/cgroup/freezer/c1")),
+            fresh_netns: None,
         }
     }
 

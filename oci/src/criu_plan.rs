@@ -60,10 +60,13 @@ pub fn criu_config_file(spec: &Spec) -> Option<PathBuf> {
     }
 }
 
+/// CRIU's key for an external network namespace, as runc names it.
+pub const NET_NS_KEY: &str = "extRootNetNS";
+
 /// CRIU's key for an external namespace of this type, as runc names it.
 pub fn external_ns_key(ty: LinuxNamespaceType) -> Option<&'static str> {
     match ty {
-        LinuxNamespaceType::Network => Some("extRootNetNS"),
+        LinuxNamespaceType::Network => Some(NET_NS_KEY),
         LinuxNamespaceType::Pid => Some("extRootPidNS"),
         _ => None,
     }

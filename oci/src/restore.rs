@@ -360,6 +360,25 @@ pub fn restore(
         });
     }
 
+    // Dumped as external because it looked new: a new one, as it was.
+    let fresh_file = opts.image_path.join(crate::checkpoint::FRESH_NETNS);
+    if fresh_file.exists() {
+        let fresh: crate::network::fresh::Fresh = read_json(&fresh_file)?;
+        // Dumped unlocked (checkpoint::prepare): nothing to unlock.
+        ropts.tree.network_lock = Some(criu_rpc::NetworkLock::Skip);
+        if ropts
+            .inherit_fds
+            .iter()
+            .any(|i| i.key == criu_plan::NET_NS_KEY)
+        {
+            // The spec names a namespace to restore into: that one.
+        } else {
+            ropts.inherit_fds.push(InheritFd {
+                key: criu_plan::NET_NS_KEY.to_string(),
+                fd: crate::network::fresh::create(fresh)?,
+            });
+        }
+    }
     let swrk = criu.spawn_for(&ropts)?;
     hooks.criu_started(swrk.pid())?;
     // runc (criuApplyCgroups): the cgroups criu now runs in are the

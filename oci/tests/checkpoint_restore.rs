@@ -177,6 +177,7 @@ fn a_runc_container_is_checkpointed_and_restored_and_counts_on() {
         spec: &spec,
         rootfs: &rootfs,
         freezer: freezer.exists().then_some(freezer.as_path()),
+        fresh_netns: None,
     };
 
     // A dump that cannot reach its page server fails, and the container

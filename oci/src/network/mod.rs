@@ -16,6 +16,7 @@ mod arp;
 mod cidr;
 mod container;
 pub mod criu_lock;
+pub mod fresh;
 mod netns;
 
 use std::net::IpAddr;

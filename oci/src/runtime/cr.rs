@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use criu_rpc::{Criu, Notify};
+use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
@@ -66,9 +67,31 @@ impl Container {
                 hint: "run the container without a user namespace to checkpoint or migrate it",
             });
         }
+        let mut fresh_netns = None;
         if let Some(n) = &self.state.net {
             // Ferry's own netns is external to CRIU, as a path in the spec.
             super::net::use_netns(&mut spec, &n.netns)?;
+        } else if !opts.pre_dump
+            && !opts
+                .empty_ns
+                .is_some_and(|f| f.contains(CloneFlags::CLONE_NEWNET))
+            && own_netns(&spec)
+        {
+            // A namespace of its own that holds only what a new one does
+            // is not worth CRIU's dozen save and restore commands while
+            // frozen: external too, and made anew on restore. Looked at
+            // before the freeze; a failed look keeps CRIU's full dump.
+            let ns = PathBuf::from(format!("/proc/{}/ns/net", self.state.pid));
+            fresh_netns = match crate::network::fresh::looks_new(&ns) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(error = %crate::error::chain(&e), "the container's network namespace is dumped whole");
+                    None
+                }
+            };
+            if fresh_netns.is_some() {
+                super::net::use_netns(&mut spec, &ns)?;
+            }
         }
         let freezer = self.state.cgroup.freezer_path();
         let keeps = opts.leave_running || opts.leave_stopped || opts.pre_dump;
@@ -78,6 +101,7 @@ impl Container {
             spec: &spec,
             rootfs: &self.state.rootfs,
             freezer: freezer.exists().then_some(freezer.as_path()),
+            fresh_netns,
         };
         let leave_stopped = opts.leave_stopped;
         // Ferry's own netns is external to CRIU, which then locks nothing:
@@ -410,4 +434,17 @@ pub fn restore_container(
         &oci,
     )?;
     Ok((Container { dir, state }, restored))
+}
+
+/// Whether the spec gives the container a network namespace of its own
+/// (one without a path: not joined, not the host's).
+fn own_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none()
+            })
+        })
 }
