@@ -118,8 +118,14 @@ mod tests {
 
     #[test]
     fn decodes_a_dump_entry() {
-        // stats_entry { dump { freezing_time: 150, frozen_time: 90000, pages_written: 300 } }
-        let dump = [0x08, 0x96, 0x01, 0x10, 0x90, 0xbf, 0x05, 0x38, 0xac, 0x02];
+        // stats_entry { dump { freezing_time: 150, frozen_time: 90000,
+        // memdump_time: 0, memwrite_time: 0, pages_scanned: 0,
+        // pages_skipped_parent: 0, pages_written: 300, pages_lazy: 0 } }:
+        // every field of dump_stats_entry but irmap_resolve is required.
+        let dump = [
+            0x08, 0x96, 0x01, 0x10, 0x90, 0xbf, 0x05, 0x18, 0x00, 0x20, 0x00, 0x28, 0x00, 0x30,
+            0x00, 0x38, 0xac, 0x02, 0x48, 0x00,
+        ];
         let mut e = vec![0x0a, dump.len() as u8];
         e.extend_from_slice(&dump);
         let d = tempfile::tempdir().unwrap();

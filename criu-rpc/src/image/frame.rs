@@ -112,7 +112,7 @@ pub fn frames<'a>(
             } => extra(payload).ok_or_else(|| bad(path, body, "a malformed entry"))?,
             Layout::GhostFile => match ghost_chunks {
                 None => {
-                    let g = pb::GhostFileEntry::parse_from_bytes(payload)
+                    let g = pb::Ghost_file_entry::parse_from_bytes(payload)
                         .map_err(|_| bad(path, body, "a malformed ghost file entry"))?;
                     ghost_chunks = Some(g.chunks());
                     if g.chunks() {
@@ -122,7 +122,7 @@ pub fn frames<'a>(
                         (data.len() - next) as u64
                     }
                 }
-                Some(_) => pb::GhostChunkEntry::parse_from_bytes(payload)
+                Some(_) => pb::Ghost_chunk_entry::parse_from_bytes(payload)
                     .map_err(|_| bad(path, body, "a malformed ghost chunk entry"))?
                     .len(),
             },

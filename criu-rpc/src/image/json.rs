@@ -1,7 +1,7 @@
 //! Any decoded entry as JSON, through protobuf reflection: field names as
 //! in CRIU's protos (so as crit prints them), enums by name, bytes as a
 //! string when they are printable text and as hex otherwise. Fields the
-//! definitions do not know are left out.
+//! schema does not know are left out.
 
 use protobuf::reflect::{ReflectFieldRef, ReflectValueRef};
 use protobuf::MessageDyn;

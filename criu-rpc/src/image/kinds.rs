@@ -1,5 +1,7 @@
 //! Which image is which: CRIU's magic numbers (criu/include/magic.h), the
-//! names crit gives them, and how each one's entries are laid out.
+//! names crit gives them, and how each one's entries are laid out. The
+//! `schema` tests check all three against CRIU's source (magic.h and crit's
+//! handler table), both ways for the magics.
 
 use protobuf::reflect::MessageDescriptor;
 use protobuf::{Message, MessageFull};
@@ -63,21 +65,27 @@ const fn entries(message: fn() -> MessageDescriptor) -> Layout {
 }
 
 fn pipe_data_len(b: &[u8]) -> Option<u64> {
-    pb::PipeDataEntry::parse_from_bytes(b)
+    pb::Pipe_data_entry::parse_from_bytes(b)
         .ok()
         .map(|e| e.bytes() as u64)
 }
 
 fn sk_queue_len(b: &[u8]) -> Option<u64> {
-    pb::SkPacketEntry::parse_from_bytes(b)
+    pb::Sk_packet_entry::parse_from_bytes(b)
         .ok()
         .map(|e| e.length() as u64)
 }
 
 fn tcp_queues_len(b: &[u8]) -> Option<u64> {
-    pb::TcpStreamEntry::parse_from_bytes(b)
+    pb::Tcp_stream_entry::parse_from_bytes(b)
         .ok()
         .map(|e| e.inq_len() as u64 + e.outq_len() as u64)
+}
+
+fn bpfmap_data_len(b: &[u8]) -> Option<u64> {
+    pb::Bpfmap_data_entry::parse_from_bytes(b)
+        .ok()
+        .map(|e| e.keys_bytes() as u64 + e.values_bytes() as u64)
 }
 
 macro_rules! kinds {
@@ -88,74 +96,74 @@ macro_rules! kinds {
 }
 
 kinds! {
-    "INVENTORY" 0x5831_3116 => entries(d::<pb::InventoryEntry>),
-    "PSTREE" 0x5027_3030 => entries(d::<pb::PstreeEntry>),
-    "FDINFO" 0x5621_3732 => entries(d::<pb::FdinfoEntry>),
+    "INVENTORY" 0x5831_3116 => entries(d::<pb::Inventory_entry>),
+    "PSTREE" 0x5027_3030 => entries(d::<pb::Pstree_entry>),
+    "FDINFO" 0x5621_3732 => entries(d::<pb::Fdinfo_entry>),
     "PAGEMAP" 0x5608_4025 => Layout::Pagemap,
-    "CORE" 0x5505_3847 => entries(d::<pb::CoreEntry>),
-    "IDS" 0x5443_2030 => entries(d::<pb::TaskKobjIdsEntry>),
-    "VMAS" 0x5412_3737 => entries(d::<pb::VmaEntry>),
-    "PIPES" 0x5651_3555 => entries(d::<pb::PipeEntry>),
-    "PIPES_DATA" 0x5645_3709 => Layout::Entries { message: d::<pb::PipeDataEntry>, extra: Some(pipe_data_len) },
-    "FIFO" 0x5836_4939 => entries(d::<pb::FifoEntry>),
-    "FIFO_DATA" 0x5933_3054 => Layout::Entries { message: d::<pb::PipeDataEntry>, extra: Some(pipe_data_len) },
-    "SIGACT" 0x5534_4201 => entries(d::<pb::SaEntry>),
-    "UNIXSK" 0x5437_3943 => entries(d::<pb::UnixSkEntry>),
-    "INETSK" 0x5644_3851 => entries(d::<pb::InetSkEntry>),
-    "PACKETSK" 0x6045_4618 => entries(d::<pb::PacketSockEntry>),
-    "ITIMERS" 0x5746_4056 => entries(d::<pb::ItimerEntry>),
-    "POSIX_TIMERS" 0x5260_3957 => entries(d::<pb::PosixTimerEntry>),
-    "SK_QUEUES" 0x5626_4026 => Layout::Entries { message: d::<pb::SkPacketEntry>, extra: Some(sk_queue_len) },
-    "UTSNS" 0x5447_3203 => entries(d::<pb::UtsnsEntry>),
-    "CREDS" 0x5402_3547 => entries(d::<pb::CredsEntry>),
-    "IPC_VAR" 0x5311_5007 => entries(d::<pb::IpcVarEntry>),
+    "CORE" 0x5505_3847 => entries(d::<pb::Core_entry>),
+    "IDS" 0x5443_2030 => entries(d::<pb::Task_kobj_ids_entry>),
+    "VMAS" 0x5412_3737 => entries(d::<pb::Vma_entry>),
+    "PIPES" 0x5651_3555 => entries(d::<pb::Pipe_entry>),
+    "PIPES_DATA" 0x5645_3709 => Layout::Entries { message: d::<pb::Pipe_data_entry>, extra: Some(pipe_data_len) },
+    "FIFO" 0x5836_4939 => entries(d::<pb::Fifo_entry>),
+    "FIFO_DATA" 0x5933_3054 => Layout::Entries { message: d::<pb::Pipe_data_entry>, extra: Some(pipe_data_len) },
+    "SIGACT" 0x5534_4201 => entries(d::<pb::Sa_entry>),
+    "UNIXSK" 0x5437_3943 => entries(d::<pb::Unix_sk_entry>),
+    "INETSK" 0x5644_3851 => entries(d::<pb::Inet_sk_entry>),
+    "PACKETSK" 0x6045_4618 => entries(d::<pb::Packet_sock_entry>),
+    "ITIMERS" 0x5746_4056 => entries(d::<pb::Itimer_entry>),
+    "POSIX_TIMERS" 0x5260_3957 => entries(d::<pb::Posix_timer_entry>),
+    "SK_QUEUES" 0x5626_4026 => Layout::Entries { message: d::<pb::Sk_packet_entry>, extra: Some(sk_queue_len) },
+    "UTSNS" 0x5447_3203 => entries(d::<pb::Utsns_entry>),
+    "CREDS" 0x5402_3547 => entries(d::<pb::Creds_entry>),
+    "IPC_VAR" 0x5311_5007 => entries(d::<pb::Ipc_var_entry>),
     "IPCNS_SHM" 0x4628_3044 => Layout::Opaque,
     "IPCNS_MSG" 0x5545_3737 => Layout::Opaque,
     "IPCNS_SEM" 0x5957_3019 => Layout::Opaque,
-    "REG_FILES" 0x5036_3636 => entries(d::<pb::RegFileEntry>),
-    "EXT_FILES" 0x5925_5641 => entries(d::<pb::ExtFileEntry>),
-    "FS" 0x5140_3912 => entries(d::<pb::FsEntry>),
-    "MM" 0x5749_2820 => entries(d::<pb::MmEntry>),
-    "REMAP_FPATH" 0x5913_3954 => entries(d::<pb::RemapFilePathEntry>),
+    "REG_FILES" 0x5036_3636 => entries(d::<pb::Reg_file_entry>),
+    "EXT_FILES" 0x5925_5641 => entries(d::<pb::Ext_file_entry>),
+    "FS" 0x5140_3912 => entries(d::<pb::Fs_entry>),
+    "MM" 0x5749_2820 => entries(d::<pb::Mm_entry>),
+    "REMAP_FPATH" 0x5913_3954 => entries(d::<pb::Remap_file_path_entry>),
     "GHOST_FILE" 0x5258_3605 => Layout::GhostFile,
-    "TCP_STREAM" 0x5146_5506 => Layout::Entries { message: d::<pb::TcpStreamEntry>, extra: Some(tcp_queues_len) },
-    "EVENTFD_FILE" 0x4452_3722 => entries(d::<pb::EventfdFileEntry>),
-    "EVENTPOLL_FILE" 0x4502_3858 => entries(d::<pb::EventpollFileEntry>),
-    "EVENTPOLL_TFD" 0x4443_3746 => entries(d::<pb::EventpollTfdEntry>),
-    "SIGNALFD" 0x5732_3820 => entries(d::<pb::SignalfdEntry>),
-    "INOTIFY_FILE" 0x4842_4431 => entries(d::<pb::InotifyFileEntry>),
-    "INOTIFY_WD" 0x5456_2009 => entries(d::<pb::InotifyWdEntry>),
-    "MNTS" 0x5556_3928 => entries(d::<pb::MntEntry>),
-    "NETDEV" 0x5737_3951 => entries(d::<pb::NetDeviceEntry>),
-    "NETNS" 0x5593_3752 => entries(d::<pb::NetnsEntry>),
-    "TTY_FILES" 0x5943_3025 => entries(d::<pb::TtyFileEntry>),
-    "TTY_INFO" 0x5945_3036 => entries(d::<pb::TtyInfoEntry>),
-    "TTY_DATA" 0x5941_3026 => entries(d::<pb::TtyDataEntry>),
-    "FILE_LOCKS" 0x5432_3616 => entries(d::<pb::FileLockEntry>),
-    "RLIMIT" 0x5711_3925 => entries(d::<pb::RlimitEntry>),
-    "FANOTIFY_FILE" 0x5509_6122 => entries(d::<pb::FanotifyFileEntry>),
-    "FANOTIFY_MARK" 0x5650_6035 => Layout::Opaque,
-    "SIGNAL" 0x5925_5647 => entries(d::<pb::SignalQueueEntry>),
-    "NETLINK_SK" 0x5800_5614 => entries(d::<pb::NetlinkSkEntry>),
-    "NS_FILES" 0x6139_4011 => entries(d::<pb::NsFileEntry>),
-    "TUNFILE" 0x5714_3751 => entries(d::<pb::TunfileEntry>),
-    "CGROUP" 0x5938_3330 => entries(d::<pb::CgroupEntry>),
-    "TIMERFD" 0x5049_3712 => entries(d::<pb::TimerfdEntry>),
-    "CPUINFO" 0x6140_4013 => Layout::Opaque,
-    "USERNS" 0x5547_4906 => entries(d::<pb::UsernsEntry>),
-    "SECCOMP" 0x6441_3049 => entries(d::<pb::SeccompEntry>),
-    "BINFMT_MISC" 0x6734_3323 => Layout::Opaque,
-    "AUTOFS" 0x4935_3943 => Layout::Opaque,
-    "FILES" 0x5630_3138 => entries(d::<pb::FileEntry>),
-    "MEMFD_INODE" 0x4845_3499 => entries(d::<pb::MemfdInodeEntry>),
-    "TIMENS" 0x4311_4433 => entries(d::<pb::TimensEntry>),
-    "PIDNS" 0x6115_7326 => entries(d::<pb::PidnsEntry>),
-    "BPFMAP_FILE" 0x5750_6142 => entries(d::<pb::BpfmapFileEntry>),
-    "BPFMAP_DATA" 0x6432_4033 => Layout::Opaque,
-    "APPARMOR" 0x5942_3047 => Layout::Opaque,
-    "PIDFD" 0x5443_5556 => entries(d::<pb::PidfdEntry>),
-    "STATS" 0x5709_3306 => entries(d::<pb::StatsEntry>),
-    "IRMAP_CACHE" 0x5700_4059 => Layout::Opaque,
+    "TCP_STREAM" 0x5146_5506 => Layout::Entries { message: d::<pb::Tcp_stream_entry>, extra: Some(tcp_queues_len) },
+    "EVENTFD_FILE" 0x4452_3722 => entries(d::<pb::Eventfd_file_entry>),
+    "EVENTPOLL_FILE" 0x4502_3858 => entries(d::<pb::Eventpoll_file_entry>),
+    "EVENTPOLL_TFD" 0x4443_3746 => entries(d::<pb::Eventpoll_tfd_entry>),
+    "SIGNALFD" 0x5732_3820 => entries(d::<pb::Signalfd_entry>),
+    "INOTIFY_FILE" 0x4842_4431 => entries(d::<pb::Inotify_file_entry>),
+    "INOTIFY_WD" 0x5456_2009 => entries(d::<pb::Inotify_wd_entry>),
+    "MNTS" 0x5556_3928 => entries(d::<pb::Mnt_entry>),
+    "NETDEV" 0x5737_3951 => entries(d::<pb::Net_device_entry>),
+    "NETNS" 0x5593_3752 => entries(d::<pb::Netns_entry>),
+    "TTY_FILES" 0x5943_3025 => entries(d::<pb::Tty_file_entry>),
+    "TTY_INFO" 0x5945_3036 => entries(d::<pb::Tty_info_entry>),
+    "TTY_DATA" 0x5941_3026 => entries(d::<pb::Tty_data_entry>),
+    "FILE_LOCKS" 0x5432_3616 => entries(d::<pb::File_lock_entry>),
+    "RLIMIT" 0x5711_3925 => entries(d::<pb::Rlimit_entry>),
+    "FANOTIFY_FILE" 0x5509_6122 => entries(d::<pb::Fanotify_file_entry>),
+    "FANOTIFY_MARK" 0x5650_6035 => entries(d::<pb::Fanotify_mark_entry>),
+    "SIGNAL" 0x5925_5647 => entries(d::<pb::Siginfo_entry>),
+    "NETLINK_SK" 0x5800_5614 => entries(d::<pb::Netlink_sk_entry>),
+    "NS_FILES" 0x6139_4011 => entries(d::<pb::Ns_file_entry>),
+    "TUNFILE" 0x5714_3751 => entries(d::<pb::Tunfile_entry>),
+    "CGROUP" 0x5938_3330 => entries(d::<pb::Cgroup_entry>),
+    "TIMERFD" 0x5049_3712 => entries(d::<pb::Timerfd_entry>),
+    "CPUINFO" 0x6140_4013 => entries(d::<pb::Cpuinfo_entry>),
+    "USERNS" 0x5547_4906 => entries(d::<pb::Userns_entry>),
+    "SECCOMP" 0x6441_3049 => entries(d::<pb::Seccomp_entry>),
+    "BINFMT_MISC" 0x6734_3323 => entries(d::<pb::Binfmt_misc_entry>),
+    "AUTOFS" 0x4935_3943 => entries(d::<pb::Autofs_entry>),
+    "FILES" 0x5630_3138 => entries(d::<pb::File_entry>),
+    "MEMFD_INODE" 0x4845_3499 => entries(d::<pb::Memfd_inode_entry>),
+    "TIMENS" 0x4311_4433 => entries(d::<pb::Timens_entry>),
+    "PIDNS" 0x6115_7326 => entries(d::<pb::Pidns_entry>),
+    "BPFMAP_FILE" 0x5750_6142 => entries(d::<pb::Bpfmap_file_entry>),
+    "BPFMAP_DATA" 0x6432_4033 => Layout::Entries { message: d::<pb::Bpfmap_data_entry>, extra: Some(bpfmap_data_len) },
+    "APPARMOR" 0x5942_3047 => entries(d::<pb::Apparmor_entry>),
+    "PIDFD" 0x5443_5556 => entries(d::<pb::Pidfd_entry>),
+    "STATS" 0x5709_3306 => entries(d::<pb::Stats_entry>),
+    "IRMAP_CACHE" 0x5700_4059 => entries(d::<pb::Irmap_cache_entry>),
 }
 
 /// The kind whose magic is `magic`.

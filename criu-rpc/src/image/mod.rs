@@ -1,7 +1,9 @@
 //! CRIU's image files, decoded in Rust: this module owns the knowledge of
-//! their framing ([`frame`]), their kinds and magics ([`kinds`]), Ferry's
-//! own protobuf definitions of their entries (`proto/images.proto`,
-//! generated into `pb`), generic JSON output ([`decode_file`], what
+//! their framing ([`frame`]), their kinds and magics ([`kinds`]), the
+//! types of their entries (`pb`, generated from CRIU's own
+//! `images/*.proto`, vendored in `proto/criu/` by `hack/sync-criu-protos`
+//! and checked against CRIU's source by the `schema` tests), generic JSON
+//! output ([`decode_file`], what
 //! `ferry inspect decode` prints, like `crit decode`), the raw network
 //! dumps ([`netlink`]), and the model of a whole checkpoint ([`model`],
 //! what `ferry inspect` summarises) with its [`diff`].
@@ -9,7 +11,9 @@
 //! Nothing here trusts the file: every length is checked, a corrupt,
 //! truncated or unknown image is an [`Error::BadImage`] or
 //! [`Error::UnknownImage`] naming the file and the offset, and fields the
-//! definitions do not know are skipped.
+//! schema does not know (a newer CRIU's) are skipped. An entry that lacks
+//! a field CRIU's schema marks `required` is refused, as CRIU and crit
+//! refuse it.
 
 pub mod diff;
 pub mod frame;
@@ -66,10 +70,10 @@ pub fn decode_bytes(path: &Path, data: &[u8]) -> Result<Value> {
             for (i, f) in frame::frames(path, kind, data, len)?.iter().enumerate() {
                 let desc = match kind.layout {
                     Layout::Entries { message, .. } => message(),
-                    Layout::Pagemap if i == 0 => pb::PagemapHead::descriptor(),
-                    Layout::Pagemap => pb::PagemapEntry::descriptor(),
-                    Layout::GhostFile if i == 0 => pb::GhostFileEntry::descriptor(),
-                    Layout::GhostFile => pb::GhostChunkEntry::descriptor(),
+                    Layout::Pagemap if i == 0 => pb::Pagemap_head::descriptor(),
+                    Layout::Pagemap => pb::Pagemap_entry::descriptor(),
+                    Layout::GhostFile if i == 0 => pb::Ghost_file_entry::descriptor(),
+                    Layout::GhostFile => pb::Ghost_chunk_entry::descriptor(),
                     Layout::Opaque => return Err(undecoded(path, kind)),
                 };
                 let m = desc
@@ -135,7 +139,7 @@ fn expect_kind(path: &Path, data: &[u8], want: &str) -> Result<(&'static Kind, u
 
 /// A pagemap image: its head (which pages-N.img holds the pages) and its
 /// entries.
-pub(crate) fn pagemap(path: &Path) -> Result<(pb::PagemapHead, Vec<pb::PagemapEntry>)> {
+pub(crate) fn pagemap(path: &Path) -> Result<(pb::Pagemap_head, Vec<pb::Pagemap_entry>)> {
     let data = read(path)?;
     let (kind, start) = expect_kind(path, &data, "PAGEMAP")?;
     let frames = frame::frames(path, kind, &data, start)?;
@@ -143,21 +147,21 @@ pub(crate) fn pagemap(path: &Path) -> Result<(pb::PagemapHead, Vec<pb::PagemapEn
         return Err(bad(path, start, "a pagemap without its head entry"));
     };
     let h =
-        pb::PagemapHead::parse_from_bytes(head.payload).map_err(|e| bad_entry(path, head, e))?;
+        pb::Pagemap_head::parse_from_bytes(head.payload).map_err(|e| bad_entry(path, head, e))?;
     let entries = rest
         .iter()
-        .map(|f| pb::PagemapEntry::parse_from_bytes(f.payload).map_err(|e| bad_entry(path, f, e)))
+        .map(|f| pb::Pagemap_entry::parse_from_bytes(f.payload).map_err(|e| bad_entry(path, f, e)))
         .collect::<Result<_>>()?;
     Ok((h, entries))
 }
 
 /// The entry of a stats image (`stats-dump`, `stats-restore`), `None`
 /// when the file does not exist.
-pub(crate) fn pb_stats(path: &Path) -> Result<Option<pb::StatsEntry>> {
+pub(crate) fn pb_stats(path: &Path) -> Result<Option<pb::Stats_entry>> {
     if !path.exists() {
         return Ok(None);
     }
-    Ok(entries_of::<pb::StatsEntry>(path, "STATS")?
+    Ok(entries_of::<pb::Stats_entry>(path, "STATS")?
         .into_iter()
         .next())
 }
@@ -223,5 +227,9 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod schema;
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

@@ -255,8 +255,8 @@ fn first<M: Default>(v: Vec<M>) -> M {
 /// The files of the checkpoint by id (files.img, and the per-type images
 /// older CRIUs wrote).
 struct Files {
-    by_id: HashMap<u32, pb::FileEntry>,
-    ttys: HashMap<u32, pb::TtyInfoEntry>,
+    by_id: HashMap<u32, pb::File_entry>,
+    ttys: HashMap<u32, pb::Tty_info_entry>,
     memfd: HashMap<u64, String>,
 }
 
@@ -264,7 +264,7 @@ impl Files {
     fn read(dir: &Path) -> Result<Files> {
         let mut by_id = HashMap::new();
         if let Some(p) = opt(dir.join("files.img")) {
-            for f in entries_of::<pb::FileEntry>(&p, "FILES")? {
+            for f in entries_of::<pb::File_entry>(&p, "FILES")? {
                 by_id.insert(f.id(), f);
             }
         }
@@ -274,7 +274,7 @@ impl Files {
                     for e in entries_of::<$t>(&p, $kind)? {
                         let id = e.id();
                         by_id.entry(id).or_insert_with(|| {
-                            let mut f = pb::FileEntry::new();
+                            let mut f = pb::File_entry::new();
                             f.set_type($ty);
                             f.set_id(id);
                             f.$field = protobuf::MessageField::some(e);
@@ -284,59 +284,65 @@ impl Files {
                 }
             };
         }
-        use pb::FdTypes as T;
-        legacy!("reg-files.img", "REG_FILES", pb::RegFileEntry, T::REG, reg);
-        legacy!("pipes.img", "PIPES", pb::PipeEntry, T::PIPE, pipe);
-        legacy!("unixsk.img", "UNIXSK", pb::UnixSkEntry, T::UNIXSK, usk);
-        legacy!("inetsk.img", "INETSK", pb::InetSkEntry, T::INETSK, isk);
+        use pb::Fd_types as T;
+        legacy!(
+            "reg-files.img",
+            "REG_FILES",
+            pb::Reg_file_entry,
+            T::REG,
+            reg
+        );
+        legacy!("pipes.img", "PIPES", pb::Pipe_entry, T::PIPE, pipe);
+        legacy!("unixsk.img", "UNIXSK", pb::Unix_sk_entry, T::UNIXSK, usk);
+        legacy!("inetsk.img", "INETSK", pb::Inet_sk_entry, T::INETSK, isk);
         legacy!(
             "eventfd.img",
             "EVENTFD_FILE",
-            pb::EventfdFileEntry,
+            pb::Eventfd_file_entry,
             T::EVENTFD,
             efd
         );
         legacy!(
             "eventpoll.img",
             "EVENTPOLL_FILE",
-            pb::EventpollFileEntry,
+            pb::Eventpoll_file_entry,
             T::EVENTPOLL,
             epfd
         );
-        legacy!("tty.img", "TTY_FILES", pb::TtyFileEntry, T::TTY, tty);
-        legacy!("fifo.img", "FIFO", pb::FifoEntry, T::FIFO, fifo);
+        legacy!("tty.img", "TTY_FILES", pb::Tty_file_entry, T::TTY, tty);
+        legacy!("fifo.img", "FIFO", pb::Fifo_entry, T::FIFO, fifo);
         legacy!(
             "signalfd.img",
             "SIGNALFD",
-            pb::SignalfdEntry,
+            pb::Signalfd_entry,
             T::SIGNALFD,
             sgfd
         );
-        legacy!("timerfd.img", "TIMERFD", pb::TimerfdEntry, T::TIMERFD, tfd);
-        legacy!("ns-files.img", "NS_FILES", pb::NsFileEntry, T::NS, nsf);
+        legacy!("timerfd.img", "TIMERFD", pb::Timerfd_entry, T::TIMERFD, tfd);
+        legacy!("ns-files.img", "NS_FILES", pb::Ns_file_entry, T::NS, nsf);
         legacy!(
             "netlinksk.img",
             "NETLINK_SK",
-            pb::NetlinkSkEntry,
+            pb::Netlink_sk_entry,
             T::NETLINKSK,
             nlsk
         );
         legacy!(
             "packetsk.img",
             "PACKETSK",
-            pb::PacketSockEntry,
+            pb::Packet_sock_entry,
             T::PACKETSK,
             psk
         );
         let mut ttys = HashMap::new();
         if let Some(p) = opt(dir.join("tty-info.img")) {
-            for t in entries_of::<pb::TtyInfoEntry>(&p, "TTY_INFO")? {
+            for t in entries_of::<pb::Tty_info_entry>(&p, "TTY_INFO")? {
                 ttys.insert(t.id(), t);
             }
         }
         let mut memfd = HashMap::new();
         if let Some(p) = opt(dir.join("memfd.img")) {
-            for m in entries_of::<pb::MemfdInodeEntry>(&p, "MEMFD_INODE")? {
+            for m in entries_of::<pb::Memfd_inode_entry>(&p, "MEMFD_INODE")? {
                 memfd.insert(m.inode_id(), m.name().to_string());
             }
         }
@@ -351,8 +357,8 @@ impl Files {
     }
 }
 
-/// An enum field's name as the definitions spell it; its number when the
-/// definitions do not know it.
+/// An enum field's name as CRIU's schema spells it; its number when the
+/// schema does not know it.
 fn enum_name<E: protobuf::Enum + std::fmt::Debug>(v: Option<protobuf::EnumOrUnknown<E>>) -> String {
     match v.map(|e| e.enum_value()) {
         Some(Ok(v)) => format!("{v:?}"),
@@ -410,7 +416,7 @@ fn endpoint(addr: Option<IpAddr>, port: u32) -> Option<String> {
     })
 }
 
-fn inet_socket(s: &pb::InetSkEntry) -> Socket {
+fn inet_socket(s: &pb::Inet_sk_entry) -> Socket {
     let fam = s.family();
     let protocol = match s.proto() {
         6 => "tcp".to_string(),
@@ -440,7 +446,7 @@ fn inet_socket(s: &pb::InetSkEntry) -> Socket {
     }
 }
 
-fn unix_name(u: &pb::UnixSkEntry) -> String {
+fn unix_name(u: &pb::Unix_sk_entry) -> String {
     let n = u.name();
     // An abstract name starts with a NUL; a path's ends with one (the
     // kernel's sun_path), which is not part of the name.
@@ -457,7 +463,7 @@ fn unix_name(u: &pb::UnixSkEntry) -> String {
     }
 }
 
-fn unix_socket(u: &pb::UnixSkEntry) -> Socket {
+fn unix_socket(u: &pb::Unix_sk_entry) -> Socket {
     let name = unix_name(u);
     Socket {
         id: u.id(),
@@ -490,7 +496,7 @@ fn other_socket(id: u32, family: &str, protocol: u32, kind: u32, state: u32) -> 
     }
 }
 
-fn socket_of(f: &pb::FileEntry) -> Option<Socket> {
+fn socket_of(f: &pb::File_entry) -> Option<Socket> {
     if let Some(s) = f.isk.as_ref() {
         return Some(inet_socket(s));
     }
@@ -536,14 +542,14 @@ fn describe_socket(s: &Socket) -> String {
     }
 }
 
-fn tty_kind(t: &pb::TtyInfoEntry) -> String {
+fn tty_kind(t: &pb::Tty_info_entry) -> String {
     match enum_name(t.type_).as_str() {
         "TTY_UNKNOWN" => "unknown".into(),
         n => n.to_lowercase(),
     }
 }
 
-fn fd_of(e: &pb::FdinfoEntry, files: &Files) -> Fd {
+fn fd_of(e: &pb::Fdinfo_entry, files: &Files) -> Fd {
     let kind = enum_name(e.type_);
     let f = files.by_id.get(&e.id());
     let mut fd = Fd {
@@ -649,7 +655,7 @@ fn sched_policy(p: u32) -> String {
     .into()
 }
 
-fn thread_of(tid: u32, core: &pb::CoreEntry) -> Thread {
+fn thread_of(tid: u32, core: &pb::Core_entry) -> Thread {
     let tc = core.thread_core.as_ref();
     let comm = tc
         .filter(|t| t.has_comm())
@@ -808,7 +814,7 @@ impl DumpedMemory {
     }
 }
 
-fn cmdline(mem: &DumpedMemory, mm: &pb::MmEntry) -> Option<Vec<String>> {
+fn cmdline(mem: &DumpedMemory, mm: &pb::Mm_entry) -> Option<Vec<String>> {
     let raw = mem.bytes(mm.mm_arg_start(), mm.mm_arg_end())?;
     let raw = raw.strip_suffix(b"\0").unwrap_or(&raw);
     Some(
@@ -818,10 +824,10 @@ fn cmdline(mem: &DumpedMemory, mm: &pb::MmEntry) -> Option<Vec<String>> {
     )
 }
 
-fn process(dir: &Path, p: &pb::PstreeEntry, files: &Files) -> Result<Process> {
+fn process(dir: &Path, p: &pb::Pstree_entry, files: &Files) -> Result<Process> {
     let pid = p.pid();
-    let core_of = |tid: u32| -> Result<pb::CoreEntry> {
-        Ok(first(entries_of::<pb::CoreEntry>(
+    let core_of = |tid: u32| -> Result<pb::Core_entry> {
+        Ok(first(entries_of::<pb::Core_entry>(
             &dir.join(format!("core-{tid}.img")),
             "CORE",
         )?))
@@ -829,7 +835,7 @@ fn process(dir: &Path, p: &pb::PstreeEntry, files: &Files) -> Result<Process> {
     let core = core_of(pid)?;
     let tc = core.tc.as_ref();
     let ids = match opt(dir.join(format!("ids-{pid}.img"))) {
-        Some(p) => first(entries_of::<pb::TaskKobjIdsEntry>(&p, "IDS")?),
+        Some(p) => first(entries_of::<pb::Task_kobj_ids_entry>(&p, "IDS")?),
         None => core.ids.as_ref().cloned().unwrap_or_default(),
     };
     let mut threads = Vec::new();
@@ -850,13 +856,13 @@ fn process(dir: &Path, p: &pb::PstreeEntry, files: &Files) -> Result<Process> {
 
     let mut fds = Vec::new();
     if let Some(fi) = opt(dir.join(format!("fdinfo-{}.img", ids.files_id()))) {
-        for e in entries_of::<pb::FdinfoEntry>(&fi, "FDINFO")? {
+        for e in entries_of::<pb::Fdinfo_entry>(&fi, "FDINFO")? {
             fds.push(fd_of(&e, files));
         }
     }
     let (mut cwd, mut root) = (None, None);
     if let Some(fs) = opt(dir.join(format!("fs-{pid}.img"))) {
-        let fs = first(entries_of::<pb::FsEntry>(&fs, "FS")?);
+        let fs = first(entries_of::<pb::Fs_entry>(&fs, "FS")?);
         cwd = files.reg_name(fs.cwd_id());
         root = files.reg_name(fs.root_id());
     }
@@ -864,7 +870,7 @@ fn process(dir: &Path, p: &pb::PstreeEntry, files: &Files) -> Result<Process> {
     let mut memory = Memory::default();
     let (mut exe, mut args) = (None, None);
     if let Some(mm) = opt(dir.join(format!("mm-{pid}.img"))) {
-        let mm = first(entries_of::<pb::MmEntry>(&mm, "MM")?);
+        let mm = first(entries_of::<pb::Mm_entry>(&mm, "MM")?);
         exe = files.reg_name(mm.exe_file_id());
         for v in &mm.vmas {
             let len = v.end().saturating_sub(v.start());
@@ -944,7 +950,7 @@ fn fstype_name(t: u32, fsname: &str) -> String {
 fn mounts(dir: &Path) -> Result<Vec<Mount>> {
     let mut out = Vec::new();
     for (ns, p) in numbered(dir, "mountpoints-")? {
-        for m in entries_of::<pb::MntEntry>(&p, "MNTS")? {
+        for m in entries_of::<pb::Mnt_entry>(&p, "MNTS")? {
             out.push(Mount {
                 ns,
                 mnt_id: m.mnt_id(),
@@ -968,7 +974,7 @@ fn network(dir: &Path) -> Result<Vec<NetNs>> {
     let mut by_ns: BTreeMap<u32, NetNs> = BTreeMap::new();
     for (id, p) in numbered(dir, "netdev-")? {
         let n = by_ns.entry(id).or_insert_with(|| empty_ns(id));
-        for d in entries_of::<pb::NetDeviceEntry>(&p, "NETDEV")? {
+        for d in entries_of::<pb::Net_device_entry>(&p, "NETDEV")? {
             n.devices.push(NetDevice {
                 ifindex: d.ifindex(),
                 name: d.name().to_string(),
@@ -1015,7 +1021,7 @@ fn cgroups(dir: &Path) -> Result<Vec<CgroupSet>> {
     let Some(p) = opt(dir.join("cgroup.img")) else {
         return Ok(Vec::new());
     };
-    let cg = first(entries_of::<pb::CgroupEntry>(&p, "CGROUP")?);
+    let cg = first(entries_of::<pb::Cgroup_entry>(&p, "CGROUP")?);
     Ok(cg
         .sets
         .iter()
@@ -1074,9 +1080,9 @@ impl Checkpoint {
                 path: dir.to_path_buf(),
             });
         }
-        let inv = first(entries_of::<pb::InventoryEntry>(&inv_path, "INVENTORY")?);
+        let inv = first(entries_of::<pb::Inventory_entry>(&inv_path, "INVENTORY")?);
         let files = Files::read(dir)?;
-        let tree = entries_of::<pb::PstreeEntry>(&dir.join("pstree.img"), "PSTREE")?;
+        let tree = entries_of::<pb::Pstree_entry>(&dir.join("pstree.img"), "PSTREE")?;
         let processes = tree
             .iter()
             .map(|p| process(dir, p, &files))

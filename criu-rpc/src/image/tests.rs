@@ -4,9 +4,10 @@
 use std::fs;
 use std::path::Path;
 
-use protobuf::{Message, MessageField};
+use protobuf::MessageField;
 
 use super::kinds::{by_name, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC};
+use super::testing::bytes;
 use super::*;
 use crate::Error;
 
@@ -28,12 +29,8 @@ fn image(name: &str, entries: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
-fn bytes(m: &impl Message) -> Vec<u8> {
-    m.write_to_bytes().unwrap()
-}
-
 fn pstree(pid: u32, ppid: u32, threads: &[u32]) -> Vec<u8> {
-    let mut p = pb::PstreeEntry::new();
+    let mut p = pb::Pstree_entry::new();
     p.set_pid(pid);
     p.set_ppid(ppid);
     p.set_pgid(pid);
@@ -114,7 +111,7 @@ fn a_wrong_magic_is_refused_with_its_offset() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("core-1.img");
     fs::write(&p, image("PSTREE", &[pstree(1, 0, &[1])])).unwrap();
-    let err = entries_of::<pb::CoreEntry>(&p, "CORE")
+    let err = entries_of::<pb::Core_entry>(&p, "CORE")
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected a CORE image, found PSTREE"), "{err}");
@@ -138,7 +135,7 @@ fn unknown_fields_do_not_break_decoding() {
 
 #[test]
 fn payloads_after_entries_are_framed() {
-    let mut pd = pb::PipeDataEntry::new();
+    let mut pd = pb::Pipe_data_entry::new();
     pd.set_pipe_id(3);
     pd.set_bytes(5);
     let mut img = image("PIPES_DATA", &[bytes(&pd)]);
@@ -157,8 +154,8 @@ fn payloads_after_entries_are_framed() {
 
 #[test]
 fn service_images_and_raw_images() {
-    let mut st = pb::StatsEntry::new();
-    let mut d = pb::DumpStatsEntry::new();
+    let mut st = pb::Stats_entry::new();
+    let mut d = pb::Dump_stats_entry::new();
     d.set_pages_written(12);
     st.dump = MessageField::some(d);
     let mut img = IMG_SERVICE_MAGIC.to_le_bytes().to_vec();
@@ -221,65 +218,65 @@ fn ip_tool_dumps_decode() {
 /// and a TCP socket open, and its command line in the dumped pages.
 fn write_checkpoint(dir: &Path, extra_fd: bool) {
     let w = |name: &str, data: Vec<u8>| fs::write(dir.join(name), data).unwrap();
-    let mut inv = pb::InventoryEntry::new();
+    let mut inv = pb::Inventory_entry::new();
     inv.set_img_version(2);
     w("inventory.img", image("INVENTORY", &[bytes(&inv)]));
     w("pstree.img", image("PSTREE", &[pstree(1, 0, &[1])]));
 
-    let mut core = pb::CoreEntry::new();
-    let mut tc = pb::TaskCoreEntry::new();
+    let mut core = pb::Core_entry::new();
+    let mut tc = pb::Task_core_entry::new();
     tc.set_comm("sh".into());
     tc.set_task_state(1);
     core.tc = MessageField::some(tc);
-    let mut th = pb::ThreadCoreEntry::new();
+    let mut th = pb::Thread_core_entry::new();
     th.set_sched_nice(5);
     core.thread_core = MessageField::some(th);
     w("core-1.img", image("CORE", &[bytes(&core)]));
 
-    let mut ids = pb::TaskKobjIdsEntry::new();
+    let mut ids = pb::Task_kobj_ids_entry::new();
     ids.set_files_id(1);
     w("ids-1.img", image("IDS", &[bytes(&ids)]));
 
-    let fdinfo = |fd: u32, id: u32, t: pb::FdTypes| {
-        let mut e = pb::FdinfoEntry::new();
+    let fdinfo = |fd: u32, id: u32, t: pb::Fd_types| {
+        let mut e = pb::Fdinfo_entry::new();
         e.set_fd(fd);
         e.set_id(id);
         e.set_type(t);
         bytes(&e)
     };
     let mut fds = vec![
-        fdinfo(0, 10, pb::FdTypes::REG),
-        fdinfo(1, 11, pb::FdTypes::PIPE),
-        fdinfo(2, 15, pb::FdTypes::TTY),
-        fdinfo(3, 12, pb::FdTypes::UNIXSK),
-        fdinfo(4, 13, pb::FdTypes::INETSK),
+        fdinfo(0, 10, pb::Fd_types::REG),
+        fdinfo(1, 11, pb::Fd_types::PIPE),
+        fdinfo(2, 15, pb::Fd_types::TTY),
+        fdinfo(3, 12, pb::Fd_types::UNIXSK),
+        fdinfo(4, 13, pb::Fd_types::INETSK),
     ];
     if extra_fd {
-        fds.push(fdinfo(5, 14, pb::FdTypes::REG));
+        fds.push(fdinfo(5, 14, pb::Fd_types::REG));
     }
     w("fdinfo-1.img", image("FDINFO", &fds));
 
     let reg = |id: u32, name: &str| {
-        let mut f = pb::FileEntry::new();
-        f.set_type(pb::FdTypes::REG);
+        let mut f = pb::File_entry::new();
+        f.set_type(pb::Fd_types::REG);
         f.set_id(id);
-        let mut r = pb::RegFileEntry::new();
+        let mut r = pb::Reg_file_entry::new();
         r.set_id(id);
         r.set_name(name.into());
         f.reg = MessageField::some(r);
         bytes(&f)
     };
-    let mut pipe = pb::FileEntry::new();
-    pipe.set_type(pb::FdTypes::PIPE);
+    let mut pipe = pb::File_entry::new();
+    pipe.set_type(pb::Fd_types::PIPE);
     pipe.set_id(11);
-    let mut p = pb::PipeEntry::new();
+    let mut p = pb::Pipe_entry::new();
     p.set_id(11);
     p.set_pipe_id(4242);
     pipe.pipe = MessageField::some(p);
-    let mut usk = pb::FileEntry::new();
-    usk.set_type(pb::FdTypes::UNIXSK);
+    let mut usk = pb::File_entry::new();
+    usk.set_type(pb::Fd_types::UNIXSK);
     usk.set_id(12);
-    let mut u = pb::UnixSkEntry::new();
+    let mut u = pb::Unix_sk_entry::new();
     u.set_id(12);
     u.set_ino(777);
     u.set_peer(778);
@@ -287,10 +284,10 @@ fn write_checkpoint(dir: &Path, extra_fd: bool) {
     u.set_state(1);
     u.set_name(b"\0abstract".to_vec());
     usk.usk = MessageField::some(u);
-    let mut isk = pb::FileEntry::new();
-    isk.set_type(pb::FdTypes::INETSK);
+    let mut isk = pb::File_entry::new();
+    isk.set_type(pb::Fd_types::INETSK);
     isk.set_id(13);
-    let mut i = pb::InetSkEntry::new();
+    let mut i = pb::Inet_sk_entry::new();
     i.set_id(13);
     i.set_ino(900);
     i.set_family(2);
@@ -315,10 +312,10 @@ fn write_checkpoint(dir: &Path, extra_fd: bool) {
             ],
         ),
     );
-    let mut tty = pb::FileEntry::new();
-    tty.set_type(pb::FdTypes::TTY);
+    let mut tty = pb::File_entry::new();
+    tty.set_type(pb::Fd_types::TTY);
     tty.set_id(15);
-    let mut t = pb::TtyFileEntry::new();
+    let mut t = pb::Tty_file_entry::new();
     t.set_id(15);
     t.set_tty_info_id(30);
     tty.tty = MessageField::some(t);
@@ -328,26 +325,26 @@ fn write_checkpoint(dir: &Path, extra_fd: bool) {
     more.extend_from_slice(&(tb.len() as u32).to_le_bytes());
     more.extend_from_slice(&tb);
     w("files.img", more);
-    let mut info = pb::TtyInfoEntry::new();
+    let mut info = pb::Tty_info_entry::new();
     info.set_id(30);
     info.set_type(pb::TtyType::PTY);
-    let mut pty = pb::TtyPtyEntry::new();
+    let mut pty = pb::Tty_pty_entry::new();
     pty.set_index(3);
     info.pty = MessageField::some(pty);
     w("tty-info.img", image("TTY_INFO", &[bytes(&info)]));
 
-    let mut fsent = pb::FsEntry::new();
+    let mut fsent = pb::Fs_entry::new();
     fsent.set_cwd_id(20);
     fsent.set_root_id(20);
     w("fs-1.img", image("FS", &[bytes(&fsent)]));
 
     let base = 0x10000u64;
-    let mut mm = pb::MmEntry::new();
+    let mut mm = pb::Mm_entry::new();
     mm.set_exe_file_id(21);
     mm.set_mm_arg_start(base + 4090);
     mm.set_mm_arg_end(base + 4090 + 14);
     let vma = |start: u64, pages: u64, status: u32, shmid: u64| {
-        let mut v = pb::VmaEntry::new();
+        let mut v = pb::Vma_entry::new();
         v.set_start(start);
         v.set_end(start + pages * 4096);
         v.set_status(status);
@@ -360,9 +357,9 @@ fn write_checkpoint(dir: &Path, extra_fd: bool) {
     mm.vmas.push(vma(0x40000, 1, 1 | (1 << 6), 21)); // the executable
     w("mm-1.img", image("MM", &[bytes(&mm)]));
 
-    let mut head = pb::PagemapHead::new();
+    let mut head = pb::Pagemap_head::new();
     head.set_pages_id(1);
-    let mut pe = pb::PagemapEntry::new();
+    let mut pe = pb::Pagemap_entry::new();
     pe.set_vaddr(base);
     pe.set_nr_pages(2);
     pe.set_flags(4);

@@ -32,7 +32,7 @@ pub fn lazy_ranges(images: &Path, pid: i32) -> Result<Vec<Iov>> {
 
 /// The VMA bounds of `mm-PID.img` (each start and end), sorted.
 pub fn vma_bounds(images: &Path, pid: i32) -> Result<Vec<u64>> {
-    let mm = image::entries_of::<pb::MmEntry>(&images.join(format!("mm-{pid}.img")), "MM")?;
+    let mm = image::entries_of::<pb::Mm_entry>(&images.join(format!("mm-{pid}.img")), "MM")?;
     let mut bounds: Vec<u64> = mm
         .iter()
         .flat_map(|m| m.vmas.iter())
@@ -53,7 +53,7 @@ pub fn collect(images: &Path, pid: i32) -> Result<Iovs> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protobuf::Message;
+    use crate::image::testing::bytes;
 
     fn image(magic: u32, entries: &[Vec<u8>]) -> Vec<u8> {
         let mut out = 0x5456_4319u32.to_le_bytes().to_vec();
@@ -68,37 +68,30 @@ mod tests {
     #[test]
     fn lazy_ranges_cut_at_vmas() {
         let dir = tempfile::tempdir().unwrap();
-        let head = pb::PagemapHead::new().write_to_bytes().unwrap();
-        let mut lazy = pb::PagemapEntry::new();
+        let head = bytes(&pb::Pagemap_head::new());
+        let mut lazy = pb::Pagemap_entry::new();
         lazy.set_vaddr(0x10000);
         lazy.set_compat_nr_pages(3);
         lazy.set_flags(PE_LAZY | 4);
-        let mut present = pb::PagemapEntry::new();
+        let mut present = pb::Pagemap_entry::new();
         present.set_vaddr(0x20000);
         present.set_compat_nr_pages(1);
         present.set_flags(4);
         std::fs::write(
             dir.path().join("pagemap-1.img"),
-            image(
-                0x5608_4025,
-                &[
-                    head,
-                    lazy.write_to_bytes().unwrap(),
-                    present.write_to_bytes().unwrap(),
-                ],
-            ),
+            image(0x5608_4025, &[head, bytes(&lazy), bytes(&present)]),
         )
         .unwrap();
-        let mut mm = pb::MmEntry::new();
+        let mut mm = pb::Mm_entry::new();
         for (s, e) in [(0x10000, 0x11000), (0x11000, 0x14000)] {
-            let mut v = pb::VmaEntry::new();
+            let mut v = pb::Vma_entry::new();
             v.set_start(s);
             v.set_end(e);
             mm.vmas.push(v);
         }
         std::fs::write(
             dir.path().join("mm-1.img"),
-            image(0x5749_2820, &[mm.write_to_bytes().unwrap()]),
+            image(0x5749_2820, &[bytes(&mm)]),
         )
         .unwrap();
         let iovs = collect(dir.path(), 1).unwrap();
