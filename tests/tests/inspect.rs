@@ -126,7 +126,9 @@ fn unquote_unix(v: &str) -> String {
 /// What Ferry and crit say about the images in `images` agree: process
 /// tree, threads, fds (with cwd and root), dump statistics, and the entry
 /// count of every image crit decodes. Returns Ferry's summary.
-fn agree_with_crit(root: &Root, images: &Path) -> Value {
+/// `whole_netns`: the container's network namespace was dumped by CRIU
+/// (it held more than a new one), so its links are in the images.
+fn agree_with_crit(root: &Root, images: &Path, whole_netns: bool) -> Value {
     let all = inspect_json(root, images, "");
     let ps = inspect_json(root, images, "ps");
     let procs: BTreeMap<u64, &Value> = ps
@@ -270,12 +272,19 @@ fn agree_with_crit(root: &Root, images: &Path) -> Value {
         "FILES",
         "FS",
         "MNTS",
-        "NETDEV",
         "CGROUP",
         "STATS",
-    ] {
+    ]
+    .into_iter()
+    .chain(whole_netns.then_some("NETDEV"))
+    {
         assert!(compared.contains(k), "{k} was not compared: {compared:?}");
     }
+    assert_eq!(
+        images.join("ferry-fresh-netns.json").exists(),
+        !whole_netns,
+        "a namespace that looks new is dumped as external, any other whole"
+    );
     all
 }
 
@@ -295,10 +304,28 @@ fn a_busybox_counter_dump_agrees_with_crit() {
     let id = unique("insb");
     root.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
     wait_numbers(&bundle.join("rootfs/out/count"), 5);
+    // An address more than a new namespace has: CRIU dumps the namespace
+    // whole, links and addresses (NETDEV) included.
+    let pid = root.pid(&id).to_string();
+    let ok = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid,
+            "-n",
+            "ip",
+            "addr",
+            "add",
+            "127.0.0.2/8",
+            "dev",
+            "lo",
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
     let images = tmp.path().join("images");
     root.ok(&["checkpoint", "--image-path", s(&images), &id]);
 
-    let all = agree_with_crit(&root, &images);
+    let all = agree_with_crit(&root, &images, true);
     assert!(
         all["criu"]["version"].as_str().unwrap().starts_with("4."),
         "{}",
@@ -452,7 +479,7 @@ fn a_multi_process_dump_with_sockets_and_pipes_agrees_with_crit() {
     let images = tmp.path().join("images");
     root.ok(&["checkpoint", "--image-path", s(&images), &id]);
 
-    let all = agree_with_crit(&root, &images);
+    let all = agree_with_crit(&root, &images, false);
     let procs = all["processes"].as_array().unwrap();
     assert!(
         procs.len() >= 4,
@@ -573,7 +600,7 @@ public class Counter {
     let images = tmp.path().join("images");
     root.ok(&["checkpoint", "--image-path", s(&images), &id]);
 
-    let all = agree_with_crit(&root, &images);
+    let all = agree_with_crit(&root, &images, false);
     let jvm = &all["processes"][0];
     assert_eq!(jvm["comm"], "java");
     assert!(
