@@ -1323,8 +1323,9 @@ fn iptables_of(pid: u32) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `ferry migrate` SIGKILLed once the container is dumped and frozen (its
-/// rootfs on the way through a throttled relay): the container stays
+/// `ferry migrate` SIGKILLed once the container is dumped and frozen (what
+/// changed in its rootfs on the way through a throttled relay; an address
+/// more on `lo` makes CRIU dump and lock its namespace): the container stays
 /// frozen, its tasks stopped, its network namespace locked by CRIU and its
 /// loopback connection in repair mode. While the move runs, `ferry resume`
 /// refuses, naming it; a record saying the destination was told to run its
@@ -1337,18 +1338,42 @@ fn a_killed_migrate_is_brought_back_by_resume() {
     let (a, b, tag) = (&p.a, &p.b, p.tag);
     let serve_b = p.serve_b("rb");
     let bundle = python_bundle(p.dir(), LOOPBACK_COUNTER);
-    // 64 MiB that does not compress in the rootfs: sent after the dump
-    // through a relay at 4 MiB/s, the rootfs stream takes 16 s less the
-    // time since the relay began (pre-flight and dump: a few seconds).
+    // 24 MiB that does not compress in the rootfs, appended to all the
+    // time: it goes ahead of the freeze and again, changed, after the
+    // dump, through a relay at 4 MiB/s: 6 s each time.
     let mut blob = std::fs::File::create(bundle.join("rootfs/blob")).unwrap();
-    let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 64 << 20);
+    let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 24 << 20);
     std::io::copy(&mut random, &mut blob).unwrap();
     drop(blob);
     let count = bundle.join("rootfs/out/count");
     let id = format!("resume-{tag}");
     run(a, &bundle, &id);
     wait_numbers(&count, 5);
+    a.ok(&[
+        "exec",
+        "-d",
+        &id,
+        "sh",
+        "-c",
+        "while :; do echo >> /blob; sleep 0.1; done",
+    ]);
     let init = a.pid(&id);
+    // More than a new namespace holds: CRIU dumps and locks it.
+    let ok = Command::new("nsenter")
+        .args([
+            "-t",
+            &init.to_string(),
+            "-n",
+            "ip",
+            "addr",
+            "add",
+            "127.0.0.2/8",
+            "dev",
+            "lo",
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
     let relay = Relay::start(
         serve_b.addr.clone(),
         Tamper::Throttle {
@@ -1356,7 +1381,7 @@ fn a_killed_migrate_is_brought_back_by_resume() {
         },
     );
     let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
-    // The dump is done (every page went) once the rootfs goes.
+    // The dump is done (every page went) once the rootfs's changes go.
     mig.wait_for("transfer");
     let err = a.fails(&["resume", &id]);
     let pid = mig.child.id();
