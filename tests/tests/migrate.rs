@@ -1018,6 +1018,12 @@ fn a_full_destination_disk_keeps_the_source() {
     let _disk = Tmpfs::mount(b.path(), "1g");
     let serve_b = p.serve_b("fb");
     let bundle = python_bundle(p.dir(), COUNTER_256_MIB);
+    // 64 MiB in the rootfs: its stream (ahead of the freeze) is still
+    // coming in when the disk fills.
+    let mut blob = std::fs::File::create(bundle.join("rootfs/blob")).unwrap();
+    let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 64 << 20);
+    std::io::copy(&mut random, &mut blob).unwrap();
+    drop(blob);
     let count = bundle.join("rootfs/out/count");
     let id = format!("full-{tag}");
     run(a, &bundle, &id);

@@ -663,12 +663,7 @@ fn send_inner(
     // The root filesystem's bulk goes while the container still runs;
     // only what it changes meanwhile goes while it is frozen.
     let ahead = rootfs_ahead(&mut ctl, &c.state.rootfs, overlay.as_ref(), progress)?;
-    let preflight_ms = ms(t0.elapsed());
-
-    record.set_phase(Phase::Frozen)?;
-    progress(Progress::Phase("freeze and dump"));
     let images = work.join("images");
-    let frozen_at = Instant::now();
     // Kept to cut the page connection under a post-copy dump that must end
     // early (CRIU's page server then returns and leaves the tasks stopped).
     let pages_cut = relay.cutter()?;
@@ -684,6 +679,25 @@ fn send_inner(
         empty_ns,
         ..super::CRIU_FLAGS.dump(images.clone())
     };
+    // CRIU's request, its side files, the look at the network namespace
+    // and criu swrk started: all before the freeze, outside the downtime.
+    let prepared = match c.prepare_checkpoint(criu, opts) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = wire::send(
+                &mut ctl,
+                &Step::Abort {
+                    reason: crate::error::chain(&e),
+                },
+            );
+            return Err(e);
+        }
+    };
+    let preflight_ms = ms(t0.elapsed());
+
+    record.set_phase(Phase::Frozen)?;
+    progress(Progress::Phase("freeze and dump"));
+    let frozen_at = Instant::now();
     // When CRIU said it starts the dump (its pre-dump notify).
     let pre_dump_at = std::sync::OnceLock::<Instant>::new();
     std::thread::scope(|scope| {
@@ -712,15 +726,20 @@ fn send_inner(
         // destination has every page, long after the restore.
         let pre_dump_at = &pre_dump_at;
         let dump = scope.spawn(move || {
-            let r = c.checkpoint(criu, opts, &mut |n| match n {
-                Notify::PreDump => {
-                    let _ = pre_dump_at.set(Instant::now());
-                }
-                Notify::StatusReady => {
-                    let _ = tx.send(DumpEvent::Ready);
-                }
-                _ => {}
-            });
+            let r = prepared
+                .run(
+                    &mut |n| match n {
+                        Notify::PreDump => {
+                            let _ = pre_dump_at.set(Instant::now());
+                        }
+                        Notify::StatusReady => {
+                            let _ = tx.send(DumpEvent::Ready);
+                        }
+                        _ => {}
+                    },
+                    |_| (),
+                )
+                .map(|(done, ())| done);
             let _ = done.send(DumpEvent::Done(r.is_ok()));
             r
         });

@@ -47,6 +47,18 @@ impl Container {
         on_notify: &mut dyn FnMut(&Notify),
         then: impl FnOnce(&Checkpointed) -> T,
     ) -> Result<(Checkpointed, T)> {
+        self.prepare_checkpoint(criu, opts)?.run(on_notify, then)
+    }
+
+    /// Everything of a checkpoint that needs no frozen tasks: the spec's
+    /// plan, whether the network namespace looks new, CRIU's request and
+    /// side files, criu swrk started and waiting. Nothing is frozen until
+    /// [`PreparedCheckpoint::run`]; dropped unrun, nothing happened.
+    pub fn prepare_checkpoint(
+        self,
+        criu: &Criu,
+        opts: CheckpointOptions,
+    ) -> Result<PreparedCheckpoint> {
         self.require(&[Status::Running, Status::Paused], "running")?;
         let mut spec = self.spec()?;
         // A user namespace's container binds the host's device nodes (it
@@ -114,23 +126,60 @@ impl Container {
             (None, true) if opts.lock_joined_netns => joined_netns(&spec),
             _ => None,
         };
-        // Everything that needs no frozen tasks happens before the freeze:
-        // the request, its side files, and criu swrk started and waiting.
+        let keeps_freezer = target.freezer.is_some();
         let prepared = checkpoint::prepare(criu, &target, opts)?;
+        Ok(PreparedCheckpoint {
+            container: self,
+            prepared,
+            keeps,
+            leave_stopped,
+            has_freezer: keeps_freezer,
+            to_lock,
+        })
+    }
+}
+
+/// A checkpoint ready to freeze and dump ([`Container::prepare_checkpoint`]).
+pub struct PreparedCheckpoint {
+    container: Container,
+    prepared: checkpoint::Prepared,
+    keeps: bool,
+    leave_stopped: bool,
+    has_freezer: bool,
+    to_lock: Option<PathBuf>,
+}
+
+impl PreparedCheckpoint {
+    /// Freezes and dumps; `then` runs once the dump succeeded, before the
+    /// container is deleted (see [`Container::checkpoint_then`]).
+    pub fn run<T>(
+        self,
+        on_notify: &mut dyn FnMut(&Notify),
+        then: impl FnOnce(&Checkpointed) -> T,
+    ) -> Result<(Checkpointed, T)> {
+        let PreparedCheckpoint {
+            container,
+            prepared,
+            keeps,
+            leave_stopped,
+            has_freezer,
+            to_lock,
+        } = self;
+        let this = &container;
         // Freeze first: CRIU then finds the cgroup frozen and goes on at
         // once, where freezing it itself costs a 100 ms poll (seize.c:
         // "100 x 100ms attempts"); it leaves a cgroup it found frozen
         // frozen, so the container is thawed here if it is to run on.
-        let was_paused = self.state.cgroup.is_frozen();
-        if target.freezer.is_some() && !was_paused {
-            self.state.cgroup.freeze()?;
+        let was_paused = this.state.cgroup.is_frozen();
+        if has_freezer && !was_paused {
+            this.state.cgroup.freeze()?;
         }
         let locked = match to_lock {
             Some(ns) => {
                 if let Err(e) = crate::network::criu_lock::add(&ns) {
                     // Nothing was dumped: the container runs on as it was.
                     if !was_paused {
-                        let _ = self.state.cgroup.thaw();
+                        let _ = this.state.cgroup.thaw();
                     }
                     return Err(e);
                 }
@@ -152,13 +201,13 @@ impl Container {
         // its source that way until the destination runs).
         let stays_frozen = was_paused || (result.is_ok() && leave_stopped);
         if !stays_frozen {
-            let _ = self.state.cgroup.thaw();
+            let _ = this.state.cgroup.thaw();
         }
         let done = result?;
         unlocked?;
         let then = then(&done);
         if !keeps {
-            self.delete(true)?;
+            container.delete(true)?;
         }
         Ok((done, then))
     }
