@@ -24,9 +24,15 @@ use crate::{cgroup_leftovers, mount_leftovers, repo, require_root, Hosts};
 /// Where hack/setup unpacks Debian's containerd 2.1.
 pub const CONTAINERD2: &str = "/opt/containerd-2.1/usr/bin/containerd";
 pub const CTR2: &str = "/opt/containerd-2.1/usr/bin/ctr";
-/// The images hack/setup builds (no registry).
+/// The images hack/setup builds (there is no registry to pull from).
 pub const CRI_IMAGES: &str = "/var/cache/ferry/cri";
-pub const CRI_BUSYBOX_IMAGE: &str = "localhost/ferry-busybox:latest";
+/// busybox as each node pulls it through CRI, from the registry it runs on
+/// its own loopback (hack/lib/oci-registry.py): CRI's restore of a
+/// checkpoint pulls the checkpointed container's image by its repo digest,
+/// which only a pulled image has.
+pub const CRI_BUSYBOX_IMAGE: &str = "localhost:5000/ferry-busybox:latest";
+/// The registry's address inside each node's network namespace.
+pub const REGISTRY: &str = "127.0.0.1:5000";
 /// The RuntimeClass handler hack/cri-host maps to io.containerd.ferry.v2.
 pub const HANDLER: &str = "ferry";
 /// containerd's namespace for CRI's containers.
@@ -416,6 +422,7 @@ pub fn wait_log_numbers(path: &Path, after: usize, n: usize) -> Vec<u64> {
 pub struct CriHost {
     dir: tempfile::TempDir,
     pid: i32,
+    registry: Option<std::process::Child>,
     /// The number that keeps its pod network apart (10.88.N.0/24).
     pub number: u32,
     pub netns: String,
@@ -477,22 +484,31 @@ impl CriHost {
             .parse()
             .expect("hack/cri-host start prints containerd's pid");
         let cri = Cri::connect(&dir.path().join("containerd.sock"));
-        let host = CriHost {
+        let mut host = CriHost {
             dir,
             pid,
+            registry: None,
             number,
             netns,
             cri,
         };
-        for img in ["pause", "busybox"] {
+        let tar = |img: &str| {
             let tar = Path::new(CRI_IMAGES).join(format!("{img}.tar"));
             assert!(
                 tar.exists(),
                 "{} is missing: hack/setup builds it",
                 tar.display()
             );
-            host.ctr(&["images", "import", tar.to_str().unwrap()]);
-        }
+            tar
+        };
+        // The sandbox image is used from the node's store, as a node that
+        // has pinned it.
+        host.ctr(&["images", "import", tar("pause").to_str().unwrap()]);
+        host.registry = Some(start_registry(
+            &host.netns,
+            &[("ferry-busybox", &tar("busybox"))],
+        ));
+        host.cri.pull_image(CRI_BUSYBOX_IMAGE);
         host
     }
 
@@ -578,7 +594,8 @@ impl CriHost {
     }
 
     /// Nothing of this node's pods is left: no shim, no Ferry state, no
-    /// mount under its dir, no cgroup under `cgroup_parent`.
+    /// mount under its dir, no cgroup under `cgroup_parent` (which is then
+    /// removed).
     pub fn assert_nothing_left(&self, cgroup_parent: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.shims().is_empty() {
@@ -602,16 +619,59 @@ impl CriHost {
             .filter(|m| !m.contains("/root/io.containerd.snapshotter"))
             .collect();
         assert_eq!(mounts, Vec::<String>::new(), "mounts left behind");
-        assert_eq!(
-            cgroup_leftovers(cgroup_parent.trim_start_matches('/')),
-            Vec::<PathBuf>::new(),
-            "cgroups left behind"
-        );
+        // The pods' cgroups are gone; the parent is the node's (the
+        // kubelet's /kubepods, made by whichever pod came first there and
+        // left while others used it), so the test removes it.
+        for dir in cgroup_leftovers(cgroup_parent.trim_start_matches('/')) {
+            let children: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            assert_eq!(children, Vec::<PathBuf>::new(), "cgroups left behind");
+            std::fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+        }
     }
+}
+
+/// Runs hack/lib/oci-registry.py on the loopback of network namespace
+/// `netns` at [`REGISTRY`], serving `images` (repository name, tarball);
+/// returns once it listens.
+pub fn start_registry(netns: &str, images: &[(&str, &Path)]) -> std::process::Child {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{netns}"))
+        .arg("python3")
+        .arg(repo().join("hack/lib/oci-registry.py"))
+        .args(["--listen", REGISTRY]);
+    for (name, tar) in images {
+        cmd.arg(format!("{name}={}", tar.display()));
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 hack/lib/oci-registry.py");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.starts_with("listening on"),
+        "the registry in {netns} did not start: {line:?}"
+    );
+    child
 }
 
 impl Drop for CriHost {
     fn drop(&mut self) {
+        if let Some(mut r) = self.registry.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
         // Best effort: a failed test's pods go too.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.remove_all_pods()));
         let pid = nix::unistd::Pid::from_raw(self.pid);
