@@ -1,14 +1,21 @@
 //! containerd-shim-ferry-v2 under containerd 2.1's CRI plugin, driven as
-//! the kubelet drives it (tests/src/cri.rs): a node's containerd runs in a
+//! the kubelet drives it (tests/src/cri.rs): each node's containerd runs in a
 //! host of hack/hosts with the `ferry` RuntimeClass handler
-//! (hack/cri-host), its images imported locally (no registry).
+//! (hack/cri-host), pulling its images from a registry on its own loopback.
 //!
 //! - a pod (its sandbox on the ferry shim) with a counter container: the
 //!   counter's output reaches the CRI log, ExecSync runs in the container
 //!   (in the pod's network and UTS namespaces) and returns its output and
 //!   exit code, ContainerStatus follows it, StopContainer, RemoveContainer,
 //!   StopPodSandbox and RemovePodSandbox leave no shim, Ferry state, mount
-//!   or cgroup behind.
+//!   or cgroup behind;
+//! - CheckpointContainer of the running counter writes checkpointctl's
+//!   archive while the counter runs on; `ferry inspect` reads it; restored
+//!   by CreateContainer from the archive into a new pod, on the same node
+//!   and on host B's node, the counter goes on from the number the dump
+//!   froze, with its writable layer, in its new pod's network;
+//! - a checkpoint CRIU refuses (the counter holds /dev/loop-control) fails
+//!   with CRIU's reason through CRI, and the counter runs on.
 
 use std::time::Duration;
 
