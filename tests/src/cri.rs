@@ -127,16 +127,22 @@ impl Cri {
     }
 
     /// RunPodSandbox on `handler` (a RuntimeClass's handler).
-    pub fn run_pod(&self, config: &PodSandboxConfig, handler: &str) -> String {
+    pub fn try_run_pod(
+        &self,
+        config: &PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
         let mut c = self.runtime.clone();
-        self.ok(
-            "RunPodSandbox",
-            c.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: handler.into(),
-            }),
-        )
-        .pod_sandbox_id
+        self.call(c.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        }))
+        .map(|r| r.pod_sandbox_id)
+    }
+
+    pub fn run_pod(&self, config: &PodSandboxConfig, handler: &str) -> String {
+        self.try_run_pod(config, handler)
+            .unwrap_or_else(|s| panic!("CRI RunPodSandbox: {:?}: {}", s.code(), s.message()))
     }
 
     pub fn pod_status(&self, pod: &str) -> PodSandboxStatus {
@@ -433,6 +439,17 @@ impl CriHost {
     /// Starts the node's containerd in host `h` of `hosts` and imports the
     /// sandbox and busybox images into CRI's namespace.
     pub fn start(hosts: &Hosts, h: &str, number: u32) -> CriHost {
+        Self::start_with(hosts, h, number, |_| {})
+    }
+
+    /// Like [`CriHost::start`], with hack/cri-host's config.toml edited by
+    /// `edit` before containerd reads it.
+    pub fn start_with(
+        hosts: &Hosts,
+        h: &str,
+        number: u32,
+        edit: impl FnOnce(&mut String),
+    ) -> CriHost {
         require_root();
         for bin in [CONTAINERD2, CTR2] {
             assert!(
@@ -464,6 +481,10 @@ impl CriHost {
             "hack/cri-host config: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let config = dir.path().join("config.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        edit(&mut text);
+        std::fs::write(&config, text).unwrap();
         let out = Command::new("bash")
             .arg(&script)
             .arg("start")

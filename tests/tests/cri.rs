@@ -15,7 +15,9 @@
 //!   and on host B's node, the counter goes on from the number the dump
 //!   froze, with its writable layer, in its new pod's network;
 //! - a checkpoint CRIU refuses (the counter holds /dev/loop-control) fails
-//!   with CRIU's reason through CRI, and the counter runs on.
+//!   with CRIU's reason through CRI, and the counter runs on;
+//! - a handler with `sandboxer = "shim"` (containerd 2.x's sandbox API,
+//!   which the shim has not) is refused at RunPodSandbox with the fix.
 
 use std::time::Duration;
 
@@ -411,5 +413,31 @@ fn cri_checkpoint_criu_refuses_says_why_and_the_container_runs_on() {
     node.cri.remove_container(&id);
     node.cri.stop_pod(&pod);
     node.cri.remove_pod(&pod);
+    node.assert_nothing_left(&parent);
+}
+
+#[test]
+fn cri_sandboxer_shim_is_refused_with_the_fix() {
+    let hosts = Hosts::up(&format!("cri{}s", std::process::id() % 10000), "10.75.0");
+    let node = CriHost::start_with(&hosts, "a", 1, |config| {
+        let podsandbox = "sandboxer = 'podsandbox'";
+        assert!(
+            config.contains(podsandbox),
+            "hack/cri-host's config changed"
+        );
+        *config = config.replace(podsandbox, "sandboxer = 'shim'");
+    });
+    let parent = cgroup_parent("sandboxer");
+    let pod_cfg = pod_config("sandboxed", "uid-sandboxer-1", &node.logs(), &parent);
+    let e = node
+        .cri
+        .try_run_pod(&pod_cfg, HANDLER)
+        .expect_err("a pod sandbox through the sandbox API ran");
+    assert!(
+        e.message().contains("no sandbox API") && e.message().contains("podsandbox"),
+        "the refusal does not say why and what to do: {}",
+        e.message()
+    );
+    assert!(node.cri.list_pods().is_empty());
     node.assert_nothing_left(&parent);
 }
