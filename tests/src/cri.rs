@@ -58,6 +58,9 @@ impl Cri {
             .block_on(
                 Endpoint::try_from("http://[::]:0")
                     .unwrap()
+                    // A containerd or shim that never answers fails the
+                    // test rather than stalling it.
+                    .timeout(Duration::from_secs(120))
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
                         async move {
