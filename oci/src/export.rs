@@ -8,6 +8,11 @@
 //! - `bundle/config.json`: the container's config, its root at `rootfs`;
 //! - `bundle/rootfs/`: the container's root filesystem as the dump left it.
 //!
+//! `ferry inspect` also reads the checkpoint archives Kubernetes' CRI
+//! writes (containerd 2.x's and CRI-O's `CheckpointContainer`, the layout
+//! checkpointctl reads): CRIU's images under `checkpoint/`, beside
+//! `config.dump`, `spec.dump`, `status.dump` and `rootfs-diff.tar`.
+//!
 //! Modes, ownership, symlinks, hard links and device nodes are kept (the
 //! same tar handling as [`crate::migrate::tarball`]); extraction refuses
 //! paths that escape the destination.
@@ -306,7 +311,7 @@ fn extract(file: &Path, dest: &Path, only: Option<&str>) -> Result<serde_json::V
     let manifest: serde_json::Value = manifest.ok_or_else(|| {
         not_an_export(
             file,
-            "it has no ferry-export.json (make one with `ferry checkpoint --export`)",
+            "it has no ferry-export.json (make one with `ferry checkpoint --export`), nor is it a CRI checkpoint archive (checkpoint/ and config.dump)",
         )
     })?;
     if manifest["format"].as_u64() != Some(FORMAT as u64) {
@@ -380,8 +385,63 @@ pub fn import(file: &Path, dest: &Path) -> Result<Imported> {
 /// Extracts only the images of an export into `dest` (which must exist);
 /// returns where they are (`dest/images`).
 pub fn extract_images(file: &Path, dest: &Path) -> Result<PathBuf> {
-    extract(file, dest, Some(IMAGES))?;
-    Ok(dest.join(IMAGES))
+    match extract(file, dest, Some(IMAGES)) {
+        Ok(_) => Ok(dest.join(IMAGES)),
+        // Not an export: maybe CRI's archive (nothing was unpacked, it has
+        // neither images/ nor bundle/).
+        Err(Error::NotAnExport { .. }) if is_cri_archive(file)? => extract_cri_images(file, dest),
+        Err(e) => Err(e),
+    }
+}
+
+/// The directory of CRIU's images in a CRI checkpoint archive.
+pub const CRI_IMAGES: &str = "checkpoint";
+/// The container's description in a CRI checkpoint archive (checkpointctl's
+/// `config.dump`: id, name, base image, runtime, checkpoint time).
+pub const CRI_CONFIG: &str = "config.dump";
+
+/// Whether `file` is a CRI checkpoint archive: `config.dump` and
+/// `checkpoint/` at its top.
+pub fn is_cri_archive(file: &Path) -> Result<bool> {
+    let rd = |source| Error::Io {
+        op: "reading",
+        path: file.to_path_buf(),
+        source,
+    };
+    let mut a = tar::Archive::new(reader(file)?);
+    let (mut config, mut images) = (false, false);
+    for e in a.entries().map_err(rd)? {
+        let e = e.map_err(rd)?;
+        let path = e.path().map_err(rd)?;
+        let path = path.strip_prefix(".").unwrap_or(&path);
+        config |= path == Path::new(CRI_CONFIG);
+        images |= path.starts_with(CRI_IMAGES) && path != Path::new(CRI_IMAGES);
+        if config && images {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Extracts the CRIU images of a CRI checkpoint archive into
+/// `dest/checkpoint`, and returns that directory.
+fn extract_cri_images(file: &Path, dest: &Path) -> Result<PathBuf> {
+    let rd = |source| Error::Io {
+        op: "extracting",
+        path: file.to_path_buf(),
+        source,
+    };
+    let mut a = tar::Archive::new(reader(file)?);
+    for e in a.entries().map_err(rd)? {
+        let mut e = e.map_err(rd)?;
+        let path = e.path().map_err(rd)?.into_owned();
+        let path = path.strip_prefix(".").unwrap_or(&path);
+        if path.starts_with(CRI_IMAGES) {
+            // unpack_in refuses `..` and absolute paths.
+            e.unpack_in(dest).map_err(rd)?;
+        }
+    }
+    Ok(dest.join(CRI_IMAGES))
 }
 
 /// Whether `p` looks like an export archive rather than a directory.
@@ -489,5 +549,53 @@ mod tests {
         fs::write(&f, b.into_inner().unwrap()).unwrap();
         let err = import(&f, &d.path().join("dest2")).unwrap_err().to_string();
         assert!(err.contains("ferry-export.json"), "{err}");
+    }
+
+    /// Kubernetes' CRI archive (containerd's CheckpointContainer): its
+    /// images are read from `checkpoint/`; an archive with neither layout
+    /// is refused naming both.
+    #[test]
+    fn a_cri_checkpoint_archive_gives_its_images() {
+        let d = tempfile::tempdir().unwrap();
+        let tar_of = |name: &str, files: &[(&str, &[u8])]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (path, data) in files {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o600);
+                h.set_cksum();
+                b.append_data(&mut h, path, *data).unwrap();
+            }
+            let f = d.path().join(name);
+            fs::write(&f, b.into_inner().unwrap()).unwrap();
+            f
+        };
+        let cri = tar_of(
+            "cri.tar",
+            &[
+                ("checkpoint/inventory.img", b"inv"),
+                ("config.dump", b"{}"),
+                ("spec.dump", b"{}"),
+                ("rootfs-diff.tar", b""),
+            ],
+        );
+        assert!(is_cri_archive(&cri).unwrap());
+        let dest = d.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let images = extract_images(&cri, &dest).unwrap();
+        assert_eq!(images, dest.join(CRI_IMAGES));
+        assert_eq!(fs::read(images.join("inventory.img")).unwrap(), b"inv");
+        assert!(
+            !dest.join("config.dump").exists(),
+            "more than the images came out"
+        );
+
+        let neither = tar_of("neither.tar", &[("checkpoint/inventory.img", b"inv")]);
+        assert!(!is_cri_archive(&neither).unwrap());
+        let err = extract_images(&neither, &dest).unwrap_err().to_string();
+        assert!(
+            err.contains("ferry-export.json") && err.contains("CRI"),
+            "{err}"
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod agents;
+pub mod cri;
 pub mod docker;
 pub use agents::*;
 pub use docker::*;

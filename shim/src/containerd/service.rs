@@ -39,7 +39,22 @@ impl Shim for Service {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // The working directory is the bundle.
+        // The working directory is the bundle. A task's bundle has its
+        // config.json; containerd 2.x starts a shim without one for a pod
+        // sandbox when CRI's runtime has `sandboxer = "shim"`, and then
+        // speaks the sandbox API (and task API v3), which this shim has not.
+        if !std::path::Path::new("config.json").exists() {
+            return Err(containerd_shim::Error::InvalidArgument(format!(
+                "{}: no config.json in the bundle {}: containerd asks for a sandbox \
+                 (CRI's `sandboxer = \"shim\"`), and containerd-shim-ferry-v2 has no \
+                 sandbox API; set `sandboxer = \"podsandbox\"` (containerd's default) \
+                 for the ferry runtime handler",
+                opts.id,
+                std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
         let spec = containerd_shim::util::read_spec("").await?;
         let grouping = spec
             .annotations()
