@@ -114,7 +114,7 @@ pub enum Command {
     /// Restore a container from a checkpoint.
     Restore(commands::restore::RestoreArgs),
     /// Receive migrating containers (the destination's agent).
-    Serve(commands::migrate::ServeArgs),
+    Serve(commands::serve::ServeArgs),
     /// Make the shared key of `ferry serve` and `ferry migrate` (a new
     /// file, mode 0600; copy it to both hosts).
     Keygen(commands::migrate::KeygenArgs),
@@ -123,6 +123,14 @@ pub enum Command {
     /// Read and debug a checkpoint: summary, ps, fds, mem, sockets, mounts,
     /// stats; `decode FILE`; `diff A B`.
     Inspect(commands::inspect::InspectArgs),
+    /// Write the completion script of SHELL to stdout (what `hack/install`
+    /// installs).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages of ferry and its commands into DIR (what
+    /// `hack/install` installs).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 /// go-runc (containerd, dockerd) spells long flags with one dash
@@ -254,6 +262,24 @@ fn main() -> ExitCode {
         print_version(&cli);
         return ExitCode::SUCCESS;
     }
+    // Generated from the clap definition itself, so they never drift from
+    // the parser; no root, no logging needed.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man { dir }) => {
+            return match clap_mangen::generate_to(Cli::command(), dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ferry man: writing man pages into {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let Some(command) = &cli.command else {
         // runc without a command prints its help.
         let _ = Cli::command()
@@ -267,7 +293,33 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    if let Err(e) = logging::init(cli.log.as_deref(), cli.log_format, cli.debug) {
+    // `ferry serve` reads its configuration first: it may set the log
+    // format, and the agent logs each move at info.
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(clap::parser::ValueSource::CommandLine)
+        )
+    };
+    let mut log_format = cli.log_format;
+    let mut default_level = "warn,libcgroups=error";
+    let serve_config = match command {
+        Command::Serve(a) => match commands::serve::Config::load(a.config.as_deref()) {
+            Ok(c) => {
+                if let (false, Some(f)) = (given("log_format"), c.log_format) {
+                    log_format = f;
+                }
+                default_level = "info,libcgroups=error";
+                Some(c)
+            }
+            Err(e) => {
+                eprintln!("ferry serve: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    if let Err(e) = logging::init(cli.log.as_deref(), log_format, cli.debug, default_level) {
         eprintln!("ferry: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -290,15 +342,23 @@ fn main() -> ExitCode {
         Command::Spec(a) => commands::inspect_cmds::spec(&cli, a),
         Command::Checkpoint(a) => commands::checkpoint::checkpoint(&cli, a),
         Command::Restore(a) => commands::restore::restore(&cli, a),
-        Command::Serve(a) => commands::migrate::serve(&cli, a),
+        Command::Serve(a) => commands::serve::serve(
+            &cli,
+            a,
+            serve_config.unwrap_or_default(),
+            &commands::serve::Given {
+                root: given("root"),
+            },
+        ),
         Command::Keygen(a) => commands::migrate::keygen(a),
         Command::Migrate(a) => commands::migrate::migrate(&cli, a),
         Command::Inspect(a) => commands::inspect::inspect(&cli, a),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            logging::report_error(&e, cli.log_format);
+            logging::report_error(&e, log_format);
             // runc's exec fails with 255, so that its own failures differ
             // from the exit codes of the process it runs (exec.go).
             if matches!(command, Command::Exec(_)) {

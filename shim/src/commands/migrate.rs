@@ -4,7 +4,7 @@
 //! (ferry_oci::migrate::channel) unless both sides ask for plaintext: the
 //! agent never listens unauthenticated.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,41 +12,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferry_oci::migrate::auth::{Credentials, Identity, Key, Peers};
 use ferry_oci::migrate::channel::Security;
-use ferry_oci::migrate::destination::Agent;
 use ferry_oci::migrate::interrupt::Interrupt;
 use ferry_oci::migrate::{source, Mode, Progress};
 
 use super::checkpoint::criu;
 use crate::Cli;
-
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Address to listen on, e.g. 10.66.0.2:7878.
-    #[arg(long, required_unless_present = "new_key")]
-    pub listen: Option<SocketAddr>,
-    #[command(flatten)]
-    pub channel: ChannelArgs,
-    /// Create the --key-file (it must not exist) and exit (as `ferry
-    /// keygen --key-file`).
-    #[arg(long = "new-key", requires = "key_file")]
-    pub new_key: bool,
-    /// Prefix for the cgroup paths of containers received here.
-    #[arg(long = "cgroup-parent")]
-    pub cgroup_parent: Option<PathBuf>,
-    /// A socket that receives the pty master of every container with a
-    /// terminal restored here (as runc's --console-socket); containers with
-    /// a terminal are refused without it.
-    #[arg(long = "console-socket")]
-    pub console_socket: Option<PathBuf>,
-    /// Receive containers of a dockerd (`ferry migrate --docker`): each is
-    /// recreated on this host's dockerd under its name and restored there.
-    #[arg(long)]
-    pub docker: bool,
-    /// The dockerd to use (unix:///path/docker.sock); default: $DOCKER_HOST,
-    /// else unix:///var/run/docker.sock, as docker finds it.
-    #[arg(long = "docker-host", requires = "docker")]
-    pub docker_host: Option<String>,
-}
 
 /// How a side of a move authenticates and secures its channel; the same
 /// flags for `ferry serve` and `ferry migrate`.
@@ -129,45 +99,6 @@ pub fn keygen(a: &KeygenArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give --key-file or --identity"),
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
-    if let (true, Some(k)) = (a.new_key, &a.channel.key_file) {
-        Key::generate()?.save(k)?;
-        println!("{}", k.display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let security = a.channel.security()?;
-    let listen = a.listen.context("--listen is required")?;
-    std::fs::create_dir_all(&cli.root)
-        .with_context(|| format!("creating {}", cli.root.display()))?;
-    let channel = security.describe();
-    let mut agent = Agent::new(
-        cli.root.clone(),
-        security,
-        criu(cli),
-        a.cgroup_parent.clone(),
-    )
-    .with_console_socket(a.console_socket.clone());
-    if a.docker {
-        let engine = ferry_oci::docker::Engine::connect(a.docker_host.as_deref())
-            .context("ferry serve --docker")?;
-        eprintln!(
-            "ferry serve: docker containers land on dockerd at {}",
-            engine.host()
-        );
-        agent = agent.with_docker(a.docker_host.clone());
-    }
-    let agent = Arc::new(agent);
-    agent.clean_leftovers();
-    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
-    eprintln!(
-        "ferry serve: receiving containers on {} into {}; channel {channel}",
-        listener.local_addr()?,
-        cli.root.display()
-    );
-    agent.serve(listener)?;
     Ok(ExitCode::SUCCESS)
 }
 
