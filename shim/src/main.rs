@@ -48,6 +48,9 @@ pub struct Cli {
     /// libseccomp's, the CRIU it finds).
     #[arg(short = 'v', long = "version")]
     pub version: bool,
+    /// With --version: the same as one JSON object.
+    #[arg(long, requires = "version")]
+    pub json: bool,
     /// Root directory for the state of containers.
     #[arg(long, global = true, default_value = "/run/ferry")]
     pub root: PathBuf,
@@ -209,24 +212,52 @@ fn normalize_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ff
     .collect()
 }
 
+/// What `--version` prints.
+#[derive(serde::Serialize)]
+struct Version {
+    /// The name Ferry was invoked by (`runc` as a drop-in).
+    name: String,
+    version: &'static str,
+    /// The git commit built, `unknown` outside a git checkout (shim/build.rs).
+    commit: &'static str,
+    /// The runtime-spec version of the configs Ferry writes.
+    spec: &'static str,
+    /// libseccomp's, as linked at run time.
+    libseccomp: Option<String>,
+    /// The CRIU Ferry would use (`--criu`, `$FERRY_CRIU`, else PATH's),
+    /// as it answers CRIU's version request; none if it does not run.
+    criu: Option<String>,
+}
+
 /// `--version`, as runc prints it: name and version, then `commit:`,
 /// `spec:` (the runtime-spec version of the configs Ferry writes) and
-/// `libseccomp:` lines; Ferry adds the CRIU it would use.
+/// `libseccomp:` lines; Ferry adds the CRIU it would use. `--json`: the
+/// same as one object.
 fn print_version(cli: &Cli) {
-    let mut out = format!(
-        "{} version {}\ncommit: {}\nspec: {}\n",
-        invoked_as(),
-        env!("CARGO_PKG_VERSION"),
-        env!("FERRY_COMMIT"),
-        ferry_oci::runtime::spec::SPEC_VERSION
-    );
-    if let Some(v) = ferry_oci::runtime::seccomp::library_version() {
-        out += &format!("libseccomp: {v}\n");
-    }
-    match commands::checkpoint::criu(cli).version() {
-        Ok(v) => out += &format!("criu: {v}\n"),
-        Err(_) => out += "criu: not found\n",
-    }
+    let v = Version {
+        name: invoked_as(),
+        version: env!("CARGO_PKG_VERSION"),
+        commit: env!("FERRY_COMMIT"),
+        spec: ferry_oci::runtime::spec::SPEC_VERSION,
+        libseccomp: ferry_oci::runtime::seccomp::library_version().map(|v| v.to_string()),
+        criu: commands::checkpoint::criu(cli)
+            .version()
+            .ok()
+            .map(|v| v.to_string()),
+    };
+    let out = if cli.json {
+        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    } else {
+        let mut out = format!(
+            "{} version {}\ncommit: {}\nspec: {}\n",
+            v.name, v.version, v.commit, v.spec
+        );
+        if let Some(l) = &v.libseccomp {
+            out += &format!("libseccomp: {l}\n");
+        }
+        out += &format!("criu: {}\n", v.criu.as_deref().unwrap_or("not found"));
+        out
+    };
     // A closed stdout (`| head -1`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
 }
