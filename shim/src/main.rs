@@ -6,6 +6,7 @@
 //! command lives in its own file under `commands/`.
 
 mod commands;
+mod errors;
 mod logging;
 
 use std::path::PathBuf;
@@ -390,12 +391,26 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             logging::report_error(&e, log_format);
+            let json = match command {
+                Command::Migrate(a) => a.json,
+                Command::Checkpoint(a) => a.json,
+                Command::Restore(a) => a.json,
+                _ => false,
+            };
+            if json {
+                let mut out = errors::json(&e);
+                if let Command::Migrate(a) = command {
+                    out["id"] = a.id.clone().into();
+                    out["to"] = a.to.clone().into();
+                }
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            }
             // runc's exec fails with 255, so that its own failures differ
             // from the exit codes of the process it runs (exec.go).
             if matches!(command, Command::Exec(_)) {
                 ExitCode::from(255)
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(errors::exit_code(&e))
             }
         }
     }

@@ -102,20 +102,6 @@ pub fn keygen(a: &KeygenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ferry migrate --json`'s output when the move failed (the source runs
-/// on).
-#[derive(serde::Serialize)]
-struct Failed<'a> {
-    id: &'a str,
-    to: String,
-    /// The whole error on one line.
-    error: String,
-    /// The destination's failure, when it failed there.
-    destination: Option<&'a ferry_oci::migrate::protocol::Failure>,
-    /// Every problem of a destination that refused the container.
-    refused: &'a [ferry_oci::migrate::preflight::Problem],
-}
-
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
     pub id: String,
@@ -130,7 +116,8 @@ pub struct MigrateArgs {
     /// for this container; the report says which and why).
     #[arg(long, default_value = "auto")]
     pub mode: Mode,
-    /// Print the report as JSON.
+    /// Print the report as JSON; on failure, one JSON object naming the
+    /// error's kind, CRIU's part and the destination's problems.
     #[arg(long)]
     pub json: bool,
     /// Only ask the destination whether it would take the container (its
@@ -256,32 +243,6 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     signals.close();
     if let Some(b) = bar {
         b.finish_and_clear();
-    }
-    if let (true, Err(e)) = (a.json, &result) {
-        // The report of a failure: what the destination said as its own
-        // fields (CRIU's errno, message and log lines), then the error on
-        // stderr as for any command.
-        let failed = Failed {
-            id: &a.id,
-            to: a.to.clone(),
-            error: ferry_oci::error::chain(e),
-            destination: e.destination_failure(),
-            refused: match e {
-                ferry_oci::Error::Refused { problems } => problems,
-                _ => &[],
-            },
-        };
-        println!("{}", serde_json::to_string_pretty(&failed)?);
-    }
-    if let Err(e @ ferry_oci::Error::Interrupted { why, .. }) = &result {
-        eprintln!("ferry migrate: {}", ferry_oci::error::chain(e));
-        // As a shell reports a death by that signal: 128 + its number.
-        let code = match why.as_str() {
-            "SIGHUP" => 129,
-            "SIGTERM" => 143,
-            _ => 130,
-        };
-        return Ok(ExitCode::from(code));
     }
     let unknown = matches!(&result, Err(ferry_oci::Error::OutcomeUnknown { .. }));
     let report = result.with_context(|| match unknown {
