@@ -4,7 +4,8 @@
 //! The file's keys are the long flags' names (`key-file`, `peer-timeout`);
 //! a flag given on the command line overrides the file's key, and an
 //! unknown key is refused, named, rather than ignored (a misspelt
-//! `peer-timout` would otherwise silently keep the default). The agent logs
+//! `peer-timout` would otherwise silently keep the default). A switch
+//! (`--plaintext`, `--docker`) can only turn its key on. The agent logs
 //! each move it receives at info, its default level here.
 
 use std::net::{SocketAddr, TcpListener};
