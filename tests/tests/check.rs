@@ -118,7 +118,7 @@ fn version_names_commit_spec_libseccomp_and_criu() {
     assert_eq!(
         v["commit"].as_str().unwrap(),
         String::from_utf8_lossy(&head.stdout).trim(),
-        "{v}"
+        "ferry says it was built at another commit than this checkout's HEAD (rebuild it: cargo build --bins, as hack/test does): {v}"
     );
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert!(v["spec"].as_str().unwrap().starts_with("1."), "{v}");
