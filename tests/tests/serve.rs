@@ -115,7 +115,10 @@ fn serve_takes_its_config_a_flag_overrides_it_and_a_move_is_logged() {
     // It landed in the file's root, under the file's cgroup parent.
     assert_eq!(b.status(&id), "running");
     let n = numbers(&bundle.join("rootfs/out/count")).len();
-    assert_consecutive(&wait_numbers(&moved_rootfs(&b, &id).join("out/count"), n + 3));
+    assert_consecutive(&wait_numbers(
+        &moved_rootfs(&b, &id).join("out/count"),
+        n + 3,
+    ));
     let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", b.pid(&id))).unwrap();
     assert!(
         cgroups.contains(&format!("{cgroup}/{id}")),
