@@ -83,7 +83,8 @@ pub struct Agent {
 /// line of its outcome.
 struct Progress {
     stage: Cell<Stage>,
-    /// When `PagesReady` went out: the source freezes its container on it.
+    /// When the answer to the root filesystem sent ahead went out: the
+    /// source freezes its container on it.
     ready: Cell<Option<Instant>>,
     /// When the copy here was let run, after the commit.
     running: Cell<Option<Instant>>,
@@ -101,8 +102,8 @@ impl Default for Progress {
 
 impl Progress {
     /// The downtime as seen from here: from the source's freeze (the
-    /// arrival of `PagesReady` there, one network delay after it left) to
-    /// the copy running here. The source's report measures it from its
+    /// arrival there of the answer to `RootfsAhead`, one network delay
+    /// after it left) to the copy running here. The source's report measures it from its
     /// own clock.
     fn downtime(&self) -> Option<Duration> {
         Some(self.running.get()?.duration_since(self.ready.get()?))
@@ -580,8 +581,6 @@ impl Agent {
             (Some((waiter, stop)), None)
         };
         wire::send(s, &Reply::PagesReady)?;
-        // The source freezes its container as this arrives.
-        at.ready.set(Some(Instant::now()));
         // Where the root filesystem sent ahead went, and whether it is an
         // overlay's writable layer.
         let mut ahead: Option<(PathBuf, bool)> = None;
@@ -608,6 +607,8 @@ impl Agent {
                     let bytes = r.drain()?;
                     ahead = Some((tree, overlay));
                     wire::send(s, &Reply::Received { bytes })?;
+                    // The source freezes its container as this arrives.
+                    at.ready.set(Some(Instant::now()));
                 }
                 Step::RootfsChanges { removed, lowers } => {
                     let tree = match (&ahead, &lowers) {
