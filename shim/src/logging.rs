@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -19,14 +20,17 @@ pub enum LogFormat {
 
 static LOG_FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
-pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(if debug {
-            "debug"
-        } else {
-            "warn,libcgroups=error"
-        })
-    });
+/// Sets logging up: `$FERRY_LOG` (an env-filter) if set, else debug with
+/// `debug`, else `default` (runc's commands log warnings only; `ferry
+/// serve` logs each move at info).
+pub fn init(
+    log: Option<&Path>,
+    format: LogFormat,
+    debug: bool,
+    default: &str,
+) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { default }));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .event_format(Logrus {
@@ -51,7 +55,9 @@ pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> anyhow::Resul
 /// containerd parse (and runc's own tests grep): text
 /// `time="..." level=debug msg="..."`, or json
 /// `{"level":"debug","msg":"...","time":"..."}`. An event's fields other
-/// than its message follow the message as `key=value`.
+/// than its message follow the message as `key=value` in text, and are
+/// keys of their own in json, as logrus's `WithFields` writes them (a
+/// field named like one of the three is `fields.NAME`, as in logrus).
 struct Logrus {
     json: bool,
 }
@@ -59,24 +65,48 @@ struct Logrus {
 #[derive(Default)]
 struct Fields {
     message: String,
-    rest: String,
+    rest: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl Fields {
+    fn field(&mut self, field: &tracing::field::Field, value: serde_json::Value) {
+        match (field.name(), value) {
+            ("message", serde_json::Value::String(m)) => self.message = m,
+            ("message", v) => self.message = v.to_string(),
+            (name, v) => self.rest.push((name, v)),
+        }
+    }
+
+    /// The fields after the message, as logrus's text formatter writes
+    /// them: ` key=value`, strings quoted.
+    fn text(&self) -> String {
+        self.rest.iter().map(|(k, v)| format!(" {k}={v}")).collect()
+    }
 }
 
 impl tracing::field::Visit for Fields {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.message = format!("{value:?}");
-        } else {
-            self.rest += &format!(" {}={value:?}", field.name());
-        }
+        self.field(field, format!("{value:?}").into());
     }
 
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if field.name() == "message" {
-            self.message = value.to_string();
-        } else {
-            self.rest += &format!(" {}={value:?}", field.name());
-        }
+        self.field(field, value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.field(field, value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.field(field, value.into());
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.field(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.field(field, value.into());
     }
 }
 
@@ -100,11 +130,21 @@ where
             tracing::Level::DEBUG => "debug",
             tracing::Level::TRACE => "trace",
         };
-        let msg = format!("{}{}", f.message, f.rest);
         if self.json {
-            let line = serde_json::json!({"level": level, "msg": msg, "time": humantime_now()});
-            writeln!(w, "{line}")
+            let mut line = serde_json::Map::new();
+            for (k, v) in f.rest {
+                let key = match k {
+                    "level" | "msg" | "time" => format!("fields.{k}"),
+                    _ => k.to_string(),
+                };
+                line.insert(key, v);
+            }
+            line.insert("level".into(), level.into());
+            line.insert("msg".into(), f.message.into());
+            line.insert("time".into(), humantime_now().into());
+            writeln!(w, "{}", serde_json::Value::Object(line))
         } else {
+            let msg = format!("{}{}", f.message, f.text());
             // Go's %q quoting, which logrus uses for values with spaces.
             writeln!(
                 w,

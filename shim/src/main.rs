@@ -6,6 +6,7 @@
 //! command lives in its own file under `commands/`.
 
 mod commands;
+mod errors;
 mod logging;
 
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ pub struct Cli {
     /// libseccomp's, the CRIU it finds).
     #[arg(short = 'v', long = "version")]
     pub version: bool,
+    /// With --version: the same as one JSON object.
+    #[arg(long, requires = "version")]
+    pub json: bool,
     /// Root directory for the state of containers.
     #[arg(long, global = true, default_value = "/run/ferry")]
     pub root: PathBuf,
@@ -114,7 +118,7 @@ pub enum Command {
     /// Restore a container from a checkpoint.
     Restore(commands::restore::RestoreArgs),
     /// Receive migrating containers (the destination's agent).
-    Serve(commands::migrate::ServeArgs),
+    Serve(commands::serve::ServeArgs),
     /// Make the shared key of `ferry serve` and `ferry migrate` (a new
     /// file, mode 0600; copy it to both hosts).
     Keygen(commands::migrate::KeygenArgs),
@@ -123,6 +127,14 @@ pub enum Command {
     /// Read and debug a checkpoint: summary, ps, fds, mem, sockets, mounts,
     /// stats; `decode FILE`; `diff A B`.
     Inspect(commands::inspect::InspectArgs),
+    /// Write the completion script of SHELL to stdout (what `hack/install`
+    /// installs).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages of ferry and its commands into DIR (what
+    /// `hack/install` installs).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 /// go-runc (containerd, dockerd) spells long flags with one dash
@@ -201,24 +213,52 @@ fn normalize_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ff
     .collect()
 }
 
+/// What `--version` prints.
+#[derive(serde::Serialize)]
+struct Version {
+    /// The name Ferry was invoked by (`runc` as a drop-in).
+    name: String,
+    version: &'static str,
+    /// The git commit built, `unknown` outside a git checkout (shim/build.rs).
+    commit: &'static str,
+    /// The runtime-spec version of the configs Ferry writes.
+    spec: &'static str,
+    /// libseccomp's, as linked at run time.
+    libseccomp: Option<String>,
+    /// The CRIU Ferry would use (`--criu`, `$FERRY_CRIU`, else PATH's),
+    /// as it answers CRIU's version request; none if it does not run.
+    criu: Option<String>,
+}
+
 /// `--version`, as runc prints it: name and version, then `commit:`,
 /// `spec:` (the runtime-spec version of the configs Ferry writes) and
-/// `libseccomp:` lines; Ferry adds the CRIU it would use.
+/// `libseccomp:` lines; Ferry adds the CRIU it would use. `--json`: the
+/// same as one object.
 fn print_version(cli: &Cli) {
-    let mut out = format!(
-        "{} version {}\ncommit: {}\nspec: {}\n",
-        invoked_as(),
-        env!("CARGO_PKG_VERSION"),
-        env!("FERRY_COMMIT"),
-        ferry_oci::runtime::spec::SPEC_VERSION
-    );
-    if let Some(v) = ferry_oci::runtime::seccomp::library_version() {
-        out += &format!("libseccomp: {v}\n");
-    }
-    match commands::checkpoint::criu(cli).version() {
-        Ok(v) => out += &format!("criu: {v}\n"),
-        Err(_) => out += "criu: not found\n",
-    }
+    let v = Version {
+        name: invoked_as(),
+        version: env!("CARGO_PKG_VERSION"),
+        commit: env!("FERRY_COMMIT"),
+        spec: ferry_oci::runtime::spec::SPEC_VERSION,
+        libseccomp: ferry_oci::runtime::seccomp::library_version().map(|v| v.to_string()),
+        criu: commands::checkpoint::criu(cli)
+            .version()
+            .ok()
+            .map(|v| v.to_string()),
+    };
+    let out = if cli.json {
+        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    } else {
+        let mut out = format!(
+            "{} version {}\ncommit: {}\nspec: {}\n",
+            v.name, v.version, v.commit, v.spec
+        );
+        if let Some(l) = &v.libseccomp {
+            out += &format!("libseccomp: {l}\n");
+        }
+        out += &format!("criu: {}\n", v.criu.as_deref().unwrap_or("not found"));
+        out
+    };
     // A closed stdout (`| head -1`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
 }
@@ -254,6 +294,24 @@ fn main() -> ExitCode {
         print_version(&cli);
         return ExitCode::SUCCESS;
     }
+    // Generated from the clap definition itself, so they never drift from
+    // the parser; no root, no logging needed.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man { dir }) => {
+            return match clap_mangen::generate_to(Cli::command(), dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ferry man: writing man pages into {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let Some(command) = &cli.command else {
         // runc without a command prints its help.
         let _ = Cli::command()
@@ -267,7 +325,33 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    if let Err(e) = logging::init(cli.log.as_deref(), cli.log_format, cli.debug) {
+    // `ferry serve` reads its configuration first: it may set the log
+    // format, and the agent logs each move at info.
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(clap::parser::ValueSource::CommandLine)
+        )
+    };
+    let mut log_format = cli.log_format;
+    let mut default_level = "warn,libcgroups=error";
+    let serve_config = match command {
+        Command::Serve(a) => match commands::serve::Config::load(a.config.as_deref()) {
+            Ok(c) => {
+                if let (false, Some(f)) = (given("log_format"), c.log_format) {
+                    log_format = f;
+                }
+                default_level = "info,libcgroups=error";
+                Some(c)
+            }
+            Err(e) => {
+                eprintln!("ferry serve: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    if let Err(e) = logging::init(cli.log.as_deref(), log_format, cli.debug, default_level) {
         eprintln!("ferry: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -290,21 +374,43 @@ fn main() -> ExitCode {
         Command::Spec(a) => commands::inspect_cmds::spec(&cli, a),
         Command::Checkpoint(a) => commands::checkpoint::checkpoint(&cli, a),
         Command::Restore(a) => commands::restore::restore(&cli, a),
-        Command::Serve(a) => commands::migrate::serve(&cli, a),
+        Command::Serve(a) => commands::serve::serve(
+            &cli,
+            a,
+            serve_config.unwrap_or_default(),
+            &commands::serve::Given {
+                root: given("root"),
+            },
+        ),
         Command::Keygen(a) => commands::migrate::keygen(a),
         Command::Migrate(a) => commands::migrate::migrate(&cli, a),
         Command::Inspect(a) => commands::inspect::inspect(&cli, a),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            logging::report_error(&e, cli.log_format);
+            logging::report_error(&e, log_format);
+            let json = match command {
+                Command::Migrate(a) => a.json,
+                Command::Checkpoint(a) => a.json,
+                Command::Restore(a) => a.json,
+                _ => false,
+            };
+            if json {
+                let mut out = errors::json(&e);
+                if let Command::Migrate(a) = command {
+                    out["id"] = a.id.clone().into();
+                    out["to"] = a.to.clone().into();
+                }
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            }
             // runc's exec fails with 255, so that its own failures differ
             // from the exit codes of the process it runs (exec.go).
             if matches!(command, Command::Exec(_)) {
                 ExitCode::from(255)
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(errors::exit_code(&e))
             }
         }
     }

@@ -101,3 +101,54 @@ fn check_refuses_a_criu_older_than_4_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("older than 4.2"), "{err}");
 }
+
+/// `ferry --version` as runc prints it, and `--version --json` the same as
+/// an object: the commit this checkout is at, libseccomp's version, and
+/// the CRIU `ferry check` finds, as that criu says of itself.
+#[test]
+fn version_names_commit_spec_libseccomp_and_criu() {
+    let out = run(&["--version", "--json"], &[]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON version");
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        v["commit"].as_str().unwrap(),
+        String::from_utf8_lossy(&head.stdout).trim(),
+        "ferry says it was built at another commit than this checkout's HEAD (rebuild it: cargo build --bins, as hack/test does): {v}"
+    );
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["spec"].as_str().unwrap().starts_with("1."), "{v}");
+    let criu = Command::new("criu").arg("--version").output().unwrap();
+    let criu = String::from_utf8_lossy(&criu.stdout);
+    assert!(
+        criu.contains(&format!("Version: {}", v["criu"].as_str().unwrap())),
+        "ferry says CRIU {}, criu says {criu}",
+        v["criu"]
+    );
+    let lib = v["libseccomp"].as_str().unwrap();
+    assert!(lib.starts_with("2."), "libseccomp {lib}");
+
+    let text = run(&["--version"], &[]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    for line in [
+        format!("ferry version {}", v["version"].as_str().unwrap()),
+        format!("commit: {}", v["commit"].as_str().unwrap()),
+        format!("spec: {}", v["spec"].as_str().unwrap()),
+        format!("libseccomp: {lib}"),
+        format!("criu: {}", v["criu"].as_str().unwrap()),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in {text}");
+    }
+
+    // No CRIU where it is pointed to: said, not an error.
+    let out = run(
+        &["--version", "--json"],
+        &[("FERRY_CRIU", "/nonexistent/criu")],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["criu"].is_null(), "{v}");
+}

@@ -472,6 +472,37 @@ fn bad_input_is_refused_and_a_failed_checkpoint_keeps_the_container() {
         "the error quotes CRIU's log: {err}"
     );
     assert_eq!(root.status(&a), "running");
+    // With --json, the same failure as one object on stdout: its kind and
+    // CRIU's part as fields.
+    let out = root.ferry(&[
+        "checkpoint",
+        "--json",
+        "--page-server",
+        "127.0.0.1:1",
+        "--image-path",
+        s(&tmp.path().join("xj")),
+        &a,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkpoint --json: not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let e = &v["error"];
+    assert_eq!(e["kind"], "criu", "{v:#}");
+    assert_eq!(e["criu"]["request"], "dump", "{v:#}");
+    assert!(
+        !e["criu"]["log_lines"].as_array().unwrap().is_empty(),
+        "{v:#}"
+    );
+    assert!(
+        Path::new(e["criu"]["log_file"].as_str().unwrap()).is_file(),
+        "{v:#}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("criu dump failed"));
+    assert_eq!(root.status(&a), "running");
     // A bad --parent-path is refused with runc's words before anything is
     // frozen: it must be relative to the image path, and a directory there.
     let x = tmp.path().join("x");
@@ -517,6 +548,18 @@ fn bad_input_is_refused_and_a_failed_checkpoint_keeps_the_container() {
         &a,
     ]);
     assert!(err.contains("already exists"), "{err}");
+    let out = root.ferry(&[
+        "restore",
+        "-d",
+        "--json",
+        "--image-path",
+        s(&images),
+        "--bundle",
+        s(&bundle),
+        &a,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "container_exists", "{v:#}");
     assert_eq!(root.status(&a), "running");
 
     // A corrupt image dir: refused before anything is created.

@@ -868,6 +868,72 @@ fn containerd_cleans_up_after_a_killed_shim() {
     c.assert_nothing_left(id, pid);
 }
 
+/// The runtime options' `Root` (`ctr run --runc-root`, or `Root` in
+/// containerd's runtime options): the task's Ferry state lives there (plus
+/// the namespace, as runc-shim's), every request finds it, and the cleanup
+/// after a killed shim finds it too.
+#[test]
+fn containerd_keeps_a_task_under_the_runtime_options_root() {
+    let c = Containerd::start("root");
+    let id = &c.id("counter");
+    let alt = c.path().join("alt-root");
+    let log = c.path().join(format!("{id}.log"));
+    // ctr 1.6 sends runc options only to a runtime of runc's name.
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNC_NAMED,
+        "--runc-root",
+        alt.to_str().unwrap(),
+        "--log-uri",
+        &format!("file://{}", log.display()),
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        LOOP,
+    ]);
+    wait_numbers(&log, 3);
+    let pid = c.wait_status(id, "RUNNING");
+    let state = alt.join(&c.ns).join(id);
+    assert!(
+        state.join("state.json").is_file(),
+        "no state in {}",
+        state.display()
+    );
+    assert!(
+        !c.path().join("ferry").join(&c.ns).join(id).exists(),
+        "the state went to the default root too"
+    );
+    // Requests on the task find it there.
+    c.ok(&["task", "pause", id]);
+    c.wait_status(id, "PAUSED");
+    c.ok(&["task", "resume", id]);
+    c.wait_status(id, "RUNNING");
+    let n = numbers(&log).len();
+    assert_consecutive(&wait_numbers(&log, n + 3));
+    // A killed shim's cleanup removes the container from that root.
+    for shim in c.shims(Some(id)) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    wait_until(
+        "containerd to drop the task of the killed shim",
+        Duration::from_secs(20),
+        || c.task(id).is_none(),
+    );
+    c.ok(&["container", "delete", id]);
+    wait_until("the init to be gone", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert!(!state.exists(), "{} left behind", state.display());
+    c.assert_nothing_left(id, pid);
+}
+
 #[test]
 fn containerd_checkpoint_with_exit_writes_where_asked_and_stops_the_task() {
     let c = Containerd::start("exit");

@@ -422,7 +422,8 @@ fn a_criu_failure_on_the_destination_reaches_the_report_as_fields() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON report ({e}): {err}"));
     assert_eq!(report["id"], id.as_str(), "{report:#}");
-    let d = &report["destination"];
+    let d = &report["error"];
+    assert_eq!(d["kind"], "destination_failed", "{report:#}");
     assert_eq!(d["stage"], "restore", "{report:#}");
     let c = &d["criu"];
     assert_eq!(c["request"], "restore", "{report:#}");
@@ -455,6 +456,83 @@ fn a_criu_failure_on_the_destination_reaches_the_report_as_fields() {
     assert!(b.ids().is_empty(), "a failed move left a container on B");
     assert_eq!(children(serve_b.child.id()), Vec::<u32>::new());
     a.ok(&["delete", "--force", &id]);
+}
+
+/// A destination that refuses the container: `ferry migrate --json` (and
+/// `--check --json`) prints one JSON object listing each pre-flight
+/// problem with its kind, exits 4 (refused, nothing frozen), and the
+/// source runs on. Two problems at once: B has a container of that id, and
+/// the container has a terminal while B's agent has no console socket.
+#[test]
+fn a_refusal_is_one_json_object_listing_each_problem() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let bundle = busybox_bundle(
+        p.dir(),
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done",
+        ],
+    );
+    edit_config(&bundle, |c| c["process"]["terminal"] = true.into());
+    let id = format!("refused-{tag}");
+    let console = Console::listen(&p.dir().join("refused.sock"));
+    a.ok(&[
+        "run",
+        "-d",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--console-socket",
+        console.path_str(),
+        &id,
+    ]);
+    console.wait_for("a few numbers", |_| console.numbers().len() >= 3);
+    // The same id on B (its own cgroup: both run on this one machine).
+    let other = busybox_bundle(&p.dir().join("other"), &["sleep", "1000"]);
+    edit_config(&other, |c| {
+        c["linux"]["cgroupsPath"] = format!("/ferry-refused2-{tag}/{id}").into();
+    });
+    b.ok(&["create", "--bundle", other.to_str().unwrap(), &id]);
+    let serve_b = p.serve_b("refused");
+
+    for extra in [&["--json"][..], &["--json", "--check"]] {
+        let out = a.ferry(&p.migrate_args(&id, &serve_b.addr, extra));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{extra:?}: {err}");
+        // One object, nothing else on stdout.
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{extra:?}: stdout is not one JSON object ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        let e = &v["error"];
+        assert_eq!(e["kind"], "refused", "{v:#}");
+        let problems = e["problems"].as_array().unwrap();
+        let mut kinds: Vec<&str> = problems
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap())
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds, ["id_in_use", "no_console"], "{v:#}");
+        for problem in problems {
+            let m = problem["message"].as_str().unwrap();
+            assert!(
+                !m.is_empty() && e["message"].as_str().unwrap().contains(m),
+                "{v:#}"
+            );
+        }
+        assert!(e.get("criu").is_none(), "{v:#}");
+        assert_eq!(v["id"], id.as_str());
+    }
+    assert_eq!(a.status(&id), "running");
+    let n = console.numbers().len();
+    console.wait_for("the counter going on", |_| console.numbers().len() >= n + 5);
+    drop(serve_b);
+    b.ok(&["delete", "--force", &id]);
+    a.ok(&["delete", "--force", &id]);
+    assert!(cgroup_leftovers(&format!("ferry-refused2-{tag}/{id}")).is_empty());
 }
 
 /// A container with a terminal: an agent without a console socket refuses

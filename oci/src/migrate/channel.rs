@@ -79,6 +79,9 @@ pub struct Security {
     pub plaintext: bool,
     /// A peer silent this long (no data, no ping) fails the move.
     pub silence: Duration,
+    /// The migration protocol this side greets with: [`PROTOCOL_VERSION`]
+    /// (another only to check how two Ferry versions meet).
+    pub protocol: u16,
 }
 
 impl Security {
@@ -88,6 +91,7 @@ impl Security {
             credentials,
             plaintext: false,
             silence: DEFAULT_SILENCE,
+            protocol: PROTOCOL_VERSION,
         }
     }
 
@@ -125,7 +129,7 @@ struct Greeting {
 impl Greeting {
     fn ours(s: &Security) -> Greeting {
         Greeting {
-            version: PROTOCOL_VERSION,
+            version: s.protocol,
             identity: matches!(s.credentials, Credentials::Identity { .. }),
             plaintext: s.plaintext,
         }
@@ -1061,6 +1065,56 @@ mod tests {
         let c = crate::error::chain(&c.err().unwrap());
         assert!(c.contains("--plaintext"), "{c}");
         assert!(s.is_err());
+    }
+
+    /// Two Ferry versions of different migration protocols refuse each
+    /// other at the greeting (before any offer, so before anything is
+    /// frozen), each side naming both versions and the fix; the same for
+    /// a Ferry of protocol 1, whose greeting read as 0.
+    #[test]
+    fn different_protocol_versions_are_refused_naming_both() {
+        let k = Key::generate().unwrap();
+        let newer = Security {
+            protocol: PROTOCOL_VERSION + 1,
+            ..shared(&k)
+        };
+        for (client, server) in [(newer.clone(), shared(&k)), (shared(&k), newer)] {
+            let (theirs_c, theirs_s) = (server.protocol, client.protocol);
+            let (c, s) = open(client, server);
+            for (side, r, theirs, ours) in [
+                ("client", c, theirs_c, theirs_s),
+                ("server", s, theirs_s, theirs_c),
+            ] {
+                let e = r.err().unwrap_or_else(|| panic!("the {side} accepted"));
+                assert!(matches!(e, Error::ChannelMismatch { .. }), "{e:?}");
+                let m = crate::error::chain(&e);
+                assert!(
+                    m.contains(&format!("it speaks migration protocol {theirs}"))
+                        && m.contains(&format!("this Ferry speaks {ours}"))
+                        && m.contains("same Ferry version"),
+                    "{side}: {m}"
+                );
+            }
+        }
+        // Protocol 1's greeting (FERRY, 0, 0, 1).
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let old = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"FERRY\0\0\x01").unwrap();
+            let mut b = [0u8; GREETING_LEN];
+            let _ = s.read_exact(&mut b);
+        });
+        let e = Channel::client(TcpStream::connect(addr).unwrap(), &shared(&k), "old")
+            .err()
+            .unwrap();
+        old.join().unwrap();
+        let m = crate::error::chain(&e);
+        assert!(
+            m.contains("it speaks migration protocol 1")
+                && m.contains(&format!("this Ferry speaks {PROTOCOL_VERSION}")),
+            "{m}"
+        );
     }
 
     #[test]

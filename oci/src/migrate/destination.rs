@@ -64,6 +64,11 @@ pub struct Agent {
     /// `ferry serve --docker`: docker containers land on this dockerd
     /// (`Some(None)`: found as docker finds it).
     pub docker: Option<Option<String>>,
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time a connection has to authenticate and say what it wants, and a
+    /// move's page connection to come after its offer was accepted.
+    pub handshake: Duration,
     /// Page connections awaited, by the secret token of their move.
     pages: Mutex<HashMap<String, Sender<Channel>>>,
     /// The ids being received now: a second offer of one is refused, not
@@ -72,6 +77,80 @@ pub struct Agent {
     /// What became of recent moves' restored copies, by page token: a
     /// source whose commit went unanswered asks (`Hello::Outcome`).
     decisions: Mutex<HashMap<String, (Decision, Instant)>>,
+}
+
+/// Where a received move is, for the report of its failure and the log
+/// line of its outcome.
+struct Progress {
+    stage: Cell<Stage>,
+    /// When the answer to the root filesystem sent ahead went out: the
+    /// source freezes its container on it.
+    ready: Cell<Option<Instant>>,
+    /// When the copy here was let run, after the commit.
+    running: Cell<Option<Instant>>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            stage: Cell::new(Stage::Receive),
+            ready: Cell::new(None),
+            running: Cell::new(None),
+        }
+    }
+}
+
+impl Progress {
+    /// The downtime as seen from here: from the source's freeze (the
+    /// arrival there of the answer to `RootfsAhead`, one network delay
+    /// after it left) to the copy running here. The source's report measures it from its
+    /// own clock.
+    fn downtime(&self) -> Option<Duration> {
+        Some(self.running.get()?.duration_since(self.ready.get()?))
+    }
+}
+
+/// What an offer came to, when it did not fail.
+enum Received {
+    /// The container runs here, as `pid`.
+    Running { pid: i32 },
+    /// Pre-flight refused it, for these problems.
+    Refused(Vec<preflight::Problem>),
+}
+
+/// One line per offer received, at info when the container runs here and
+/// at warn otherwise: who sent it, which container, which mode, what came
+/// of it, and the downtime (the operator's view of a move, which `ferry
+/// serve` logs at its default level).
+fn log_move(peer: &str, id: &str, mode: &str, outcome: &Result<Received>, at: &Progress) {
+    match outcome {
+        Ok(Received::Running { pid }) => tracing::info!(
+            peer,
+            id,
+            mode,
+            result = "running",
+            pid,
+            downtime_ms = at.downtime().map_or(0, |d| d.as_millis() as u64),
+            "move received"
+        ),
+        Ok(Received::Refused(problems)) => tracing::warn!(
+            peer,
+            id,
+            mode,
+            result = "refused",
+            problems = %problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "),
+            "move refused in pre-flight"
+        ),
+        Err(e) => tracing::warn!(
+            peer,
+            id,
+            mode,
+            result = "failed",
+            stage = ?at.stage.get(),
+            error = %crate::error::chain(e),
+            "move failed (the source resumes its container)"
+        ),
+    }
 }
 
 /// How long a decision is kept for a source to ask about.
@@ -105,6 +184,8 @@ impl Agent {
             cgroup_parent,
             console_socket: None,
             docker: None,
+            max_connections: MAX_CONNECTIONS,
+            handshake: wire::HANDSHAKE_DEADLINE,
             pages: Mutex::new(HashMap::new()),
             receiving: Mutex::new(std::collections::HashSet::new()),
             decisions: Mutex::new(HashMap::new()),
@@ -138,6 +219,14 @@ impl Agent {
         }
     }
 
+    /// Serves at most `max_connections` at once, and gives each
+    /// `handshake` to authenticate and say what it wants.
+    pub fn with_limits(mut self, max_connections: usize, handshake: Duration) -> Agent {
+        self.max_connections = max_connections;
+        self.handshake = handshake;
+        self
+    }
+
     /// Hands the consoles of restored containers to `path`.
     pub fn with_console_socket(mut self, path: Option<PathBuf>) -> Agent {
         self.console_socket = path;
@@ -146,9 +235,9 @@ impl Agent {
 
     /// Serves connections for ever: a failed accept (out of fds under a
     /// flood, say) is waited out, never the end of the agent; at most
-    /// [`MAX_CONNECTIONS`] are served at once, and one that has not
-    /// authenticated and said what it wants within
-    /// [`wire::HANDSHAKE_DEADLINE`] is dropped.
+    /// [`Agent::max_connections`] are served at once, and one that has not
+    /// authenticated and said what it wants within [`Agent::handshake`] is
+    /// dropped.
     pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for conn in listener.incoming() {
@@ -160,7 +249,7 @@ impl Agent {
                     continue;
                 }
             };
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            if active.fetch_add(1, Ordering::SeqCst) >= self.max_connections {
                 active.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(peer = ?conn.peer_addr().ok(), "too many connections: dropped");
                 continue;
@@ -198,11 +287,11 @@ impl Agent {
         let _ = s.set_nodelay(true);
         wire::keepalive(&s)?;
         let started = Instant::now();
-        wire::deadline(&s, Some(wire::HANDSHAKE_DEADLINE))?;
+        wire::deadline(&s, Some(self.handshake))?;
         let mut s = Channel::server(s, &self.security, peer)?;
         // Heartbeats keep an authenticated channel up: its first message
         // is still due within the handshake's deadline.
-        s.deadline(Some(started + wire::HANDSHAKE_DEADLINE));
+        s.deadline(Some(started + self.handshake));
         let hello = match wire::recv::<_, Hello>(&mut s) {
             Ok(h) => h,
             Err(e) => {
@@ -231,7 +320,19 @@ impl Agent {
                 needs,
                 config,
                 cpuinfo,
-            } => self.receive(s, needs, config, cpuinfo),
+            } => {
+                let id = needs.container_id.clone();
+                let mode = if needs.postcopy {
+                    "postcopy"
+                } else {
+                    "precopy"
+                };
+                let at = Progress::default();
+                let outcome = self.receive(s, needs, config, cpuinfo, &at);
+                log_move(peer, &id, mode, &outcome, &at);
+                // Logged as a move, not again as a failed connection.
+                Ok(())
+            }
             Hello::Outcome { migration } => {
                 let decision = self.decision(&migration);
                 wire::send(&mut s, &Reply::Outcome { decision })
@@ -289,7 +390,8 @@ impl Agent {
         needs: Needs,
         config: String,
         cpuinfo: Vec<u8>,
-    ) -> Result<()> {
+        at: &Progress,
+    ) -> Result<Received> {
         let id = needs.container_id.clone();
         // Whatever fails before the landing exists, the source hears it:
         // it waits for an answer to its offer.
@@ -302,7 +404,13 @@ impl Agent {
         }
         if !self.receiving.lock().unwrap().insert(id.clone()) {
             let problems = vec![preflight::Problem::IdInUse { id: id.clone() }];
-            return wire::send(&mut s, &Reply::Refused { problems });
+            wire::send(
+                &mut s,
+                &Reply::Refused {
+                    problems: problems.clone(),
+                },
+            )?;
+            return Ok(Received::Refused(problems));
         }
         let _receiving = Receiving(self, id.clone());
         let dir = self.root.join("incoming").join(&id);
@@ -317,7 +425,13 @@ impl Agent {
             Err(e) => return told(&mut s, e),
         };
         if !problems.is_empty() {
-            return wire::send(&mut s, &Reply::Refused { problems });
+            wire::send(
+                &mut s,
+                &Reply::Refused {
+                    problems: problems.clone(),
+                },
+            )?;
+            return Ok(Received::Refused(problems));
         }
         // Where it lands: this agent's state root, or a container created
         // on the dockerd (its writable layer, a pending restore).
@@ -343,7 +457,6 @@ impl Agent {
         let in_memory = (!needs.postcopy
             && facts.mem_available > 2 * needs.memory + IN_MEMORY_MARGIN)
             .then_some(needs.memory + IN_MEMORY_MARGIN);
-        let stage = Cell::new(Stage::Receive);
         // Unmounted when the restore is done (or failed, once its CRIU log
         // is kept): the restored tasks hold their pages by then.
         let mut tmpfs = None;
@@ -354,16 +467,15 @@ impl Agent {
             &config,
             needs.postcopy,
             (in_memory, &mut tmpfs),
-            &stage,
+            at,
         );
         match &result {
-            Ok(pid) => {
-                tracing::info!(id, pid, "migration received");
+            Ok(_) => {
                 drop(tmpfs.take());
                 landing.done();
             }
             Err(e) => {
-                let mut failure = Failure::new(stage.get(), e);
+                let mut failure = Failure::new(at.stage.get(), e);
                 if let Some(c) = &mut failure.criu {
                     c.log_file = c
                         .log_file
@@ -379,11 +491,11 @@ impl Agent {
                 }
             }
         }
-        result.map(drop)
+        result.map(|pid| Received::Running { pid })
     }
 
     /// Receives and restores, the images on a tmpfs of the size given
-    /// (mounted into `tmpfs`); `stage` follows where it is, for the report
+    /// (mounted into `tmpfs`); `at` follows where it is, for the report
     /// of a failure.
     #[allow(clippy::too_many_arguments)]
     fn take(
@@ -394,7 +506,7 @@ impl Agent {
         config: &str,
         postcopy: bool,
         (in_memory, tmpfs): (Option<u64>, &mut Option<ImagesTmpfs>),
-        stage: &Cell<Stage>,
+        at: &Progress,
     ) -> Result<i32> {
         let images = landing.images();
         private_dir(&images)?;
@@ -418,7 +530,7 @@ impl Agent {
                 migration: token.clone(),
             },
         )?;
-        let pages = rx.recv_timeout(wire::HANDSHAKE_DEADLINE).map_err(|_| {
+        let pages = rx.recv_timeout(self.handshake).map_err(|_| {
             self.pages.lock().unwrap().remove(&token);
             Error::Protocol {
                 what: "the page connection did not come",
@@ -495,6 +607,8 @@ impl Agent {
                     let bytes = r.drain()?;
                     ahead = Some((tree, overlay));
                     wire::send(s, &Reply::Received { bytes })?;
+                    // The source freezes its container as this arrives.
+                    at.ready.set(Some(Instant::now()));
                 }
                 Step::RootfsChanges { removed, lowers } => {
                     let tree = match (&ahead, &lowers) {
@@ -551,7 +665,7 @@ impl Agent {
         // never committed is killed before it ran an instruction, so the
         // source may resume whenever it has not committed (Step::Commit).
         let restore = |s: &mut Channel, lazy_work: Option<&Path>| {
-            stage.set(Stage::Restore);
+            at.stage.set(Stage::Restore);
             let marker = landing.dir().join(UNCOMMITTED);
             std::fs::write(&marker, &token).map_err(crate::error::io("writing", &marker))?;
             let r = landing.restore(self, id, lazy_work)?;
@@ -577,6 +691,7 @@ impl Agent {
                 return Err(e);
             }
             self.decide(&token, Decision::Running);
+            at.running.set(Some(Instant::now()));
             let _ = std::fs::remove_file(&marker);
             // An answer lost here is asked for (Hello::Outcome).
             let _ = wire::send(s, &Reply::Running);
@@ -620,7 +735,7 @@ impl Agent {
                     return Err(e);
                 }
             };
-            stage.set(Stage::LazyPages);
+            at.stage.set(Stage::LazyPages);
             match served.join() {
                 Ok(Ok(lazy)) => {
                     tracing::info!(id, ?lazy, "every page arrived");

@@ -147,6 +147,33 @@ pub enum Problem {
     },
 }
 
+impl Problem {
+    /// The problem's kind, for scripts (`ferry migrate --json`): its
+    /// variant's name in snake_case.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::CriuTooOld { .. } => "criu_too_old",
+            Problem::ArchMismatch { .. } => "arch_mismatch",
+            Problem::NotEnoughDisk { .. } => "not_enough_disk",
+            Problem::NotEnoughMemory { .. } => "not_enough_memory",
+            Problem::NoLazyPages => "no_lazy_pages",
+            Problem::KernelOlder { .. } => "kernel_older",
+            Problem::IdInUse { .. } => "id_in_use",
+            Problem::LowerLayerMissing { .. } => "lower_layer_missing",
+            Problem::LowerLayerDiffers { .. } => "lower_layer_differs",
+            Problem::CpuIncompatible { .. } => "cpu_incompatible",
+            Problem::NoConsole => "no_console",
+            Problem::AddressInUse { .. } => "address_in_use",
+            Problem::NotDocker => "not_docker",
+            Problem::DockerUnreachable { .. } => "docker_unreachable",
+            Problem::ImageMissing { .. } => "image_missing",
+            Problem::NameTaken { .. } => "name_taken",
+            Problem::NetworkMissing { .. } => "network_missing",
+            Problem::AddressOutsideNetwork { .. } => "address_outside_network",
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mib = |b: &u64| b / (1 << 20);

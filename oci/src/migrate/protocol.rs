@@ -219,7 +219,7 @@ impl From<&criu_rpc::Error> for CriuFailure {
 /// The CRIU failure at the root of `e`, if any. ferry-oci's `Criu`
 /// variant is transparent (its `source()` is the criu-rpc error's own), so
 /// it is matched, not only found in the chain.
-fn criu_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e criu_rpc::Error> {
+pub fn criu_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e criu_rpc::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(c) = err.downcast_ref::<criu_rpc::Error>() {

@@ -100,6 +100,10 @@ pub struct CheckpointArgs {
     /// --experimental needed on either dockerd.
     #[arg(long, requires = "export")]
     pub docker: bool,
+    /// On failure, print one JSON object on stdout (the error's kind,
+    /// message and CRIU's errno, message and log lines).
+    #[arg(long)]
+    pub json: bool,
     /// The dockerd to use (unix:///path/docker.sock); default: $DOCKER_HOST,
     /// else unix:///var/run/docker.sock, as docker finds it.
     #[arg(long = "docker-host", requires = "docker")]

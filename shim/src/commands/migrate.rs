@@ -4,7 +4,7 @@
 //! (ferry_oci::migrate::channel) unless both sides ask for plaintext: the
 //! agent never listens unauthenticated.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,41 +12,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferry_oci::migrate::auth::{Credentials, Identity, Key, Peers};
 use ferry_oci::migrate::channel::Security;
-use ferry_oci::migrate::destination::Agent;
 use ferry_oci::migrate::interrupt::Interrupt;
 use ferry_oci::migrate::{source, Mode, Progress};
 
 use super::checkpoint::criu;
 use crate::Cli;
-
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Address to listen on, e.g. 10.66.0.2:7878.
-    #[arg(long, required_unless_present = "new_key")]
-    pub listen: Option<SocketAddr>,
-    #[command(flatten)]
-    pub channel: ChannelArgs,
-    /// Create the --key-file (it must not exist) and exit (as `ferry
-    /// keygen --key-file`).
-    #[arg(long = "new-key", requires = "key_file")]
-    pub new_key: bool,
-    /// Prefix for the cgroup paths of containers received here.
-    #[arg(long = "cgroup-parent")]
-    pub cgroup_parent: Option<PathBuf>,
-    /// A socket that receives the pty master of every container with a
-    /// terminal restored here (as runc's --console-socket); containers with
-    /// a terminal are refused without it.
-    #[arg(long = "console-socket")]
-    pub console_socket: Option<PathBuf>,
-    /// Receive containers of a dockerd (`ferry migrate --docker`): each is
-    /// recreated on this host's dockerd under its name and restored there.
-    #[arg(long)]
-    pub docker: bool,
-    /// The dockerd to use (unix:///path/docker.sock); default: $DOCKER_HOST,
-    /// else unix:///var/run/docker.sock, as docker finds it.
-    #[arg(long = "docker-host", requires = "docker")]
-    pub docker_host: Option<String>,
-}
 
 /// How a side of a move authenticates and secures its channel; the same
 /// flags for `ferry serve` and `ferry migrate`.
@@ -132,59 +102,6 @@ pub fn keygen(a: &KeygenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn serve(cli: &Cli, a: &ServeArgs) -> anyhow::Result<ExitCode> {
-    if let (true, Some(k)) = (a.new_key, &a.channel.key_file) {
-        Key::generate()?.save(k)?;
-        println!("{}", k.display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let security = a.channel.security()?;
-    let listen = a.listen.context("--listen is required")?;
-    std::fs::create_dir_all(&cli.root)
-        .with_context(|| format!("creating {}", cli.root.display()))?;
-    let channel = security.describe();
-    let mut agent = Agent::new(
-        cli.root.clone(),
-        security,
-        criu(cli),
-        a.cgroup_parent.clone(),
-    )
-    .with_console_socket(a.console_socket.clone());
-    if a.docker {
-        let engine = ferry_oci::docker::Engine::connect(a.docker_host.as_deref())
-            .context("ferry serve --docker")?;
-        eprintln!(
-            "ferry serve: docker containers land on dockerd at {}",
-            engine.host()
-        );
-        agent = agent.with_docker(a.docker_host.clone());
-    }
-    let agent = Arc::new(agent);
-    agent.clean_leftovers();
-    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
-    eprintln!(
-        "ferry serve: receiving containers on {} into {}; channel {channel}",
-        listener.local_addr()?,
-        cli.root.display()
-    );
-    agent.serve(listener)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `ferry migrate --json`'s output when the move failed (the source runs
-/// on).
-#[derive(serde::Serialize)]
-struct Failed<'a> {
-    id: &'a str,
-    to: String,
-    /// The whole error on one line.
-    error: String,
-    /// The destination's failure, when it failed there.
-    destination: Option<&'a ferry_oci::migrate::protocol::Failure>,
-    /// Every problem of a destination that refused the container.
-    refused: &'a [ferry_oci::migrate::preflight::Problem],
-}
-
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
     pub id: String,
@@ -199,7 +116,8 @@ pub struct MigrateArgs {
     /// for this container; the report says which and why).
     #[arg(long, default_value = "auto")]
     pub mode: Mode,
-    /// Print the report as JSON.
+    /// Print the report as JSON; on failure, one JSON object naming the
+    /// error's kind, CRIU's part and the destination's problems.
     #[arg(long)]
     pub json: bool,
     /// Only ask the destination whether it would take the container (its
@@ -325,32 +243,6 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
     signals.close();
     if let Some(b) = bar {
         b.finish_and_clear();
-    }
-    if let (true, Err(e)) = (a.json, &result) {
-        // The report of a failure: what the destination said as its own
-        // fields (CRIU's errno, message and log lines), then the error on
-        // stderr as for any command.
-        let failed = Failed {
-            id: &a.id,
-            to: a.to.clone(),
-            error: ferry_oci::error::chain(e),
-            destination: e.destination_failure(),
-            refused: match e {
-                ferry_oci::Error::Refused { problems } => problems,
-                _ => &[],
-            },
-        };
-        println!("{}", serde_json::to_string_pretty(&failed)?);
-    }
-    if let Err(e @ ferry_oci::Error::Interrupted { why, .. }) = &result {
-        eprintln!("ferry migrate: {}", ferry_oci::error::chain(e));
-        // As a shell reports a death by that signal: 128 + its number.
-        let code = match why.as_str() {
-            "SIGHUP" => 129,
-            "SIGTERM" => 143,
-            _ => 130,
-        };
-        return Ok(ExitCode::from(code));
     }
     let unknown = matches!(&result, Err(ferry_oci::Error::OutcomeUnknown { .. }));
     let report = result.with_context(|| match unknown {

@@ -8,3 +8,4 @@ pub mod inspect_cmds;
 pub mod lifecycle;
 pub mod migrate;
 pub mod restore;
+pub mod serve;

@@ -54,6 +54,10 @@ pub struct RestoreArgs {
     /// env, labels, mounts, networks...) and starts restored. Prints its id.
     #[arg(long, requires = "import", conflicts_with = "id")]
     pub docker: bool,
+    /// On failure, print one JSON object on stdout (the error's kind,
+    /// message and CRIU's errno, message and log lines).
+    #[arg(long)]
+    pub json: bool,
     /// The dockerd to use (unix:///path/docker.sock); default: $DOCKER_HOST,
     /// else unix:///var/run/docker.sock, as docker finds it.
     #[arg(long = "docker-host", requires = "docker")]

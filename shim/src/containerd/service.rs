@@ -70,7 +70,12 @@ impl Shim for Service {
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = std::env::current_dir()
             .map_err(|e| containerd_shim::Error::Other(format!("current dir: {e}")))?;
-        let root = task::state_root(&self.namespace);
+        // The root the task was created with (its runtime options' Root),
+        // as runc-shim's cleanup reads the bundle's options.json.
+        let root = std::fs::read(bundle.join(task::SAVED_OPTIONS))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<task::SavedOptions>(&b).ok())
+            .map_or_else(|| task::state_root(&self.namespace), |o| o.root);
         let id = self.id.clone();
         let rootfs = bundle.join("rootfs");
         tokio::task::spawn_blocking(move || {

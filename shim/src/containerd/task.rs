@@ -66,6 +66,7 @@ use super::checkpoint::{checkpoint_options, pending_restore, runtime_options, Pe
 use super::error::{Error, Result};
 use super::reaper::{Exited, Reaper};
 use super::stdio::ProcessIo;
+use containerd_shim::protos::shim::oci::Options as RuncOptions;
 use ferry_oci::runtime::console::ConsoleSocket;
 
 /// An event for containerd: its topic and message.
@@ -144,6 +145,12 @@ struct Task {
     restore: Option<PendingRestore>,
     /// The runtime options' SystemdCgroup (cgroupsPath is slice:prefix:name).
     systemd_cgroup: bool,
+    /// Ferry's state root for this task: the runtime options' Root (plus
+    /// the namespace, as runc-shim does), else the shim's default.
+    root: PathBuf,
+    /// The runtime options' CriuPath: the criu binary of this task's
+    /// checkpoints and restores (else `$FERRY_CRIU`, else PATH's).
+    criu_path: Option<PathBuf>,
     execs: HashMap<String, Exec>,
 }
 
@@ -176,8 +183,10 @@ impl Task {
 /// The Task service of one shim (one container, or a group of them).
 #[derive(Clone)]
 pub struct TaskService {
-    /// Ferry's state root for this containerd namespace.
+    /// Ferry's default state root for this containerd namespace (a task's
+    /// runtime options may name another).
     root: PathBuf,
+    namespace: String,
     tasks: Arc<Mutex<HashMap<String, Task>>>,
     events: mpsc::UnboundedSender<Event>,
     reaper: Reaper,
@@ -194,12 +203,42 @@ pub fn state_root(ns: &str) -> PathBuf {
         .join(ns)
 }
 
-/// The CRIU binary: `$FERRY_CRIU`, else `criu` in PATH (as the ferry CLI).
-fn criu() -> Criu {
-    std::env::var_os("FERRY_CRIU")
+/// The state root of a task created with runtime options `o`: their
+/// `Root` joined with the namespace (runc-shim runs `runc --root
+/// <Root>/<namespace>`), else [`state_root`].
+pub fn task_root(ns: &str, o: &RuncOptions) -> PathBuf {
+    match o.root.as_str() {
+        "" => state_root(ns),
+        root => Path::new(root).join(ns),
+    }
+}
+
+/// The CRIU binary: the task's runtime options' `CriuPath` (runc-shim
+/// passes it as `runc --criu`), else `$FERRY_CRIU`, else `criu` in PATH
+/// (as the ferry CLI).
+fn criu(criu_path: Option<&Path>) -> Criu {
+    criu_binary(criu_path)
         .map(Criu::with_binary)
         .unwrap_or_default()
 }
+
+/// The criu binary [`criu`] names, if not PATH's.
+fn criu_binary(criu_path: Option<&Path>) -> Option<PathBuf> {
+    criu_path
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("FERRY_CRIU").map(PathBuf::from))
+}
+
+/// What a dead shim's cleanup (`delete` of the shim binary) needs of the
+/// runtime options its task was created with, kept in the bundle as
+/// runc-shim keeps its options.json.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SavedOptions {
+    pub root: PathBuf,
+}
+
+/// The file in a bundle that holds [`SavedOptions`].
+pub const SAVED_OPTIONS: &str = "ferry-options.json";
 
 fn now() -> Timestamp {
     let d = std::time::SystemTime::now()
@@ -262,6 +301,7 @@ impl TaskService {
         let (tx, rx) = mpsc::unbounded_channel();
         let service = TaskService {
             root: state_root(namespace),
+            namespace: namespace.to_string(),
             tasks: Arc::default(),
             events,
             reaper: Reaper::start(tx)?,
@@ -345,6 +385,14 @@ impl TaskService {
         let bundle = PathBuf::from(&req.bundle);
         let options = runtime_options(&req)?;
         let restore = pending_restore(&req, &options);
+        let root = task_root(&self.namespace, &options);
+        let criu_path =
+            Some(PathBuf::from(&options.criu_path)).filter(|p| !p.as_os_str().is_empty());
+        let saved = serde_json::to_vec(&SavedOptions { root: root.clone() }).unwrap_or_default();
+        let saved_at = bundle.join(SAVED_OPTIONS);
+        tokio::fs::write(&saved_at, saved)
+            .await
+            .map_err(Error::io("writing", &saved_at))?;
         let rootfs_mounted = mount_rootfs(&bundle, &req.rootfs).await?;
         let undo_mount = |bundle: &Path| {
             if rootfs_mounted {
@@ -366,7 +414,10 @@ impl TaskService {
         };
         if restore.is_none() {
             let systemd = options.systemd_cgroup;
-            if let Err(e) = self.create_init(&id, &bundle, &mut init, systemd).await {
+            if let Err(e) = self
+                .create_init(&root, &id, &bundle, &mut init, systemd)
+                .await
+            {
                 undo_mount(&bundle);
                 return Err(e);
             }
@@ -380,6 +431,8 @@ impl TaskService {
                 init,
                 restore,
                 systemd_cgroup: options.systemd_cgroup,
+                root,
+                criu_path,
                 execs: HashMap::new(),
             },
         );
@@ -412,6 +465,7 @@ impl TaskService {
     /// exec.fifo; its pty master, if any, comes over the console socket.
     async fn create_init(
         &self,
+        root: &Path,
         id: &str,
         bundle: &Path,
         init: &mut Proc,
@@ -419,7 +473,7 @@ impl TaskService {
     ) -> Result<()> {
         let stdio = init.stdio.take();
         let console = init.console_socket()?;
-        let (root, cid, b) = (self.root.clone(), id.to_string(), bundle.to_path_buf());
+        let (root, cid, b) = (root.to_path_buf(), id.to_string(), bundle.to_path_buf());
         let (pid, master, memory) = blocking(move || {
             let opts = CreateOptions {
                 stdio,
@@ -465,7 +519,8 @@ impl TaskService {
                 "container {id}'s init has exited"
             )));
         }
-        let root = self.root.clone();
+        let root = t.root.clone();
+        let criu_path = t.criu_path.clone();
         let cid = id.to_string();
         let pid = match t.restore.take() {
             Some(r) => {
@@ -488,9 +543,15 @@ impl TaskService {
                         systemd_cgroup,
                         ..Default::default()
                     };
-                    let (c, restored) =
-                        restore_container(&root, &cid, &bundle, &criu(), &opts, &rt)
-                            .map_err(Error::oci("restoring", &cid))?;
+                    let (c, restored) = restore_container(
+                        &root,
+                        &cid,
+                        &bundle,
+                        &criu(criu_path.as_deref()),
+                        &opts,
+                        &rt,
+                    )
+                    .map_err(Error::oci("restoring", &cid))?;
                     let memory = c.state.cgroup.memory_v1_path();
                     match console
                         .as_ref()
@@ -534,6 +595,7 @@ impl TaskService {
                 "container {id}'s init has exited"
             )));
         }
+        let (root, cid) = (t.root.clone(), id.to_string());
         let x = t.execs.get_mut(exec_id).ok_or_else(|| Error::NotFound {
             what: format!("process {exec_id} of container {id}"),
         })?;
@@ -542,7 +604,6 @@ impl TaskService {
                 "process {exec_id} is already started"
             )));
         }
-        let (root, cid) = (self.root.clone(), id.to_string());
         let stdio = x.proc_.stdio.take();
         let console = x.proc_.console_socket()?;
         let spec = x.spec.clone();
@@ -613,7 +674,7 @@ impl TaskService {
                 "container {id} is running: kill it before deleting it"
             )));
         }
-        let (root, cid) = (self.root.clone(), id.to_string());
+        let (root, cid) = (t.root.clone(), id.to_string());
         blocking(move || match Container::load(&root, &cid) {
             Ok(c) => c.delete(true).map_err(Error::oci("deleting", &cid)),
             // runc-shim ignores a runtime that no longer knows the
@@ -691,7 +752,7 @@ impl TaskService {
             // Nothing runs before the restore.
             return Ok(());
         }
-        let (root, cid, all) = (self.root.clone(), req.id.clone(), req.all);
+        let (root, cid, all) = (t.root.clone(), req.id.clone(), req.all);
         drop(tasks);
         blocking(move || {
             let c = Container::load(&root, &cid).map_err(Error::oci("killing", &cid))?;
@@ -714,11 +775,13 @@ impl TaskService {
         let (opts, keep_work) = checkpoint_options(&req.path, req.options.as_ref(), &t.bundle)?;
         let work = opts.work_path.clone().expect("always set");
         let bundle = t.bundle.clone();
-        let (root, cid) = (self.root.clone(), req.id.clone());
+        let (root, cid, criu_path) = (t.root.clone(), req.id.clone(), t.criu_path.clone());
         let result = blocking(move || {
             let c = Container::load(&root, &cid).map_err(Error::oci("checkpointing", &cid))?;
-            c.checkpoint(&criu(), opts, &mut |n| log::debug!("criu: {}", n.script()))
-                .map_err(Error::oci("checkpointing", &cid))?;
+            c.checkpoint(&criu(criu_path.as_deref()), opts, &mut |n| {
+                log::debug!("criu: {}", n.script())
+            })
+            .map_err(Error::oci("checkpointing", &cid))?;
             Ok(())
         })
         .await;
@@ -749,7 +812,7 @@ impl TaskService {
         op: &'static str,
         f: impl FnOnce(Container) -> ferry_oci::Result<T> + Send + 'static,
     ) -> Result<T> {
-        {
+        let root = {
             let tasks = self.tasks.lock().await;
             let t = tasks.get(id).ok_or_else(|| Error::NotFound {
                 what: format!("container {id}"),
@@ -759,8 +822,9 @@ impl TaskService {
                     "container {id} is not restored yet: start it first"
                 )));
             }
-        }
-        let (root, cid) = (self.root.clone(), id.to_string());
+            t.root.clone()
+        };
+        let cid = id.to_string();
         blocking(move || {
             let c = Container::load(&root, &cid).map_err(Error::oci(op, &cid))?;
             f(c).map_err(Error::oci(op, &cid))
@@ -785,7 +849,8 @@ fn status_of(p: &Proc, paused: bool) -> Status {
 impl containerd_shim::Task for TaskService {
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         let paused = if req.exec_id.is_empty() {
-            let root = self.root.clone();
+            let root = (self.tasks.lock().await.get(&req.id))
+                .map_or_else(|| self.root.clone(), |t| t.root.clone());
             let id = req.id.clone();
             tokio::task::spawn_blocking(move || {
                 Container::load(&root, &id)
@@ -1133,5 +1198,39 @@ impl containerd_shim::Task for TaskService {
             self.exit.signal();
         }
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_options_root_holds_the_namespace_s_state() {
+        let o = RuncOptions {
+            root: "/var/lib/alt".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            task_root("k8s.io", &o),
+            PathBuf::from("/var/lib/alt/k8s.io")
+        );
+        assert_eq!(
+            task_root("k8s.io", &RuncOptions::default()),
+            state_root("k8s.io")
+        );
+    }
+
+    #[test]
+    fn the_runtime_options_criu_path_comes_before_the_environment() {
+        // FERRY_CRIU is whatever the test runner has; CriuPath wins over it.
+        assert_eq!(
+            criu_binary(Some(Path::new("/opt/criu/sbin/criu"))),
+            Some(PathBuf::from("/opt/criu/sbin/criu"))
+        );
+        assert_eq!(
+            criu_binary(None),
+            std::env::var_os("FERRY_CRIU").map(PathBuf::from)
+        );
     }
 }
