@@ -578,13 +578,7 @@ mod tests {
 
     /// The error and its sources, as `ferry` prints them.
     fn chain(e: Error) -> String {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(e) = src {
-            s.push_str(&format!(": {e}"));
-            src = e.source();
-        }
-        s
+        crate::error::chain(&e)
     }
 
     /// A CRIU image: the common word (but for inventory), the magic,

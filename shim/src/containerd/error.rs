@@ -93,14 +93,7 @@ impl Error {
 
     /// The message and every cause, as anyhow's `{:#}` prints them.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(self);
-        while let Some(e) = cur {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            cur = e.source();
-        }
-        s
+        ferry_oci::error::chain(self)
     }
 }
 
