@@ -1665,9 +1665,10 @@ fn loopback_counter_with_blob(p: &Pair, id: &str) -> std::path::PathBuf {
     bundle
 }
 
-/// SIGINT to `ferry migrate` before the freeze, while the pages go and
-/// while the rootfs goes (a relay at 4 MiB/s makes each phase seconds
-/// long): each time the move stops, the source runs on with its loopback
+/// SIGINT to `ferry migrate` in its pre-flight, while the rootfs goes
+/// ahead of the freeze and while the pages go, frozen (a relay at 4 MiB/s
+/// makes the last two seconds long): each time the move stops, the source
+/// runs on with its loopback
 /// TCP connection working and its count without gap, no lock rule is
 /// left, and the destination drops what it had; the command exits 130.
 /// Then the same container moves for real.
@@ -1686,7 +1687,7 @@ fn sigint_at_each_phase_resumes_the_source() {
             bytes_per_sec: 4 << 20,
         },
     );
-    for phase in ["mode ", "pages: ", "transfer"] {
+    for phase in ["mode ", "ahead of the freeze", "freeze and dump"] {
         let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
         mig.wait_for(phase);
         let pid = nix::unistd::Pid::from_raw(mig.child.id() as i32);
