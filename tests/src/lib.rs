@@ -386,6 +386,31 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Gives the network namespace of process `pid` an address more than a
+/// new namespace holds (127.0.0.2 on `lo`): Ferry then lets CRIU dump
+/// and lock it whole instead of making a new one on restore.
+pub fn beyond_a_new_netns(pid: u32) {
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ip",
+            "addr",
+            "add",
+            "127.0.0.2/8",
+            "dev",
+            "lo",
+        ])
+        .output()
+        .expect("nsenter (util-linux) is missing");
+    assert!(
+        out.status.success(),
+        "adding 127.0.0.2 in the netns of {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Two network namespaces joined by a veth pair: `NAME-srv` (10.79.x.1)
 /// and `NAME-ctr` (10.79.x.2). Removed on drop.
 pub struct NetPair {

@@ -306,22 +306,7 @@ fn a_busybox_counter_dump_agrees_with_crit() {
     wait_numbers(&bundle.join("rootfs/out/count"), 5);
     // An address more than a new namespace has: CRIU dumps the namespace
     // whole, links and addresses (NETDEV) included.
-    let pid = root.pid(&id).to_string();
-    let ok = Command::new("nsenter")
-        .args([
-            "-t",
-            &pid,
-            "-n",
-            "ip",
-            "addr",
-            "add",
-            "127.0.0.2/8",
-            "dev",
-            "lo",
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    beyond_a_new_netns(root.pid(&id));
     let images = tmp.path().join("images");
     root.ok(&["checkpoint", "--image-path", s(&images), &id]);
 

@@ -1443,21 +1443,7 @@ fn a_killed_migrate_is_brought_back_by_resume() {
     ]);
     let init = a.pid(&id);
     // More than a new namespace holds: CRIU dumps and locks it.
-    let ok = Command::new("nsenter")
-        .args([
-            "-t",
-            &init.to_string(),
-            "-n",
-            "ip",
-            "addr",
-            "add",
-            "127.0.0.2/8",
-            "dev",
-            "lo",
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    beyond_a_new_netns(init);
     let relay = Relay::start(
         serve_b.addr.clone(),
         Tamper::Throttle {

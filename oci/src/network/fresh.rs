@@ -122,11 +122,18 @@ fn bring_loopback_up() -> Result<()> {
     })
 }
 
-/// Attributes that count or time rather than configure.
-fn volatile(debug: &str) -> bool {
-    ["CacheInfo", "Expires", "Stats", "Stats64", "Carrier"]
+/// A message's attributes as text, less those that count or time rather
+/// than configure.
+fn configured<A: std::fmt::Debug>(attributes: &[A]) -> Vec<String> {
+    attributes
         .iter()
-        .any(|v| debug.starts_with(v))
+        .map(|x| format!("{x:?}"))
+        .filter(|x| {
+            !["CacheInfo", "Expires", "Stats", "Stats64", "Carrier"]
+                .iter()
+                .any(|v| x.starts_with(v))
+        })
+        .collect()
 }
 
 async fn shape(h: Handle, p: Option<&Path>) -> Result<Shape> {
@@ -161,12 +168,7 @@ async fn shape(h: Handle, p: Option<&Path>) -> Result<Shape> {
         .await
         .map_err(netlink_err("listing addresses", p))?
     {
-        let attrs: Vec<String> = m
-            .attributes
-            .iter()
-            .map(|x| format!("{x:?}"))
-            .filter(|x| !volatile(x))
-            .collect();
+        let attrs = configured(&m.attributes);
         addresses.push(format!(
             "{} {:?} /{} {:?} {:?} {attrs:?}",
             names.get(&m.header.index).cloned().unwrap_or_default(),
@@ -187,12 +189,7 @@ async fn shape(h: Handle, p: Option<&Path>) -> Result<Shape> {
             .await
             .map_err(netlink_err("listing routes", p))?
         {
-            let attrs: Vec<String> = m
-                .attributes
-                .iter()
-                .map(|x| format!("{x:?}"))
-                .filter(|x| !volatile(x))
-                .collect();
+            let attrs = configured(&m.attributes);
             routes.push(format!("{:?} {attrs:?}", m.header));
         }
     }
