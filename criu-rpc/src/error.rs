@@ -73,10 +73,10 @@ fn opt_log(log: &Option<LogExcerpt>) -> String {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("criu binary `{}` not found: install CRIU >= 4.2 (hack/setup builds it) or give its path (--criu or FERRY_CRIU)", path.display())]
+    #[error("criu binary `{}` not found (Ferry needs CRIU >= 4.2)", path.display())]
     CriuNotFound { path: PathBuf },
 
-    #[error("criu binary {} is not executable: fix its mode or give another path (--criu or FERRY_CRIU)", path.display())]
+    #[error("criu binary {} is not executable", path.display())]
     CriuNotExecutable { path: PathBuf },
 
     #[error("starting `{} swrk`", path.display())]
@@ -246,7 +246,7 @@ pub enum Error {
     #[error("{}: a {kind} image, which Ferry knows but does not decode (crit can)", path.display())]
     UndecodedImage { path: PathBuf, kind: &'static str },
 
-    #[error("{} is not a checkpoint: it has no inventory.img (give the --image-path that `ferry checkpoint` wrote)", path.display())]
+    #[error("{} is not a checkpoint: it has no inventory.img", path.display())]
     NotAnImageDir { path: PathBuf },
 
     #[error("{op} {}", path.display())]

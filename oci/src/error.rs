@@ -36,7 +36,7 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    #[error("{} is not a checkpoint: it has no inventory.img (give the --image-path that `ferry checkpoint` wrote)", path.display())]
+    #[error("{} is not a checkpoint: it has no inventory.img", path.display())]
     NotAnImageDir { path: PathBuf },
 
     #[error(
@@ -47,7 +47,7 @@ pub enum Error {
     #[error("invalid container id `{id}`: use letters, digits and _ - . +")]
     InvalidId { id: String },
 
-    #[error("container `{id}` already exists: pick another id or `ferry delete {id}`")]
+    #[error("container `{id}` already exists")]
     ContainerExists { id: String },
 
     #[error("container `{id}` does not exist (under {})", root.display())]
@@ -56,7 +56,7 @@ pub enum Error {
     #[error("bundle {} does not exist", path.display())]
     NoBundle { path: PathBuf },
 
-    #[error("{} is missing: a bundle needs a config.json (`ferry spec` writes one)", path.display())]
+    #[error("{} is missing: a bundle needs a config.json", path.display())]
     NoConfig { path: PathBuf },
 
     #[error("invalid {}: {reason}", path.display())]
@@ -96,7 +96,7 @@ pub enum Error {
 
     /// runc's words (exec --cgroup into a sub-cgroup that does not exist
     /// names the cgroup.procs it could not open, errno as Go spells it).
-    #[error("adding pid {pid} to cgroups: {}: {}", path.display(), crate::runtime::subcgroup::errno_text(source))]
+    #[error("adding pid {pid} to cgroups: {}: {}", path.display(), errno_text(source))]
     CgroupJoin {
         pid: i32,
         path: PathBuf,
@@ -117,11 +117,14 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("cgroup: {op} {}: {reason}", path.display())]
+    /// A cgroup operation failed; the source is the io or libcgroups error,
+    /// or the rule the request broke.
+    #[error("cgroup: {op} {}", path.display())]
     Cgroup {
         op: &'static str,
         path: PathBuf,
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// runc's factory refuses a cgroup frozen before the container exists
@@ -132,7 +135,7 @@ pub enum Error {
     #[error("{} is not a checkpoint export: {why}", path.display())]
     NotAnExport { path: PathBuf, why: &'static str },
 
-    #[error("{} is not empty: an import extracts the checkpoint into an empty or new directory (give another --bundle)", path.display())]
+    #[error("{} is not empty: an import extracts the checkpoint into an empty or new directory", path.display())]
     ImportDestNotEmpty { path: PathBuf },
 
     #[error("corrupt checkpoint, nothing was restored")]
@@ -140,14 +143,14 @@ pub enum Error {
 
     #[error("the destination refused the container: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Refused {
-        problems: Vec<crate::migrate::preflight::Problem>,
+        problems: Vec<crate::migrate::outcome::Problem>,
     },
 
     /// What the destination reported, typed (CRIU's errno, message and
     /// log lines when CRIU failed there).
     #[error("the destination failed: {failure}")]
     DestinationFailed {
-        failure: Box<crate::migrate::protocol::Failure>,
+        failure: Box<crate::migrate::outcome::Failure>,
     },
 
     /// A dockerd's container that `ferry migrate --docker` cannot move.
@@ -159,7 +162,7 @@ pub enum Error {
     #[error("restoring container {id} at its create failed: {failure}")]
     PendingRestoreFailed {
         id: String,
-        failure: Box<crate::migrate::protocol::Failure>,
+        failure: Box<crate::migrate::outcome::Failure>,
     },
 
     #[error("the source gave up: {reason}")]
@@ -176,7 +179,7 @@ pub enum Error {
 
     /// The source committed and the destination's answer was lost; asking
     /// it did not tell whether it runs the container.
-    #[error("{to} restored {id} and was told to run it, but whether it does is unknown: the source is left frozen so that two copies never run; if {to} does not run it, `ferry resume --force {id}` brings it back here")]
+    #[error("{to} restored {id} and was told to run it, but whether it does is unknown: the source is left frozen so that two copies never run")]
     OutcomeUnknown {
         id: String,
         to: String,
@@ -194,7 +197,7 @@ pub enum Error {
 
     /// `ferry resume` of a container whose dead `ferry migrate` had told
     /// the destination to run its copy.
-    #[error("container `{id}` was left frozen by a ferry migrate (pid {pid}, gone) that had told {to} to run it: it may be running there now. Check {to}, then remove this copy with `ferry delete --force {id}`, or resume it anyway with `ferry resume --force {id}`")]
+    #[error("container `{id}` was left frozen by a ferry migrate (pid {pid}, gone) that had told {to} to run it: it may be running there now")]
     MoveCommitted {
         id: String,
         pid: i32,
@@ -300,12 +303,10 @@ pub enum Error {
     #[error("invalid network set-up: {reason}")]
     InvalidNetwork { reason: &'static str },
 
-    #[error("unsupported docker host `{host}`: {reason} (set --docker-host or DOCKER_HOST to unix:///path/docker.sock)")]
+    #[error("unsupported docker host `{host}`: {reason}")]
     DockerHost { host: String, reason: &'static str },
 
-    #[error(
-        "cannot reach dockerd at {host} (is dockerd running? set --docker-host or DOCKER_HOST)"
-    )]
+    #[error("cannot reach dockerd at {host}")]
     DockerConnect {
         host: String,
         #[source]
@@ -422,7 +423,7 @@ impl Error {
 
     /// The destination's failure behind a failed move, if that is why it
     /// failed (also when resuming the source failed afterwards).
-    pub fn destination_failure(&self) -> Option<&crate::migrate::protocol::Failure> {
+    pub fn destination_failure(&self) -> Option<&crate::migrate::outcome::Failure> {
         match self {
             Error::DestinationFailed { failure } => Some(failure.as_ref()),
             Error::ResumeFailed { failed, .. } => failed.destination_failure(),
@@ -448,4 +449,23 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// `text` with its first letter in lower case: libc's strerror and
+/// strsignal texts as Go spells them ("no such file or directory", "bad
+/// system call"), which is how runc's messages read and what scripts match.
+pub(crate) fn go_spelling(text: &str) -> String {
+    let mut c = text.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// An errno as Go's syscall.Errno prints it.
+pub fn errno_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => go_spelling(nix::errno::Errno::from_raw(n).desc()),
+        None => e.to_string(),
+    }
 }

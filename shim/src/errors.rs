@@ -4,6 +4,12 @@
 //! message, CRIU's part when CRIU failed (errno, message, log lines) and a
 //! destination's pre-flight problems one by one. The message still goes to
 //! stderr (and the log file), as runc reports failures.
+//!
+//! The fix an error's message suggests, when it is this command line's
+//! (a command to run, a flag, an environment variable), is added here
+//! ([`hint`]): the libraries' messages name the thing and the problem only,
+//! because the containerd shim and the migration agent report the same
+//! errors to callers that have no `ferry` command line to type into.
 
 use ferry_oci::migrate::protocol::CriuFailure;
 use ferry_oci::Error;
@@ -43,6 +49,68 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// The command-line fix for the first error in `e`'s chain that has one.
+pub fn hint(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|c| {
+        if let Some(o) = c.downcast_ref::<Error>() {
+            oci_hint(o)
+        } else {
+            c.downcast_ref::<criu_rpc::Error>().and_then(criu_hint)
+        }
+    })
+}
+
+/// `e`'s message, then its hint (`{e:#}: hint`), as it is printed.
+pub fn message(e: &anyhow::Error) -> String {
+    match hint(e) {
+        Some(h) => format!("{e:#}: {h}"),
+        None => format!("{e:#}"),
+    }
+}
+
+const CRIU_PATH: &str = "--criu or FERRY_CRIU";
+const DOCKER_HOST: &str = "set --docker-host or DOCKER_HOST";
+
+fn oci_hint(e: &Error) -> Option<String> {
+    Some(match e {
+        Error::ContainerExists { id } => format!("pick another id or `ferry delete {id}`"),
+        Error::NotAnImageDir { .. } => image_path_hint(),
+        Error::NoConfig { .. } => "`ferry spec` writes one".into(),
+        Error::ImportDestNotEmpty { .. } => "give another --bundle".into(),
+        Error::OutcomeUnknown { id, to, .. } => {
+            format!("if {to} does not run it, `ferry resume --force {id}` brings it back here")
+        }
+        Error::MoveCommitted { id, to, .. } => format!(
+            "check {to}, then remove this copy with `ferry delete --force {id}`, or resume it \
+             anyway with `ferry resume --force {id}`"
+        ),
+        Error::DockerHost { .. } => format!("{DOCKER_HOST} to unix:///path/docker.sock"),
+        Error::DockerConnect { .. } => format!("is dockerd running? {DOCKER_HOST}"),
+        // Transparent: the criu-rpc error is not in the chain of its own.
+        Error::Criu(c) | Error::CorruptImage(c) => return criu_hint(c),
+        Error::ResumeFailed { failed, .. } => return oci_hint(failed),
+        Error::Interrupted { source, .. } => return oci_hint(source),
+        _ => return None,
+    })
+}
+
+fn criu_hint(e: &criu_rpc::Error) -> Option<String> {
+    Some(match e {
+        criu_rpc::Error::CriuNotFound { .. } => {
+            format!("install it (hack/setup builds it) or give its path ({CRIU_PATH})")
+        }
+        criu_rpc::Error::CriuNotExecutable { .. } => {
+            format!("fix its mode or give another path ({CRIU_PATH})")
+        }
+        criu_rpc::Error::NotAnImageDir { .. } => image_path_hint(),
+        _ => return None,
+    })
+}
+
+fn image_path_hint() -> String {
+    "give the --image-path that `ferry checkpoint` wrote".into()
+}
+
 #[derive(serde::Serialize)]
 struct Problem {
     kind: &'static str,
@@ -61,6 +129,9 @@ pub fn json(e: &anyhow::Error) -> serde_json::Value {
         "kind": kind,
         "message": format!("{e:#}"),
     });
+    if let Some(h) = hint(e) {
+        error["hint"] = h.into();
+    }
     // What CRIU said: on the destination when the move failed there, here
     // otherwise.
     let destination = oci.and_then(Error::destination_failure);
@@ -86,4 +157,53 @@ pub fn json(e: &anyhow::Error) -> serde_json::Value {
         error["problems"] = serde_json::to_value(problems).unwrap_or_default();
     }
     serde_json::json!({ "error": error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_command_line_fix_follows_the_librarys_message() {
+        let e =
+            anyhow::Error::from(Error::ContainerExists { id: "c1".into() }).context("creating c1");
+        assert_eq!(
+            message(&e),
+            "creating c1: container `c1` already exists: pick another id or `ferry delete c1`"
+        );
+        assert_eq!(
+            json(&e)["error"]["hint"],
+            "pick another id or `ferry delete c1`"
+        );
+    }
+
+    #[test]
+    fn criu_errors_get_their_hint_through_the_transparent_variant() {
+        let missing = criu_rpc::Error::CriuNotFound {
+            path: PathBuf::from("/nonexistent/criu"),
+        };
+        let e = anyhow::Error::from(Error::Criu(missing));
+        let m = message(&e);
+        assert!(
+            m.starts_with("criu binary `/nonexistent/criu` not found"),
+            "{m}"
+        );
+        assert!(m.ends_with("(--criu or FERRY_CRIU)"), "{m}");
+        // Bare, as a command that calls criu-rpc directly reports it.
+        let bare = anyhow::Error::from(criu_rpc::Error::NotAnImageDir {
+            path: PathBuf::from("/x"),
+        });
+        assert_eq!(
+            hint(&bare).as_deref(),
+            Some("give the --image-path that `ferry checkpoint` wrote")
+        );
+    }
+
+    #[test]
+    fn errors_without_a_command_line_fix_are_printed_as_they_are() {
+        let e = anyhow::Error::from(Error::InvalidId { id: "a/b".into() });
+        assert_eq!(hint(&e), None);
+        assert_eq!(message(&e), format!("{e:#}"));
+    }
 }

@@ -159,7 +159,7 @@ where
 /// Reports a command's failure where runc would: always on stderr, and also
 /// in the log file so that dockerd/containerd can show it to the user.
 pub fn report_error(err: &anyhow::Error, format: LogFormat) {
-    let msg = format!("{err:#}");
+    let msg = crate::errors::message(err);
     eprintln!("ferry: {msg}");
     if let Some(file) = LOG_FILE.lock().unwrap().as_mut() {
         let line = match format {

@@ -23,6 +23,7 @@ pub mod destination;
 pub mod docker;
 pub mod docker_archive;
 pub mod interrupt;
+pub mod outcome;
 pub mod preflight;
 pub mod protocol;
 pub mod record;

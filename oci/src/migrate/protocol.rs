@@ -2,9 +2,6 @@
 //! images, the rootfs) follows its announcing message as a
 //! [`super::wire`] stream.
 
-use std::fmt;
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
 use super::preflight::{Needs, Problem};
@@ -119,50 +116,7 @@ pub enum Reply {
     },
 }
 
-/// Why the destination failed, in fields the source reports as they are
-/// (`ferry migrate --json`), not one sentence to parse.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    /// Where in the move.
-    pub stage: Stage,
-    /// The error and its causes on one line, as a person reads it.
-    pub message: String,
-    /// A CRIU request failed: what CRIU said, and its log.
-    pub criu: Option<CriuFailure>,
-}
-
-/// Where a destination's failure happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// Judging the offer, receiving the pages, the images, the rootfs.
-    Receive,
-    /// Restoring the received container.
-    Restore,
-    /// Post-copy, after the restore: the lazy-pages daemon could not get
-    /// every page (the restored copy was killed).
-    LazyPages,
-}
-
-/// A failed CRIU request on the destination, as the criu-rpc error has it
-/// (runc's `logCriuErrors` quotes the same log lines).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CriuFailure {
-    /// The request: "restore", "page-server"...
-    pub request: Option<String>,
-    /// CRIU's `cr_errno`, when it set one.
-    pub errno: Option<i32>,
-    /// Its symbolic name (`EEXIST`).
-    pub errno_name: Option<String>,
-    /// CRIU's `cr_errmsg` (its first error, often a harmless one).
-    pub message: Option<String>,
-    /// The most telling error line of the log (`LogExcerpt::cause`).
-    pub cause: Option<String>,
-    /// CRIU's log file on the destination.
-    pub log_file: Option<PathBuf>,
-    /// The error lines of that log, with their context.
-    pub log_lines: Vec<String>,
-}
+pub use super::outcome::{CriuFailure, Failure, Stage};
 
 impl Failure {
     /// `e`, which happened at `stage`, for the source.
@@ -178,40 +132,6 @@ impl Failure {
             stage,
             message: crate::error::chain(e),
             criu: criu_error(e).map(CriuFailure::from),
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<&criu_rpc::Error> for CriuFailure {
-    fn from(e: &criu_rpc::Error) -> CriuFailure {
-        use criu_rpc::Error as C;
-        let (request, message) = match e {
-            C::Failed { request, criu, .. } => (Some(*request), criu.message.clone()),
-            C::CriuExited { request, .. }
-            | C::Malformed { request, .. }
-            | C::UnexpectedResponse { request, .. }
-            | C::UnexpectedNotify { request, .. }
-            | C::Notify { request, .. }
-            | C::ExitStatus { request, .. }
-            | C::FdMismatch { request, .. } => (Some(*request), None),
-            _ => (None, None),
-        };
-        let errno = e.criu_errno();
-        let log = e.log();
-        CriuFailure {
-            request: request.map(|r| r.to_string()),
-            errno: errno.map(|n| n as i32),
-            errno_name: errno.map(|n| format!("{n:?}")),
-            message: message.map(|m| m.trim_end().to_string()),
-            cause: log.and_then(|l| l.cause()).map(str::to_string),
-            log_file: log.map(|l| l.path.clone()),
-            log_lines: log.map(|l| l.lines.clone()).unwrap_or_default(),
         }
     }
 }

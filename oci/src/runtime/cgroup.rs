@@ -36,9 +36,16 @@ pub struct ContainerCgroup {
     pub made: Vec<PathBuf>,
 }
 
-fn cg_err(op: &'static str, path: &Path) -> impl FnOnce(String) -> Error {
+fn cg_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(E) -> Error {
     let path = path.to_path_buf();
-    move |reason| Error::Cgroup { op, path, reason }
+    move |e| Error::Cgroup {
+        op,
+        path,
+        source: e.into(),
+    }
 }
 
 /// The extra hierarchies of a hybrid host: (name, mountpoint) of cgroup2
@@ -90,7 +97,7 @@ fn remove_tree(dir: &Path) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(cg_err("listing", dir)(e.to_string())),
+        Err(e) => return Err(cg_err("listing", dir)(e)),
     };
     for e in entries.flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -106,7 +113,7 @@ fn remove_tree(dir: &Path) -> Result<()> {
                 std::thread::sleep(delay);
                 delay *= 2;
             }
-            Err(e) => return Err(cg_err("removing", dir)(e.to_string())),
+            Err(e) => return Err(cg_err("removing", dir)(e)),
         }
     }
     unreachable!("the loop returns")
@@ -175,7 +182,7 @@ fn remove_made(leaf: &Path, made: &[PathBuf]) -> Result<()> {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {
                 return Ok(())
             }
-            Err(e) => return Err(cg_err("removing", dir)(e.to_string())),
+            Err(e) => return Err(cg_err("removing", dir)(e)),
         }
     }
     Ok(())
@@ -205,7 +212,7 @@ impl ContainerCgroup {
             return Err(Error::Cgroup {
                 op: "resolving cgroupsPath",
                 path,
-                reason: "it contains `..`".into(),
+                source: "it contains `..`".into(),
             });
         }
         let roots: Vec<PathBuf> = hierarchy_roots().into_values().collect();
@@ -219,7 +226,7 @@ impl ContainerCgroup {
             systemd_cgroup: false,
             container_name: String::new(),
         })
-        .map_err(|e| cg_err("setting up the cgroup manager for", &self.path)(e.to_string()))
+        .map_err(|e| cg_err("setting up the cgroup manager for", &self.path)(e))
     }
 
     /// What runc's factory checks before it creates a container in a
@@ -252,13 +259,13 @@ impl ContainerCgroup {
     pub fn add(&self, pid: Pid) -> Result<()> {
         self.manager()?
             .add_task(pid)
-            .map_err(|e| cg_err("adding a task to", &self.path)(e.to_string()))?;
+            .map_err(|e| cg_err("adding a task to", &self.path)(e))?;
         for (_, mnt) in extra_hierarchies() {
             let dir = join_rel(&mnt, &self.path);
-            fs::create_dir_all(&dir).map_err(|e| cg_err("creating", &dir)(e.to_string()))?;
+            fs::create_dir_all(&dir).map_err(|e| cg_err("creating", &dir)(e))?;
             let procs = dir.join("cgroup.procs");
             fs::write(&procs, pid.as_raw().to_string())
-                .map_err(|e| cg_err("writing", &procs)(e.to_string()))?;
+                .map_err(|e| cg_err("writing", &procs)(e))?;
         }
         Ok(())
     }
@@ -325,11 +332,11 @@ impl ContainerCgroup {
         .map_err(|reason| Error::Cgroup {
             op: "converting linux.resources.devices for",
             path: self.path.clone(),
-            reason,
+            source: reason.into(),
         })?;
         let dir = self.v1_dir("devices").ok_or_else(|| {
             cg_err("finding the devices hierarchy of", &self.path)(
-                "the host has no v1 devices controller, which containers require".into(),
+                "the host has no v1 devices controller, which containers require",
             )
         })?;
         resources::set_devices(&dir, &rules)
@@ -370,7 +377,7 @@ impl ContainerCgroup {
             return Err(Error::Cgroup {
                 op: "applying linux.resources.unified to",
                 path: self.path.clone(),
-                reason: "invalid configuration: cannot use unified on cgroup v1".into(),
+                source: "invalid configuration: cannot use unified on cgroup v1".into(),
             });
         }
         Ok(())
@@ -388,7 +395,7 @@ impl ContainerCgroup {
                 oom_score_adj: None,
                 freezer_state: None,
             })
-            .map_err(|e| cg_err("applying resources to", &self.path)(e.to_string()))
+            .map_err(|e| cg_err("applying resources to", &self.path)(e))
     }
 
     /// The container's directory in the v1 hierarchy of controller `ctrl`.
@@ -402,13 +409,13 @@ impl ContainerCgroup {
     pub fn freeze(&self) -> Result<()> {
         self.manager()?
             .freeze(FreezerState::Frozen)
-            .map_err(|e| cg_err("freezing", &self.path)(e.to_string()))
+            .map_err(|e| cg_err("freezing", &self.path)(e))
     }
 
     pub fn thaw(&self) -> Result<()> {
         self.manager()?
             .freeze(FreezerState::Thawed)
-            .map_err(|e| cg_err("thawing", &self.path)(e.to_string()))
+            .map_err(|e| cg_err("thawing", &self.path)(e))
     }
 
     /// Whether the freezer says frozen.
@@ -427,9 +434,7 @@ impl ContainerCgroup {
                 if !self.freezer_path().exists() {
                     return Ok(Vec::new());
                 }
-                Err(cg_err("listing the processes of", &self.path)(
-                    e.to_string(),
-                ))
+                Err(cg_err("listing the processes of", &self.path)(e))
             }
         }
     }
@@ -437,7 +442,7 @@ impl ContainerCgroup {
     pub fn stats(&self) -> Result<libcgroups::stats::Stats> {
         self.manager()?
             .stats()
-            .map_err(|e| cg_err("reading the statistics of", &self.path)(e.to_string()))
+            .map_err(|e| cg_err("reading the statistics of", &self.path)(e))
     }
 
     /// Removes the cgroups from every hierarchy, sub-cgroups the container

@@ -28,7 +28,7 @@ pub fn procs_files(cgroup: &ContainerCgroup) -> Result<Vec<PathBuf>> {
         return Err(Error::Cgroup {
             op: "guarding a post-copy restore in",
             path: cgroup.path.clone(),
-            reason: "it is the root cgroup, which holds every process of the host".into(),
+            source: "it is the root cgroup, which holds every process of the host".into(),
         });
     }
     let files: Vec<PathBuf> = cgroup
@@ -40,7 +40,7 @@ pub fn procs_files(cgroup: &ContainerCgroup) -> Result<Vec<PathBuf>> {
         return Err(Error::Cgroup {
             op: "guarding a post-copy restore in",
             path: cgroup.path.clone(),
-            reason: "no cgroup hierarchy is mounted (/proc/self/mountinfo)".into(),
+            source: "no cgroup hierarchy is mounted (/proc/self/mountinfo)".into(),
         });
     }
     Ok(files)
@@ -76,7 +76,7 @@ mod tests {
         }
         let root = ContainerCgroup::new(Some(Path::new("/")), "c1", false).unwrap();
         let e = procs_files(&root).unwrap_err();
-        assert!(e.to_string().contains("root cgroup"), "{e}");
+        assert!(crate::error::chain(&e).contains("root cgroup"), "{e}");
     }
 
     #[test]

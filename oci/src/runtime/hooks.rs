@@ -114,7 +114,7 @@ fn status_text(status: &std::process::ExitStatus) -> String {
             let text = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }
                 .to_string_lossy()
                 .into_owned();
-            format!("signal: {}", super::subcgroup::go_spelling(&text))
+            format!("signal: {}", crate::error::go_spelling(&text))
         }
         None => status.to_string(),
     }

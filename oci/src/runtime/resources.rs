@@ -37,7 +37,7 @@ fn failed(path: &Path, file: &str) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::Cgroup {
         op: "writing",
         path,
-        reason: e.to_string(),
+        source: e.into(),
     }
 }
 
@@ -45,7 +45,7 @@ fn invalid(path: &Path, reason: String) -> Error {
     Error::Cgroup {
         op: "setting the devices of",
         path: path.to_path_buf(),
-        reason,
+        source: reason.into(),
     }
 }
 
@@ -369,7 +369,7 @@ pub fn set_devices(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
         let list = fs::read_to_string(&list_path).map_err(|e| Error::Cgroup {
             op: "reading",
             path: list_path.clone(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         Emulator::from_list(&list).map_err(|r| invalid(dir, r))
     };
@@ -425,7 +425,7 @@ pub fn set_cpu(dir: &Path, r: &LinuxResources) -> Result<()> {
             return Err(Error::Cgroup {
                 op: "setting cpu.shares in",
                 path: dir.to_path_buf(),
-                reason,
+                source: reason.into(),
             });
         }
     }
@@ -515,13 +515,15 @@ fn read_u64(dir: &Path, file: &str) -> Result<u64> {
     let s = fs::read_to_string(&p).map_err(|e| Error::Cgroup {
         op: "reading",
         path: p.clone(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
-    s.trim().parse().map_err(|e| Error::Cgroup {
-        op: "parsing",
-        path: p,
-        reason: format!("{e}"),
-    })
+    s.trim()
+        .parse()
+        .map_err(|e: std::num::ParseIntError| Error::Cgroup {
+            op: "parsing",
+            path: p,
+            source: e.into(),
+        })
 }
 
 /// runc's setMemoryAndSwap and the soft limit: limit -1 without a swap
@@ -542,11 +544,12 @@ pub fn set_memory(dir: &Path, r: &LinuxResources) -> Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::Cgroup {
                 op: "setting the memory limit of",
                 path: dir.to_path_buf(),
-                reason: format!(
+                source: format!(
                     "unable to set memory limit to {limit} (current usage: {}, peak usage: {})",
                     read_u64(dir, "memory.usage_in_bytes")?,
                     read_u64(dir, "memory.max_usage_in_bytes")?
-                ),
+                )
+                .into(),
             }),
             r => r.map_err(failed(dir, LIMIT)),
         }

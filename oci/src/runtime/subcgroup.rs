@@ -23,25 +23,6 @@ pub enum Placement {
     Dirs(Vec<PathBuf>),
 }
 
-/// `text` with its first letter in lower case: libc's strerror and
-/// strsignal texts as Go spells them ("no such file or directory", "bad
-/// system call"), which is how runc's messages read and what scripts match.
-pub(crate) fn go_spelling(text: &str) -> String {
-    let mut c = text.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => String::new(),
-    }
-}
-
-/// An errno as Go's syscall.Errno prints it.
-pub fn errno_text(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => go_spelling(nix::errno::Errno::from_raw(n).desc()),
-        None => e.to_string(),
-    }
-}
-
 /// `--cgroup` arguments as runc reads them: controller -> sub path, with
 /// `""` for a path given without controllers (only alone).
 fn parse(args: &[String]) -> Result<BTreeMap<String, String>> {
@@ -188,6 +169,6 @@ mod tests {
     #[test]
     fn errnos_read_as_go_prints_them() {
         let e = std::io::Error::from_raw_os_error(libc::ENOENT);
-        assert_eq!(errno_text(&e), "no such file or directory");
+        assert_eq!(crate::error::errno_text(&e), "no such file or directory");
     }
 }
