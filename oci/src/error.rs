@@ -110,11 +110,30 @@ pub enum Error {
     InvalidSignal { signal: String },
 
     /// runc's words ("error running hook"), which clients match.
-    #[error("error running hook {} ({which}): {reason}", path.display())]
+    #[error("error running hook {} ({which}): {status}: {stderr}", path.display())]
     Hook {
         which: &'static str,
         path: PathBuf,
-        reason: String,
+        /// Its exit status as Go's os/exec prints it (`exit status 1`).
+        status: String,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+
+    #[error("error running hook {} ({which}): {op} it", path.display())]
+    HookIo {
+        which: &'static str,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("error running hook {} ({which}): timed out after {after:?}", path.display())]
+    HookTimedOut {
+        which: &'static str,
+        path: PathBuf,
+        after: std::time::Duration,
     },
 
     /// A cgroup operation failed; the source is the io or libcgroups error,
@@ -375,7 +394,7 @@ impl Error {
             Error::CgroupJoin { .. } => "cgroup_join",
             Error::InvalidArgument { .. } => "invalid_argument",
             Error::InvalidSignal { .. } => "invalid_signal",
-            Error::Hook { .. } => "hook",
+            Error::Hook { .. } | Error::HookIo { .. } | Error::HookTimedOut { .. } => "hook",
             Error::Cgroup { .. } => "cgroup",
             Error::CgroupFrozen { .. } => "cgroup_frozen",
             Error::NotAnExport { .. } => "not_an_export",

@@ -65,25 +65,33 @@ pub fn run(which: &'static str, hooks: &[Hook], state: &OciState) -> Result<()> 
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let fail = |reason: String| Error::Hook {
-            which,
-            path: h.path().clone(),
-            reason,
+        let io = |op: &'static str| {
+            let path = h.path().clone();
+            move |source| Error::HookIo {
+                which,
+                op,
+                path,
+                source,
+            }
         };
-        let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+        let mut child = cmd.spawn().map_err(io("starting"))?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&input);
         }
         let timeout = h.timeout().map(|t| Duration::from_secs(t.max(1) as u64));
         let start = Instant::now();
         let status = loop {
-            match child.try_wait().map_err(|e| fail(e.to_string()))? {
+            match child.try_wait().map_err(io("waiting for"))? {
                 Some(st) => break st,
                 None => {
-                    if timeout.is_some_and(|t| start.elapsed() > t) {
+                    if let Some(after) = timeout.filter(|t| start.elapsed() > *t) {
                         let _ = child.kill();
                         let _ = child.wait();
-                        return Err(fail(format!("timed out after {:?}", timeout.unwrap())));
+                        return Err(Error::HookTimedOut {
+                            which,
+                            path: h.path().clone(),
+                            after,
+                        });
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -95,7 +103,12 @@ pub fn run(which: &'static str, hooks: &[Hook], state: &OciState) -> Result<()> 
                 use std::io::Read;
                 let _ = e.read_to_string(&mut err);
             }
-            return Err(fail(format!("{}: {}", status_text(&status), err.trim())));
+            return Err(Error::Hook {
+                which,
+                path: h.path().clone(),
+                status: status_text(&status),
+                stderr: err.trim().to_string(),
+            });
         }
     }
     Ok(())
@@ -117,5 +130,73 @@ fn status_text(status: &std::process::ExitStatus) -> String {
             format!("signal: {}", crate::error::go_spelling(&text))
         }
         None => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::HookBuilder;
+
+    fn state() -> OciState {
+        OciState {
+            oci_version: "1.0.2".into(),
+            id: "c1".into(),
+            status: "creating".into(),
+            pid: 1,
+            bundle: "/b".into(),
+            annotations: Default::default(),
+        }
+    }
+
+    fn sh(script: &str, timeout: Option<i64>) -> Hook {
+        let mut b = HookBuilder::default().path("/bin/sh").args(vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+        ]);
+        if let Some(t) = timeout {
+            b = b.timeout(t);
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn the_state_reaches_the_hook_and_a_failure_says_how_it_failed() {
+        // The state on stdin: the hook fails only if it is not there.
+        let ok = sh(
+            r#"grep -q '"id":"c1"' && grep -qv x </dev/null; exit 0"#,
+            None,
+        );
+        run("createRuntime", &[ok], &state()).unwrap();
+
+        let failing = sh("echo broken >&2; exit 3", None);
+        let e = run("poststart", &[failing], &state()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Hook { which: "poststart", status, stderr, .. }
+                if status == "exit status 3" && stderr == "broken"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "error running hook /bin/sh (poststart): exit status 3: broken"
+        );
+
+        let slow = sh("sleep 5", Some(1));
+        let e = run("prestart", &[slow], &state()).unwrap_err();
+        assert!(matches!(e, Error::HookTimedOut { .. }), "{e:?}");
+
+        let missing = HookBuilder::default()
+            .path("/nonexistent/hook")
+            .build()
+            .unwrap();
+        let e = run("poststop", &[missing], &state()).unwrap_err();
+        match &e {
+            Error::HookIo { op, source, .. } => {
+                assert_eq!(*op, "starting");
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
