@@ -255,6 +255,49 @@ pub struct Prepared {
     pre_dump: bool,
     image_path: PathBuf,
     log: PathBuf,
+    recheck: Option<NetnsRecheck>,
+}
+
+/// A network namespace dumped as new ([`Target::fresh_netns`]) must still
+/// look new once its tasks are frozen. It was looked at before the freeze,
+/// to keep the look out of the downtime, and a process outside the
+/// container with CAP_NET_ADMIN may have changed it since: it is looked at
+/// again on a thread from the network-lock notify (the tasks are frozen
+/// then) and the answer is waited for at post-dump, where refusing makes
+/// CRIU roll back (cr-dump.c: a failed post-dump script leaves the tasks
+/// alive and fails the dump) so that nothing is lost.
+struct NetnsRecheck {
+    id: String,
+    netns: PathBuf,
+    expected: crate::network::fresh::Fresh,
+    look: Option<std::thread::JoinHandle<Result<Option<crate::network::fresh::Fresh>>>>,
+}
+
+impl NetnsRecheck {
+    fn start(&mut self) {
+        if self.look.is_none() {
+            let netns = self.netns.clone();
+            self.look = Some(std::thread::spawn(move || {
+                crate::network::fresh::looks_new(&netns)
+            }));
+        }
+    }
+
+    fn verdict(&mut self) -> Result<()> {
+        self.start();
+        let look = self.look.take().expect("started");
+        let changed = |source: Option<Box<Error>>| Error::NetnsChanged {
+            id: self.id.clone(),
+            netns: self.netns.clone(),
+            source,
+        };
+        match look.join() {
+            Ok(Ok(Some(f))) if f == self.expected => Ok(()),
+            Ok(Ok(_)) => Err(changed(None)),
+            Ok(Err(e)) => Err(changed(Some(Box::new(e)))),
+            Err(_) => Err(changed(None)),
+        }
+    }
 }
 
 /// Prepares the checkpoint of `target` into `opts.image_path`.
@@ -301,6 +344,15 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
         }
     }
 
+    let recheck = match (&target.fresh_netns, pre_dump) {
+        (Some(f), false) => Some(NetnsRecheck {
+            id: target.id.to_string(),
+            netns: PathBuf::from(format!("/proc/{}/ns/net", target.init)),
+            expected: *f,
+            look: None,
+        }),
+        _ => None,
+    };
     let swrk = criu.spawn_dump(&dump, pre_dump)?;
     Ok(Prepared {
         dump,
@@ -308,6 +360,7 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
         pre_dump,
         image_path: opts.image_path.clone(),
         log: log_dir.join(DUMP_LOG),
+        recheck,
     })
 }
 
@@ -320,11 +373,19 @@ impl Prepared {
             pre_dump,
             image_path,
             log,
+            mut recheck,
         } = self;
         let mut frozen_at: Option<Instant> = None;
         let mut handler = |n: Notify| -> Result<(), HandlerError> {
             if matches!(n, Notify::NetworkLock | Notify::PreDump) && frozen_at.is_none() {
                 frozen_at = Some(Instant::now());
+            }
+            if let Some(r) = &mut recheck {
+                match n {
+                    Notify::NetworkLock => r.start(),
+                    Notify::PostDump => r.verdict()?,
+                    _ => {}
+                }
             }
             on_notify(&n);
             Ok(())

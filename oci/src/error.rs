@@ -29,6 +29,18 @@ pub enum Error {
     #[error("network namespace {path} already exists: pick another name or remove it")]
     NetnsExists { path: PathBuf },
 
+    /// A network namespace that looked new before the freeze (and so was
+    /// to be made anew on restore) did not once the tasks were frozen: the
+    /// dump was rolled back, the container runs on.
+    #[error("the network namespace of container `{id}` ({}) changed while it was checkpointed: it held only what a new namespace holds before the freeze, and no longer; the checkpoint was abandoned and the container runs on (checkpoint again: it is then dumped whole)", netns.display())]
+    NetnsChanged {
+        id: String,
+        netns: PathBuf,
+        /// The second look failed (rather than finding a change).
+        #[source]
+        source: Option<Box<Error>>,
+    },
+
     #[error("JSON in {}", path.display())]
     Json {
         path: PathBuf,
@@ -375,6 +387,7 @@ impl Error {
             Error::Netlink { .. } => "netlink",
             Error::NoSuchLink { .. } => "no_such_link",
             Error::NetnsExists { .. } => "netns_exists",
+            Error::NetnsChanged { .. } => "netns_changed",
             Error::Json { .. } => "json",
             Error::NotAnImageDir { .. } => "not_an_image_dir",
             Error::CgroupHierarchyMissing { .. } => "cgroup_hierarchy_missing",

@@ -735,3 +735,62 @@ fn a_symlink_mount_destination_stays_inside_the_rootfs_through_checkpoint_and_re
     );
     root.remove(&id);
 }
+
+/// A network namespace that looks new is dumped as external and made anew
+/// on restore. It is looked at before the freeze (outside the downtime), so
+/// it is looked at again once the tasks are frozen: changed in between
+/// (here by the test, between the library's prepare and its run, where a
+/// process with CAP_NET_ADMIN outside the container could), the post-dump
+/// answer is a refusal, CRIU rolls back, the container runs on, and the
+/// next checkpoint dumps the namespace whole.
+#[test]
+fn a_netns_changed_between_the_look_and_the_freeze_abandons_the_checkpoint() {
+    let root = Root::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(dir.path(), COUNTER);
+    let id = unique("nschg");
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    let count = bundle.join("rootfs/out/count");
+    wait_numbers(&count, 3);
+    let pid = root.pid(&id);
+
+    // The prepared checkpoint holds the container's lock (`ferry state`
+    // would wait for it) until it has run.
+    let c = ferry_oci::runtime::Container::load(root.path(), &id).unwrap();
+    let images = dir.path().join("images");
+    let opts = ferry_oci::checkpoint::CheckpointOptions {
+        image_path: images.clone(),
+        ..Default::default()
+    };
+    let prepared = c
+        .prepare_checkpoint(&criu_rpc::Criu::default(), opts)
+        .unwrap();
+    beyond_a_new_netns(pid);
+    let err = prepared.run(&mut |_| {}, |_| ()).unwrap_err();
+    let chain = ferry_oci::error::chain(&err);
+    let refused = match &err {
+        ferry_oci::Error::Criu(criu_rpc::Error::Notify { script, source, .. }) => {
+            assert_eq!(*script, "post-dump", "{chain}");
+            source.downcast_ref::<ferry_oci::Error>()
+        }
+        _ => None,
+    };
+    assert!(
+        matches!(refused, Some(ferry_oci::Error::NetnsChanged { .. })),
+        "not refused at post-dump for the netns: {chain}"
+    );
+    assert!(chain.contains("runs on"), "{chain}");
+    // Rolled back: running, not frozen, counting.
+    assert_eq!(root.status(&id), "running");
+    let before = numbers(&count).len();
+    wait_numbers(&count, before + 3);
+
+    let again = dir.path().join("again");
+    root.ok(&["checkpoint", "--image-path", s(&again), &id]);
+    assert!(again.join("inventory.img").exists());
+    assert!(
+        !again.join("ferry-fresh-netns.json").exists(),
+        "the changed namespace is dumped whole now"
+    );
+    root.remove(&id);
+}
