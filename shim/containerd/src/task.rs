@@ -222,6 +222,22 @@ fn criu(criu_path: Option<&Path>) -> Criu {
         .unwrap_or_default()
 }
 
+/// The runtime options' `CriuPath` (field 8 of `containerd.runc.v1.Options`),
+/// which containerd 1.6 and 1.7 send from the runtime's `CriuPath` setting.
+/// containerd 2.0 removed the field (`reserved 8` in its oci.proto), so the
+/// generated type has none: it is read from the message's unknown fields.
+fn criu_path_option(o: &RuncOptions) -> Option<PathBuf> {
+    use containerd_shim::protos::protobuf::UnknownValueRef;
+    use std::os::unix::ffi::OsStrExt;
+    const CRIU_PATH: u32 = 8;
+    match o.special_fields.unknown_fields().get(CRIU_PATH)? {
+        UnknownValueRef::LengthDelimited(b) if !b.is_empty() => {
+            Some(PathBuf::from(std::ffi::OsStr::from_bytes(b)))
+        }
+        _ => None,
+    }
+}
+
 /// The criu binary [`criu`] names, if not PATH's.
 fn criu_binary(criu_path: Option<&Path>) -> Option<PathBuf> {
     criu_path
@@ -386,8 +402,7 @@ impl TaskService {
         let options = runtime_options(&req)?;
         let restore = pending_restore(&req, &options);
         let root = task_root(&self.namespace, &options);
-        let criu_path =
-            Some(PathBuf::from(&options.criu_path)).filter(|p| !p.as_os_str().is_empty());
+        let criu_path = criu_path_option(&options);
         let saved = serde_json::to_vec(&SavedOptions { root: root.clone() }).unwrap_or_default();
         let saved_at = bundle.join(SAVED_OPTIONS);
         tokio::fs::write(&saved_at, saved)
@@ -1219,6 +1234,26 @@ mod options_tests {
             task_root("k8s.io", &RuncOptions::default()),
             state_root("k8s.io")
         );
+    }
+
+    #[test]
+    fn criu_path_is_read_from_the_options_containerd_1_sends() {
+        // containerd 1.6's Options with CriuPath: field 8, a string.
+        let mut sent = RuncOptions {
+            root: "/var/lib/alt".into(),
+            ..Default::default()
+        };
+        sent.special_fields
+            .mut_unknown_fields()
+            .add_length_delimited(8, b"/opt/criu/sbin/criu".to_vec());
+        let wire = sent.write_to_bytes().unwrap();
+        let got = RuncOptions::parse_from_bytes(&wire).unwrap();
+        assert_eq!(
+            criu_path_option(&got),
+            Some(PathBuf::from("/opt/criu/sbin/criu"))
+        );
+        assert_eq!(got.root, "/var/lib/alt");
+        assert_eq!(criu_path_option(&RuncOptions::default()), None);
     }
 
     #[test]
