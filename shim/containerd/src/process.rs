@@ -110,7 +110,8 @@ impl Proc {
         exit
     }
 
-    /// The exit to wait for ([`wait`]), taken while the task is locked.
+    /// The exit to wait for ([`wait`]), taken while the containers are
+    /// locked, waited for once they are not.
     pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.exit.subscribe()
     }
