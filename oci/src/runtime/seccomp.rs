@@ -171,7 +171,7 @@ fn check_notify(s: &LinuxSeccomp) -> Result<()> {
 pub fn build(s: &LinuxSeccomp) -> Result<Filter> {
     check_notify(s)?;
     let default = action(s.default_action(), s.default_errno_ret())?;
-    let mut f = ScmpFilterContext::new_filter(default)
+    let mut f = ScmpFilterContext::new(default)
         .map_err(seccomp_err("creating the seccomp filter".into()))?;
     f.set_ctl_nnp(false)
         .map_err(seccomp_err("leaving no_new_privs to the spec".into()))?;

@@ -9,7 +9,13 @@
 //! The structure is containerd's runc v2 shim (runtime/v2/runc), whose
 //! behaviour each module cites:
 //! - [`service`]: the shim's lifecycle (`start`, `delete`, serve, wait);
-//! - [`task`]: the Task service (create ... checkpoint) and its events;
+//! - [`task`]: the Task service's RPCs (create ... checkpoint), the exits
+//!   fanned out to their processes, and the events containerd receives;
+//! - [`container`]: one container: its bundle, rootfs mount, processes and
+//!   the ferry-oci calls that drive it (create, start or restore, kill,
+//!   checkpoint, delete);
+//! - [`process`]: one process's state, stdio, exit and start;
+//! - [`options`]: the runtime options (state root, criu binary);
 //! - [`checkpoint`]: containerd's checkpoint and restore options;
 //! - [`stdio`]: the pipes between containerd's fifos and the container;
 //! - [`reaper`]: waiting for the containers' processes;
@@ -17,8 +23,11 @@
 //! - [`error`]: errors, and the ttrpc statuses containerd receives.
 
 mod checkpoint;
+mod container;
 mod error;
 mod oom;
+mod options;
+mod process;
 mod reaper;
 mod service;
 mod stdio;

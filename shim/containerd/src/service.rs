@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::{publisher::RemotePublisher, spawn, ExitSignal, Shim};
 use containerd_shim::{Config, Context, DeleteResponse, Flags, StartOpts};
 
-use super::task::{self, Event, TaskService};
+use super::container::unmount_rootfs;
+use super::options::{self, SavedOptions, SAVED_OPTIONS};
+use super::task::{Event, TaskService};
 
 /// The annotations runc-shim groups containers by (one shim per sandbox).
 const GROUP_LABELS: [&str; 2] = [
@@ -72,10 +74,10 @@ impl Shim for Service {
             .map_err(|e| containerd_shim::Error::Other(format!("current dir: {e}")))?;
         // The root the task was created with (its runtime options' Root),
         // as runc-shim's cleanup reads the bundle's options.json.
-        let root = std::fs::read(bundle.join(task::SAVED_OPTIONS))
+        let root = std::fs::read(bundle.join(SAVED_OPTIONS))
             .ok()
-            .and_then(|b| serde_json::from_slice::<task::SavedOptions>(&b).ok())
-            .map_or_else(|| task::state_root(&self.namespace), |o| o.root);
+            .and_then(|b| serde_json::from_slice::<SavedOptions>(&b).ok())
+            .map_or_else(|| options::state_root(&self.namespace), |o| o.root);
         let id = self.id.clone();
         let rootfs = bundle.join("rootfs");
         tokio::task::spawn_blocking(move || {
@@ -86,7 +88,7 @@ impl Shim for Service {
                     log::warn!("deleting container {id} after its shim died: {e}");
                 }
             }
-            if let Err(e) = task::unmount_rootfs(&rootfs) {
+            if let Err(e) = unmount_rootfs(&rootfs) {
                 log::warn!("{}", e.chain());
             }
             // The dead shim's socket, as runc-shim's Stop removes it.
