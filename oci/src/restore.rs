@@ -245,6 +245,21 @@ fn create_mountpoints(spec: &Spec, rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The empty directory, in the container's state dir, that its masked
+/// directories are bound from (criu_plan::MASKED_DIR_KEY); read-only to
+/// all but root, and never written.
+const MASKED_EMPTY_DIR: &str = "masked-empty";
+
+fn masked_empty_dir(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let p = state_dir.join(MASKED_EMPTY_DIR);
+    match fs::DirBuilder::new().mode(0o555).create(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io("creating", &p)(e)),
+    }
+}
+
 /// The rootfs bind-mounted where CRIU wants its root; unmounted on drop.
 struct CriuRoot(PathBuf);
 
@@ -322,8 +337,11 @@ pub fn restore_options(
     t.display_stats = true;
     t.lsm_profile = opts.lsm_profile.clone();
     t.config_file = criu_plan::criu_config_file(dest.spec);
-    t.ext_mounts =
-        criu_plan::restore_ext_mounts(dest.spec, &crate::checkpoint::mount_key(dest.rootfs));
+    t.ext_mounts = criu_plan::restore_ext_mounts(
+        dest.spec,
+        &crate::checkpoint::mount_key(dest.rootfs),
+        &dest.state_dir.join(MASKED_EMPTY_DIR),
+    );
     r.rst_sibling = !opts.criu_parent;
     r.evasive_devices = true;
     r.lazy_pages = opts.lazy_pages;
@@ -346,6 +364,7 @@ pub fn restore(
     let (dirs, log_dir) =
         crate::checkpoint::open_dirs(&opts.image_path, opts.work_path.as_deref(), RESTORE_LOG)?;
     create_mountpoints(dest.spec, dest.rootfs)?;
+    masked_empty_dir(dest.state_dir)?;
     let root = CriuRoot::mount(dest.rootfs, dest.state_dir)?;
     let (mut ropts, external) = restore_options(&mut dest, opts, dirs, &root.0)?;
     for (key, path) in external {

@@ -76,6 +76,37 @@ fn counter_continues_after_restore_under_a_new_id() {
     assert_consecutive(&after);
     // The original bundle saw nothing of the clone.
     assert_eq!(numbers(&bundle.join("rootfs/out/count")), before);
+    // Masked directories (runc's default spec masks /sys/firmware) were
+    // external to CRIU and are bound again from an empty directory: still
+    // empty, still read-only; the one tmpfs CRIU dumped itself is /dev.
+    let listed = root.ok(&["exec", &b, "ls", "-A", "/sys/firmware"]);
+    assert_eq!(listed.trim(), "", "a masked directory shows something");
+    let err = root.fails(&["exec", &b, "touch", "/sys/firmware/x"]);
+    assert!(err.contains("Read-only file system"), "{err}");
+    let tmpfs_images = std::fs::read_dir(&images)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("tmpfs-dev-")
+        })
+        .count();
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", root.pid(&b))).unwrap();
+    let firmware = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/sys/firmware"))
+        .unwrap_or_else(|| panic!("/sys/firmware is not masked: {mountinfo}"));
+    assert!(
+        !firmware.contains(" - tmpfs ") && firmware.contains("masked-empty"),
+        "not bound from the empty dir: {firmware}"
+    );
+    let tmpfs_mounts = mountinfo
+        .lines()
+        .filter(|l| l.contains(" - tmpfs "))
+        .count();
+    assert_eq!(
+        tmpfs_images, tmpfs_mounts,
+        "CRIU dumped one tmpfs per tmpfs mount that is not masked"
+    );
     root.remove(&b);
 }
 
