@@ -1007,8 +1007,12 @@ fn a_killed_agent_keeps_the_source_and_is_cleaned_up_once_restarted() {
     );
     assert_source_goes_on(&s.a, "big", &src, &said);
     s.agent_b().spawn();
+    // The restarted agent removes the docker container, then its pending
+    // request: wait for both (the state was seen between the two once).
+    let ids: Vec<String> = before.iter().map(|(id, _, _)| id.clone()).collect();
+    let cleaned = || s.b.all() == before && s.b.runtime_state().iter().all(|e| ids.contains(e));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while s.b.all() != before && Instant::now() < deadline {
+    while !cleaned() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_no_trace(
