@@ -161,6 +161,9 @@ fn tempfile_beside(file: &Path, tag: &str) -> PathBuf {
 fn write_bundle_tar<W: Write>(w: W, src: &ExportSource<'_>, file: &Path) -> Result<W> {
     let err = archive_io(file);
     // The config as the archive's bundle has it: the root is ./rootfs.
+    // Untyped on purpose (not oci-spec's Spec, as every other read is):
+    // the rewrite must carry fields oci-spec does not know (a newer
+    // runtime-spec's, vendors') into the archive unchanged.
     let text = fs::read(src.config).map_err(io("reading", src.config))?;
     let mut config: serde_json::Value =
         serde_json::from_slice(&text).map_err(|source| Error::Json {

@@ -864,6 +864,9 @@ impl Agent {
     fn write_bundle(&self, id: &str, bundle: &Path, config: &str) -> Result<()> {
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(crate::error::io("creating", &rootfs))?;
+        // Untyped on purpose (not oci-spec's Spec, as every other read of a
+        // config is): the rewrite keeps the fields oci-spec does not know
+        // (a newer runtime-spec's, vendors') as the source had them.
         let mut spec: serde_json::Value =
             serde_json::from_str(config).map_err(|source| Error::BadMessage { source })?;
         spec["root"]["path"] = "rootfs".into();

@@ -1,11 +1,33 @@
 //! Loading a bundle: config.json read and checked, with errors that name
-//! the bundle, the file and what is wrong.
+//! the bundle, the file and what is wrong. Every read of a container's
+//! config.json goes through [`read_config`] (oci-spec's types); the only
+//! untyped reads are rewrites that must keep fields oci-spec does not know
+//! (the migration's received bundle, the exported archive), which say so.
 
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
+
+/// A bundle's config file (runtime-spec: `config.json` at the bundle's
+/// root).
+pub const CONFIG: &str = "config.json";
+
+/// Reads the config.json at `path` (a bundle's, or the one a container's
+/// state points at) into oci-spec's [`Spec`].
+pub fn read_config(path: &Path) -> Result<Spec> {
+    let text = std::fs::read(path).map_err(io("reading", path))?;
+    parse_config(&text, path)
+}
+
+/// Parses config.json text read from `path`.
+pub fn parse_config(text: &[u8], path: &Path) -> Result<Spec> {
+    serde_json::from_slice(text).map_err(|source| Error::InvalidConfig {
+        path: path.to_path_buf(),
+        reason: source.to_string(),
+    })
+}
 
 /// A bundle whose config.json parsed and whose rootfs exists.
 #[derive(Debug, Clone)]
@@ -20,15 +42,11 @@ impl Bundle {
         let dir = std::fs::canonicalize(dir).map_err(|_| Error::NoBundle {
             path: dir.to_path_buf(),
         })?;
-        let config = dir.join("config.json");
+        let config = dir.join(CONFIG);
         let text = std::fs::read(&config).map_err(|_| Error::NoConfig {
             path: config.clone(),
         })?;
-        let mut spec: Spec =
-            serde_json::from_slice(&text).map_err(|source| Error::InvalidConfig {
-                path: config.clone(),
-                reason: source.to_string(),
-            })?;
+        let mut spec = parse_config(&text, &config)?;
         let root = spec.root().as_ref().ok_or_else(|| Error::InvalidConfig {
             path: config.clone(),
             reason: "it has no root.path".into(),
@@ -80,16 +98,21 @@ fn absolute_bind_sources(spec: &mut Spec, bundle: &Path) {
 /// restored). Text that does not parse says no: loading the bundle reports
 /// it properly.
 pub fn config_has_terminal(config: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(config)
-        .ok()
-        .and_then(|v| v["process"]["terminal"].as_bool())
+    parse_config(config.as_bytes(), Path::new(CONFIG)).is_ok_and(|s| has_terminal(&s))
+}
+
+/// Whether the spec's process has a terminal.
+pub fn has_terminal(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
         .unwrap_or(false)
 }
 
 /// The same for the config.json of `bundle` (one that cannot be read says
 /// no).
 pub fn bundle_has_terminal(bundle: &Path) -> bool {
-    std::fs::read_to_string(bundle.join("config.json")).is_ok_and(|c| config_has_terminal(&c))
+    read_config(&bundle.join(CONFIG)).is_ok_and(|s| has_terminal(&s))
 }
 
 /// The runtime-spec version of the configs `ferry spec` writes (runc
@@ -131,11 +154,20 @@ mod tests {
 
     #[test]
     fn a_terminal_is_read_off_the_config() {
-        assert!(config_has_terminal(r#"{"process": {"terminal": true}}"#));
-        assert!(!config_has_terminal(r#"{"process": {"terminal": false}}"#));
-        assert!(!config_has_terminal(r#"{"process": {}}"#));
+        // runc's default spec has a terminal.
+        let with = default_spec_text(None);
+        assert!(config_has_terminal(&with));
+        let without = with.replace(r#""terminal": true"#, r#""terminal": false"#);
+        assert_ne!(with, without);
+        assert!(!config_has_terminal(&without));
+        let unset = with.replace(r#""terminal": true,"#, "");
+        assert_ne!(with, unset);
+        assert!(!config_has_terminal(&unset));
         assert!(!config_has_terminal("{ not json"));
         assert!(!bundle_has_terminal(Path::new("/nonexistent/bundle")));
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(CONFIG), &with).unwrap();
+        assert!(bundle_has_terminal(tmp.path()));
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl<'a> ContainerState<'a> {
     fn of(s: &'a ferry_oci::runtime::State, status: Status, owner: &'a str) -> Self {
         // The version of the container's config, as runc reports it (the
         // config the state points at; a bundle removed since says ours).
-        let oci_version = oci_spec::runtime::Spec::load(&s.config)
+        let oci_version = ferry_oci::runtime::spec::read_config(&s.config)
             .map(|spec| spec.version().clone())
             .unwrap_or_else(|_| ferry_oci::runtime::spec::SPEC_VERSION.to_string());
         ContainerState {
