@@ -1,6 +1,7 @@
-//! The receiving end of runc's `--console-socket` protocol: a unix socket on
-//! which the container's init (or an exec'd process, or CRIU's restore)
-//! sends its pty master with SCM_RIGHTS.
+//! runc's `--console-socket` protocol: a unix socket on which the
+//! container's init (or an exec'd process, or CRIU's restore) sends its pty
+//! master with SCM_RIGHTS ([`send_master`], the one sending end), and its
+//! receiving end ([`ConsoleSocket`]).
 //!
 //! Two users: the containerd shim makes one per process with a terminal
 //! (runc-shim's `NewTempConsoleSocket`), and `ferry run`/`exec` in the
@@ -9,11 +10,37 @@
 //! tty.go does.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
+
+/// Connects to the console socket at `path` (the sending end).
+pub fn connect(path: &Path) -> Result<UnixStream> {
+    UnixStream::connect(path).map_err(|source| Error::Io {
+        op: "connecting to the console socket",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Sends the pty master `master` over the console socket `console`, with
+/// the slave's name as the message's bytes (runc's `utils.SendFile`: the
+/// name travels with the fd; receivers use the fd).
+pub fn send_master(console: &UnixStream, master: &impl AsRawFd, name: &str) -> nix::Result<()> {
+    let fds = [master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(name.as_bytes())];
+    nix::sys::socket::sendmsg::<()>(
+        console.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+}
 
 /// A console socket in the temp dir, removed when dropped.
 pub struct ConsoleSocket {

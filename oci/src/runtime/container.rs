@@ -15,11 +15,11 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 use serde::Serialize;
 
-use super::cgroup::ContainerCgroup;
 use super::hooks::{self, OciState};
 use super::init::{self, CgroupView};
 use super::process::{self, Stdio, StepError};
 use super::seccomp;
+use super::setup::Setup;
 use super::spec::Bundle;
 use super::state::{self, State, StateDir};
 use super::sync::{self, Msg};
@@ -129,16 +129,6 @@ fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
     }
 }
 
-/// Connects to a console socket (runc's --console-socket protocol: the pty
-/// master goes over it with SCM_RIGHTS).
-fn console_connect(path: &Path) -> Result<UnixStream> {
-    UnixStream::connect(path).map_err(|source| Error::Io {
-        op: "connecting to the console socket",
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// Opens a pty in the container's /dev/pts, sends the master to the console
 /// socket and makes the slave the controlling terminal and stdio.
 fn setup_console(
@@ -174,17 +164,8 @@ fn setup_console(
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| fail("opening the pty slave", &e))?;
-    let fds = [master.as_raw_fd()];
-    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-    let iov = [std::io::IoSlice::new(name.as_bytes())];
-    nix::sys::socket::sendmsg::<()>(
-        console.as_raw_fd(),
-        &iov,
-        &cmsg,
-        nix::sys::socket::MsgFlags::empty(),
-        None,
-    )
-    .map_err(|e| fail("sending the pty master to the console socket", &e))?;
+    super::console::send_master(console, &master, &name)
+        .map_err(|e| fail("sending the pty master to the console socket", &e))?;
     for fd in 0..3 {
         nix::unistd::dup2(slave, fd).map_err(|e| fail("dup2 of the pty slave", &e))?;
     }
@@ -201,6 +182,7 @@ fn setup_console(
 fn init_main(
     mut sock: UnixStream,
     bundle: &Bundle,
+    state: &OciState,
     fifo: &OwnedFd,
     console: Option<&UnixStream>,
     cgroup_ns: bool,
@@ -215,28 +197,22 @@ fn init_main(
     };
     // CRIU needs the container's init to lead its own session.
     nix::unistd::setsid().map_err(|e| fail("setsid", &e))?;
-    match sync::recv(&mut sock) {
-        Ok(Msg::Go) => {}
-        other => return Err(fail("waiting for cgroups", &format!("{other:?}"))),
-    }
+    sync::wait_for(&mut sock, "waiting for cgroups", |m| matches!(m, Msg::Go))?;
     if cgroup_ns {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| fail("unshare(CLONE_NEWCGROUP)", &e))?;
     }
     sync::send(&mut sock, &Msg::NamespacesReady).map_err(|e| fail("sync", &e))?;
-    match sync::recv(&mut sock) {
-        Ok(Msg::HooksDone) => {}
-        other => return Err(fail("waiting for hooks", &format!("{other:?}"))),
-    }
+    sync::wait_for(&mut sock, "waiting for hooks", |m| {
+        matches!(m, Msg::HooksDone)
+    })?;
     let spec = &bundle.spec;
     init::prepare_rootfs(spec, &bundle.rootfs, cg, sources)?;
+    // runc's init gets the container's state from its parent and puts its
+    // own pid in (rootfs_linux.go: `s.Pid = unix.Getpid()`).
     let state = OciState {
-        oci_version: spec.version().clone(),
-        id: String::new(),
-        status: "creating".into(),
-        pid: 1,
-        bundle: bundle.dir.to_string_lossy().into_owned(),
-        annotations: Default::default(),
+        pid: nix::unistd::getpid().as_raw(),
+        ..state.clone()
     };
     // runc runs createContainer hooks from the rootfs (rootfs_linux.go
     // chdirs there first): hooks written for runc use relative paths.
@@ -373,11 +349,7 @@ fn wait_pid_msg(sock: &mut UnixStream, c1: Pid, maps: Option<&IdMaps>) -> Result
     }
     match msg {
         Msg::Pid(p) => Ok(p),
-        Msg::Failed { step, message } => Err(Error::Init { step, message }),
-        m => Err(Error::Init {
-            step: "starting the init".into(),
-            message: format!("unexpected {m:?}"),
-        }),
+        m => Err(sync::unexpected(m, "starting the init")),
     }
 }
 
@@ -486,10 +458,9 @@ fn enter_new_userns(sock: &mut UnixStream) -> std::result::Result<(), StepError>
     nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
         .map_err(|e| step("unshare(CLONE_NEWUSER)", &e))?;
     sync::send(sock, &Msg::UserNs).map_err(|e| step("sync", &e))?;
-    match sync::recv(sock) {
-        Ok(Msg::Mapped) => {}
-        other => return Err(step("waiting for the id maps", &format!("{other:?}"))),
-    }
+    sync::wait_for(sock, "waiting for the id maps", |m| {
+        matches!(m, Msg::Mapped)
+    })?;
     let root = nix::unistd::Uid::from_raw(0);
     let root_g = nix::unistd::Gid::from_raw(0);
     nix::unistd::setresgid(root_g, root_g, root_g).map_err(|e| step("setresgid 0", &e))?;
@@ -505,51 +476,24 @@ impl Container {
         bundle_dir: &Path,
         opts: &CreateOptions,
     ) -> Result<Container> {
-        state::validate_id(id)?;
-        let mut bundle = Bundle::load(bundle_dir)?;
-        let address = super::net::requested(&bundle.spec, &bundle.dir.join("config.json"))?;
-        let dir = StateDir::create(root, id)?;
-        let mut guard = Cleanup {
-            dir: Some(dir.dir.clone()),
-            cgroup: None,
-            pid: None,
-            net: None,
-        };
-        let net = match address {
-            Some(a) => {
-                let n = super::net::attach(&dir.dir, id, a)?;
-                guard.net = Some(n.clone());
-                super::net::use_netns(&mut bundle.spec, &n.netns)?;
-                Some(n)
-            }
-            None => None,
-        };
-        let spec = &bundle.spec;
-        let cgroup = ContainerCgroup::new(
-            spec.linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_deref()),
-            id,
-            opts.systemd_cgroup,
-        )?;
-        cgroup.check_unused()?;
+        let mut setup = Setup::begin(root, id, bundle_dir, opts.systemd_cgroup)?;
+        setup.cgroup.check_unused()?;
+        let spec = &setup.bundle.spec;
         let (join, new) = ns_paths(spec)?;
         // Built here, so that a profile libseccomp refuses fails create.
         let filter = seccomp::of_spec(spec)?;
-        let console = match (
-            &opts.console_socket,
-            spec.process().as_ref().and_then(|p| p.terminal()),
-        ) {
-            (Some(p), Some(true)) => Some(console_connect(p)?),
-            (None, Some(true)) => {
+        match (&opts.console_socket, super::spec::has_terminal(spec)) {
+            (Some(p), true) => setup.connect_console(p)?,
+            (None, true) => {
                 return Err(Error::InvalidConfig {
-                    path: bundle.dir.join("config.json"),
+                    path: setup.config.clone(),
                     reason: "process.terminal is true but no --console-socket was given".into(),
                 })
             }
-            _ => None,
-        };
-        let fifo_path = dir.fifo();
+            _ => {}
+        }
+        let spec = &setup.bundle.spec;
+        let fifo_path = setup.state_dir().fifo();
         nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(
             |e| Error::Io {
                 op: "creating",
@@ -585,7 +529,8 @@ impl Container {
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         }
         let cg_view = CgroupView {
-            hierarchies: cgroup
+            hierarchies: setup
+                .cgroup
                 .paths()
                 .into_iter()
                 .map(|(h, p)| {
@@ -603,7 +548,7 @@ impl Container {
         let cgroup_ns = new.contains(CloneFlags::CLONE_NEWCGROUP);
         let userns = new.contains(CloneFlags::CLONE_NEWUSER);
         let maps = if userns {
-            Some(IdMaps::of(spec, &bundle.dir.join("config.json"))?)
+            Some(IdMaps::of(spec, &setup.config)?)
         } else {
             None
         };
@@ -625,7 +570,7 @@ impl Container {
         // Bind sources opened now, by the host's root: from inside a user
         // namespace the init may not reach them (runc's mount fds).
         let sources = if userns {
-            init::MountSources::open(spec, &bundle.dir)?
+            init::MountSources::open(spec, &setup.bundle.dir)?
         } else {
             init::MountSources::default()
         };
@@ -650,10 +595,13 @@ impl Container {
                     message: e.to_string(),
                 })
         };
+        let console = setup.console.take();
+        let init_state = setup.oci_state("creating", Pid::from_raw(0));
         let body = |sock: UnixStream| {
             init_main(
                 sock,
-                &bundle,
+                &setup.bundle,
+                &init_state,
                 &fifo,
                 console.as_ref(),
                 cgroup_ns,
@@ -665,68 +613,34 @@ impl Container {
         };
         let (pid, mut parent) = fork_into(enter, body, maps.as_ref())?;
         drop(console);
-        guard.pid = Some(pid);
-        guard.cgroup = Some(cgroup.clone());
-        cgroup.create_and_add(pid)?;
-        cgroup.apply_linux(spec.linux().as_ref())?;
+        setup.set_pid(pid);
+        setup.cgroup_made();
+        setup.cgroup.create_and_add(pid)?;
+        setup
+            .cgroup
+            .apply_linux(setup.bundle.spec.linux().as_ref())?;
         sync::send(&mut parent, &Msg::Go)?;
-        match sync::recv(&mut parent)? {
-            Msg::NamespacesReady => {}
-            Msg::Failed { step, message } => return Err(Error::Init { step, message }),
-            m => {
-                return Err(Error::Init {
-                    step: "namespaces".into(),
-                    message: format!("unexpected {m:?}"),
-                })
-            }
-        }
-        let oci = OciState {
-            oci_version: spec.version().clone(),
-            id: id.to_string(),
-            status: "creating".into(),
-            pid: pid.as_raw(),
-            bundle: bundle.dir.to_string_lossy().into_owned(),
-            annotations: spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-        };
-        hooks::run("createRuntime", &hooks::create_runtime(spec), &oci)?;
+        sync::expect(sync::recv(&mut parent), "namespaces", |m| {
+            matches!(m, Msg::NamespacesReady)
+        })?;
+        let oci = setup.oci_state("creating", pid);
+        hooks::run(
+            "createRuntime",
+            &hooks::create_runtime(&setup.bundle.spec),
+            &oci,
+        )?;
         sync::send(&mut parent, &Msg::HooksDone)?;
-        match sync::recv(&mut parent)? {
-            Msg::Ready => {}
-            Msg::Failed { step, message } => return Err(Error::Init { step, message }),
-            m => {
-                return Err(Error::Init {
-                    step: "rootfs".into(),
-                    message: format!("unexpected {m:?}"),
-                })
-            }
-        }
-        let st = State {
-            id: id.to_string(),
-            pid: pid.as_raw(),
-            start_time: state::start_time(pid.as_raw()).unwrap_or(0),
-            bundle: bundle.dir.clone(),
-            rootfs: bundle.rootfs.clone(),
-            created: now_rfc3339(),
-            annotations: oci.annotations.clone(),
-            cgroup,
-            started: false,
-            config: bundle.dir.join("config.json"),
-            restored: false,
-            net,
-            owns_rootfs_mount: false,
-            owned_dir: None,
-        };
-        dir.save(&st)?;
+        sync::expect(sync::recv(&mut parent), "rootfs", |m| {
+            matches!(m, Msg::Ready)
+        })?;
+        // As runc: the container exists (its state saved) before its pid
+        // file does, so that whoever waits for the file finds it.
+        let state = setup.state(pid, false, false);
+        setup.save(&state)?;
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
         }
-        guard.disarm();
-        Ok(Container { dir, state: st })
+        Ok(setup.commit(state))
     }
 
     /// Finds and locks the container `id`.
@@ -781,16 +695,9 @@ impl Container {
         }
     }
 
+    /// The config the container was created with.
     pub fn spec(&self) -> Result<Spec> {
-        let text = fs::read(&self.state.config).map_err(|source| Error::Io {
-            op: "reading",
-            path: self.state.config.clone(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| Error::Json {
-            path: self.state.config.clone(),
-            source,
-        })
+        super::spec::read_config(&self.state.config)
     }
 
     /// `ferry start`: releases the init waiting on exec.fifo.
@@ -1018,15 +925,11 @@ impl Container {
             nss.push((flag, OwnedFd::from(f)));
         }
         let console = match (&opts.console_socket, p.terminal()) {
-            (Some(s), Some(true)) => Some(console_connect(s)?),
+            (Some(s), Some(true)) => Some(super::console::connect(s)?),
             _ => None,
         };
         // The container's filter confines what is exec'd in it too (runc).
-        let spec = Spec::load(&self.state.config).map_err(|e| Error::InvalidConfig {
-            path: self.state.config.clone(),
-            reason: e.to_string(),
-        })?;
-        let filter = seccomp::of_spec(&spec)?;
+        let filter = seccomp::of_spec(&self.spec()?)?;
         // A subreaper, so that the exec'd process (our grandchild) comes
         // back to us when it exits.
         // SAFETY: prctl on our own process.
@@ -1044,15 +947,7 @@ impl Container {
             Ok(())
         };
         let body = |mut sock: UnixStream| -> std::result::Result<(), StepError> {
-            match sync::recv(&mut sock) {
-                Ok(Msg::Go) => {}
-                other => {
-                    return Err(StepError {
-                        step: "waiting for cgroups".into(),
-                        message: format!("{other:?}"),
-                    })
-                }
-            }
+            sync::wait_for(&mut sock, "waiting for cgroups", |m| matches!(m, Msg::Go))?;
             if let Some(c) = &console {
                 nix::unistd::setsid().map_err(|e| StepError {
                     step: "setsid".into(),
@@ -1081,19 +976,9 @@ impl Container {
         }
         drop(self);
         sync::send(&mut parent, &Msg::Go)?;
-        match sync::recv(&mut parent) {
-            Ok(Msg::Ready) => {}
-            Ok(Msg::Failed { step, message }) => {
-                let _ = waitpid(pid, None);
-                return Err(Error::Init { step, message });
-            }
-            other => {
-                let _ = waitpid(pid, None);
-                return Err(Error::Init {
-                    step: "exec".into(),
-                    message: format!("unexpected {other:?}"),
-                });
-            }
+        if let Err(e) = sync::expect(sync::recv(&mut parent), "exec", |m| matches!(m, Msg::Ready)) {
+            let _ = waitpid(pid, None);
+            return Err(e);
         }
         // The exec succeeded when the socket closes without a
         // failure message.
@@ -1135,49 +1020,6 @@ pub fn write_pid_file(path: &Path, pid: Pid) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Undoes a half-made container.
-struct Cleanup {
-    dir: Option<PathBuf>,
-    cgroup: Option<ContainerCgroup>,
-    pid: Option<Pid>,
-    net: Option<crate::network::ContainerNet>,
-}
-
-impl Cleanup {
-    fn disarm(&mut self) {
-        self.dir = None;
-        self.cgroup = None;
-        self.pid = None;
-        self.net = None;
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid {
-            let _ = kill(pid, Signal::SIGKILL);
-            // Reaped by us if we are its subreaper; otherwise by init.
-            let _ = waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while std::path::Path::new(&format!("/proc/{pid}")).exists()
-                && Instant::now() < deadline
-            {
-                let _ = waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        if let Some(cg) = &self.cgroup {
-            let _ = cg.destroy();
-        }
-        if let Some(n) = &self.net {
-            let _ = n.detach();
-        }
-        if let Some(d) = &self.dir {
-            let _ = fs::remove_dir_all(d);
-        }
-    }
 }
 
 /// Ids and statuses of all containers (`ferry list`).

@@ -3,7 +3,6 @@
 //! [`crate::checkpoint`] and [`crate::restore`].
 
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use criu_rpc::{Criu, Notify};
@@ -11,11 +10,10 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
-use super::cgroup::ContainerCgroup;
-use super::container::{now_rfc3339, write_pid_file, Container, Status};
+use super::container::{write_pid_file, Container, Status};
 use super::hooks::{self, OciState};
-use super::spec::Bundle;
-use super::state::{self, State, StateDir};
+use super::setup::Setup;
+use super::state::{self, State};
 use crate::checkpoint::{self, CheckpointOptions, Checkpointed, Target};
 use crate::error::{Error, Result};
 use crate::restore::{self, Destination, RestoreHooks, RestoreOptions, Restored};
@@ -231,32 +229,28 @@ pub struct RestoreRuntimeOptions {
     pub stdio: Option<super::process::Stdio>,
 }
 
+/// The runtime's part of a restore ([`RestoreHooks`]), on the set-up that
+/// owns what the restore made so far.
 struct Hooks<'a> {
-    cgroup: &'a ContainerCgroup,
-    spec: &'a Spec,
+    setup: &'a mut Setup,
     oci: OciState,
-    dir: &'a StateDir,
     state: State,
-    console: Option<UnixStream>,
-    placed: bool,
-    /// Ferry's lock on its own netns, taken off once the tasks are
-    /// restored, before CRIU takes their sockets out of repair mode and
-    /// resumes them (the order of CRIU's own network_unlock).
-    locked: Option<PathBuf>,
 }
 
 impl RestoreHooks for Hooks<'_> {
     fn criu_started(&mut self, criu: Pid) -> Result<()> {
         // runc's criuApplyCgroups: the restored tasks go where criu is.
-        self.cgroup.create_and_add(criu)?;
-        self.placed = true;
+        self.setup.cgroup_made();
+        self.setup.cgroup.create_and_add(criu)?;
         if let Some(r) = self
+            .setup
+            .bundle
             .spec
             .linux()
             .as_ref()
             .and_then(|l| l.resources().as_ref())
         {
-            self.cgroup.apply(r)?;
+            self.setup.cgroup.apply(r)?;
         }
         Ok(())
     }
@@ -265,43 +259,33 @@ impl RestoreHooks for Hooks<'_> {
         self.oci.pid = pid.as_raw();
         hooks::run(
             "createRuntime",
-            &hooks::create_runtime(self.spec),
+            &hooks::create_runtime(&self.setup.bundle.spec),
             &self.oci,
         )
     }
 
     fn restored(&mut self, pid: Pid) -> Result<()> {
-        if let Some(ns) = self.locked.take() {
-            crate::network::criu_lock::remove(&ns)?;
-        }
+        // Ferry's lock comes off once the tasks are restored, before CRIU
+        // takes their sockets out of repair mode and resumes them (the
+        // order of CRIU's own network_unlock).
+        self.setup.unlock()?;
         self.state.pid = pid.as_raw();
         self.state.start_time = state::start_time(pid.as_raw()).unwrap_or(0);
-        self.dir.save(&self.state)
+        self.setup.save(&self.state)
     }
 
     fn console(&mut self, master: OwnedFd) -> Result<()> {
-        let Some(sock) = &self.console else {
+        let Some(sock) = &self.setup.console else {
             return Err(Error::Unsupported {
                 what: "restoring a container with a terminal without --console-socket",
                 hint: "pass --console-socket, as for create",
             });
         };
-        let fds = [std::os::fd::AsRawFd::as_raw_fd(&master)];
-        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-        let iov = [std::io::IoSlice::new(b"/dev/pts/0")];
-        nix::sys::socket::sendmsg::<()>(
-            std::os::fd::AsRawFd::as_raw_fd(sock),
-            &iov,
-            &cmsg,
-            nix::sys::socket::MsgFlags::empty(),
-            None,
-        )
-        .map_err(|e| Error::Io {
+        super::console::send_master(sock, &master, "/dev/pts/0").map_err(|e| Error::Io {
             op: "sending the pty master to the console socket",
             path: PathBuf::new(),
             source: e.into(),
-        })?;
-        Ok(())
+        })
     }
 }
 
@@ -330,161 +314,82 @@ pub fn restore_container(
 ) -> Result<(Container, Restored)> {
     state::validate_id(id)?;
     restore::check_image_dir(&opts.image_path)?;
-    let mut bundle = Bundle::load(bundle_dir)?;
-    let address = super::net::requested(&bundle.spec, &bundle.dir.join("config.json"))?;
-    let cgroup = ContainerCgroup::new(
-        bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_deref()),
-        id,
-        rt.systemd_cgroup,
-    )?;
-    let console = match &rt.console_socket {
-        Some(p) => Some(UnixStream::connect(p).map_err(|source| Error::Io {
-            op: "connecting to the console socket",
-            path: p.clone(),
-            source,
-        })?),
-        None => None,
+    // What stands in for the checkpointed stdio, before anything is made.
+    let stdio = match &rt.stdio {
+        Some(s) => {
+            let s = s.try_clone().map_err(|source| Error::Io {
+                op: "duplicating the stdio handed in for the restore",
+                path: PathBuf::new(),
+                source,
+            })?;
+            [Some(s.stdin), Some(s.stdout), Some(s.stderr)]
+        }
+        None => restore::own_stdio()?,
     };
-    let dir = StateDir::create(root, id)?;
     // The same address as before the checkpoint, in a namespace of this
     // host, handed to CRIU as the external netns.
-    let net = match address {
-        Some(a) => match super::net::attach(&dir.dir, id, a) {
-            Ok(n) => {
-                super::net::use_netns(&mut bundle.spec, &n.netns)?;
-                Some(n)
-            }
-            Err(e) => {
-                let _ = dir.remove();
-                return Err(e);
-            }
-        },
-        None => None,
-    };
-    let spec = &bundle.spec;
-    let state = State {
-        id: id.to_string(),
-        pid: 0,
-        start_time: 0,
-        bundle: bundle.dir.clone(),
-        rootfs: bundle.rootfs.clone(),
-        created: now_rfc3339(),
-        annotations: spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        cgroup: cgroup.clone(),
-        started: true,
-        config: bundle.dir.join("config.json"),
-        restored: rt.at_create,
-        net: net.clone(),
-        owns_rootfs_mount: false,
-        owned_dir: None,
-    };
+    let mut setup = Setup::begin(root, id, bundle_dir, rt.systemd_cgroup)?;
+    if let Some(p) = &rt.console_socket {
+        setup.connect_console(p)?;
+    }
     // The restored sockets' packets are dropped until the tasks run (CRIU
     // locks only namespaces it restores itself).
-    let to_lock = match (&net, opts.tcp_established) {
+    let to_lock = match (&setup.net, opts.tcp_established) {
         (Some(n), true) => Some(n.netns.clone()),
-        (None, true) if rt.lock_joined_netns => joined_netns(&bundle.spec),
+        (None, true) if rt.lock_joined_netns => joined_netns(&setup.bundle.spec),
         _ => None,
     };
-    let locked = match to_lock {
-        Some(ns) => {
-            if let Err(e) = crate::network::criu_lock::add(&ns) {
-                if let Some(n) = &net {
-                    let _ = n.detach();
-                }
-                let _ = dir.remove();
-                return Err(e);
-            }
-            Some(ns)
-        }
-        None => None,
-    };
+    if let Some(ns) = to_lock {
+        setup.lock(ns)?;
+    }
+    let spec = setup.bundle.spec.clone();
+    let rootfs = setup.bundle.rootfs.clone();
+    let state_dir = setup.dir().to_path_buf();
     let mut hooks = Hooks {
-        cgroup: &cgroup,
-        spec,
-        oci: OciState {
-            oci_version: spec.version().clone(),
-            id: id.to_string(),
-            status: "creating".into(),
-            pid: 0,
-            bundle: bundle.dir.to_string_lossy().into_owned(),
-            annotations: state.annotations.clone(),
-        },
-        dir: &dir,
-        state,
-        console,
-        placed: false,
-        locked,
+        oci: setup.oci_state("creating", Pid::from_raw(0)),
+        state: setup.state(Pid::from_raw(0), true, rt.at_create),
+        setup: &mut setup,
     };
-    let result = restore::restore(
+    let restored = restore::restore(
         criu,
         Destination {
             id,
-            spec,
-            rootfs: &bundle.rootfs,
-            state_dir: &dir.dir,
-            stdio: match &rt.stdio {
-                Some(s) => {
-                    let s = s.try_clone().map_err(|source| Error::Io {
-                        op: "duplicating the stdio handed in for the restore",
-                        path: PathBuf::new(),
-                        source,
-                    })?;
-                    [Some(s.stdin), Some(s.stdout), Some(s.stderr)]
-                }
-                None => restore::own_stdio()?,
-            },
+            spec: &spec,
+            rootfs: &rootfs,
+            state_dir: &state_dir,
+            stdio,
         },
         opts,
         &mut hooks,
-    );
-    let restored = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if hooks.placed {
-                let _ = cgroup.destroy();
-            }
-            if let Some(n) = &net {
-                let _ = n.detach();
-            }
-            let _ = dir.remove();
-            return Err(e);
-        }
-    };
-    if let Some(ns) = &hooks.locked {
+    )?;
+    let Hooks { oci, state, .. } = hooks;
+    // From here a failure kills the restored tasks (runc's restore
+    // destroys the container when its pid file cannot be written).
+    setup.set_pid(restored.pid);
+    if setup.is_locked() {
         // No post-restore notify came: unlock now that the tasks run.
-        if let Err(e) = crate::network::criu_lock::remove(ns) {
+        if let Err(e) = setup.unlock() {
             tracing::warn!(error = %crate::error::chain(&e), "unlocking the restored container's network");
         }
     }
-    if let Some(n) = &net {
+    if let Some(n) = &setup.net {
         super::net::announce(n.address);
     }
-    let state = hooks.state;
     if let Some(p) = &rt.pid_file {
         write_pid_file(p, restored.pid)?;
     }
     let oci = OciState {
         status: "running".into(),
         pid: restored.pid.as_raw(),
-        ..hooks.oci
+        ..oci
     };
     hooks::run(
         "poststart",
-        &hooks::of(spec, |h| h.poststart().clone()),
+        &hooks::of(&spec, |h| h.poststart().clone()),
         &oci,
     )?;
-    Ok((Container { dir, state }, restored))
+    Ok((setup.commit(state), restored))
 }
-
 /// Whether the spec gives the container a network namespace of its own
 /// (one without a path: not joined, not the host's).
 fn own_netns(spec: &Spec) -> bool {

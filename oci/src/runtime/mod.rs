@@ -5,9 +5,11 @@
 //! namespaces (pid 1 of its own pid namespace, a session leader, as CRIU
 //! requires); the init prepares the rootfs and its mounts, pivots into it,
 //! and blocks opening `exec.fifo` for writing until `start` opens it for
-//! reading; then it execs the user's process. State lives in
-//! `<root>/<id>/state.json`, survives every ferry process, and a flock on
-//! the container's directory serializes concurrent commands.
+//! reading; then it execs the user's process. `create` and `restore` (the
+//! migration agent's too) make a container through one path,
+//! [`setup::Setup`], which undoes whatever it made when they fail. State
+//! lives in `<root>/<id>/state.json`, survives every ferry process, and a
+//! flock on the container's directory serializes concurrent commands.
 
 pub mod cgroup;
 pub mod cgroup_procs;
@@ -24,6 +26,7 @@ pub mod resources;
 pub mod seccomp;
 mod seccomp_enosys;
 pub mod securejoin;
+pub mod setup;
 pub mod signal;
 pub mod spec;
 pub mod state;

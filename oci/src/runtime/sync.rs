@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 
 use serde::{Deserialize, Serialize};
 
+use super::process::StepError;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,4 +48,42 @@ pub fn recv(s: &mut UnixStream) -> Result<Msg> {
     serde_json::from_slice(&body).map_err(|e| Error::Sync {
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })
+}
+
+/// The parent's side of a handshake: `got` (what [`recv`] returned) must
+/// be the message `want` accepts. The init's `Failed` becomes its error;
+/// anything else is unexpected at `step`.
+pub fn expect(got: Result<Msg>, step: &str, want: impl FnOnce(&Msg) -> bool) -> Result<Msg> {
+    match got? {
+        m if want(&m) => Ok(m),
+        m => Err(unexpected(m, step)),
+    }
+}
+
+/// The error a message other than the awaited one at `step` makes: the
+/// init's own failure, or an unexpected message.
+pub fn unexpected(m: Msg, step: &str) -> Error {
+    match m {
+        Msg::Failed { step, message } => Error::Init { step, message },
+        m => Error::Init {
+            step: step.into(),
+            message: format!("unexpected {m:?}"),
+        },
+    }
+}
+
+/// The child's side: waits for the parent's message `want` accepts; a
+/// failed read or another message stops the child at `step`.
+pub fn wait_for(
+    s: &mut UnixStream,
+    step: &str,
+    want: impl FnOnce(&Msg) -> bool,
+) -> std::result::Result<(), StepError> {
+    match recv(s) {
+        Ok(m) if want(&m) => Ok(()),
+        other => Err(StepError {
+            step: step.into(),
+            message: format!("{other:?}"),
+        }),
+    }
 }
