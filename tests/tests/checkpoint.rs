@@ -2,8 +2,9 @@
 //! on containers ferry runs: the counter continues exactly, a
 //! --leave-running clone runs beside its original, 256 MiB of patterned
 //! memory survive, an established TCP connection survives, a bind mount
-//! through a symlink stays inside the rootfs and is restored there, and bad
-//! input is refused with nothing left behind.
+//! through a symlink stays inside the rootfs and is restored there, bad
+//! input is refused with nothing left behind, and so is a restore that
+//! fails once its network namespace exists (or is locked).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -667,6 +668,270 @@ fn bad_input_is_refused_and_a_failed_checkpoint_keeps_the_container() {
         "CRIU's network-lock rules were left behind"
     );
     assert_eq!(root.status(&a), "running");
+}
+
+/// The host's links Ferry made for containers' networks (`fy...`).
+fn ferry_links() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip link show failed");
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("fy"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A restore that fails once Ferry made the container's network namespace
+/// (`org.ferry.network.address`) and locked it (`--tcp-established`)
+/// leaves nothing, whenever it fails: no state dir, no namespace (neither
+/// its pinned file and mount in the state dir, nor the host's veth and
+/// route), no lock rules, no cgroup, no restored task; and the id restores
+/// after. Three moments: a createRuntime hook (CRIU running, the lock on),
+/// the pid file (the tasks restored and running), a poststart hook (last).
+#[test]
+fn a_restore_failing_after_its_network_namespace_exists_leaves_nothing() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    let address = "10.86.0.50";
+    edit_config(&bundle, |c| {
+        c["annotations"] =
+            serde_json::json!({"org.ferry.network.address": format!("{address}/32")});
+    });
+    let (a, b) = (unique("leaka"), unique("leakb"));
+    let links = ferry_links();
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &a]);
+    let count = bundle.join("rootfs/out/count");
+    wait_numbers(&count, 5);
+    assert_eq!(ferry_links().len(), links.len() + 1, "run made no veth");
+    let images = tmp.path().join("images");
+    root.ok(&[
+        "checkpoint",
+        "--tcp-established",
+        "--image-path",
+        s(&images),
+        &a,
+    ]);
+    wait_stopped_or_gone(&root, &a);
+    assert_eq!(ferry_links(), links, "checkpoint kept the veth");
+
+    let route = || {
+        let out = std::process::Command::new("ip")
+            .args(["route", "show", "exact", &format!("{address}/32")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let nothing_left = |what: &str| {
+        assert!(!root.ids().contains(&b), "{what}: the container is listed");
+        let dir = root.path().join(&b);
+        assert!(!dir.exists(), "{what}: its state dir {dir:?} is left");
+        let netns = format!("{}/netns", dir.display());
+        assert!(
+            mount_leftovers(&netns).is_empty(),
+            "{what}: its netns is still mounted: {:?}",
+            mount_leftovers(&netns)
+        );
+        assert_eq!(ferry_links(), links, "{what}: its veth is left");
+        assert_eq!(route(), "", "{what}: the route to {address} is left");
+        assert!(
+            cgroup_leftovers(&b).is_empty(),
+            "{what}: {:?}",
+            cgroup_leftovers(&b)
+        );
+        assert_eq!(iptables_rules(), "", "{what}: lock rules are left");
+        // No restored task writes on.
+        let n = numbers(&count).len();
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(
+            numbers(&count).len(),
+            n,
+            "{what}: the restored counter runs on"
+        );
+    };
+    let restore = |bundle: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "-d",
+            "--tcp-established",
+            "--image-path",
+            s(&images),
+            "--bundle",
+            s(bundle),
+        ];
+        args.extend_from_slice(extra);
+        args.push(b.as_str());
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let fails = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        root.fails(&args)
+    };
+    let hook =
+        serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c", "echo refused >&2; exit 3"]}]);
+
+    // A createRuntime hook fails while CRIU restores.
+    let early = tmp.path().join("early");
+    copy_bundle(&bundle, &early);
+    edit_config(&early, |c| {
+        c["hooks"] = serde_json::json!({"createRuntime": hook})
+    });
+    let err = fails(restore(&early, &[]));
+    assert!(
+        err.contains("createRuntime") && err.contains("refused"),
+        "{err}"
+    );
+    nothing_left("a failed createRuntime hook");
+
+    // The pid file cannot be written: the tasks run by then.
+    let pid_file = tmp.path().join("no/such/dir/pid");
+    let err = fails(restore(&bundle, &["--pid-file", s(&pid_file)]));
+    assert!(err.contains("pid file"), "{err}");
+    nothing_left("an unwritable pid file");
+
+    // A poststart hook fails, the last step.
+    let late = tmp.path().join("late");
+    copy_bundle(&bundle, &late);
+    edit_config(&late, |c| {
+        c["hooks"] = serde_json::json!({"poststart": hook})
+    });
+    let err = fails(restore(&late, &[]));
+    assert!(
+        err.contains("poststart") && err.contains("refused"),
+        "{err}"
+    );
+    nothing_left("a failed poststart hook");
+
+    // Nothing stale stands in the way: the same id, address and veth name
+    // restore, and the counter goes on where it was checkpointed.
+    let before = numbers(&count);
+    let ok: Vec<String> = restore(&bundle, &[]);
+    root.ok(&ok.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(root.status(&b), "running");
+    assert!(!route().is_empty(), "no route to the restored container");
+    let after = wait_numbers(&count, before.len() + 5);
+    assert_eq!(&after[..before.len()], &before[..]);
+    root.remove(&b);
+    assert_eq!(ferry_links(), links, "delete kept the veth");
+}
+
+/// The same for the lock Ferry puts on a network namespace the container
+/// joins (dockerd's sandbox): a pending restore (`ROOT/@pending/ID`, as a
+/// migration into dockerd leaves it) that `create` claims locks the joined
+/// namespace while CRIU restores; when the restore fails there, the lock
+/// comes off with everything else, or every packet of whatever else lives
+/// in that namespace would be dropped.
+#[test]
+fn a_failed_pending_restore_unlocks_the_network_namespace_it_joins() {
+    let root = Root::new();
+    let tmp = tempfile::tempdir().unwrap();
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+    // The source's namespace (which keeps CRIU's lock after the dump, as
+    // a migration's source does) and the destination's new sandbox.
+    let n = std::process::id() % 100000;
+    let (src, dst) = (format!("locksrc{n}"), format!("lockdst{n}"));
+    let mut gone = Vec::new();
+    for ns in [&src, &dst] {
+        ip(&["netns", "add", ns]);
+        gone.push(Gone(ns.clone()));
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    let lock_rules = |ns: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "iptables-save", "-t", "filter"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "iptables-save in {ns} failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("CRIU") || l.contains("0xc114"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let join = |bundle: &Path, ns: &str| {
+        let path = format!("/run/netns/{ns}");
+        edit_config(bundle, |c| {
+            for n in c["linux"]["namespaces"].as_array_mut().unwrap() {
+                if n["type"] == "network" {
+                    n["path"] = path.clone().into();
+                }
+            }
+        });
+    };
+    let bundle = busybox_bundle(tmp.path(), COUNTER);
+    join(&bundle, &src);
+    let (a, b) = (unique("locka"), unique("lockb"));
+    root.ok(&["run", "-d", "--bundle", s(&bundle), &a]);
+    let count = bundle.join("rootfs/out/count");
+    wait_numbers(&count, 5);
+    let images = tmp.path().join("images");
+    root.ok(&[
+        "checkpoint",
+        "--tcp-established",
+        "--image-path",
+        s(&images),
+        &a,
+    ]);
+    wait_stopped_or_gone(&root, &a);
+    assert_ne!(
+        lock_rules(&src),
+        "",
+        "CRIU did not lock the dumped namespace"
+    );
+    assert_eq!(lock_rules(&dst), "");
+
+    // The request a migration leaves for dockerd's `create` (pending.rs),
+    // whose restore joins the destination's sandbox.
+    let pending = root.path().join("@pending").join(&b);
+    std::fs::create_dir_all(&pending).unwrap();
+    std::fs::write(
+        pending.join("request.json"),
+        serde_json::json!({"images": images, "lazy_work": null}).to_string(),
+    )
+    .unwrap();
+    join(&bundle, &dst);
+    edit_config(&bundle, |c| {
+        c["hooks"] = serde_json::json!({"createRuntime": [
+            {"path": "/bin/sh", "args": ["sh", "-c", "echo refused >&2; exit 3"]}
+        ]});
+    });
+    let err = root.fails(&["create", "--bundle", s(&bundle), &b]);
+    assert!(
+        err.contains("createRuntime") && err.contains("refused"),
+        "{err}"
+    );
+    assert!(
+        pending.join("outcome.json").is_file(),
+        "create reported no outcome"
+    );
+    assert_eq!(
+        lock_rules(&dst),
+        "",
+        "the failed restore left /run/netns/{dst} locked"
+    );
+    assert!(!root.ids().contains(&b));
+    assert!(!root.path().join(&b).exists(), "its state dir is left");
+    assert!(
+        cgroup_leftovers(&b).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&b)
+    );
+    let n = numbers(&count).len();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(numbers(&count).len(), n, "a restored counter runs on");
 }
 
 /// A bind whose destination is a symlink in the rootfs naming a host path
