@@ -318,13 +318,13 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
     };
     let pre_dump = opts.pre_dump;
     let key = mount_key(target.rootfs);
-    let mut dump = dump_options(target, &mut opts, dirs, &is_file, &key, ns_inode)?;
+    let mut dump = dump_options(target, &mut opts, dirs, is_file, &key, ns_inode)?;
     if !pre_dump {
         let mi = PathBuf::from(format!("/proc/{}/mountinfo", target.init));
         let text = fs::read_to_string(&mi).map_err(io("reading", &mi))?;
         dump.tree
             .ext_mounts
-            .extend(criu_plan::masked_dir_mounts(target.spec, &text, &is_file));
+            .extend(criu_plan::masked_dir_mounts(target.spec, &text, is_file));
         let binds = criu_plan::cgroup_binds(&text);
         dump.tree
             .ext_mounts
