@@ -77,8 +77,14 @@ pub enum Error {
     #[error("rootfs {} does not exist: create it or fix root.path in config.json", path.display())]
     NoRootfs { path: PathBuf },
 
+    /// The container's process failed before exec; it reports the step,
+    /// the message and the errno over the sync socket.
     #[error("container init failed at {step}: {message}")]
-    Init { step: String, message: String },
+    Init {
+        step: String,
+        message: String,
+        errno: Option<nix::errno::Errno>,
+    },
 
     #[error("talking to the container's init")]
     Sync {

@@ -146,6 +146,16 @@ pub fn json(e: &anyhow::Error) -> serde_json::Value {
     if let Some(c) = criu {
         error["criu"] = serde_json::to_value(c).unwrap_or_default();
     }
+    if let Some(Error::Init {
+        step,
+        errno: Some(n),
+        ..
+    }) = oci
+    {
+        error["step"] = step.clone().into();
+        error["errno"] = (*n as i32).into();
+        error["errno_name"] = format!("{n:?}").into();
+    }
     if let Some(Error::Refused { problems }) = oci {
         let problems: Vec<Problem> = problems
             .iter()

@@ -135,10 +135,7 @@ fn setup_console(
     console: &UnixStream,
     size: Option<&oci_spec::runtime::Box>,
 ) -> std::result::Result<(), StepError> {
-    let fail = |step: &str, e: &dyn std::fmt::Display| StepError {
-        step: step.into(),
-        message: e.to_string(),
-    };
+    let fail = |step: &str, e: &dyn process::Cause| StepError::new(step, e);
     let master = nix::pty::posix_openpt(
         nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
     )
@@ -191,10 +188,7 @@ fn init_main(
     seccomp: Option<&seccomp::Filter>,
     preserve_fds: u32,
 ) -> std::result::Result<(), StepError> {
-    let fail = |step: &str, e: &dyn std::fmt::Display| StepError {
-        step: step.into(),
-        message: e.to_string(),
-    };
+    let fail = |step: &str, e: &dyn process::Cause| StepError::new(step, e);
     // CRIU needs the container's init to lead its own session.
     nix::unistd::setsid().map_err(|e| fail("setsid", &e))?;
     sync::wait_for(&mut sock, "waiting for cgroups", |m| matches!(m, Msg::Go))?;
@@ -270,6 +264,7 @@ fn report_and_exit(mut sock: UnixStream, r: std::result::Result<(), StepError>) 
             &Msg::Failed {
                 step: e.step,
                 message: e.message,
+                errno: e.errno,
             },
         );
     }
@@ -318,13 +313,7 @@ fn fork_into(
                     // SAFETY: leaving the intermediate child.
                     unsafe { libc::_exit(0) }
                 }
-                Err(e) => report_and_exit(
-                    sock,
-                    Err(StepError {
-                        step: "fork".into(),
-                        message: e.to_string(),
-                    }),
-                ),
+                Err(e) => report_and_exit(sock, Err(StepError::new("fork", &e))),
             }
         }
         ForkResult::Parent { child: c1 } => {
@@ -451,10 +440,7 @@ impl IdMaps {
 /// the parent, then root inside it (the uid the host sees is the mapped
 /// one), with every capability there to make the other namespaces.
 fn enter_new_userns(sock: &mut UnixStream) -> std::result::Result<(), StepError> {
-    let step = |step: &str, e: &dyn std::fmt::Display| StepError {
-        step: step.into(),
-        message: e.to_string(),
-    };
+    let step = |step: &str, e: &dyn process::Cause| StepError::new(step, e);
     nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
         .map_err(|e| step("unshare(CLONE_NEWUSER)", &e))?;
     sync::send(sock, &Msg::UserNs).map_err(|e| step("sync", &e))?;
@@ -579,10 +565,7 @@ impl Container {
                 s.install()?;
             }
             for (flag, fd) in &join {
-                nix::sched::setns(fd, *flag).map_err(|e| StepError {
-                    step: "setns".into(),
-                    message: e.to_string(),
-                })?;
+                nix::sched::setns(fd, *flag).map_err(|e| StepError::new("setns", &e))?;
             }
             if userns {
                 enter_new_userns(sock)?;
@@ -590,10 +573,7 @@ impl Container {
             // The cgroup namespace is unshared by the init once it is in
             // the container's cgroups.
             nix::sched::unshare(new - CloneFlags::CLONE_NEWCGROUP - CloneFlags::CLONE_NEWUSER)
-                .map_err(|e| StepError {
-                    step: "unshare".into(),
-                    message: e.to_string(),
-                })
+                .map_err(|e| StepError::new("unshare", &e))
         };
         let console = setup.console.take();
         let init_state = setup.oci_state("creating", Pid::from_raw(0));
@@ -724,6 +704,7 @@ impl Container {
             return Err(Error::Init {
                 step: "start".into(),
                 message: "the container's init exited before it could start".into(),
+                errno: None,
             });
         }
         self.state.started = true;
@@ -939,28 +920,19 @@ impl Container {
                 s.install()?;
             }
             for (flag, fd) in &nss {
-                nix::sched::setns(fd, *flag).map_err(|e| StepError {
-                    step: "setns".into(),
-                    message: e.to_string(),
-                })?;
+                nix::sched::setns(fd, *flag).map_err(|e| StepError::new("setns", &e))?;
             }
             Ok(())
         };
         let body = |mut sock: UnixStream| -> std::result::Result<(), StepError> {
             sync::wait_for(&mut sock, "waiting for cgroups", |m| matches!(m, Msg::Go))?;
             if let Some(c) = &console {
-                nix::unistd::setsid().map_err(|e| StepError {
-                    step: "setsid".into(),
-                    message: e.to_string(),
-                })?;
+                nix::unistd::setsid().map_err(|e| StepError::new("setsid", &e))?;
                 setup_console(c, p.console_size().as_ref())?;
             }
             process::limits(p)?;
             process::check_executable(p)?;
-            sync::send(&mut sock, &Msg::Ready).map_err(|e| StepError {
-                step: "sync".into(),
-                message: e.to_string(),
-            })?;
+            sync::send(&mut sock, &Msg::Ready).map_err(|e| StepError::new("sync", &e))?;
             process::close_fds_on_exec(2 + opts.preserve_fds as i32)?;
             process::confine(p, filter.as_ref())?;
             tracing::debug!("setns_init: about to exec");
@@ -982,9 +954,9 @@ impl Container {
         }
         // The exec succeeded when the socket closes without a
         // failure message.
-        if let Ok(Msg::Failed { step, message }) = sync::recv(&mut parent) {
+        if let Ok(m @ Msg::Failed { .. }) = sync::recv(&mut parent) {
             let _ = waitpid(pid, None);
-            return Err(Error::Init { step, message });
+            return Err(sync::unexpected(m, "exec"));
         }
         if let Some(f) = &opts.pid_file {
             write_pid_file(f, pid)?;

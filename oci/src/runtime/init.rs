@@ -14,14 +14,11 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount, Spec};
 
-use super::process::StepError;
+use super::process::{Cause, StepError};
 use super::securejoin;
 
-fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> StepError {
-    StepError {
-        step: step.into(),
-        message: e.to_string(),
-    }
+fn fail(step: impl Into<String>, e: impl Cause) -> StepError {
+    StepError::new(step, &e)
 }
 
 /// Where the container's cgroup is, for binding it at /sys/fs/cgroup.

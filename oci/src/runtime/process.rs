@@ -15,18 +15,70 @@ use caps::{CapSet, Capability as Cap, CapsHashSet};
 use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{Capabilities, Process};
 
-/// A failure before exec: the step and the reason.
+/// A failure before exec: the step, the reason, and the errno when a
+/// system call failed. It crosses from the container's process to the
+/// runtime as a message (sync::Msg::Failed), so it is text and a number,
+/// not the error value itself.
 #[derive(Debug)]
 pub struct StepError {
     pub step: String,
     pub message: String,
+    pub errno: Option<i32>,
 }
 
-fn fail(step: impl Into<String>, e: impl std::fmt::Display) -> StepError {
-    StepError {
-        step: step.into(),
-        message: e.to_string(),
+/// What a step failed with: its text, and its errno if it has one.
+pub trait Cause: std::fmt::Display {
+    fn errno(&self) -> Option<i32> {
+        None
     }
+}
+
+impl Cause for nix::errno::Errno {
+    fn errno(&self) -> Option<i32> {
+        Some(*self as i32)
+    }
+}
+
+impl Cause for std::io::Error {
+    fn errno(&self) -> Option<i32> {
+        self.raw_os_error()
+    }
+}
+
+impl Cause for crate::Error {
+    fn errno(&self) -> Option<i32> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return io.raw_os_error();
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+impl Cause for caps::errors::CapsError {}
+impl Cause for String {}
+impl Cause for &str {}
+impl<T: Cause + ?Sized> Cause for &T {
+    fn errno(&self) -> Option<i32> {
+        (**self).errno()
+    }
+}
+
+impl StepError {
+    pub fn new(step: impl Into<String>, e: &dyn Cause) -> StepError {
+        StepError {
+            step: step.into(),
+            message: e.to_string(),
+            errno: e.errno(),
+        }
+    }
+}
+
+fn fail(step: impl Into<String>, e: impl Cause) -> StepError {
+    StepError::new(step, &e)
 }
 
 /// The three fds a container's process gets as 0, 1 and 2 instead of the

@@ -26,8 +26,14 @@ pub enum Msg {
     UserNs,
     /// Parent to child: the maps are written.
     Mapped,
-    /// The init failed: the message and the step.
-    Failed { step: String, message: String },
+    /// The init failed: the message, the step, the errno if a system
+    /// call failed.
+    Failed {
+        step: String,
+        message: String,
+        #[serde(default)]
+        errno: Option<i32>,
+    },
 }
 
 pub fn send(s: &mut UnixStream, m: &Msg) -> Result<()> {
@@ -64,10 +70,19 @@ pub fn expect(got: Result<Msg>, step: &str, want: impl FnOnce(&Msg) -> bool) -> 
 /// init's own failure, or an unexpected message.
 pub fn unexpected(m: Msg, step: &str) -> Error {
     match m {
-        Msg::Failed { step, message } => Error::Init { step, message },
+        Msg::Failed {
+            step,
+            message,
+            errno,
+        } => Error::Init {
+            step,
+            message,
+            errno: errno.map(nix::errno::Errno::from_raw),
+        },
         m => Error::Init {
             step: step.into(),
             message: format!("unexpected {m:?}"),
+            errno: None,
         },
     }
 }
@@ -84,6 +99,45 @@ pub fn wait_for(
         other => Err(StepError {
             step: step.into(),
             message: format!("{other:?}"),
+            errno: None,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::process::StepError;
+
+    /// A system call's errno crosses from the container's process to the
+    /// runtime's error as a number, not only in the message's text.
+    #[test]
+    fn an_init_failure_keeps_its_errno_across_the_socket() {
+        let (mut child, mut parent) = UnixStream::pair().unwrap();
+        let e = StepError::new("exec", &nix::errno::Errno::ENOENT);
+        send(
+            &mut child,
+            &Msg::Failed {
+                step: e.step,
+                message: e.message,
+                errno: e.errno,
+            },
+        )
+        .unwrap();
+        let err = unexpected(recv(&mut parent).unwrap(), "ready");
+        match err {
+            Error::Init {
+                step,
+                message,
+                errno,
+            } => {
+                assert_eq!(step, "exec");
+                assert_eq!(errno, Some(nix::errno::Errno::ENOENT));
+                assert!(message.contains("No such file"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = StepError::new("mount", &"not a mount point");
+        assert_eq!(text.errno, None);
     }
 }
