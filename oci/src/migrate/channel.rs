@@ -957,34 +957,37 @@ impl Relay {
     /// `shutdown(SHUT_RD)` still returns what is queued, then 0.
     pub fn finish(mut self) -> Result<()> {
         let _ = self.cut.local.shutdown(Shutdown::Read);
-        let up = match self.up.take() {
-            Some(t) => t.join().unwrap_or(Err(Error::Protocol {
-                what: "a relay thread panicked",
-            })),
-            None => Ok(0),
-        };
-        // Nothing the peer still sends matters now.
-        self.cut.cut();
-        if let Some(t) = self.down.take() {
-            let _ = t.join();
-        }
-        match (up, self.cut.take_cause()) {
-            (Err(_), Some(cause)) => Err(cause),
-            (r, _) => r.map(drop),
-        }
+        self.join(true)
     }
 
     /// Waits for both directions to end; what broke it, if anything.
     pub fn wait(mut self) -> Result<()> {
-        let mut first = Ok(());
-        for t in [self.up.take(), self.down.take()].into_iter().flatten() {
-            let r = t.join().unwrap_or(Err(Error::Protocol {
-                what: "a relay thread panicked",
-            }));
-            if let (Ok(()), Err(e)) = (&first, r) {
-                first = Err(e);
+        self.join(false)
+    }
+
+    /// Joins the up thread, then the down thread, after cutting the relay
+    /// if `hang_up` (nothing the peer still sends matters then, and the
+    /// down thread's failure only echoes that cut). The first failure,
+    /// replaced by the relay's cause when there is one: the failure then
+    /// only echoes it.
+    fn join(&mut self, hang_up: bool) -> Result<()> {
+        fn joined(t: Option<JoinHandle<Result<u64>>>) -> Result<()> {
+            match t {
+                Some(t) => t
+                    .join()
+                    .unwrap_or(Err(Error::Protocol {
+                        what: "a relay thread panicked",
+                    }))
+                    .map(drop),
+                None => Ok(()),
             }
         }
+        let up = joined(self.up.take());
+        if hang_up {
+            self.cut.cut();
+        }
+        let down = joined(self.down.take());
+        let first = if hang_up { up } else { up.and(down) };
         match (first, self.cut.take_cause()) {
             (Err(_), Some(cause)) => Err(cause),
             (r, _) => r,
@@ -1173,6 +1176,26 @@ mod tests {
             assert_eq!(got, b"ack!");
             drop(swrk);
         }
+    }
+
+    /// A peer that vanishes without the close record: waiting for the
+    /// relay gives that cut (its cause), not the echo of it from the
+    /// other direction, which the cut stopped.
+    #[test]
+    fn a_relay_whose_peer_vanished_reports_the_cut() {
+        let k = Key::generate().unwrap();
+        let (c, s) = open(shared(&k), shared(&k));
+        let (c, s) = (c.unwrap(), s.unwrap());
+        let (program, relay) = s.relay().unwrap();
+        drop(c);
+        let e = relay.wait().unwrap_err();
+        assert!(
+            matches!(&e, Error::Wire(io) if io.kind() == io::ErrorKind::UnexpectedEof),
+            "{e:?}"
+        );
+        // The program saw its socket end.
+        let mut program = UnixStream::from(program);
+        assert_eq!(program.read(&mut [0u8; 1]).unwrap(), 0);
     }
 
     #[test]
