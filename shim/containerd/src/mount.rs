@@ -279,4 +279,120 @@ mod tests {
             ]
         );
     }
+
+    fn root() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the rootfs mount tests mount overlays and binds: run them as root (hack/test)"
+        );
+    }
+
+    fn mounted_under(target: &Path) -> Vec<PathBuf> {
+        mount_points_under(&std::fs::read("/proc/self/mountinfo").unwrap(), target)
+    }
+
+    /// An overlay with lower directories whose options pass the page size
+    /// (the kernel refuses such data): mounted with them relative to their
+    /// parent, every layer seen, and all of it gone after unmount_all.
+    #[test]
+    fn overlay_with_options_past_a_page_mounts() {
+        root();
+        let dir = tempfile::tempdir().unwrap();
+        // Long paths with a long common parent, as a snapshotter's
+        // `<root>/snapshots/<n>/fs`.
+        let snapshots = dir
+            .path()
+            .join("p".repeat(200))
+            .join("q".repeat(200))
+            .join("snapshots");
+        let lowers: Vec<PathBuf> = (0..20)
+            .map(|i| {
+                let d = snapshots.join(i.to_string()).join("fs");
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::write(d.join(format!("layer{i}")), "x").unwrap();
+                d
+            })
+            .collect();
+        let (upper, work, target) = (
+            dir.path().join("upper"),
+            dir.path().join("work"),
+            dir.path().join("rootfs"),
+        );
+        for d in [&upper, &work, &target] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let lowerdir: Vec<String> = lowers.iter().map(|d| d.display().to_string()).collect();
+        let m = Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("workdir={}", work.display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={}", lowerdir.join(":")),
+            ],
+            ..Default::default()
+        };
+        assert!(m.options.iter().map(String::len).sum::<usize>() > PAGE_SIZE);
+        let cwd = std::env::current_dir().unwrap();
+        mount(&m, &target).unwrap();
+        // The chdir stayed in its thread.
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+        for i in [0, 19] {
+            assert!(target.join(format!("layer{i}")).exists(), "layer {i}");
+        }
+        std::fs::write(target.join("new"), "y").unwrap();
+        assert!(upper.join("new").exists());
+        unmount_all(&target).unwrap();
+        assert_eq!(mounted_under(&target), Vec::<PathBuf>::new());
+        assert!(!target.join("layer0").exists());
+    }
+
+    /// A read-only bind is read-only (the remount a bind needs), and
+    /// unmount_all takes down what is mounted under it too.
+    #[test]
+    fn read_only_bind_and_nested_unmount() {
+        root();
+        let dir = tempfile::tempdir().unwrap();
+        let (src, target) = (dir.path().join("src"), dir.path().join("rootfs"));
+        std::fs::create_dir_all(src.join("proc")).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        let m = Mount {
+            type_: "bind".into(),
+            source: src.display().to_string(),
+            options: vec!["rbind".into(), "ro".into()],
+            ..Default::default()
+        };
+        mount(&m, &target).unwrap();
+        let err = std::fs::write(target.join("f"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        let tmpfs = Mount {
+            type_: "tmpfs".into(),
+            source: "tmpfs".into(),
+            options: vec!["size=1m".into()],
+            ..Default::default()
+        };
+        mount(&tmpfs, &target.join("proc")).unwrap();
+        assert_eq!(mounted_under(&target).len(), 2);
+        unmount_all(&target).unwrap();
+        assert_eq!(mounted_under(&target), Vec::<PathBuf>::new());
+        // Nothing mounted: no error.
+        unmount_all(&target).unwrap();
+    }
+
+    #[test]
+    fn loop_mounts_are_refused_with_the_fix() {
+        let m = Mount {
+            type_: "ext4".into(),
+            source: "/img".into(),
+            options: vec!["loop".into()],
+            ..Default::default()
+        };
+        let e = mount(&m, Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("loop device") && e.contains("snapshotter"),
+            "{e}"
+        );
+    }
 }

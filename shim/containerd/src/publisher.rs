@@ -138,7 +138,14 @@ fn envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_shim_protos::events::task::TaskExit;
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use containerd_shim_protos::api::Empty;
+    use containerd_shim_protos::events::task::{TaskDelete, TaskExit};
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::shim_async::{create_events, Events};
+    use containerd_shim_protos::ttrpc::r#async::{Server, TtrpcContext};
 
     #[test]
     fn envelope_names_the_event() {
@@ -153,8 +160,84 @@ mod tests {
         assert_eq!(e.namespace, "k8s.io");
         let any = e.event.as_ref().unwrap();
         assert_eq!(any.type_url, "containerd.events.TaskExit");
-        let back: TaskExit =
-            containerd_shim_protos::protobuf::Message::parse_from_bytes(&any.value).unwrap();
+        let back = TaskExit::parse_from_bytes(&any.value).unwrap();
         assert_eq!(back, exit);
+    }
+
+    /// containerd's side of `Forward`: what arrived, with the request's
+    /// namespace header.
+    #[derive(Default)]
+    struct Containerd {
+        got: Mutex<Vec<(Option<String>, Envelope)>>,
+    }
+
+    #[async_trait]
+    impl Events for Containerd {
+        async fn forward(&self, ctx: &TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+            let ns = ctx
+                .metadata
+                .get(NAMESPACE_HEADER)
+                .and_then(|v| v.first().cloned());
+            self.got
+                .lock()
+                .unwrap()
+                .push((ns, req.envelope.unwrap_or_default()));
+            Ok(Empty::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn events_reach_containerd_in_order_with_the_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock.ttrpc");
+        let containerd = Arc::new(Containerd::default());
+        let mut server = Server::new()
+            .bind(&format!("unix://{}", socket.display()))
+            .unwrap()
+            .register_service(create_events(containerd.clone()));
+        server.start().await.unwrap();
+
+        let (tx, rx) = mpsc::unbounded_channel::<Event>();
+        // A bare path, as containerd sets TTRPC_ADDRESS.
+        let publisher = tokio::spawn(forward(socket.display().to_string(), "ns1".to_string(), rx));
+        for status in 0..3 {
+            let exit = TaskExit {
+                container_id: "c1".into(),
+                exit_status: status,
+                ..Default::default()
+            };
+            tx.send(("/tasks/exit", Box::new(exit))).unwrap();
+        }
+        let delete = TaskDelete {
+            container_id: "c1".into(),
+            ..Default::default()
+        };
+        tx.send(("/tasks/delete", Box::new(delete))).unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), publisher)
+            .await
+            .expect("the publisher ends when the channel closes")
+            .unwrap();
+
+        let got = containerd.got.lock().unwrap().clone();
+        assert_eq!(got.len(), 4, "{got:?}");
+        for (ns, e) in &got {
+            assert_eq!(ns.as_deref(), Some("ns1"), "the namespace header");
+            assert_eq!(e.namespace, "ns1");
+            assert!(e.timestamp.seconds > 0);
+        }
+        let statuses: Vec<u32> = got[..3]
+            .iter()
+            .map(|(_, e)| {
+                assert_eq!(e.topic, "/tasks/exit");
+                TaskExit::parse_from_bytes(&e.event.value)
+                    .unwrap()
+                    .exit_status
+            })
+            .collect();
+        assert_eq!(statuses, [0, 1, 2]);
+        assert_eq!(got[3].1.topic, "/tasks/delete");
+        assert_eq!(got[3].1.event.type_url, "containerd.events.TaskDelete");
+        server.shutdown().await.unwrap();
     }
 }
