@@ -10,11 +10,11 @@
 
 use std::path::{Path, PathBuf};
 
-use containerd_shim::api::CreateTaskRequest;
-use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::Message;
-use containerd_shim::protos::shim::oci::CheckpointOptions as ContainerdCheckpointOptions;
-use containerd_shim::protos::shim::oci::Options as RuncOptions;
+use containerd_shim_protos::api::CreateTaskRequest;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::oci::CheckpointOptions as ContainerdCheckpointOptions;
+use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use criu_rpc::CgroupMode;
 use ferry_oci::checkpoint::CheckpointOptions;
 use nix::sched::CloneFlags;

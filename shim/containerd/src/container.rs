@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use containerd_shim::api::CreateTaskRequest;
-use containerd_shim::protos::types::mount::Mount;
+use containerd_shim_protos::api::CreateTaskRequest;
+use containerd_shim_protos::types::mount::Mount;
 use ferry_oci::restore::RestoreOptions;
 use ferry_oci::runtime::console::ConsoleSocket;
 use ferry_oci::runtime::cr::{restore_container, RestoreRuntimeOptions};
@@ -22,6 +22,7 @@ use nix::sys::signal::Signal;
 
 use super::checkpoint::{checkpoint_options, pending_restore, runtime_options, PendingRestore};
 use super::error::{Error, Result};
+use super::mount;
 use super::options::{criu, criu_path, task_root, SavedOptions, SAVED_OPTIONS};
 use super::process::{Exec, Exit, Proc, DRAIN};
 
@@ -359,7 +360,7 @@ impl Container {
         })
         .await?;
         if self.rootfs_mounted {
-            unmount_rootfs(&self.bundle.join("rootfs"))?;
+            mount::unmount_all(&self.bundle.join("rootfs"))?;
             self.rootfs_mounted = false;
         }
         Ok(())
@@ -423,7 +424,7 @@ impl Container {
         &self,
         id: &str,
         path: &str,
-        options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
+        options: Option<&containerd_shim_protos::protobuf::well_known_types::any::Any>,
     ) -> Result<()> {
         if !self.init.started || self.init.exited().is_some() {
             return Err(Error::FailedPrecondition(format!(
@@ -463,32 +464,23 @@ async fn mount_rootfs(bundle: &Path, mounts: &[Mount]) -> Result<bool> {
     tokio::fs::create_dir_all(&rootfs)
         .await
         .map_err(Error::io("creating", &rootfs))?;
-    for m in mounts {
-        if let Err(source) = containerd_shim::util::mount_rootfs(m, &rootfs).await {
-            let _ = unmount_rootfs(&rootfs);
-            return Err(Error::Shim {
-                op: "mounting the container's rootfs",
-                source,
-            });
+    let mounts = mounts.to_vec();
+    blocking(move || {
+        for m in &mounts {
+            if let Err(e) = mount::mount(m, &rootfs) {
+                let _ = mount::unmount_all(&rootfs);
+                return Err(e);
+            }
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(true)
 }
 
 /// Undoes [`mount_rootfs`] after a create failed past it.
 fn undo_mount(bundle: &Path, mounted: bool) {
     if mounted {
-        let _ = unmount_rootfs(&bundle.join("rootfs"));
+        let _ = mount::unmount_all(&bundle.join("rootfs"));
     }
-}
-
-/// Unmounts everything at or under `rootfs` (runc-shim: mount.UnmountAll).
-pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
-    let target = rootfs.to_string_lossy().into_owned();
-    containerd_shim::mount::umount_recursive(Some(&target), libc::MNT_DETACH).map_err(|source| {
-        Error::Shim {
-            op: "unmounting the container's rootfs",
-            source,
-        }
-    })
 }

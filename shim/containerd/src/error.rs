@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use containerd_shim::protos::ttrpc;
+use containerd_shim_protos::ttrpc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,17 +32,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{op}")]
-    Shim {
-        op: &'static str,
-        #[source]
-        source: containerd_shim::Error,
-    },
     #[error("decoding {what}")]
     Protobuf {
         what: &'static str,
         #[source]
-        source: containerd_shim::protos::protobuf::Error,
+        source: containerd_shim_protos::protobuf::Error,
     },
     #[error("decoding {what}")]
     Json {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use containerd_shim::protos::shim::oci::Options as RuncOptions;
+use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use criu_rpc::Criu;
 
 /// Ferry's state root for the containers of containerd namespace `ns`:
@@ -34,7 +34,7 @@ pub fn task_root(ns: &str, o: &RuncOptions) -> PathBuf {
 /// containerd 2.0 removed the field (`reserved 8` in its oci.proto), so the
 /// generated type has none: it is read from the message's unknown fields.
 pub fn criu_path(o: &RuncOptions) -> Option<PathBuf> {
-    use containerd_shim::protos::protobuf::UnknownValueRef;
+    use containerd_shim_protos::protobuf::UnknownValueRef;
     use std::os::unix::ffi::OsStrExt;
     const CRIU_PATH: u32 = 8;
     match o.special_fields.unknown_fields().get(CRIU_PATH)? {
@@ -74,7 +74,7 @@ pub const SAVED_OPTIONS: &str = "ferry-options.json";
 
 #[cfg(test)]
 mod tests {
-    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim_protos::protobuf::Message;
 
     use super::*;
 

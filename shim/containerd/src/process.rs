@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use containerd_shim::api::Status;
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::api::Status;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use ferry_oci::runtime::console::ConsoleSocket;
 use ferry_oci::runtime::{self as oci, ExecOptions, Stdio};
 use nix::sys::signal::Signal;

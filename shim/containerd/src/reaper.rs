@@ -6,7 +6,7 @@
 //! its criu with `std::process::Child::wait`, and ferry-oci for the
 //! intermediate child of its double fork; a wait for any pid would steal
 //! their statuses. So, like runc-shim, the shim is a subreaper (the
-//! `containerd-shim` crate sets PR_SET_CHILD_SUBREAPER), and the processes
+//! serving shim sets PR_SET_CHILD_SUBREAPER, `service::serve`), and the processes
 //! of a container come back to it once ferry-oci's intermediate child
 //! exits (and a restored init is its child through CRIU's `rst_sibling`),
 //! but it waits only for the pids it was told to watch.

@@ -20,26 +20,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use containerd_shim::api::{
+use containerd_shim_protos::api::{
     CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
     CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest,
     PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest,
     StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
     UpdateTaskRequest, WaitRequest, WaitResponse,
 };
-use containerd_shim::protos::cgroups::metrics::{
+use containerd_shim_protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
 };
-use containerd_shim::protos::events::task::{
+use containerd_shim_protos::events::task::{
     TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO,
     TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
-use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::{Message, MessageDyn};
-use containerd_shim::protos::shim::oci::ProcessDetails;
-use containerd_shim::protos::topics;
-use containerd_shim::protos::types::task::ProcessInfo;
-use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::{Message, MessageDyn};
+use containerd_shim_protos::shim::oci::ProcessDetails;
+use containerd_shim_protos::topics;
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim_protos::ttrpc::Result as TtrpcResult;
+use containerd_shim_protos::types::task::ProcessInfo;
 use ferry_oci::runtime::Container as OciContainer;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process};
@@ -49,10 +50,9 @@ use super::container::{blocking, Container, Running};
 use super::error::{Error, Result};
 use super::options::state_root;
 use super::process::{self, Exec, Proc};
+use super::publisher::Event;
 use super::reaper::{Exited, Reaper};
-
-/// An event for containerd: its topic and message.
-pub type Event = (&'static str, Box<dyn MessageDyn>);
+use super::service::ExitSignal;
 
 /// The Task service of one shim (one container, or a group of them).
 #[derive(Clone)]
@@ -287,7 +287,7 @@ impl TaskService {
 }
 
 #[async_trait]
-impl containerd_shim::Task for TaskService {
+impl containerd_shim_protos::shim_async::Task for TaskService {
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         let paused = if req.exec_id.is_empty() {
             let root = (self.containers.lock().await.get(&req.id))
