@@ -560,7 +560,8 @@ mod tests {
             [
                 ("/run/secrets", "/srv/secrets"),
                 ("/data", "/srv/data"),
-                ("/dev/null", "/dev/null")
+                ("/dev/null", "/dev/null"),
+                (criu_plan::MASKED_DIR_KEY, "/run/ferry/c2/masked-empty")
             ]
         );
         assert_eq!(external, [("extRootNetNS", PathBuf::from("/run/netns/c1"))]);
