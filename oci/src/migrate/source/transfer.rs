@@ -49,7 +49,10 @@ pub(super) fn send_state(
     let t = Instant::now();
     wire::send(ctl, &Step::Images)?;
     let mut w = StreamWriter::new(ctl);
-    tarball::pack(images, &mut w, |_| false)?;
+    // Not CRIU's dump log: it stays with the source (its failures are
+    // quoted here), and a post-copy dump still writes it while the images
+    // go (tar found it growing: "lseek(SEEK_DATA) went beyond the end").
+    tarball::pack(images, &mut w, |name| name == crate::checkpoint::DUMP_LOG)?;
     let images_bytes = w.finish()?;
     expect(wire::recv(ctl)?)?;
     let changes = ahead.sent.changes(&ahead.tree)?;
