@@ -157,18 +157,7 @@ impl Container {
                 .map_err(Error::oci("creating", &cid))?;
             let pid = c.state.pid;
             let memory = c.state.cgroup.memory_v1_path();
-            match console
-                .as_ref()
-                .map(ConsoleSocket::receive)
-                .transpose()
-                .map_err(Error::oci("receiving the console of", &cid))
-            {
-                Ok(master) => Ok((pid, master, memory)),
-                Err(e) => {
-                    let _ = c.delete(true);
-                    Err(e)
-                }
-            }
+            receive_console(c, console.as_ref(), &cid).map(|master| (pid, master, memory))
         })
         .await?;
         self.init.pid = pid as u32;
@@ -227,18 +216,8 @@ impl Container {
                     )
                     .map_err(Error::oci("restoring", &cid))?;
                     let memory = c.state.cgroup.memory_v1_path();
-                    match console
-                        .as_ref()
-                        .map(ConsoleSocket::receive)
-                        .transpose()
-                        .map_err(Error::oci("receiving the console of", &cid))
-                    {
-                        Ok(master) => Ok((restored.pid.as_raw() as u32, master, memory)),
-                        Err(e) => {
-                            let _ = c.delete(true);
-                            Err(e)
-                        }
-                    }
+                    receive_console(c, console.as_ref(), &cid)
+                        .map(|master| (restored.pid.as_raw() as u32, master, memory))
                 })
                 .await?;
                 if let Some(m) = master {
@@ -483,4 +462,22 @@ fn undo_mount(bundle: &Path, mounted: bool) {
     if mounted {
         let _ = mount::unmount_all(&bundle.join("rootfs"));
     }
+}
+
+/// The console master of container `c`, just created or restored, from
+/// the socket it was sent to; `c` is deleted if it never comes (containerd
+/// would otherwise hold a task nobody can attach to).
+fn receive_console(
+    c: oci::Container,
+    console: Option<&ConsoleSocket>,
+    cid: &str,
+) -> Result<Option<std::os::fd::OwnedFd>> {
+    let master = console
+        .map(ConsoleSocket::receive)
+        .transpose()
+        .map_err(Error::oci("receiving the console of", cid));
+    if master.is_err() {
+        let _ = c.delete(true);
+    }
+    master
 }
