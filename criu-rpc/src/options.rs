@@ -269,6 +269,14 @@ pub struct TreeOptions {
     /// parses it last); a missing file is ignored by CRIU. runc passes the
     /// container's `org.criu.config` annotation, or /etc/criu/runc.conf.
     pub config_file: Option<PathBuf>,
+    /// A directory holding each cgroup hierarchy's root under CRIU's name
+    /// for it (`unified` for cgroup2, `systemd` for `name=systemd`, the
+    /// controllers as /proc/self/cgroup lists them, `cpu,cpuacct`), as a
+    /// mount or a symlink to one (`--cgroup-yard`). CRIU then opens those
+    /// instead of mounting every hierarchy itself on each dump and restore
+    /// (cgroup.c: collect_cgroups, prepare_cgroup_sfd). On restore it
+    /// mounts a hierarchy the yard lacks inside it and leaves it there.
+    pub cgroup_yard: Option<PathBuf>,
 }
 
 impl TreeOptions {
@@ -329,6 +337,9 @@ impl TreeOptions {
         m.timeout = self.timeout_secs;
         if let Some(c) = &self.config_file {
             m.config_file = Some(path_str("config_file", c)?);
+        }
+        if let Some(y) = &self.cgroup_yard {
+            m.cgroup_yard = Some(path_str("cgroup_yard", y)?);
         }
         Ok(())
     }
@@ -824,6 +835,17 @@ mod tests {
         o.leave_running = true;
         o.leave_stopped = true;
         assert!(o.to_rpc().is_err());
+    }
+
+    #[test]
+    fn cgroup_yard() {
+        assert_eq!(dump().to_rpc().unwrap().cgroup_yard, None);
+        let mut o = restore();
+        o.tree.cgroup_yard = Some(PathBuf::from("/run/ferry/c1/yard"));
+        assert_eq!(
+            o.to_rpc().unwrap().cgroup_yard.as_deref(),
+            Some("/run/ferry/c1/yard")
+        );
     }
 
     #[test]

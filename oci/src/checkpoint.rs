@@ -25,6 +25,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
+use crate::cgroup_yard::CgroupYard;
 use crate::criu_plan;
 use crate::error::{io, Error, Result};
 use crate::runtime::securejoin;
@@ -256,6 +257,8 @@ pub struct Prepared {
     image_path: PathBuf,
     log: PathBuf,
     recheck: Option<NetnsRecheck>,
+    /// Kept until CRIU is done with it.
+    yard: Option<CgroupYard>,
 }
 
 /// A network namespace dumped as new ([`Target::fresh_netns`]) must still
@@ -356,6 +359,9 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
         }),
         _ => None,
     };
+    // In CRIU's work dir, where it would mount its own hierarchies.
+    let yard = CgroupYard::make(&log_dir)?;
+    dump.tree.cgroup_yard = yard.as_ref().map(|y| y.path().to_path_buf());
     let swrk = criu.spawn_dump(&dump, pre_dump)?;
     Ok(Prepared {
         dump,
@@ -364,6 +370,7 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
         image_path: opts.image_path.clone(),
         log: log_dir.join(DUMP_LOG),
         recheck,
+        yard,
     })
 }
 
@@ -377,6 +384,7 @@ impl Prepared {
             image_path,
             log,
             mut recheck,
+            yard,
         } = self;
         let mut frozen_at: Option<Instant> = None;
         let mut handler = |n: Notify| -> Result<(), HandlerError> {
@@ -400,6 +408,7 @@ impl Prepared {
             swrk.dump(&dump, &mut handler)?;
         }
         let end = Instant::now();
+        drop(yard);
         Ok(Checkpointed {
             image_path,
             log,

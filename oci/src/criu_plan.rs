@@ -363,6 +363,47 @@ pub fn hierarchy_of(m: &MountInfo) -> Option<String> {
     }
 }
 
+/// A cgroup yard for CRIU ([`criu_rpc::TreeOptions::cgroup_yard`]): for
+/// each hierarchy this process is in (`own_cgroup`, its /proc/self/cgroup;
+/// CRIU's swrk child is in the same), CRIU's name for it and the mountpoint
+/// of that hierarchy's root in `host_mountinfo`. CRIU names a hierarchy by
+/// its /proc/self/cgroup field as written, `name=` dropped, `unified` for
+/// cgroup2 (cgroup.c: collect_cgroups, ctrl_dir_and_opt). None when a
+/// hierarchy has no mount of its root here (a cgroup namespace, an
+/// unmounted v1 hierarchy): CRIU then mounts each one itself, as without a
+/// yard.
+pub fn cgroup_yard_entries(
+    host_mountinfo: &str,
+    own_cgroup: &str,
+) -> Option<Vec<(String, PathBuf)>> {
+    let roots: Vec<(String, String)> = parse_mountinfo(host_mountinfo)
+        .into_iter()
+        .filter(|m| m.root == "/")
+        .filter_map(|m| Some((hierarchy_of(&m)?, m.mountpoint)))
+        .collect();
+    own_cgroup
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let field = l.split(':').nth(1)?;
+            let mut sorted: Vec<&str> = field.split(',').filter(|c| !c.is_empty()).collect();
+            sorted.sort_unstable();
+            let hierarchy = sorted.join(",");
+            let (_, mountpoint) = roots.iter().find(|(h, _)| *h == hierarchy)?;
+            let name = if field.is_empty() {
+                "unified".to_string()
+            } else {
+                field
+                    .split(',')
+                    .map(|c| c.strip_prefix("name=").unwrap_or(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            Some((name, PathBuf::from(mountpoint)))
+        })
+        .collect()
+}
+
 /// A cgroup hierarchy bind-mounted into a container without a cgroup
 /// namespace: external to CRIU.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -576,6 +617,47 @@ mod tests {
 83 74 0:37 /c1 /sys/fs/cgroup/systemd ro,nosuid - cgroup cgroup rw,xattr,name=systemd
 90 73 0:50 / /data\\040dir rw - ext4 /dev/vda rw
 ";
+
+    #[test]
+    fn cgroup_yard_names_each_hierarchy_as_criu_does() {
+        // A hybrid host (Debian's): v1 controllers, name=systemd, cgroup2;
+        // a container's bind of a hierarchy (root not /) is no yard entry.
+        let mi = "\
+24 30 0:20 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+25 24 0:21 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
+26 24 0:22 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+27 24 0:23 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+28 24 0:24 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+90 80 0:24 /ferry/c1 /run/c1/rootfs/sys/fs/cgroup/pids ro - cgroup cgroup rw,pids
+";
+        let own =
+            "4:pids:/user.slice\n3:cpu,cpuacct:/\n1:name=systemd:/init.scope\n0::/init.scope\n";
+        let e = cgroup_yard_entries(mi, own).unwrap();
+        let e: Vec<(&str, &str)> = e
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            e,
+            [
+                ("pids", "/sys/fs/cgroup/pids"),
+                ("cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"),
+                ("systemd", "/sys/fs/cgroup/systemd"),
+                ("unified", "/sys/fs/cgroup/unified"),
+            ]
+        );
+        // cgroup2 only.
+        let v2 = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let e = cgroup_yard_entries(v2, "0::/user.slice\n").unwrap();
+        assert_eq!(
+            e,
+            [("unified".to_string(), PathBuf::from("/sys/fs/cgroup"))]
+        );
+        // A hierarchy whose root is mounted nowhere here: no yard at all.
+        assert_eq!(cgroup_yard_entries(v2, "5:memory:/\n0::/\n"), None);
+        let ns = "30 1 0:26 /sub /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup_yard_entries(ns, "0::/\n"), None);
+    }
 
     #[test]
     fn mountinfo_lines_and_escapes() {

@@ -6,6 +6,7 @@
 //! container state kept under the runtime root. It turns a spec into typed
 //! `criu-rpc` requests; it knows nothing of command lines.
 
+pub mod cgroup_yard;
 pub mod checkpoint;
 pub mod criu_plan;
 pub mod docker;

@@ -31,6 +31,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
+use crate::cgroup_yard::CgroupYard;
 use crate::checkpoint::{CGROUP_BINDS, DESCRIPTORS};
 use crate::criu_plan;
 use crate::error::{io, Error, Result};
@@ -353,16 +354,19 @@ pub fn restore_options(
     Ok((r, ns.inherit))
 }
 
-/// Restores the checkpoint in `opts.image_path` as `dest`.
+/// Restores the checkpoint in `opts.image_path` as `dest`. The image dir
+/// has passed [`check_image_dir`]: `restore_container`, the one caller,
+/// checks it before it makes anything.
 pub fn restore(
     criu: &Criu,
     mut dest: Destination<'_>,
     opts: &RestoreOptions,
     hooks: &mut dyn RestoreHooks,
 ) -> Result<Restored> {
-    check_image_dir(&opts.image_path)?;
     let (dirs, log_dir) =
         crate::checkpoint::open_dirs(&opts.image_path, opts.work_path.as_deref(), RESTORE_LOG)?;
+    // Where CRIU would put its own yard (its work dir).
+    let yard = CgroupYard::make(&log_dir)?;
     create_mountpoints(dest.spec, dest.rootfs)?;
     masked_empty_dir(dest.state_dir)?;
     let root = CriuRoot::mount(dest.rootfs, dest.state_dir)?;
@@ -398,6 +402,7 @@ pub fn restore(
             });
         }
     }
+    ropts.tree.cgroup_yard = yard.as_ref().map(|y| y.path().to_path_buf());
     let swrk = criu.spawn_for(&ropts)?;
     hooks.criu_started(swrk.pid())?;
     // runc (criuApplyCgroups): the cgroups criu now runs in are the
@@ -428,6 +433,7 @@ pub fn restore(
     let start = Instant::now();
     let restored = swrk.restore(&ropts, &mut handler)?;
     let duration = start.elapsed();
+    drop(yard);
     drop(root);
     Ok(Restored {
         pid: restored.pid,

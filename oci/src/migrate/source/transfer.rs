@@ -52,7 +52,11 @@ pub(super) fn send_state(
     // Not CRIU's dump log: it stays with the source (its failures are
     // quoted here), and a post-copy dump still writes it while the images
     // go (tar found it growing: "lseek(SEEK_DATA) went beyond the end").
-    tarball::pack(images, &mut w, |name| name == crate::checkpoint::DUMP_LOG)?;
+    // Nor the cgroup yard CRIU's work dir (the images dir) holds while it
+    // still dumps: links to this host's hierarchies.
+    tarball::pack(images, &mut w, |name| {
+        name == crate::checkpoint::DUMP_LOG || name == crate::cgroup_yard::YARD_DIR
+    })?;
     let images_bytes = w.finish()?;
     expect(wire::recv(ctl)?)?;
     let changes = ahead.sent.changes(&ahead.tree)?;
