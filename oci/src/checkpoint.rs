@@ -39,6 +39,9 @@ pub const CGROUP_BINDS: &str = "ferry-cgroup-binds.json";
 /// Ferry's record that the container's network namespace was dumped as
 /// external because it looked new: the restore hands CRIU a new one.
 pub const FRESH_NETNS: &str = "ferry-fresh-netns.json";
+/// The `cgroup` mounts' tmpfs dumped as external mounts
+/// ([`criu_plan::cgroup_tmpfs_mounts`]), for the restore to make anew.
+pub const CGROUP_TMPFS: &str = "ferry-cgroup-tmpfs.json";
 
 /// `ferry checkpoint`'s options, as runc names them.
 #[derive(Debug, Default)]
@@ -336,6 +339,26 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
                 value: b.mountpoint.clone(),
             }));
         write_json(&opts.image_path.join(CGROUP_BINDS), &binds)?;
+        // The tmpfs's own entries, through the init's root: there it is
+        // the top mount at `mp` (the binds are mounted on its entries).
+        let tmpfs = criu_plan::cgroup_tmpfs_mounts(target.spec, &text, |mp| {
+            let dir = root.join(mp.trim_start_matches('/'));
+            fs::read_dir(dir)
+                .ok()?
+                .map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name().to_str()?.to_string();
+                    Some((name, e.file_type().ok()?.is_dir()))
+                })
+                .collect()
+        });
+        dump.tree
+            .ext_mounts
+            .extend(tmpfs.iter().map(|t| criu_rpc::ExtMount {
+                key: t.mountpoint.clone(),
+                value: t.key(),
+            }));
+        write_json(&opts.image_path.join(CGROUP_TMPFS), &tmpfs)?;
         let fds = descriptors(target.init)?;
         dump.tree
             .external

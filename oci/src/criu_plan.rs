@@ -30,7 +30,10 @@
 //!   cgroup v1), each hierarchy is a bind of the container's cgroup dir and
 //!   is external, bound on restore to the new container's dir in the same
 //!   hierarchy (runc's getCgroupMounts). Ferry finds them in the running
-//!   container's mountinfo rather than guessing from the spec.
+//!   container's mountinfo rather than guessing from the spec. The tmpfs
+//!   they are mounted on (the `cgroup` mount itself on a v1 host) holds
+//!   only their mountpoints: external too ([`CgroupTmpfs`]), made anew on
+//!   restore, where runc lets CRIU tar and untar it;
 //!
 //! - CRIU's configuration file: the `org.criu.config` annotation names it
 //!   (an empty value means none), and without the annotation it is
@@ -54,6 +57,10 @@ pub const DEFAULT_CRIU_CONFIG: &str = "/etc/criu/runc.conf";
 
 /// The external name of every masked directory's mount (see the module).
 pub const MASKED_DIR_KEY: &str = "ferry-masked-dir";
+
+/// The prefix of the external name of a `cgroup` mount's tmpfs (see
+/// [`cgroup_tmpfs_mounts`]); its container path follows.
+pub const CGROUP_TMPFS_KEY: &str = "ferry-cgroup-tmpfs";
 
 /// The CRIU configuration file for this container's dumps and restores
 /// (its settings override the RPC options; CRIU ignores a missing file).
@@ -212,6 +219,69 @@ pub fn masked_dir_mounts(
         .map(|m| ExtMount {
             key: m.mountpoint,
             value: MASKED_DIR_KEY.into(),
+        })
+        .collect()
+}
+
+/// The tmpfs a `cgroup` mount is, on a cgroup v1 host, in a container
+/// without a cgroup namespace: the init mounts it with a directory per
+/// hierarchy and binds the container's cgroup dir of each on those
+/// ([`crate::runtime::init`], as runc does). Its content is only those
+/// mountpoints, yet CRIU would tar it on dump and untar it on restore, in
+/// a mount namespace of its own since mounts cover it (~15 ms of a frozen
+/// busybox here). Ferry names it external and mounts a tmpfs with the same
+/// directories on restore ([`CgroupTmpfs`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupTmpfs {
+    /// Its container path.
+    pub mountpoint: String,
+    /// The directories it holds, each a cgroup bind's mountpoint.
+    pub dirs: Vec<String>,
+}
+
+impl CgroupTmpfs {
+    /// The external name it is dumped and restored under.
+    pub fn key(&self) -> String {
+        format!("{CGROUP_TMPFS_KEY}{}", self.mountpoint)
+    }
+}
+
+/// The `cgroup` mounts of `spec` that are such a tmpfs in the running
+/// container (`container_mountinfo`), with exactly the directories its
+/// cgroup binds are mounted on: `entries(mountpoint)` lists the tmpfs's
+/// own entries (name, is a directory), None if unreadable. A tmpfs holding
+/// anything else (a file a process made there) is left to CRIU, which
+/// keeps its content.
+pub fn cgroup_tmpfs_mounts(
+    spec: &Spec,
+    container_mountinfo: &str,
+    entries: impl Fn(&str) -> Option<Vec<(String, bool)>>,
+) -> Vec<CgroupTmpfs> {
+    let binds = cgroup_binds(container_mountinfo);
+    let info = parse_mountinfo(container_mountinfo);
+    mounts(spec)
+        .iter()
+        .filter(|m| m.typ().as_deref() == Some("cgroup"))
+        .filter_map(|m| {
+            let mp = m.destination().to_string_lossy().into_owned();
+            // The top mount there (the last in mountinfo) is the tmpfs.
+            let top = info.iter().rev().find(|i| i.mountpoint == mp)?;
+            if top.fstype != "tmpfs" {
+                return None;
+            }
+            let mut dirs = Vec::new();
+            for (name, is_dir) in entries(&mp)? {
+                let under = Path::new(&mp).join(&name);
+                if !is_dir || !binds.iter().any(|b| Path::new(&b.mountpoint) == under) {
+                    return None;
+                }
+                dirs.push(name);
+            }
+            dirs.sort();
+            Some(CgroupTmpfs {
+                mountpoint: mp,
+                dirs,
+            })
         })
         .collect()
 }
@@ -702,6 +772,45 @@ mod tests {
         );
         let err = restore_cgroup_binds(&binds, "", placed).unwrap_err();
         assert!(err.to_string().contains("cpu,cpuacct"), "{err}");
+    }
+
+    #[test]
+    fn a_cgroup_mounts_tmpfs_of_mountpoints_only_is_external() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "mounts": [
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},
+                {"destination": "/data dir", "type": "bind", "source": "/srv"}]}"#,
+        );
+        let dirs = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| (n.to_string(), true))
+                .collect::<Vec<_>>()
+        };
+        let listed = dirs(&["systemd", "memory", "cpu,cpuacct"]);
+        let got = cgroup_tmpfs_mounts(&s, RUNC_MOUNTINFO, |mp| {
+            assert_eq!(mp, "/sys/fs/cgroup");
+            Some(listed.clone())
+        });
+        assert_eq!(
+            got,
+            [CgroupTmpfs {
+                mountpoint: "/sys/fs/cgroup".into(),
+                dirs: vec!["cpu,cpuacct".into(), "memory".into(), "systemd".into()],
+            }]
+        );
+        assert_eq!(got[0].key(), "ferry-cgroup-tmpfs/sys/fs/cgroup");
+        // Something a process left there, a directory no bind covers, an
+        // unreadable tmpfs: CRIU dumps it, content and all.
+        let mut file = listed.clone();
+        file.push(("notes".into(), false));
+        assert!(cgroup_tmpfs_mounts(&s, RUNC_MOUNTINFO, |_| Some(file.clone())).is_empty());
+        let extra = dirs(&["systemd", "memory", "cpu,cpuacct", "pids"]);
+        assert!(cgroup_tmpfs_mounts(&s, RUNC_MOUNTINFO, |_| Some(extra.clone())).is_empty());
+        assert!(cgroup_tmpfs_mounts(&s, RUNC_MOUNTINFO, |_| None).is_empty());
+        // A cgroup namespace's (or cgroup2's) real cgroup mount is CRIU's.
+        let v2 = "74 73 0:45 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert!(cgroup_tmpfs_mounts(&s, v2, |_| Some(Vec::new())).is_empty());
     }
 
     #[test]

@@ -261,6 +261,81 @@ fn masked_empty_dir(state_dir: &Path) -> Result<()> {
     }
 }
 
+/// The tmpfs mounts a restore binds at the container's `cgroup` mounts
+/// that were dumped as external ([`criu_plan::cgroup_tmpfs_mounts`]): as
+/// the init makes them (mode 755, nosuid, nodev, noexec), with the same
+/// directories for CRIU to mount the cgroup binds on, private (a shared
+/// state dir must not make the container's copy a peer of the host's).
+/// Detached from the state dir on drop: the container's bind keeps it.
+struct CgroupTmpfsMounts(Vec<PathBuf>);
+
+impl CgroupTmpfsMounts {
+    fn make(
+        image_path: &Path,
+        state_dir: &Path,
+    ) -> Result<(CgroupTmpfsMounts, Vec<criu_rpc::ExtMount>)> {
+        use nix::mount::{mount, MsFlags};
+        let file = image_path.join(crate::checkpoint::CGROUP_TMPFS);
+        let mut made = CgroupTmpfsMounts(Vec::new());
+        if !file.exists() {
+            return Ok((made, Vec::new()));
+        }
+        let tmpfs: Vec<criu_plan::CgroupTmpfs> = read_json(&file)?;
+        // Names, never paths: the file came with the images.
+        if let Some(bad) = tmpfs
+            .iter()
+            .flat_map(|t| &t.dirs)
+            .find(|d| d.contains('/') || *d == ".." || *d == "." || d.is_empty())
+        {
+            return Err(Error::InvalidArgument {
+                what: file.display().to_string(),
+                reason: format!("{bad:?} is not a directory name"),
+            });
+        }
+        let mut ext = Vec::new();
+        for (i, t) in tmpfs.iter().enumerate() {
+            let at = state_dir.join(format!("cgroup-tmpfs-{i}"));
+            fs::create_dir(&at).map_err(io("creating", &at))?;
+            let failed = |e: nix::Error| io("mounting a tmpfs on", &at)(e.into());
+            mount(
+                Some("tmpfs"),
+                &at,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=755"),
+            )
+            .map_err(failed)?;
+            made.0.push(at.clone());
+            mount(
+                None::<&str>,
+                &at,
+                None::<&str>,
+                MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(failed)?;
+            for d in &t.dirs {
+                let p = at.join(d);
+                fs::create_dir(&p).map_err(io("creating", &p))?;
+            }
+            ext.push(criu_rpc::ExtMount {
+                key: t.key(),
+                value: at.to_string_lossy().into_owned(),
+            });
+        }
+        Ok((made, ext))
+    }
+}
+
+impl Drop for CgroupTmpfsMounts {
+    fn drop(&mut self) {
+        for at in &self.0 {
+            let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir(at);
+        }
+    }
+}
+
 /// The rootfs bind-mounted where CRIU wants its root; unmounted on drop.
 struct CriuRoot(PathBuf);
 
@@ -403,6 +478,8 @@ pub fn restore(
         }
     }
     ropts.tree.cgroup_yard = yard.as_ref().map(|y| y.path().to_path_buf());
+    let (cgroup_tmpfs, ext) = CgroupTmpfsMounts::make(&opts.image_path, dest.state_dir)?;
+    ropts.tree.ext_mounts.extend(ext);
     let swrk = criu.spawn_for(&ropts)?;
     hooks.criu_started(swrk.pid())?;
     // runc (criuApplyCgroups): the cgroups criu now runs in are the
@@ -434,6 +511,7 @@ pub fn restore(
     let restored = swrk.restore(&ropts, &mut handler)?;
     let duration = start.elapsed();
     drop(yard);
+    drop(cgroup_tmpfs);
     drop(root);
     Ok(Restored {
         pid: restored.pid,

@@ -79,7 +79,7 @@ fn counter_continues_after_restore_under_a_new_id() {
     assert_eq!(numbers(&bundle.join("rootfs/out/count")), before);
     // Masked directories (runc's default spec masks /sys/firmware) were
     // external to CRIU and are bound again from an empty directory: still
-    // empty, still read-only; the one tmpfs CRIU dumped itself is /dev.
+    // empty, still read-only; CRIU dumps /dev's tmpfs itself.
     let listed = root.ok(&["exec", &b, "ls", "-A", "/sys/firmware"]);
     assert_eq!(listed.trim(), "", "a masked directory shows something");
     let err = root.fails(&["exec", &b, "touch", "/sys/firmware/x"]);
@@ -100,13 +100,47 @@ fn counter_continues_after_restore_under_a_new_id() {
         !firmware.contains(" - tmpfs ") && firmware.contains("masked-empty"),
         "not bound from the empty dir: {firmware}"
     );
+    // On a cgroup v1 host the spec's cgroup mount is a tmpfs holding a
+    // directory per hierarchy with the container's cgroup bound on each:
+    // external too, made anew on restore, the binds on it again.
+    let v1_host = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(" - cgroup ");
+    let cgroup_tmpfs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images.join("ferry-cgroup-tmpfs.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cgroup_tmpfs.as_array().unwrap().len(),
+        usize::from(v1_host),
+        "{cgroup_tmpfs}"
+    );
+    if v1_host {
+        let cg = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup"))
+            .unwrap();
+        assert!(cg.contains(" - tmpfs "), "{cg}");
+        let listed = root.ok(&["exec", &b, "ls", "/sys/fs/cgroup"]);
+        let dirs: Vec<&str> = listed.split_whitespace().collect();
+        assert_eq!(
+            serde_json::json!(dirs),
+            cgroup_tmpfs[0]["dirs"],
+            "the restored tmpfs holds what the dumped one did"
+        );
+        let procs = root.ok(&["exec", &b, "cat", "/sys/fs/cgroup/pids/cgroup.procs"]);
+        // Pids as its namespace sees them: the init is 1.
+        assert!(
+            procs.lines().any(|l| l.trim() == "1"),
+            "the restored init is not in the pids cgroup bound there: {procs}"
+        );
+    }
     let tmpfs_mounts = mountinfo
         .lines()
-        .filter(|l| l.contains(" - tmpfs "))
+        .filter(|l| l.contains(" - tmpfs ") && l.split(' ').nth(4) != Some("/sys/fs/cgroup"))
         .count();
     assert_eq!(
         tmpfs_images, tmpfs_mounts,
-        "CRIU dumped one tmpfs per tmpfs mount that is not masked"
+        "CRIU dumped one tmpfs per tmpfs mount that is not masked or a cgroup mount's"
     );
     root.remove(&b);
 }
