@@ -823,6 +823,7 @@ impl Agent {
                     super::docker::remove_lazy_work(&w)?;
                 }
             }
+            Pending::remove_if_empty(&root);
             Ok(())
         });
         if let Err(e) = cleaned {

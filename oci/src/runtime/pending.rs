@@ -166,6 +166,13 @@ impl Pending {
     pub fn list(root: &Path) -> Vec<String> {
         names_in(&root.join(DIR))
     }
+
+    /// Removes the `@pending` dir if it holds nothing (left by a process
+    /// killed between making it and its request's dir, or by a removal
+    /// that raced another move's).
+    pub fn remove_if_empty(root: &Path) {
+        let _ = fs::remove_dir(root.join(DIR));
+    }
 }
 
 /// Restores container `id` from a claimed request, as `create` under
