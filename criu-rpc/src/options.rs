@@ -557,6 +557,12 @@ pub struct RestoreOptions {
     /// `--leave-stopped` on restore, cr-restore.c finalize_restore): they
     /// run no instruction until someone sends SIGCONT.
     pub leave_stopped: bool,
+    /// Punch each chunk of page data out of the images as it is restored
+    /// (CRIU's restorer reads 128 MiB at a time, then FALLOC_FL_PUNCH_HOLE):
+    /// images on a tmpfs give their memory back while the restored tasks
+    /// take theirs, instead of both being held at once. The images lose
+    /// their pages: for images nobody restores twice.
+    pub auto_dedup: bool,
     pub status_fd: Option<OwnedFd>,
     pub lsm_mount_context: Option<String>,
     pub weak_sysctls: bool,
@@ -575,6 +581,7 @@ impl RestoreOptions {
             veths: Vec::new(),
             lazy_pages: false,
             leave_stopped: false,
+            auto_dedup: false,
             status_fd: None,
             lsm_mount_context: None,
             weak_sysctls: false,
@@ -610,6 +617,7 @@ impl RestoreOptions {
         }
         m.lazy_pages = flag(self.lazy_pages);
         m.leave_stopped = flag(self.leave_stopped);
+        m.auto_dedup = flag(self.auto_dedup);
         m.status_fd = self.status_fd.as_ref().map(|f| f.as_raw_fd());
         m.lsm_mount_context = self.lsm_mount_context.clone();
         m.weak_sysctls = flag(self.weak_sysctls);
@@ -835,6 +843,14 @@ mod tests {
         o.leave_running = true;
         o.leave_stopped = true;
         assert!(o.to_rpc().is_err());
+    }
+
+    #[test]
+    fn restore_auto_dedup() {
+        assert_eq!(restore().to_rpc().unwrap().auto_dedup, None);
+        let mut o = restore();
+        o.auto_dedup = true;
+        assert_eq!(o.to_rpc().unwrap().auto_dedup, Some(true));
     }
 
     #[test]

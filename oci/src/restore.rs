@@ -422,6 +422,7 @@ pub fn restore_options(
     r.evasive_devices = true;
     r.lazy_pages = opts.lazy_pages;
     r.leave_stopped = opts.leave_stopped;
+    r.auto_dedup = opts.auto_dedup;
     r.lsm_mount_context = opts.lsm_mount_context.clone();
     let ns = criu_plan::restore_namespaces(dest.spec)?;
     r.join_ns = ns.join;

@@ -367,9 +367,13 @@ while True:
         "only {pages} bytes of pages were dumped"
     );
     let n = lines(&mem).len();
+    // runc's --auto-dedup: CRIU punches the page data out of the images
+    // as it restores it (what a migration's destination does with its
+    // images tmpfs).
     root.ok(&[
         "restore",
         "-d",
+        "--auto-dedup",
         "--image-path",
         s(&images),
         "--bundle",
@@ -385,6 +389,17 @@ while True:
     for (i, l) in all.iter().enumerate() {
         assert_eq!(l, &format!("ok {i}"), "memory check {i} after restore");
     }
+    use std::os::unix::fs::MetadataExt;
+    let held: u64 = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().blocks() * 512)
+        .sum();
+    assert!(
+        held < 16 << 20,
+        "--auto-dedup left {held} of {pages} bytes of pages allocated"
+    );
 }
 
 #[test]

@@ -919,6 +919,9 @@ impl Agent {
             criu_parent: true,
             // Run only once the source commits.
             leave_stopped: true,
+            // The received images are this move's alone: their pages give
+            // their memory (an images tmpfs) back as the tasks take theirs.
+            auto_dedup: true,
             ..super::CRIU_FLAGS.restore(images.to_path_buf())
         };
         let rt = RestoreRuntimeOptions {

@@ -193,6 +193,9 @@ pub fn restore_claimed(
         lazy_pages: req.lazy_work.is_some(),
         tcp_close: req.tcp_close,
         leave_stopped: req.leave_stopped,
+        // A move's received images, restored once (as the agent's own
+        // restore does: see migrate::destination).
+        auto_dedup: true,
         ..crate::migrate::CRIU_FLAGS.restore(req.images.clone())
     };
     let result = super::cr::restore_container(root, id, bundle, criu, &opts, rt);
