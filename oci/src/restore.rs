@@ -274,7 +274,6 @@ impl CgroupTmpfsMounts {
         image_path: &Path,
         state_dir: &Path,
     ) -> Result<(CgroupTmpfsMounts, Vec<criu_rpc::ExtMount>)> {
-        use nix::mount::{mount, MsFlags};
         let file = image_path.join(crate::checkpoint::CGROUP_TMPFS);
         let mut made = CgroupTmpfsMounts(Vec::new());
         if !file.exists() {
@@ -330,7 +329,7 @@ impl CgroupTmpfsMounts {
 impl Drop for CgroupTmpfsMounts {
     fn drop(&mut self) {
         for at in &self.0 {
-            let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+            let _ = umount2(at, MntFlags::MNT_DETACH);
             let _ = fs::remove_dir(at);
         }
     }
@@ -430,10 +429,22 @@ pub fn restore_options(
     Ok((r, ns.inherit))
 }
 
-/// Restores the checkpoint in `opts.image_path` as `dest`. The image dir
-/// has passed [`check_image_dir`]: `restore_container`, the one caller,
-/// checks it before it makes anything.
+/// Restores the checkpoint in `opts.image_path` as `dest`; a directory
+/// that is not a sound checkpoint is refused first ([`check_image_dir`]).
 pub fn restore(
+    criu: &Criu,
+    dest: Destination<'_>,
+    opts: &RestoreOptions,
+    hooks: &mut dyn RestoreHooks,
+) -> Result<Restored> {
+    check_image_dir(&opts.image_path)?;
+    restore_checked(criu, dest, opts, hooks)
+}
+
+/// [`restore`] of an image dir its caller has just checked
+/// (`restore_container` checks before it makes anything): the images are
+/// decoded once, inside the downtime of a move.
+pub(crate) fn restore_checked(
     criu: &Criu,
     mut dest: Destination<'_>,
     opts: &RestoreOptions,

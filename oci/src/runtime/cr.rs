@@ -350,7 +350,7 @@ pub fn restore_container(
         state: setup.state(Pid::from_raw(0), true, rt.at_create),
         setup: &mut setup,
     };
-    let restored = restore::restore(
+    let restored = restore::restore_checked(
         criu,
         Destination {
             id,
