@@ -240,6 +240,12 @@ pub struct CgroupTmpfs {
 }
 
 impl CgroupTmpfs {
+    /// How the init mounts it, and so the restore too.
+    pub const FLAGS: nix::mount::MsFlags = nix::mount::MsFlags::MS_NOSUID
+        .union(nix::mount::MsFlags::MS_NODEV)
+        .union(nix::mount::MsFlags::MS_NOEXEC);
+    pub const DATA: &'static str = "mode=755";
+
     /// The external name it is dumped and restored under.
     pub fn key(&self) -> String {
         format!("{CGROUP_TMPFS_KEY}{}", self.mountpoint)
@@ -446,11 +452,7 @@ pub fn cgroup_yard_entries(
     host_mountinfo: &str,
     own_cgroup: &str,
 ) -> Option<Vec<(String, PathBuf)>> {
-    let roots: Vec<(String, String)> = parse_mountinfo(host_mountinfo)
-        .into_iter()
-        .filter(|m| m.root == "/")
-        .filter_map(|m| Some((hierarchy_of(&m)?, m.mountpoint)))
-        .collect();
+    let roots = hierarchy_root_mounts(host_mountinfo);
     own_cgroup
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -471,6 +473,18 @@ pub fn cgroup_yard_entries(
             };
             Some((name, PathBuf::from(mountpoint)))
         })
+        .collect()
+}
+
+/// The mounts of cgroup hierarchies' roots in `host_mountinfo`: (the
+/// hierarchy as [`hierarchy_of`] names it, its mountpoint), in mountinfo's
+/// order, so that a search finds a hierarchy's first mount (the system's;
+/// later ones, a bind or a CRIU yard left mounted, show the same cgroups).
+pub fn hierarchy_root_mounts(host_mountinfo: &str) -> Vec<(String, String)> {
+    parse_mountinfo(host_mountinfo)
+        .into_iter()
+        .filter(|m| m.root == "/")
+        .filter_map(|m| Some((hierarchy_of(&m)?, m.mountpoint)))
         .collect()
 }
 
@@ -520,11 +534,7 @@ pub fn restore_cgroup_binds(
     host_mountinfo: &str,
     cgroup: &str,
 ) -> Result<Vec<ExtMount>> {
-    let hierarchies: Vec<(String, String)> = parse_mountinfo(host_mountinfo)
-        .into_iter()
-        .filter(|m| m.root == "/")
-        .filter_map(|m| Some((hierarchy_of(&m)?, m.mountpoint)))
-        .collect();
+    let hierarchies = hierarchy_root_mounts(host_mountinfo);
     let placed = parse_proc_cgroup(cgroup);
     binds
         .iter()

@@ -300,8 +300,8 @@ impl CgroupTmpfsMounts {
                 Some("tmpfs"),
                 &at,
                 Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("mode=755"),
+                criu_plan::CgroupTmpfs::FLAGS,
+                Some(criu_plan::CgroupTmpfs::DATA),
             )
             .map_err(failed)?;
             made.0.push(at.clone());

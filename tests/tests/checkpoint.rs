@@ -822,21 +822,21 @@ fn a_restore_failing_after_its_network_namespace_exists_leaves_nothing() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         root.fails(&args)
     };
-    let hook =
-        serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c", "echo refused >&2; exit 3"]}]);
+    // A restore from a copy of the bundle whose hook `kind` fails.
+    let failing_hook = |kind: &str| {
+        let hook = serde_json::json!([
+            {"path": "/bin/sh", "args": ["sh", "-c", "echo refused >&2; exit 3"]}
+        ]);
+        let copy = tmp.path().join(kind);
+        copy_bundle(&bundle, &copy);
+        edit_config(&copy, |c| c["hooks"] = serde_json::json!({ kind: hook }));
+        let err = fails(restore(&copy, &[]));
+        assert!(err.contains(kind) && err.contains("refused"), "{err}");
+        nothing_left(&format!("a failed {kind} hook"));
+    };
 
     // A createRuntime hook fails while CRIU restores.
-    let early = tmp.path().join("early");
-    copy_bundle(&bundle, &early);
-    edit_config(&early, |c| {
-        c["hooks"] = serde_json::json!({"createRuntime": hook})
-    });
-    let err = fails(restore(&early, &[]));
-    assert!(
-        err.contains("createRuntime") && err.contains("refused"),
-        "{err}"
-    );
-    nothing_left("a failed createRuntime hook");
+    failing_hook("createRuntime");
 
     // The pid file cannot be written: the tasks run by then.
     let pid_file = tmp.path().join("no/such/dir/pid");
@@ -845,17 +845,7 @@ fn a_restore_failing_after_its_network_namespace_exists_leaves_nothing() {
     nothing_left("an unwritable pid file");
 
     // A poststart hook fails, the last step.
-    let late = tmp.path().join("late");
-    copy_bundle(&bundle, &late);
-    edit_config(&late, |c| {
-        c["hooks"] = serde_json::json!({"poststart": hook})
-    });
-    let err = fails(restore(&late, &[]));
-    assert!(
-        err.contains("poststart") && err.contains("refused"),
-        "{err}"
-    );
-    nothing_left("a failed poststart hook");
+    failing_hook("poststart");
 
     // Nothing stale stands in the way: the same id, address and veth name
     // restore, and the counter goes on where it was checkpointed.

@@ -19,7 +19,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
 use super::resources;
-use crate::criu_plan::{hierarchy_of, parse_mountinfo};
+use crate::criu_plan::{hierarchy_of, hierarchy_root_mounts, parse_mountinfo};
 use crate::error::{Error, Result};
 
 /// A container's place in the cgroup hierarchies.
@@ -124,22 +124,16 @@ fn remove_tree(dir: &Path) -> Result<()> {
 fn hierarchy_roots() -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     if let Ok(text) = fs::read_to_string("/proc/self/mountinfo") {
-        for m in parse_mountinfo(&text) {
-            if m.root != "/" {
-                continue;
-            }
-            if let Some(h) = hierarchy_of(&m) {
-                let name = if h.is_empty() {
-                    "unified".to_string()
-                } else {
-                    h
-                };
-                // The first mount of a hierarchy is the system's; later
-                // ones (a CRIU cgroup yard left mounted, a bind mount)
-                // show the same cgroups elsewhere.
-                out.entry(name)
-                    .or_insert_with(|| PathBuf::from(m.mountpoint));
-            }
+        for (h, mountpoint) in hierarchy_root_mounts(&text) {
+            let name = if h.is_empty() {
+                "unified".to_string()
+            } else {
+                h
+            };
+            // The first mount of a hierarchy is the system's; later ones
+            // (a CRIU cgroup yard left mounted, a bind mount) show the
+            // same cgroups elsewhere.
+            out.entry(name).or_insert_with(|| PathBuf::from(mountpoint));
         }
     }
     out

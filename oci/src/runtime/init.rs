@@ -429,8 +429,8 @@ fn mount_one(
         dest.mount(
             Some(Path::new("tmpfs")),
             Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            "mode=755",
+            crate::criu_plan::CgroupTmpfs::FLAGS,
+            crate::criu_plan::CgroupTmpfs::DATA,
         )?;
         for (name, host) in &cg.hierarchies {
             let t = dest.join(name);
