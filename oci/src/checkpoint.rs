@@ -89,6 +89,10 @@ pub struct Target<'a> {
     /// /proc path so that it is dumped as external: the restore makes a
     /// new one ([`crate::network::fresh`]), told by [`FRESH_NETNS`].
     pub fresh_netns: Option<crate::network::fresh::Fresh>,
+    /// The caller freezes the container before [`Prepared::run`] and keeps
+    /// it frozen until run returns: Ferry then copies the runtime's tmpfs
+    /// mounts itself while CRIU dumps ([`crate::tmpfs_copy`]).
+    pub frozen_by_caller: bool,
 }
 
 /// What a checkpoint produced.
@@ -262,6 +266,9 @@ pub struct Prepared {
     recheck: Option<NetnsRecheck>,
     /// Kept until CRIU is done with it.
     yard: Option<CgroupYard>,
+    /// The tmpfs mounts Ferry copies (named external to CRIU).
+    own_tmpfs: Vec<criu_plan::OwnTmpfs>,
+    init: Pid,
 }
 
 /// A network namespace dumped as new ([`Target::fresh_netns`]) must still
@@ -325,6 +332,7 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
     let pre_dump = opts.pre_dump;
     let key = mount_key(target.rootfs);
     let mut dump = dump_options(target, &mut opts, dirs, is_file, &key, ns_inode)?;
+    let mut own_tmpfs = Vec::new();
     if !pre_dump {
         let mi = PathBuf::from(format!("/proc/{}/mountinfo", target.init));
         let text = fs::read_to_string(&mi).map_err(io("reading", &mi))?;
@@ -359,6 +367,15 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
                 value: t.key(),
             }));
         write_json(&opts.image_path.join(CGROUP_TMPFS), &tmpfs)?;
+        if target.frozen_by_caller {
+            own_tmpfs = criu_plan::own_tmpfs_mounts(target.spec, &text, &dump.tree.ext_mounts);
+            dump.tree
+                .ext_mounts
+                .extend(own_tmpfs.iter().map(|t| criu_rpc::ExtMount {
+                    key: t.mountpoint.clone(),
+                    value: t.key(),
+                }));
+        }
         let fds = descriptors(target.init)?;
         dump.tree
             .external
@@ -394,6 +411,8 @@ pub fn prepare(criu: &Criu, target: &Target<'_>, mut opts: CheckpointOptions) ->
         log: log_dir.join(DUMP_LOG),
         recheck,
         yard,
+        own_tmpfs,
+        init: target.init,
     })
 }
 
@@ -408,11 +427,20 @@ impl Prepared {
             log,
             mut recheck,
             yard,
+            own_tmpfs,
+            init,
         } = self;
+        // The caller froze the container: the copies go beside CRIU's dump,
+        // done by its post-dump notify (before the images are complete; an
+        // error there fails the dump, which resumes the container).
+        let mut copies = crate::tmpfs_copy::Capture::start(init, own_tmpfs, &image_path)?;
         let mut frozen_at: Option<Instant> = None;
         let mut handler = |n: Notify| -> Result<(), HandlerError> {
             if matches!(n, Notify::NetworkLock | Notify::PreDump) && frozen_at.is_none() {
                 frozen_at = Some(Instant::now());
+            }
+            if matches!(n, Notify::PostDump) {
+                copies.finish()?;
             }
             if let Some(r) = &mut recheck {
                 match n {
@@ -425,11 +453,15 @@ impl Prepared {
             Ok(())
         };
         let start = Instant::now();
-        if pre_dump {
-            swrk.single_pre_dump(&dump, &mut handler)?;
+        let dumped = if pre_dump {
+            swrk.single_pre_dump(&dump, &mut handler)
         } else {
-            swrk.dump(&dump, &mut handler)?;
-        }
+            swrk.dump(&dump, &mut handler)
+        };
+        // Joined whatever CRIU did: the container stays frozen until then.
+        let copied = copies.finish();
+        dumped?;
+        copied?;
         let end = Instant::now();
         drop(yard);
         Ok(Checkpointed {
@@ -463,6 +495,7 @@ mod tests {
             rootfs: Path::new("/var/lib/ferry/c1/rootfs"),
             freezer: Some(Path::new("/sys/fs/cgroup/freezer/c1")),
             fresh_netns: None,
+            frozen_by_caller: false,
         }
     }
 

@@ -292,6 +292,81 @@ pub fn cgroup_tmpfs_mounts(
         .collect()
 }
 
+/// The prefix of the external name of a tmpfs Ferry copies itself
+/// ([`own_tmpfs_mounts`]); its container path follows.
+pub const OWN_TMPFS_KEY: &str = "ferry-tmpfs";
+
+/// A tmpfs the runtime mounted for the container (the spec's `tmpfs`
+/// mounts: /dev, /dev/shm, a `--tmpfs` of docker's), which CRIU would dump
+/// with a `tar --gzip` process and restore with another, each inside the
+/// downtime (~5-7 ms apiece for a busybox's /dev here). Ferry names it
+/// external and copies its content itself while CRIU dumps
+/// ([`crate::tmpfs_copy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnTmpfs {
+    /// Its container path.
+    pub mountpoint: String,
+    /// Its superblock, "major:minor" (the copy checks it is that one).
+    pub dev: String,
+    /// mountinfo's source ("tmpfs", "shm").
+    pub source: String,
+    /// Its superblock's options as mountinfo shows them ("rw,size=65536k").
+    pub super_options: String,
+}
+
+impl OwnTmpfs {
+    /// The external name it is dumped and restored under.
+    pub fn key(&self) -> String {
+        format!("{OWN_TMPFS_KEY}{}", self.mountpoint)
+    }
+}
+
+/// The spec's `tmpfs` mounts that Ferry can copy itself in the running
+/// container (`container_mountinfo`): the top mount at their destination
+/// is a whole tmpfs (root "/"), private (a peer or slave would need CRIU
+/// to keep its sharing), and no other mount of the container shows its
+/// superblock but those already external (`external`: a masked file is a
+/// bind of /dev's null, named external "/dev/null"). Anything else is left
+/// to CRIU.
+pub fn own_tmpfs_mounts(
+    spec: &Spec,
+    container_mountinfo: &str,
+    external: &[ExtMount],
+) -> Vec<OwnTmpfs> {
+    let info = parse_mountinfo(container_mountinfo);
+    let is_external = |mp: &str| external.iter().any(|e| e.key == mp);
+    let mut out: Vec<OwnTmpfs> = Vec::new();
+    for m in mounts(spec) {
+        if m.typ().as_deref() != Some("tmpfs") || is_bind(m) {
+            continue;
+        }
+        let mp = dest_key(m.destination());
+        // The top mount there (the last in mountinfo) is what CRIU sees.
+        let Some(top) = info.iter().rev().find(|i| i.mountpoint == mp) else {
+            continue;
+        };
+        let whole_private_tmpfs =
+            top.fstype == "tmpfs" && top.root == "/" && top.optional.is_empty();
+        let shown_elsewhere = info
+            .iter()
+            .filter(|i| i.dev == top.dev && !std::ptr::eq(*i, top))
+            .any(|i| !is_external(&i.mountpoint));
+        if whole_private_tmpfs
+            && !shown_elsewhere
+            && !is_external(&mp)
+            && !out.iter().any(|o| o.mountpoint == mp)
+        {
+            out.push(OwnTmpfs {
+                mountpoint: mp,
+                dev: top.dev.clone(),
+                source: top.source.clone(),
+                super_options: top.super_options.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// External mounts for a restore: each name recorded at dump time (`key`,
 /// as for the dump), bound to where it comes from on this host;
 /// `empty_dir` is the empty directory masked directories are bound from.
@@ -376,9 +451,14 @@ pub fn restore_namespaces(spec: &Spec) -> Result<RestoreNamespaces> {
 /// One line of /proc/PID/mountinfo, the fields Ferry uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
+    /// The superblock's device, "major:minor".
+    pub dev: String,
     pub root: String,
     pub mountpoint: String,
+    /// The optional fields: propagation ("shared:N", "master:N", ...).
+    pub optional: Vec<String>,
     pub fstype: String,
+    pub source: String,
     pub super_options: String,
 }
 
@@ -390,9 +470,12 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             let pre: Vec<&str> = pre.split(' ').collect();
             let post: Vec<&str> = post.split(' ').collect();
             Some(MountInfo {
+                dev: pre.get(2)?.to_string(),
                 root: unescape(pre.get(3)?),
                 mountpoint: unescape(pre.get(4)?),
+                optional: pre.iter().skip(6).map(|o| o.to_string()).collect(),
                 fstype: post.first()?.to_string(),
+                source: unescape(post.get(1).unwrap_or(&"")),
                 super_options: post.get(2).unwrap_or(&"").to_string(),
             })
         })
@@ -821,6 +904,63 @@ mod tests {
         // A cgroup namespace's (or cgroup2's) real cgroup mount is CRIU's.
         let v2 = "74 73 0:45 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
         assert!(cgroup_tmpfs_mounts(&s, v2, |_| Some(Vec::new())).is_empty());
+    }
+
+    /// A Ferry container's mountinfo (runc's default spec): /proc/keys is
+    /// a masked file, bound from /dev's null.
+    const OWN_TMPFS_MOUNTINFO: &str = "\
+69 44 254:0 /b/rootfs / rw,relatime - ext4 /dev/vda rw
+70 69 0:42 / /proc rw,relatime - proc proc rw
+71 69 0:43 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+72 71 0:44 / /dev/pts rw,nosuid,noexec,relatime - devpts devpts rw,gid=5,mode=620,ptmxmode=666
+73 71 0:45 / /dev/shm rw,nosuid,nodev,noexec,relatime - tmpfs shm rw,size=65536k
+74 71 0:40 / /dev/mqueue rw,nosuid,nodev,noexec,relatime - mqueue mqueue rw
+76 69 0:47 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - tmpfs tmpfs rw,mode=755
+49 70 0:48 / /proc/acpi ro,relatime - tmpfs tmpfs ro
+50 70 0:43 /null /proc/keys rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+";
+
+    #[test]
+    fn the_runtimes_own_private_tmpfs_mounts_are_copied_by_ferry() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "mounts": [
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},
+                {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs"}],
+              "linux": {"maskedPaths": ["/proc/keys", "/proc/acpi"]}}"#,
+        );
+        let null = |mp: &str| ExtMount {
+            key: mp.into(),
+            value: "/dev/null".into(),
+        };
+        let got = own_tmpfs_mounts(&s, OWN_TMPFS_MOUNTINFO, &[null("/proc/keys")]);
+        let points: Vec<(&str, &str, &str)> = got
+            .iter()
+            .map(|t| (t.mountpoint.as_str(), t.source.as_str(), t.dev.as_str()))
+            .collect();
+        // /scratch is in the spec but not mounted (a failed look): CRIU's.
+        assert_eq!(
+            points,
+            [("/dev", "tmpfs", "0:43"), ("/dev/shm", "shm", "0:45")]
+        );
+        assert_eq!(got[0].super_options, "rw,size=65536k,mode=755");
+        assert_eq!(got[1].key(), "ferry-tmpfs/dev/shm");
+        // /dev's superblock also shows at a mount CRIU would dump as a
+        // bind of it: /dev stays CRIU's, so that the bind finds it.
+        let got = own_tmpfs_mounts(&s, OWN_TMPFS_MOUNTINFO, &[]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].mountpoint, "/dev/shm");
+        // Shared with the host (a peer), a subtree of a tmpfs, or covered
+        // by something else: CRIU's.
+        for line in [
+            "73 71 0:45 / /dev/shm rw shared:7 - tmpfs shm rw",
+            "73 71 0:45 /sub /dev/shm rw - tmpfs shm rw",
+            "73 71 0:45 / /dev/shm rw - tmpfs shm rw\n99 73 0:50 / /dev/shm rw - ramfs none rw",
+        ] {
+            let mi = format!("71 69 0:43 / /dev rw - ext4 x rw\n{line}\n");
+            assert!(own_tmpfs_mounts(&s, &mi, &[]).is_empty(), "{line}");
+        }
     }
 
     #[test]

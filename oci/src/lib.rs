@@ -18,5 +18,6 @@ pub mod network;
 pub mod overlay;
 pub mod restore;
 pub mod runtime;
+pub mod tmpfs_copy;
 
 pub use error::{Error, Result};

@@ -35,6 +35,7 @@ use crate::cgroup_yard::CgroupYard;
 use crate::checkpoint::{CGROUP_BINDS, DESCRIPTORS};
 use crate::criu_plan;
 use crate::error::{io, Error, Result};
+use crate::mount::StateTmpfs;
 use crate::runtime::securejoin;
 
 pub const RESTORE_LOG: &str = "restore.log";
@@ -264,75 +265,47 @@ fn masked_empty_dir(state_dir: &Path) -> Result<()> {
 /// The tmpfs mounts a restore binds at the container's `cgroup` mounts
 /// that were dumped as external ([`criu_plan::cgroup_tmpfs_mounts`]): as
 /// the init makes them (mode 755, nosuid, nodev, noexec), with the same
-/// directories for CRIU to mount the cgroup binds on, private (a shared
-/// state dir must not make the container's copy a peer of the host's).
-/// Detached from the state dir on drop: the container's bind keeps it.
-struct CgroupTmpfsMounts(Vec<PathBuf>);
-
-impl CgroupTmpfsMounts {
-    fn make(
-        image_path: &Path,
-        state_dir: &Path,
-    ) -> Result<(CgroupTmpfsMounts, Vec<criu_rpc::ExtMount>)> {
-        let file = image_path.join(crate::checkpoint::CGROUP_TMPFS);
-        let mut made = CgroupTmpfsMounts(Vec::new());
-        if !file.exists() {
-            return Ok((made, Vec::new()));
-        }
-        let tmpfs: Vec<criu_plan::CgroupTmpfs> = read_json(&file)?;
-        // Names, never paths: the file came with the images.
-        if let Some(bad) = tmpfs
-            .iter()
-            .flat_map(|t| &t.dirs)
-            .find(|d| d.contains('/') || *d == ".." || *d == "." || d.is_empty())
-        {
-            return Err(Error::InvalidArgument {
-                what: file.display().to_string(),
-                reason: format!("{bad:?} is not a directory name"),
-            });
-        }
-        let mut ext = Vec::new();
-        for (i, t) in tmpfs.iter().enumerate() {
-            let at = state_dir.join(format!("cgroup-tmpfs-{i}"));
-            fs::create_dir(&at).map_err(io("creating", &at))?;
-            let failed = |e: nix::Error| io("mounting a tmpfs on", &at)(e.into());
-            mount(
-                Some("tmpfs"),
-                &at,
-                Some("tmpfs"),
-                criu_plan::CgroupTmpfs::FLAGS,
-                Some(criu_plan::CgroupTmpfs::DATA),
-            )
-            .map_err(failed)?;
-            made.0.push(at.clone());
-            mount(
-                None::<&str>,
-                &at,
-                None::<&str>,
-                MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(failed)?;
-            for d in &t.dirs {
-                let p = at.join(d);
-                fs::create_dir(&p).map_err(io("creating", &p))?;
-            }
-            ext.push(criu_rpc::ExtMount {
-                key: t.key(),
-                value: at.to_string_lossy().into_owned(),
-            });
-        }
-        Ok((made, ext))
+/// directories for CRIU to mount the cgroup binds on.
+fn cgroup_tmpfs_mounts(
+    image_path: &Path,
+    state_dir: &Path,
+    made: &mut StateTmpfs,
+) -> Result<Vec<criu_rpc::ExtMount>> {
+    let file = image_path.join(crate::checkpoint::CGROUP_TMPFS);
+    if !file.exists() {
+        return Ok(Vec::new());
     }
-}
-
-impl Drop for CgroupTmpfsMounts {
-    fn drop(&mut self) {
-        for at in &self.0 {
-            let _ = umount2(at, MntFlags::MNT_DETACH);
-            let _ = fs::remove_dir(at);
-        }
+    let tmpfs: Vec<criu_plan::CgroupTmpfs> = read_json(&file)?;
+    // Names, never paths: the file came with the images.
+    if let Some(bad) = tmpfs
+        .iter()
+        .flat_map(|t| &t.dirs)
+        .find(|d| d.contains('/') || *d == ".." || *d == "." || d.is_empty())
+    {
+        return Err(Error::InvalidArgument {
+            what: file.display().to_string(),
+            reason: format!("{bad:?} is not a directory name"),
+        });
     }
+    let mut ext = Vec::new();
+    for (i, t) in tmpfs.iter().enumerate() {
+        let at = state_dir.join(format!("cgroup-tmpfs-{i}"));
+        made.mount(
+            "tmpfs",
+            &at,
+            criu_plan::CgroupTmpfs::FLAGS,
+            criu_plan::CgroupTmpfs::DATA,
+        )?;
+        for d in &t.dirs {
+            let p = at.join(d);
+            fs::create_dir(&p).map_err(io("creating", &p))?;
+        }
+        ext.push(criu_rpc::ExtMount {
+            key: t.key(),
+            value: at.to_string_lossy().into_owned(),
+        });
+    }
+    Ok(ext)
 }
 
 /// The rootfs bind-mounted where CRIU wants its root; unmounted on drop.
@@ -490,7 +463,11 @@ pub(crate) fn restore_checked(
         }
     }
     ropts.tree.cgroup_yard = yard.as_ref().map(|y| y.path().to_path_buf());
-    let (cgroup_tmpfs, ext) = CgroupTmpfsMounts::make(&opts.image_path, dest.state_dir)?;
+    // Detached once the restore is done: the container's binds keep them.
+    let mut state_tmpfs = StateTmpfs::default();
+    let ext = cgroup_tmpfs_mounts(&opts.image_path, dest.state_dir, &mut state_tmpfs)?;
+    ropts.tree.ext_mounts.extend(ext);
+    let ext = crate::tmpfs_copy::restore(&opts.image_path, dest.state_dir, &mut state_tmpfs)?;
     ropts.tree.ext_mounts.extend(ext);
     let swrk = criu.spawn_for(&ropts)?;
     hooks.criu_started(swrk.pid())?;
@@ -523,7 +500,7 @@ pub(crate) fn restore_checked(
     let restored = swrk.restore(&ropts, &mut handler)?;
     let duration = start.elapsed();
     drop(yard);
-    drop(cgroup_tmpfs);
+    drop(state_tmpfs);
     drop(root);
     Ok(Restored {
         pid: restored.pid,

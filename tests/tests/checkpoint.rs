@@ -39,6 +39,27 @@ fn counter_continues_after_restore_under_a_new_id() {
     root.ok(&["run", "-d", "--bundle", s(&bundle), &a]);
     wait_numbers(&bundle.join("rootfs/out/count"), 5);
 
+    // What the container wrote into its /dev and /dev/shm (tmpfs mounts
+    // Ferry copies itself), and how they are mounted.
+    root.ok(&[
+        "exec",
+        &a,
+        "sh",
+        "-c",
+        "echo kept > /dev/shm/marker && chmod 640 /dev/shm/marker && ln -s null /dev/mylink",
+    ]);
+    let dev_mounts = |id: &str| -> Vec<String> {
+        let mi = std::fs::read_to_string(format!("/proc/{}/mountinfo", root.pid(id))).unwrap();
+        mi.lines()
+            .filter(|l| matches!(l.split(' ').nth(4), Some("/dev" | "/dev/shm")))
+            // Mount options and what follows the separator, ids aside.
+            .map(|l| l.split(' ').skip(3).collect::<Vec<_>>().join(" "))
+            .map(|l| l.split_once(' ').unwrap().1.replace(" - ", " "))
+            .collect()
+    };
+    let dev_before = dev_mounts(&a);
+    assert_eq!(dev_before.len(), 2, "{dev_before:?}");
+
     let images = tmp.path().join("images");
     root.ok(&["checkpoint", "--image-path", s(&images), &a]);
     assert!(!root.ids().contains(&a), "checkpoint removes the container");
@@ -79,7 +100,7 @@ fn counter_continues_after_restore_under_a_new_id() {
     assert_eq!(numbers(&bundle.join("rootfs/out/count")), before);
     // Masked directories (runc's default spec masks /sys/firmware) were
     // external to CRIU and are bound again from an empty directory: still
-    // empty, still read-only; CRIU dumps /dev's tmpfs itself.
+    // empty, still read-only. /dev's tmpfs is Ferry's to copy (below).
     let listed = root.ok(&["exec", &b, "ls", "-A", "/sys/firmware"]);
     assert_eq!(listed.trim(), "", "a masked directory shows something");
     let err = root.fails(&["exec", &b, "touch", "/sys/firmware/x"]);
@@ -134,13 +155,38 @@ fn counter_continues_after_restore_under_a_new_id() {
             "the restored init is not in the pids cgroup bound there: {procs}"
         );
     }
-    let tmpfs_mounts = mountinfo
+    // The runtime's tmpfs mounts were Ferry's to copy, not CRIU's to tar:
+    // the restored ones are mounted as they were, with what they held.
+    let tmpfs_mounts: Vec<&str> = mountinfo
         .lines()
         .filter(|l| l.contains(" - tmpfs ") && l.split(' ').nth(4) != Some("/sys/fs/cgroup"))
-        .count();
+        .map(|l| l.split(' ').nth(4).unwrap())
+        .collect();
+    let copied: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images.join("ferry-tmpfs.json")).unwrap()).unwrap();
+    let copied: Vec<&str> = copied
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["mountpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(copied, tmpfs_mounts, "not every tmpfs mount was copied");
+    assert_eq!(tmpfs_images, 0, "CRIU still tarred a tmpfs");
     assert_eq!(
-        tmpfs_images, tmpfs_mounts,
-        "CRIU dumped one tmpfs per tmpfs mount that is not masked or a cgroup mount's"
+        dev_mounts(&b),
+        dev_before,
+        "/dev or /dev/shm mounted otherwise"
+    );
+    let listed = root.ok(&[
+        "exec",
+        &b,
+        "sh",
+        "-c",
+        "cat /dev/shm/marker; stat -c '%a %F' /dev/shm/marker /dev/null; readlink /dev/mylink",
+    ]);
+    assert_eq!(
+        listed, "kept\n640 regular file\n666 character special file\nnull\n",
+        "/dev or /dev/shm lost something"
     );
     root.remove(&b);
 }

@@ -104,14 +104,17 @@ impl Container {
             }
         }
         let freezer = self.state.cgroup.freezer_path();
+        let has_freezer = freezer.exists();
         let keeps = opts.leave_running || opts.leave_stopped || opts.pre_dump;
         let target = Target {
             id: &self.state.id,
             init: Pid::from_raw(self.state.pid),
             spec: &spec,
             rootfs: &self.state.rootfs,
-            freezer: freezer.exists().then_some(freezer.as_path()),
+            freezer: has_freezer.then_some(freezer.as_path()),
             fresh_netns,
+            // PreparedCheckpoint::run freezes a container with a freezer.
+            frozen_by_caller: has_freezer,
         };
         let leave_stopped = opts.leave_stopped;
         // Ferry's own netns is external to CRIU, which then locks nothing:
@@ -124,14 +127,13 @@ impl Container {
             (None, true) if opts.lock_joined_netns => joined_netns(&spec),
             _ => None,
         };
-        let keeps_freezer = target.freezer.is_some();
         let prepared = checkpoint::prepare(criu, &target, opts)?;
         Ok(PreparedCheckpoint {
             container: self,
             prepared,
             keeps,
             leave_stopped,
-            has_freezer: keeps_freezer,
+            has_freezer,
             to_lock,
         })
     }

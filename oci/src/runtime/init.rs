@@ -319,7 +319,6 @@ fn do_mount(
 #[derive(Debug, Default)]
 pub struct MountSources(Vec<Option<std::os::fd::OwnedFd>>);
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 
@@ -327,7 +326,6 @@ impl MountSources {
     /// Clones the source of every bind mount of `spec` (recursively for
     /// rbind; relative sources are relative to the bundle).
     pub fn open(spec: &Spec, bundle: &Path) -> crate::error::Result<MountSources> {
-        use std::os::fd::FromRawFd;
         let mut out = Vec::new();
         for m in spec.mounts().iter().flatten() {
             let (flags, _, _) = parse_options(&m.options().clone().unwrap_or_default());
@@ -335,31 +333,13 @@ impl MountSources {
             let fd = match (bind, m.source()) {
                 (true, Some(src)) => {
                     let src = bundle.join(src);
-                    let c = std::ffi::CString::new(src.as_os_str().as_encoded_bytes())
-                        .unwrap_or_default();
-                    let rec = if flags.contains(MsFlags::MS_REC) {
-                        AT_RECURSIVE
-                    } else {
-                        0
-                    };
-                    // SAFETY: open_tree(2) on a NUL-terminated path.
-                    let fd = unsafe {
-                        libc::syscall(
-                            libc::SYS_open_tree,
-                            libc::AT_FDCWD,
-                            c.as_ptr(),
-                            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
-                        )
-                    };
-                    if fd < 0 {
-                        return Err(crate::error::Error::Io {
+                    let fd = crate::mount::clone_tree(&src, flags.contains(MsFlags::MS_REC))
+                        .map_err(|source| crate::error::Error::Io {
                             op: "cloning the bind mount source",
                             path: src,
-                            source: std::io::Error::last_os_error(),
-                        });
-                    }
-                    // SAFETY: a fresh fd open_tree gave us.
-                    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+                            source,
+                        })?;
+                    Some(fd)
                 }
                 _ => None,
             };
