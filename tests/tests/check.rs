@@ -57,6 +57,28 @@ fn check_reports_the_installed_criu() {
     assert_eq!(report["features"]["lazy_pages"], true);
     assert_eq!(report["features"]["timens"], true);
     assert!(report["features"]["mem_dirty_track"].is_boolean());
+    // The host settings that weigh on every downtime, as the kernel has them.
+    let sysctl = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().parse::<u64>().unwrap())
+    };
+    let d = &report["downtime"];
+    assert_eq!(
+        d["nf_conntrack_buckets"].as_u64(),
+        sysctl("/proc/sys/net/netfilter/nf_conntrack_buckets"),
+        "{d}"
+    );
+    assert_eq!(
+        d["rcu_expedited"].as_bool(),
+        sysctl("/sys/kernel/rcu_expedited").map(|v| v != 0),
+        "{d}"
+    );
+    let favor = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" - cgroup") && l.contains("favordynmods"));
+    assert_eq!(d["cgroup_favordynmods"].as_bool(), Some(favor), "{d}");
 
     let text = run(&["check"], &[]);
     assert!(text.status.success());

@@ -29,6 +29,49 @@ struct Report {
     features: FeatureReport,
     /// fs.pipe-max-size: lazy pages need at least 4 MiB.
     pipe_max_size: Option<u64>,
+    downtime: DowntimeReport,
+}
+
+/// Host settings that lengthen every move's downtime, whatever the
+/// container (README, Benchmarks): reported, never changed by Ferry.
+#[derive(Debug, Serialize)]
+struct DowntimeReport {
+    /// net.netfilter.nf_conntrack_buckets: CRIU walks the whole conntrack
+    /// hash table twice for each network namespace it dumps, external or
+    /// not (net.c `dump_nf_ct`, once for connections and once more for
+    /// expectations, which it asks of the same table), ~9 ms per 262,144
+    /// buckets each on this project's VMs.
+    nf_conntrack_buckets: Option<u64>,
+    /// /sys/kernel/rcu_expedited: the restore's first cgroup attach (criu
+    /// placed in the container's cgroups, as runc does) waits an RCU grace
+    /// period for cgroup_threadgroup_rwsem (~10 ms here) unless grace
+    /// periods are expedited...
+    rcu_expedited: Option<bool>,
+    /// ...or a cgroup hierarchy is mounted with `favordynmods`, which keeps
+    /// that lock on its slow path for good.
+    cgroup_favordynmods: bool,
+}
+
+/// The conntrack table size under which its walks cost little (~0.6 ms).
+const FEW_CONNTRACK_BUCKETS: u64 = 16384;
+
+fn read_sysctl(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn cgroup_favordynmods() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|mi| {
+            mi.lines().any(|l| {
+                l.split_once(" - ").is_some_and(|(_, post)| {
+                    let mut f = post.split(' ');
+                    matches!(f.next(), Some("cgroup" | "cgroup2"))
+                        && f.nth(1)
+                            .is_some_and(|o| o.split(',').any(|o| o == "favordynmods"))
+                })
+            })
+        })
+        .unwrap_or(false)
 }
 
 #[derive(Debug, Serialize)]
@@ -88,9 +131,12 @@ pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
             network_lock_nftables: kernel_has_nf_tables(),
             timens: Path::new("/proc/self/ns/time").exists(),
         },
-        pipe_max_size: std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
-            .ok()
-            .and_then(|s| s.trim().parse().ok()),
+        pipe_max_size: read_sysctl("/proc/sys/fs/pipe-max-size"),
+        downtime: DowntimeReport {
+            nf_conntrack_buckets: read_sysctl("/proc/sys/net/netfilter/nf_conntrack_buckets"),
+            rcu_expedited: read_sysctl("/sys/kernel/rcu_expedited").map(|v| v != 0),
+            cgroup_favordynmods: cgroup_favordynmods(),
+        },
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -203,5 +249,26 @@ fn print_text(r: &Report) {
                 "fs.pipe-max-size"
             );
         }
+    }
+    let d = &r.downtime;
+    match d.nf_conntrack_buckets {
+        Some(n) if n > FEW_CONNTRACK_BUCKETS => println!(
+            "{:<26} {n}: CRIU walks it twice per dump (~{:.0} ms); a host tracking few \
+             connections can lower it (sysctl net.netfilter.nf_conntrack_buckets={FEW_CONNTRACK_BUCKETS})",
+            "conntrack buckets",
+            // ~9 ms per 262,144 buckets per walk, measured (README).
+            2.0 * 9.0 * n as f64 / 262_144.0
+        ),
+        Some(n) => println!("{:<26} {n}", "conntrack buckets"),
+        None => println!("{:<26} no conntrack", "conntrack buckets"),
+    }
+    if d.rcu_expedited == Some(true) || d.cgroup_favordynmods {
+        println!("{:<26} fast", "cgroup attach");
+    } else {
+        println!(
+            "{:<26} waits an RCU grace period (~10 ms) in each restore: \
+             echo 1 > /sys/kernel/rcu_expedited, or mount cgroup2 with favordynmods",
+            "cgroup attach"
+        );
     }
 }
