@@ -114,6 +114,14 @@ impl Capture {
     /// `images`. The container must be frozen until [`Capture::finish`].
     pub fn start(init: Pid, mounts: Vec<OwnTmpfs>, images: &Path) -> Result<Capture> {
         if mounts.is_empty() {
+            // A record left by an earlier dump into this directory would
+            // make the restore bind tmpfs mounts CRIU restores itself.
+            let stale = images.join(RECORD);
+            match fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &stale)(e)),
+            }
             return Ok(Capture {
                 thread: None,
                 images: images.to_path_buf(),
@@ -124,7 +132,8 @@ impl Capture {
         let create = |p: PathBuf| {
             fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .mode(0o600)
                 .open(&p)
                 .map_err(io("creating", &p))
@@ -294,7 +303,7 @@ pub fn restore(
         )
         .map_err(|e| io("setting the owner of", &at)(e.into()))?;
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&at, fs::Permissions::from_mode(c.mode))
+        fs::set_permissions(&at, fs::Permissions::from_mode(c.mode & 0o7777))
             .map_err(io("setting the mode of", &at))?;
         let mtime = nix::sys::time::TimeSpec::new(c.mtime.0, c.mtime.1.clamp(0, 999_999_999));
         nix::sys::stat::utimensat(
@@ -338,6 +347,97 @@ mod tests {
             )
         );
         assert_eq!(tmpfs_options("ro"), (true, vec![]));
+    }
+
+    /// A tmpfs copied from this process's own mount namespace and made
+    /// again: its entries, not what a mount covers them with; its options.
+    #[test]
+    fn a_tmpfs_is_copied_and_made_again_without_what_covers_it() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let mut mounted = StateTmpfs::default();
+        let src_dir = src.join("t");
+        mounted
+            .mount("ferry-test", &src_dir, MsFlags::empty(), "size=1m,mode=750")
+            .unwrap();
+        fs::write(src_dir.join("file"), b"content").unwrap();
+        std::os::unix::fs::symlink("file", src_dir.join("link")).unwrap();
+        nix::sys::stat::mknod(
+            &src_dir.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        fs::create_dir(src_dir.join("pts")).unwrap();
+        fs::write(src_dir.join("pts/under"), b"").unwrap();
+        let over = src_dir.join("pts");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &over,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        fs::write(over.join("over"), b"").unwrap();
+
+        let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let me = crate::criu_plan::parse_mountinfo(&mi)
+            .into_iter()
+            .find(|m| Path::new(&m.mountpoint) == src_dir)
+            .unwrap();
+        let own = OwnTmpfs {
+            mountpoint: me.mountpoint.clone(),
+            dev: me.dev.clone(),
+            source: me.source.clone(),
+            super_options: me.super_options.clone(),
+        };
+        let images = tmp.path().join("images");
+        fs::create_dir(&images).unwrap();
+        let mut c = Capture::start(nix::unistd::getpid(), vec![own.clone()], &images).unwrap();
+        c.finish().unwrap();
+        nix::mount::umount2(&over, nix::mount::MntFlags::MNT_DETACH).unwrap();
+
+        let state = tmp.path().join("state");
+        fs::create_dir(&state).unwrap();
+        let mut made = StateTmpfs::default();
+        let ext = restore(&images, &state, &mut made).unwrap();
+        let at = state.join("tmpfs-0");
+        assert_eq!(ext.len(), 1);
+        assert_eq!(ext[0].key, own.key());
+        assert_eq!(Path::new(&ext[0].value), at);
+        assert_eq!(fs::read(at.join("file")).unwrap(), b"content");
+        assert_eq!(fs::read_link(at.join("link")).unwrap(), Path::new("file"));
+        let null = fs::symlink_metadata(at.join("null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+        assert!(at.join("pts/under").exists(), "the covered entry is lost");
+        assert!(
+            !at.join("pts/over").exists(),
+            "the covering mount was copied"
+        );
+        let root = fs::metadata(&at).unwrap();
+        assert_eq!(root.permissions().mode() & 0o7777, 0o750);
+        let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let again = crate::criu_plan::parse_mountinfo(&mi)
+            .into_iter()
+            .find(|m| Path::new(&m.mountpoint) == at)
+            .unwrap();
+        assert_eq!(
+            (again.source.as_str(), again.fstype.as_str()),
+            ("ferry-test", "tmpfs")
+        );
+        assert!(
+            again.super_options.contains("size=1024k"),
+            "{}",
+            again.super_options
+        );
+        drop(made);
+        assert!(!at.exists(), "the state dir's tmpfs stayed");
+        drop(mounted);
     }
 
     #[test]
