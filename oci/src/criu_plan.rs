@@ -34,6 +34,12 @@
 //!   they are mounted on (the `cgroup` mount itself on a v1 host) holds
 //!   only their mountpoints: external too ([`CgroupTmpfs`]), made anew on
 //!   restore, where runc lets CRIU tar and untar it;
+//! - the tmpfs mounts the runtime made (the spec's `tmpfs` mounts, when
+//!   each is a whole private tmpfs: /dev, /dev/shm) are external too
+//!   ([`own_tmpfs_mounts`]) when the caller freezes the container itself:
+//!   Ferry copies their content while CRIU dumps and makes them anew on
+//!   restore ([`crate::tmpfs_copy`]), where runc lets CRIU tar and gzip
+//!   each inside the downtime;
 //!
 //! - CRIU's configuration file: the `org.criu.config` annotation names it
 //!   (an empty value means none), and without the annotation it is

@@ -4,7 +4,8 @@
 //! Follows runc's `Container.Restore` (libcontainer/criu_linux.go):
 //! - the image directory is checked before anything is touched;
 //! - missing mountpoints are created in the rootfs (CRIU does not), except
-//!   under tmpfs mounts whose content CRIU restores itself, resolved inside
+//!   under tmpfs mounts whose content is restored with them (by CRIU, or
+//!   by Ferry for those it copied: [`crate::tmpfs_copy`]), resolved inside
 //!   the rootfs, with bind mounts mounted meanwhile so that nested
 //!   mountpoints land in their sources;
 //! - the rootfs is bind-mounted on a private mountpoint, because CRIU wants
