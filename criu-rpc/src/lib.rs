@@ -39,8 +39,8 @@ pub use log::LogExcerpt;
 pub use notify::{HandlerError, IgnoreNotify, Notify, NotifyHandler};
 pub use options::{
     CgroupMode, CgroupRoot, CheckOptions, ChildFds, DumpOptions, ExtMount, ImageDirs, InheritFd,
-    JoinNamespace, LogLevel, NetworkLock, PageServerAddr, PageServerOptions, PreDumpMode,
-    RestoreOptions, TreeOptions, VethPair,
+    InheritPassed, JoinNamespace, LogLevel, NetworkLock, PageServerAddr, PageServerOptions,
+    PreDumpMode, RestoreOptions, TreeOptions, VethPair,
 };
 pub use swrk::{ChildPageServer, Criu, PageServer, Restored, Swrk};
 pub use version::{Features, Version, MIN_VERSION};

@@ -102,6 +102,20 @@ pub struct InheritFd {
     pub fd: OwnedFd,
 }
 
+/// An fd criu got when it was started ahead of its request ([`Criu::spawn`]:
+/// the `index`-th of the fds given there), handed to the restored tree in
+/// place of the external file `key`, as [`InheritFd`] does for an fd the
+/// request brings. A caller that starts criu before it knows the keys (a
+/// migration's destination starts criu before the images arrive) names
+/// them so.
+///
+/// [`Criu::spawn`]: crate::Criu::spawn
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritPassed {
+    pub key: String,
+    pub index: usize,
+}
+
 /// Where a page server is, or the socket to one.
 #[derive(Debug)]
 pub enum PageServerAddr {
@@ -349,6 +363,11 @@ impl TreeOptions {
 /// from [`FIRST_PASSED_FD`] on.
 pub trait ChildFds {
     fn child_fds(&self) -> Vec<BorrowedFd<'_>>;
+    /// Fds the request names among those criu was started with
+    /// ([`InheritPassed`]), by position.
+    fn passed_indexes(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 fn page_server_info(
@@ -548,6 +567,9 @@ pub struct RestoreOptions {
     /// the caller can wait for it (runc always sets it). Default: true.
     pub rst_sibling: bool,
     pub inherit_fds: Vec<InheritFd>,
+    /// For a criu started with fds ahead of the request; not with
+    /// `inherit_fds`, whose fds take the same numbers.
+    pub inherit_passed: Vec<InheritPassed>,
     pub join_ns: Vec<JoinNamespace>,
     pub veths: Vec<VethPair>,
     /// Post-copy: register memory with userfaultfd and fetch it lazily
@@ -577,6 +599,7 @@ impl RestoreOptions {
             tree: TreeOptions::default(),
             rst_sibling: true,
             inherit_fds: Vec::new(),
+            inherit_passed: Vec::new(),
             join_ns: Vec::new(),
             veths: Vec::new(),
             lazy_pages: false,
@@ -596,9 +619,21 @@ impl RestoreOptions {
         self.tree.apply(&mut m)?;
         let flag = |b: bool| b.then_some(true);
         m.rst_sibling = flag(self.rst_sibling);
-        for (i, inh) in self.inherit_fds.iter().enumerate() {
+        if !self.inherit_fds.is_empty() && !self.inherit_passed.is_empty() {
+            return Err(Error::InvalidOption {
+                option: "inherit_passed",
+                reason: "fds passed at spawn and fds of the request would take the same numbers",
+            });
+        }
+        let by_index = self
+            .inherit_fds
+            .iter()
+            .enumerate()
+            .map(|(i, inh)| (&inh.key, i))
+            .chain(self.inherit_passed.iter().map(|p| (&p.key, p.index)));
+        for (key, i) in by_index {
             let mut f = proto::Inherit_fd::new();
-            f.key = Some(inh.key.clone());
+            f.key = Some(key.clone());
             f.fd = Some(FIRST_PASSED_FD + i as i32);
             m.inherit_fd.push(f);
         }
@@ -630,6 +665,10 @@ impl RestoreOptions {
 impl ChildFds for RestoreOptions {
     fn child_fds(&self) -> Vec<BorrowedFd<'_>> {
         self.inherit_fds.iter().map(|i| i.fd.as_fd()).collect()
+    }
+
+    fn passed_indexes(&self) -> Vec<usize> {
+        self.inherit_passed.iter().map(|p| p.index).collect()
     }
 }
 
@@ -1144,6 +1183,39 @@ mod tests {
         let got: Vec<(&str, i32)> = m.inherit_fd.iter().map(|i| (i.key(), i.fd())).collect();
         assert_eq!(got, [("fd[0]", 4), ("fd[1]", 5)]);
         assert_eq!(o.child_fds().len(), 2);
+    }
+
+    #[test]
+    fn fds_passed_at_spawn_are_named_by_position_alone() {
+        let mut o = restore();
+        o.inherit_passed = vec![
+            InheritPassed {
+                key: "pipe:[7]".into(),
+                index: 2,
+            },
+            InheritPassed {
+                key: "extRootNetNS".into(),
+                index: 0,
+            },
+        ];
+        let m = o.to_rpc().unwrap();
+        let got: Vec<(&str, i32)> = m.inherit_fd.iter().map(|i| (i.key(), i.fd())).collect();
+        assert_eq!(got, [("pipe:[7]", 6), ("extRootNetNS", 4)]);
+        assert!(o.child_fds().is_empty(), "nothing more to pass");
+        o.inherit_fds.push(InheritFd {
+            key: "fd[0]".into(),
+            fd: pipe_fd(),
+        });
+        assert!(
+            matches!(
+                o.to_rpc(),
+                Err(Error::InvalidOption {
+                    option: "inherit_passed",
+                    ..
+                })
+            ),
+            "both kinds would collide"
+        );
     }
 
     #[test]

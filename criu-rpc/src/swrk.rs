@@ -315,7 +315,20 @@ impl Swrk {
     }
 
     fn check_fds(&self, kind: RequestKind, options: &impl ChildFds) -> Result<()> {
-        let expected = options.child_fds().len();
+        let own = options.child_fds().len();
+        // Fds named by position among those criu was started with: each
+        // must be there (some may go unnamed: a restore needs not all).
+        if let Some(last) = options.passed_indexes().into_iter().max() {
+            if own != 0 || last >= self.passed {
+                return Err(Error::FdMismatch {
+                    request: kind,
+                    expected: own + last + 1,
+                    got: self.passed,
+                });
+            }
+            return Ok(());
+        }
+        let expected = own;
         if expected != self.passed {
             return Err(Error::FdMismatch {
                 request: kind,

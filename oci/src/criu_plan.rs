@@ -145,6 +145,18 @@ fn device_paths(spec: &Spec) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether the spec gives the container a network namespace of its own
+/// (one without a path: not joined, not the host's).
+pub fn own_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+        })
+}
+
 /// The namespaces the spec gives by path.
 pub fn namespaces_by_path(spec: &Spec) -> Vec<(LinuxNamespaceType, PathBuf)> {
     spec.linux()

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criu_rpc::{
-    CgroupMode, CgroupRoot, Criu, HandlerError, ImageDirs, InheritFd, Notify,
-    RestoreOptions as CriuRestoreOptions,
+    CgroupMode, CgroupRoot, Criu, HandlerError, ImageDirs, InheritPassed, Notify,
+    RestoreOptions as CriuRestoreOptions, Swrk,
 };
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::Pid;
@@ -341,8 +341,9 @@ impl Drop for CriuRoot {
 
 /// The checkpointed stdio: pipes get the caller's new fds (runc hands
 /// `pipe:[...]` descriptors back with inherit_fd), and so do the host files
-/// the checkpoint declared external (`file[..]`).
-fn stdio_inherits(image_dir: &Path, stdio: &mut [Option<OwnedFd>; 3]) -> Result<Vec<InheritFd>> {
+/// the checkpoint declared external (`file[..]`). `passed[i]` is where
+/// criu got the caller's fd `i` among the fds it was started with.
+fn stdio_inherits(image_dir: &Path, passed: &[Option<usize>; 3]) -> Result<Vec<InheritPassed>> {
     let p = image_dir.join(DESCRIPTORS);
     let text = match fs::read(&p) {
         Ok(t) => t,
@@ -356,22 +357,22 @@ fn stdio_inherits(image_dir: &Path, stdio: &mut [Option<OwnedFd>; 3]) -> Result<
     let mut out = Vec::new();
     for (i, key) in fds.into_iter().enumerate().take(3) {
         if key.contains("pipe:") || key.starts_with("file[") {
-            if let Some(fd) = stdio[i].take() {
-                out.push(InheritFd { key, fd });
+            if let Some(index) = passed[i] {
+                out.push(InheritPassed { key, index });
             }
         }
     }
     Ok(out)
 }
 
-/// The RESTORE options for `dest` (no system calls but reading
-/// descriptors.json).
+/// The RESTORE options for `dest` (no system calls); the fds criu gets
+/// come from [`EarlyCriu`].
 pub fn restore_options(
-    dest: &mut Destination<'_>,
+    dest: &Destination<'_>,
     opts: &RestoreOptions,
     dirs: ImageDirs,
     root: &Path,
-) -> Result<(CriuRestoreOptions, Vec<(&'static str, PathBuf)>)> {
+) -> Result<CriuRestoreOptions> {
     let mut r = CriuRestoreOptions::new(dirs);
     let t = &mut r.tree;
     t.root = Some(root.to_path_buf());
@@ -397,10 +398,8 @@ pub fn restore_options(
     r.leave_stopped = opts.leave_stopped;
     r.auto_dedup = opts.auto_dedup;
     r.lsm_mount_context = opts.lsm_mount_context.clone();
-    let ns = criu_plan::restore_namespaces(dest.spec)?;
-    r.join_ns = ns.join;
-    r.inherit_fds = stdio_inherits(&opts.image_path, &mut dest.stdio)?;
-    Ok((r, ns.inherit))
+    r.join_ns = criu_plan::restore_namespaces(dest.spec)?.join;
+    Ok(r)
 }
 
 /// Restores the checkpoint in `opts.image_path` as `dest`; a directory
@@ -424,90 +423,211 @@ pub(crate) fn restore_checked(
     opts: &RestoreOptions,
     hooks: &mut dyn RestoreHooks,
 ) -> Result<Restored> {
-    let (dirs, log_dir) =
-        crate::checkpoint::open_dirs(&opts.image_path, opts.work_path.as_deref(), RESTORE_LOG)?;
-    // Where CRIU would put its own yard (its work dir).
-    let yard = CgroupYard::make(&log_dir)?;
-    create_mountpoints(dest.spec, dest.rootfs)?;
-    masked_empty_dir(dest.state_dir)?;
-    let root = CriuRoot::mount(dest.rootfs, dest.state_dir)?;
-    let (mut ropts, external) = restore_options(&mut dest, opts, dirs, &root.0)?;
-    for (key, path) in external {
-        let fd = fs::File::open(&path).map_err(|source| Error::Io {
-            op: "opening the namespace to restore into (it must exist)",
-            path: path.clone(),
-            source,
-        })?;
-        ropts.inherit_fds.push(InheritFd {
-            key: key.to_string(),
-            fd: fd.into(),
-        });
+    let fresh = FreshNetns::of_images(&opts.image_path)?;
+    let stdio = std::mem::take(&mut dest.stdio);
+    EarlyCriu::start(criu, dest.spec, stdio, fresh, hooks)?.restore(dest, opts, hooks)
+}
+
+/// Whether a restore hands CRIU a new network namespace for the one the
+/// checkpoint dumped as external because it looked new
+/// ([`crate::checkpoint::FRESH_NETNS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreshNetns {
+    /// The images are there and say (`None`: it was dumped whole).
+    Known(Option<crate::network::fresh::Fresh>),
+    /// Not yet known (the images are on their way): one is made in case,
+    /// when the spec gives the container a network namespace of its own.
+    Unknown,
+}
+
+impl FreshNetns {
+    pub fn of_images(images: &Path) -> Result<FreshNetns> {
+        let file = images.join(crate::checkpoint::FRESH_NETNS);
+        Ok(FreshNetns::Known(match file.exists() {
+            true => Some(read_json(&file)?),
+            false => None,
+        }))
+    }
+}
+
+/// criu started for a restore ahead of its request (a move's destination
+/// starts it before the source freezes, so that none of this is in the
+/// downtime): running, moved into the container's cgroups with their
+/// limits applied (runc's criuApplyCgroups; the first cgroup attach may
+/// wait an RCU grace period), holding every fd the restored tree may be
+/// handed: the caller's stdio, the namespaces the spec gives by path, a
+/// new network namespace. Which of them the tree gets, and under which
+/// keys, the images say when they are there ([`EarlyCriu::restore`]).
+/// Dropped unused, criu is killed.
+#[derive(Debug)]
+pub struct EarlyCriu {
+    swrk: Swrk,
+    /// criu's /proc/PID/cgroup once placed: the container's cgroups.
+    placed: String,
+    /// Where each stdio fd is among criu's fds.
+    stdio: [Option<usize>; 3],
+    /// The namespaces by path: CRIU's key, where among criu's fds.
+    namespaces: Vec<(&'static str, usize)>,
+    /// A new network namespace: where among criu's fds, and Ferry's handle
+    /// on it (to bring `lo` up once the images say it was).
+    fresh_netns: Option<(usize, OwnedFd)>,
+}
+
+impl EarlyCriu {
+    /// Starts criu for a restore of a container with `spec` and places it.
+    pub fn start(
+        criu: &Criu,
+        spec: &Spec,
+        stdio: [Option<OwnedFd>; 3],
+        fresh: FreshNetns,
+        hooks: &mut dyn RestoreHooks,
+    ) -> Result<EarlyCriu> {
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut place = |fd: OwnedFd| {
+            fds.push(fd);
+            fds.len() - 1
+        };
+        let stdio = stdio.map(|fd| fd.map(&mut place));
+        let mut namespaces = Vec::new();
+        for (key, path) in criu_plan::restore_namespaces(spec)?.inherit {
+            let fd = fs::File::open(&path).map_err(|source| Error::Io {
+                op: "opening the namespace to restore into (it must exist)",
+                path: path.clone(),
+                source,
+            })?;
+            namespaces.push((key, place(fd.into())));
+        }
+        // The spec names a namespace to restore into: that one, always.
+        let given = namespaces.iter().any(|(k, _)| *k == criu_plan::NET_NS_KEY);
+        let wanted = match fresh {
+            _ if given => None,
+            FreshNetns::Known(f) => f,
+            FreshNetns::Unknown => criu_plan::own_netns(spec)
+                .then_some(crate::network::fresh::Fresh { loopback_up: false }),
+        };
+        let fresh_netns = match wanted {
+            Some(f) => {
+                let ns = crate::network::fresh::create(f)?;
+                let ours = ns.try_clone().map_err(|source| Error::Io {
+                    op: "duplicating the new network namespace's fd",
+                    path: PathBuf::new(),
+                    source,
+                })?;
+                Some((place(ns), ours))
+            }
+            None => None,
+        };
+        let passed: Vec<std::os::fd::BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let swrk = criu.spawn(&passed)?;
+        hooks.criu_started(swrk.pid())?;
+        // runc (criuApplyCgroups): the cgroups criu now runs in are the
+        // container's; they become CRIU's roots and the targets of the
+        // cgroup bind mounts.
+        let cg = PathBuf::from(format!("/proc/{}/cgroup", swrk.pid()));
+        let placed = fs::read_to_string(&cg).map_err(io("reading", &cg))?;
+        Ok(EarlyCriu {
+            swrk,
+            placed,
+            stdio,
+            namespaces,
+            fresh_netns,
+        })
     }
 
-    // Dumped as external because it looked new: a new one, as it was.
-    let fresh_file = opts.image_path.join(crate::checkpoint::FRESH_NETNS);
-    if fresh_file.exists() {
-        let fresh: crate::network::fresh::Fresh = read_json(&fresh_file)?;
-        // Dumped unlocked (checkpoint::prepare): nothing to unlock.
-        ropts.tree.network_lock = Some(criu_rpc::NetworkLock::Skip);
-        if ropts
-            .inherit_fds
-            .iter()
-            .any(|i| i.key == criu_plan::NET_NS_KEY)
-        {
-            // The spec names a namespace to restore into: that one.
-        } else {
-            ropts.inherit_fds.push(InheritFd {
-                key: criu_plan::NET_NS_KEY.to_string(),
-                fd: crate::network::fresh::create(fresh)?,
-            });
-        }
-    }
-    ropts.tree.cgroup_yard = yard.as_ref().map(|y| y.path().to_path_buf());
-    // Detached once the restore is done: the container's binds keep them.
-    let mut state_tmpfs = StateTmpfs::default();
-    let ext = cgroup_tmpfs_mounts(&opts.image_path, dest.state_dir, &mut state_tmpfs)?;
-    ropts.tree.ext_mounts.extend(ext);
-    let ext = crate::tmpfs_copy::restore(&opts.image_path, dest.state_dir, &mut state_tmpfs)?;
-    ropts.tree.ext_mounts.extend(ext);
-    let swrk = criu.spawn_for(&ropts)?;
-    hooks.criu_started(swrk.pid())?;
-    // runc (criuApplyCgroups): the cgroups criu now runs in are the
-    // container's; they become CRIU's roots and the targets of the cgroup
-    // bind mounts.
-    let cg = PathBuf::from(format!("/proc/{}/cgroup", swrk.pid()));
-    let placed = fs::read_to_string(&cg).map_err(io("reading", &cg))?;
-    ropts.tree.cg_root = cgroup_roots(&placed);
-    let binds_file = opts.image_path.join(CGROUP_BINDS);
-    if binds_file.exists() {
-        let binds: Vec<criu_plan::CgroupBind> = read_json(&binds_file)?;
-        let mi = Path::new("/proc/self/mountinfo");
-        let host = fs::read_to_string(mi).map_err(io("reading", mi))?;
+    /// Restores the checkpoint in `opts.image_path` (checked by the
+    /// caller) as `dest` (whose stdio was given to [`EarlyCriu::start`]).
+    pub fn restore(
+        self,
+        dest: Destination<'_>,
+        opts: &RestoreOptions,
+        hooks: &mut dyn RestoreHooks,
+    ) -> Result<Restored> {
+        let EarlyCriu {
+            swrk,
+            placed,
+            stdio,
+            namespaces,
+            fresh_netns,
+        } = self;
+        let (dirs, log_dir) =
+            crate::checkpoint::open_dirs(&opts.image_path, opts.work_path.as_deref(), RESTORE_LOG)?;
+        // Where CRIU would put its own yard (its work dir).
+        let yard = CgroupYard::make(&log_dir)?;
+        create_mountpoints(dest.spec, dest.rootfs)?;
+        masked_empty_dir(dest.state_dir)?;
+        let root = CriuRoot::mount(dest.rootfs, dest.state_dir)?;
+        let mut ropts = restore_options(&dest, opts, dirs, &root.0)?;
+        ropts.inherit_passed = stdio_inherits(&opts.image_path, &stdio)?;
         ropts
-            .tree
-            .ext_mounts
-            .extend(criu_plan::restore_cgroup_binds(&binds, &host, &placed)?);
-    }
-    let mut handler = |n: Notify| -> Result<(), HandlerError> {
-        match n {
-            Notify::SetupNamespaces { pid } => hooks.setup_namespaces(pid)?,
-            Notify::PostRestore { pid } => hooks.restored(pid)?,
-            Notify::OrphanPtsMaster { master } => hooks.console(master)?,
-            _ => {}
+            .inherit_passed
+            .extend(namespaces.iter().map(|(key, index)| InheritPassed {
+                key: key.to_string(),
+                index: *index,
+            }));
+        // Dumped as external because it looked new: a new one, as it was.
+        if let FreshNetns::Known(Some(fresh)) = FreshNetns::of_images(&opts.image_path)? {
+            // Dumped unlocked (checkpoint::prepare): nothing to unlock.
+            ropts.tree.network_lock = Some(criu_rpc::NetworkLock::Skip);
+            let given = namespaces.iter().any(|(k, _)| *k == criu_plan::NET_NS_KEY);
+            match &fresh_netns {
+                // The spec names a namespace to restore into: that one.
+                _ if given => {}
+                Some((index, ns)) => {
+                    crate::network::fresh::complete(ns.as_fd(), fresh)?;
+                    ropts.inherit_passed.push(InheritPassed {
+                        key: criu_plan::NET_NS_KEY.to_string(),
+                        index: *index,
+                    });
+                }
+                None => {
+                    return Err(Error::InvalidArgument {
+                        what: opts.image_path.display().to_string(),
+                        reason: "the checkpoint's network namespace was new, but the spec gives \
+                                 the container none of its own to make anew"
+                            .into(),
+                    })
+                }
+            }
         }
-        Ok(())
-    };
-    let start = Instant::now();
-    let restored = swrk.restore(&ropts, &mut handler)?;
-    let duration = start.elapsed();
-    drop(yard);
-    drop(state_tmpfs);
-    drop(root);
-    Ok(Restored {
-        pid: restored.pid,
-        log: log_dir.join(RESTORE_LOG),
-        duration,
-    })
+        ropts.tree.cgroup_yard = yard.as_ref().map(|y| y.path().to_path_buf());
+        // Detached once the restore is done: the container's binds keep them.
+        let mut state_tmpfs = StateTmpfs::default();
+        let ext = cgroup_tmpfs_mounts(&opts.image_path, dest.state_dir, &mut state_tmpfs)?;
+        ropts.tree.ext_mounts.extend(ext);
+        let ext = crate::tmpfs_copy::restore(&opts.image_path, dest.state_dir, &mut state_tmpfs)?;
+        ropts.tree.ext_mounts.extend(ext);
+        ropts.tree.cg_root = cgroup_roots(&placed);
+        let binds_file = opts.image_path.join(CGROUP_BINDS);
+        if binds_file.exists() {
+            let binds: Vec<criu_plan::CgroupBind> = read_json(&binds_file)?;
+            let mi = Path::new("/proc/self/mountinfo");
+            let host = fs::read_to_string(mi).map_err(io("reading", mi))?;
+            ropts
+                .tree
+                .ext_mounts
+                .extend(criu_plan::restore_cgroup_binds(&binds, &host, &placed)?);
+        }
+        let mut handler = |n: Notify| -> Result<(), HandlerError> {
+            match n {
+                Notify::SetupNamespaces { pid } => hooks.setup_namespaces(pid)?,
+                Notify::PostRestore { pid } => hooks.restored(pid)?,
+                Notify::OrphanPtsMaster { master } => hooks.console(master)?,
+                _ => {}
+            }
+            Ok(())
+        };
+        let start = Instant::now();
+        let restored = swrk.restore(&ropts, &mut handler)?;
+        let duration = start.elapsed();
+        drop(yard);
+        drop(state_tmpfs);
+        drop(root);
+        Ok(Restored {
+            pid: restored.pid,
+            log: log_dir.join(RESTORE_LOG),
+            duration,
+        })
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
@@ -580,7 +700,7 @@ mod tests {
         let spec: Spec = serde_json::from_str(SPEC).unwrap();
         let images = tempfile::tempdir().unwrap();
         fs::write(images.path().join(DESCRIPTORS), "[]").unwrap();
-        let mut dest = Destination {
+        let dest = Destination {
             id: "c2",
             spec: &spec,
             rootfs: Path::new("/x/rootfs"),
@@ -593,7 +713,7 @@ mod tests {
             ..Default::default()
         };
         let dirs = ImageDirs::open(images.path()).unwrap();
-        let (ro, _) = restore_options(&mut dest, &opts, dirs, Path::new("/r")).unwrap();
+        let ro = restore_options(&dest, &opts, dirs, Path::new("/r")).unwrap();
         assert!(!ro.rst_sibling);
     }
 
@@ -606,13 +726,12 @@ mod tests {
             r#"["/dev/null", "pipe:[1234]", "pipe:[1235]"]"#,
         )
         .unwrap();
-        let (r, w) = nix::unistd::pipe().unwrap();
-        let mut dest = Destination {
+        let dest = Destination {
             id: "c2",
             spec: &spec,
             rootfs: Path::new("/x/rootfs"),
             state_dir: Path::new("/run/ferry/c2"),
-            stdio: [Some(r), Some(w), None],
+            stdio: [None, None, None],
         };
         let opts = RestoreOptions {
             image_path: images.path().to_path_buf(),
@@ -620,8 +739,7 @@ mod tests {
             ..Default::default()
         };
         let dirs = ImageDirs::open(images.path()).unwrap();
-        let (ro, external) =
-            restore_options(&mut dest, &opts, dirs, Path::new("/run/ferry/c2/criu-root")).unwrap();
+        let ro = restore_options(&dest, &opts, dirs, Path::new("/run/ferry/c2/criu-root")).unwrap();
         assert!(ro.rst_sibling && ro.tree.orphan_pts_master && ro.tree.tcp_established);
         let pairs: Vec<(&str, &str)> = ro
             .tree
@@ -638,11 +756,19 @@ mod tests {
                 (criu_plan::MASKED_DIR_KEY, "/run/ferry/c2/masked-empty")
             ]
         );
-        assert_eq!(external, [("extRootNetNS", PathBuf::from("/run/netns/c1"))]);
+        let ns = criu_plan::restore_namespaces(&spec).unwrap().inherit;
+        assert_eq!(ns, [("extRootNetNS", PathBuf::from("/run/netns/c1"))]);
         // stdin was /dev/null: nothing to hand in; stdout was a pipe and
-        // gets the new fd; stderr was a pipe but no fd was given.
-        let keys: Vec<&str> = ro.inherit_fds.iter().map(|i| i.key.as_str()).collect();
-        assert_eq!(keys, ["pipe:[1234]"]);
+        // gets the new fd (criu got it second); stderr was a pipe but no
+        // fd was given.
+        let got = stdio_inherits(images.path(), &[Some(0), Some(1), None]).unwrap();
+        assert_eq!(
+            got,
+            [InheritPassed {
+                key: "pipe:[1234]".into(),
+                index: 1
+            }]
+        );
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! (CRIU's errno, message and log lines when CRIU failed), and the source
 //! then resumes its container.
 //!
-//! The restore runs in this process, through the same
-//! [`restore_container`] as `ferry restore`, on the connection's thread.
+//! The restore runs in this process, through the runtime's restore in two
+//! steps ([`prepare_restore`], then [`PreparedRestore::run`]), on the
+//! connection's thread: what needs no image (the container's state dir,
+//! network, console, cgroups, criu started and placed in them) is done as
+//! the offer is accepted, before the source freezes, and only CRIU's
+//! restore itself is in the downtime.
 //! The agent is long-lived and never waits for its containers, so the
 //! restored init is made criu's child rather than ours (no `rst_sibling`,
 //! [`RestoreOptions::criu_parent`]): CRIU reaps the root task of a failed
@@ -43,7 +47,7 @@ use crate::checkpoint::private_dir;
 use crate::docker::Engine;
 use crate::error::{Error, Result};
 use crate::restore::RestoreOptions;
-use crate::runtime::cr::{restore_container, RestoreRuntimeOptions};
+use crate::runtime::cr::{prepare_restore, PreparedRestore, RestoreRuntimeOptions};
 use crate::runtime::pending::{Creating, Outcome, Pending};
 use crate::runtime::Stdio;
 
@@ -513,9 +517,14 @@ impl Agent {
         if let Some(size) = in_memory {
             *tmpfs = Some(ImagesTmpfs::mount(&images, size)?);
         }
+        // Everything of a native restore that needs no image, before the
+        // source freezes: none of it is in the downtime.
+        let mut prepared = None;
         if let Landing::Native { dir, .. } = landing {
             let bundle = dir.join("bundle");
             self.write_bundle(id, &bundle, config)?;
+            let lazy_work = postcopy.then(|| landing.lazy_work());
+            prepared = Some(self.prepare_restore(id, &images, &bundle, lazy_work.as_deref())?);
         }
 
         // The page connection names its move by a secret only the
@@ -668,7 +677,7 @@ impl Agent {
             at.stage.set(Stage::Restore);
             let marker = landing.dir().join(UNCOMMITTED);
             std::fs::write(&marker, &token).map_err(crate::error::io("writing", &marker))?;
-            let r = landing.restore(self, id, lazy_work)?;
+            let r = landing.restore(self, id, prepared, lazy_work)?;
             self.decide(&token, Decision::Deciding);
             let restored = Reply::Restored {
                 pid: r.pid,
@@ -770,6 +779,12 @@ impl Agent {
         };
         for e in rd.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
+            // A restore prepared as the offer came and never run (killed
+            // while the images came): what it set up for the container.
+            let bundle = e.path().join("bundle");
+            if let Err(err) = crate::runtime::setup::remove_unfinished(&self.root, &id, &bundle) {
+                tracing::warn!(id, error = %crate::error::chain(&err), "cleaning an unfinished restore up");
+            }
             if self.root.join(&id).exists() {
                 if !e.path().join(UNCOMMITTED).exists() {
                     continue;
@@ -897,22 +912,11 @@ impl Agent {
         }
     }
 
-    /// Restores the received container (what `ferry restore --detach
-    /// --tcp-established --file-locks` does, called rather than run);
-    /// returns its pid and how long the restore took.
-    fn restore(
-        &self,
-        id: &str,
-        images: &Path,
-        bundle: &Path,
-        lazy_work: Option<&Path>,
-    ) -> Result<(i32, f64)> {
-        let start = Instant::now();
-        let console = self
-            .console_socket
-            .clone()
-            .filter(|_| crate::runtime::spec::bundle_has_terminal(bundle));
-        let opts = RestoreOptions {
+    /// The options of the received container's restore (what `ferry
+    /// restore --detach --tcp-established --file-locks` does, called
+    /// rather than run).
+    fn restore_options(&self, images: &Path, lazy_work: Option<&Path>) -> RestoreOptions {
+        RestoreOptions {
             work_path: lazy_work.map(Path::to_path_buf),
             lazy_pages: lazy_work.is_some(),
             // Not this agent's child: see the module's doc.
@@ -923,7 +927,23 @@ impl Agent {
             // their memory (an images tmpfs) back as the tasks take theirs.
             auto_dedup: true,
             ..super::CRIU_FLAGS.restore(images.to_path_buf())
-        };
+        }
+    }
+
+    /// Everything of the received container's restore that needs no image
+    /// ([`prepare_restore`]: its state dir, network, console and cgroups,
+    /// criu started in them), done before the source freezes.
+    fn prepare_restore(
+        &self,
+        id: &str,
+        images: &Path,
+        bundle: &Path,
+        lazy_work: Option<&Path>,
+    ) -> Result<PreparedRestore> {
+        let console = self
+            .console_socket
+            .clone()
+            .filter(|_| crate::runtime::spec::bundle_has_terminal(bundle));
         let rt = RestoreRuntimeOptions {
             console_socket: console,
             // The checkpointed stdio pipes become /dev/null: never the
@@ -931,7 +951,20 @@ impl Agent {
             stdio: Some(dev_null_stdio()?),
             ..Default::default()
         };
-        let (_, restored) = restore_container(&self.root, id, bundle, &self.criu, &opts, &rt)?;
+        let opts = self.restore_options(images, lazy_work);
+        prepare_restore(&self.root, id, bundle, &self.criu, &opts, &rt)
+    }
+
+    /// Restores the received container once its images are in; returns
+    /// its pid and how long the restore took.
+    fn restore(
+        &self,
+        prepared: PreparedRestore,
+        images: &Path,
+        lazy_work: Option<&Path>,
+    ) -> Result<(i32, f64)> {
+        let start = Instant::now();
+        let (_, restored) = prepared.run(&self.restore_options(images, lazy_work))?;
         let restore_ms = start.elapsed().as_secs_f64() * 1000.0;
         Ok((restored.pid.as_raw(), restore_ms))
     }
@@ -1054,15 +1087,25 @@ impl Landing {
         Ok(())
     }
 
-    fn restore(&self, agent: &Agent, id: &str, lazy_work: Option<&Path>) -> Result<RestoredHere> {
+    fn restore(
+        &self,
+        agent: &Agent,
+        id: &str,
+        prepared: Option<PreparedRestore>,
+        lazy_work: Option<&Path>,
+    ) -> Result<RestoredHere> {
         match self {
             Landing::Native {
                 dir,
                 overlay_mounted,
             } => {
                 let images = dir.join("images");
-                let (pid, restore_ms) =
-                    agent.restore(id, &images, &dir.join("bundle"), lazy_work)?;
+                let Some(prepared) = prepared else {
+                    return Err(Error::Protocol {
+                        what: "a restore here that was not prepared",
+                    });
+                };
+                let (pid, restore_ms) = agent.restore(prepared, &images, lazy_work)?;
                 // Its own now: delete takes the overlay and the dir down.
                 crate::runtime::Container::load(&agent.root, id)?
                     .own_received(dir, *overlay_mounted)?;

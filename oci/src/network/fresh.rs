@@ -20,7 +20,7 @@
 //! the kernel's defaults is written here.
 
 use std::collections::BTreeMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
@@ -86,6 +86,20 @@ pub fn create(fresh: Fresh) -> Result<OwnedFd> {
         std::fs::File::open(p)
             .map(OwnedFd::from)
             .map_err(io("opening the new network namespace", p))
+    })
+}
+
+/// Makes a namespace [`create`] made without knowing (lo down) what
+/// `fresh` says: a move's destination makes it before the images that say
+/// it arrive, for the criu it starts ahead ([`crate::restore::EarlyCriu`]).
+pub fn complete(ns: BorrowedFd<'_>, fresh: Fresh) -> Result<()> {
+    if !fresh.loopback_up {
+        return Ok(());
+    }
+    let p = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
+    with_netlink(Some(&Netns::at(&p)?), |h, _| async move {
+        let lo = link_index(&h, "lo", None).await?;
+        configure(&h, lo, None, None).await
     })
 }
 

@@ -16,7 +16,7 @@ use super::setup::Setup;
 use super::state::{self, State};
 use crate::checkpoint::{self, CheckpointOptions, Checkpointed, Target};
 use crate::error::{Error, Result};
-use crate::restore::{self, Destination, RestoreHooks, RestoreOptions, Restored};
+use crate::restore::{self, Destination, FreshNetns, RestoreHooks, RestoreOptions, Restored};
 
 impl Container {
     /// `ferry checkpoint`. Unless the tasks are left running (or stopped,
@@ -85,7 +85,7 @@ impl Container {
             && !opts
                 .empty_ns
                 .is_some_and(|f| f.contains(CloneFlags::CLONE_NEWNET))
-            && own_netns(&spec)
+            && crate::criu_plan::own_netns(&spec)
         {
             // A namespace of its own that holds only what a new one does
             // is not worth CRIU's dozen save and restore commands while
@@ -316,6 +316,47 @@ pub fn restore_container(
 ) -> Result<(Container, Restored)> {
     state::validate_id(id)?;
     restore::check_image_dir(&opts.image_path)?;
+    let fresh = FreshNetns::of_images(&opts.image_path)?;
+    prepare(root, id, bundle_dir, criu, opts, rt, fresh)?.run_checked(opts)
+}
+
+/// [`restore_container`] in two steps, for a caller whose images are on
+/// their way (a move's destination): everything that needs no image is
+/// done here (the container's state dir, network, console and cgroups,
+/// criu started and placed in them: [`restore::EarlyCriu`]), so that none
+/// of it is in the downtime; [`PreparedRestore::run`] restores once the
+/// images are in. Dropped unrun, nothing is left.
+pub fn prepare_restore(
+    root: &Path,
+    id: &str,
+    bundle_dir: &Path,
+    criu: &Criu,
+    opts: &RestoreOptions,
+    rt: &RestoreRuntimeOptions,
+) -> Result<PreparedRestore> {
+    state::validate_id(id)?;
+    prepare(root, id, bundle_dir, criu, opts, rt, FreshNetns::Unknown)
+}
+
+/// A restore waiting for its images ([`prepare_restore`]).
+#[derive(Debug)]
+pub struct PreparedRestore {
+    // Dropped first: criu leaves the cgroup before the setup removes it.
+    criu: restore::EarlyCriu,
+    setup: Setup,
+    at_create: bool,
+    pid_file: Option<PathBuf>,
+}
+
+fn prepare(
+    root: &Path,
+    id: &str,
+    bundle_dir: &Path,
+    criu: &Criu,
+    opts: &RestoreOptions,
+    rt: &RestoreRuntimeOptions,
+    fresh: FreshNetns,
+) -> Result<PreparedRestore> {
     // What stands in for the checkpointed stdio, before anything is made.
     let stdio = match &rt.stdio {
         Some(s) => {
@@ -345,62 +386,82 @@ pub fn restore_container(
         setup.lock(ns)?;
     }
     let spec = setup.bundle.spec.clone();
-    let rootfs = setup.bundle.rootfs.clone();
-    let state_dir = setup.dir().to_path_buf();
     let mut hooks = Hooks {
         oci: setup.oci_state("creating", Pid::from_raw(0)),
         state: setup.state(Pid::from_raw(0), true, rt.at_create),
         setup: &mut setup,
     };
-    let restored = restore::restore_checked(
+    let criu = restore::EarlyCriu::start(criu, &spec, stdio, fresh, &mut hooks)?;
+    Ok(PreparedRestore {
+        setup,
         criu,
-        Destination {
-            id,
-            spec: &spec,
-            rootfs: &rootfs,
-            state_dir: &state_dir,
-            stdio,
-        },
-        opts,
-        &mut hooks,
-    )?;
-    let Hooks { oci, state, .. } = hooks;
-    // From here a failure kills the restored tasks (runc's restore
-    // destroys the container when its pid file cannot be written).
-    setup.set_pid(restored.pid);
-    if setup.is_locked() {
-        // No post-restore notify came: unlock now that the tasks run.
-        if let Err(e) = setup.unlock() {
-            tracing::warn!(error = %crate::error::chain(&e), "unlocking the restored container's network");
-        }
-    }
-    if let Some(n) = &setup.net {
-        super::net::announce(n.address);
-    }
-    if let Some(p) = &rt.pid_file {
-        write_pid_file(p, restored.pid)?;
-    }
-    let oci = OciState {
-        status: "running".into(),
-        pid: restored.pid.as_raw(),
-        ..oci
-    };
-    hooks::run(
-        "poststart",
-        &hooks::of(&spec, |h| h.poststart().clone()),
-        &oci,
-    )?;
-    Ok((setup.commit(state), restored))
+        at_create: rt.at_create,
+        pid_file: rt.pid_file.clone(),
+    })
 }
-/// Whether the spec gives the container a network namespace of its own
-/// (one without a path: not joined, not the host's).
-fn own_netns(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter().any(|n| {
-                n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none()
-            })
-        })
+
+impl PreparedRestore {
+    /// Restores the checkpoint in `opts.image_path` (the options
+    /// [`prepare_restore`] had), refusing first what is not a sound image
+    /// directory; on failure nothing is left.
+    pub fn run(self, opts: &RestoreOptions) -> Result<(Container, Restored)> {
+        restore::check_image_dir(&opts.image_path)?;
+        self.run_checked(opts)
+    }
+
+    fn run_checked(self, opts: &RestoreOptions) -> Result<(Container, Restored)> {
+        let PreparedRestore {
+            mut setup,
+            criu,
+            at_create,
+            pid_file,
+        } = self;
+        let spec = setup.bundle.spec.clone();
+        let rootfs = setup.bundle.rootfs.clone();
+        let state_dir = setup.dir().to_path_buf();
+        let id = setup.id.clone();
+        let mut hooks = Hooks {
+            oci: setup.oci_state("creating", Pid::from_raw(0)),
+            state: setup.state(Pid::from_raw(0), true, at_create),
+            setup: &mut setup,
+        };
+        let restored = criu.restore(
+            Destination {
+                id: &id,
+                spec: &spec,
+                rootfs: &rootfs,
+                state_dir: &state_dir,
+                stdio: [None, None, None],
+            },
+            opts,
+            &mut hooks,
+        )?;
+        let Hooks { oci, state, .. } = hooks;
+        // From here a failure kills the restored tasks (runc's restore
+        // destroys the container when its pid file cannot be written).
+        setup.set_pid(restored.pid);
+        if setup.is_locked() {
+            // No post-restore notify came: unlock now that the tasks run.
+            if let Err(e) = setup.unlock() {
+                tracing::warn!(error = %crate::error::chain(&e), "unlocking the restored container's network");
+            }
+        }
+        if let Some(n) = &setup.net {
+            super::net::announce(n.address);
+        }
+        if let Some(p) = &pid_file {
+            write_pid_file(p, restored.pid)?;
+        }
+        let oci = OciState {
+            status: "running".into(),
+            pid: restored.pid.as_raw(),
+            ..oci
+        };
+        hooks::run(
+            "poststart",
+            &hooks::of(&spec, |h| h.poststart().clone()),
+            &oci,
+        )?;
+        Ok((setup.commit(state), restored))
+    }
 }

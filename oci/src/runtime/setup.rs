@@ -213,6 +213,45 @@ impl Setup {
     }
 }
 
+/// What a killed process left of a container it was setting up from the
+/// bundle at `bundle_dir`: a state dir with no state file (never
+/// committed), the cgroup and Ferry's network made for it (what [`Setup`]'s
+/// drop would have undone). A committed container is `delete`'s and left
+/// alone; so is a state dir another process still sets up (its lock).
+pub fn remove_unfinished(root: &Path, id: &str, bundle_dir: &Path) -> Result<()> {
+    state::validate_id(id)?;
+    let dir = root.join(id);
+    if !dir.exists() || dir.join(state::STATE_FILE).exists() {
+        return Ok(());
+    }
+    let Some(_lock) = state::try_lock(&dir)? else {
+        return Ok(());
+    };
+    let bundle = Bundle::load(bundle_dir)?;
+    let cgroup = ContainerCgroup::new(
+        bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_deref()),
+        id,
+        false,
+    )?;
+    cgroup.destroy()?;
+    let config = bundle.dir.join(super::spec::CONFIG);
+    if let Some(address) = super::net::requested(&bundle.spec, &config)? {
+        let net = ContainerNet {
+            netns: dir.join("netns"),
+            host_if: super::net::host_if(id),
+            address,
+        };
+        if let Err(e) = net.detach() {
+            tracing::warn!(id, error = %crate::error::chain(&e), "removing the network of a container whose setup was cut");
+        }
+    }
+    std::fs::remove_dir_all(&dir).map_err(crate::error::io("removing", &dir))
+}
+
 impl Drop for Setup {
     fn drop(&mut self) {
         let Some(dir) = self.dir.take() else {

@@ -93,6 +93,30 @@ fn lock(dir: &Path) -> Result<Flock<File>> {
     })
 }
 
+/// The state dir's lock if nobody holds it (`None`: someone does).
+pub fn try_lock(dir: &Path) -> Result<Option<Flock<File>>> {
+    let p = dir.join(LOCK_FILE);
+    let f = match OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("opening lock", &p)(e)),
+    };
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::Io {
+            op: "locking",
+            path: p,
+            source: e.into(),
+        }),
+    }
+}
+
 impl StateDir {
     /// Creates the directory of a new container; fails if it exists.
     pub fn create(root: &Path, id: &str) -> Result<StateDir> {
