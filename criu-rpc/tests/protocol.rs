@@ -8,14 +8,15 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use criu_rpc::{
-    Criu, DumpOptions, Error, HandlerError, ImageDirs, InheritFd, Notify, RestoreOptions,
+    Criu, DumpOptions, Error, HandlerError, IgnoreNotify, ImageDirs, InheritFd, InheritPassed,
+    Notify, RestoreOptions,
 };
 use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags};
 use nix::unistd::Pid;
@@ -196,6 +197,31 @@ fn fake_criu(scenario: &str) -> i32 {
             send_resp(&ok, None);
             0
         }
+        "passed-inherit" => {
+            // Started with two fds (4, 5); the request names the second.
+            let keys: Vec<(String, i32)> = req
+                .opts
+                .inherit_fd
+                .iter()
+                .map(|i| (i.key().to_string(), i.fd()))
+                .collect();
+            if keys != [("pipe:[9]".to_string(), 5)] {
+                send_resp(&failure(ty, &format!("inherit_fd is {keys:?}")), None);
+                return 1;
+            }
+            let mut buf = [0u8; 5];
+            let n = nix::unistd::read(5, &mut buf).unwrap_or(0);
+            if &buf[..n] != b"early" {
+                send_resp(&failure(ty, "fd 5 is not the pipe passed at spawn"), None);
+                return 1;
+            }
+            let mut ok = resp(rpc::Criu_req_type::RESTORE, true);
+            let mut rr = rpc::Criu_restore_resp::new();
+            rr.pid = Some(4343);
+            ok.restore = MessageField::some(rr);
+            send_resp(&ok, None);
+            0
+        }
         "wrong-type" => {
             send_resp(&resp(rpc::Criu_req_type::PAGE_SERVER, true), None);
             0
@@ -358,6 +384,40 @@ fn passed_fds_and_pts_master() {
     );
 }
 
+/// criu started with fds before the request knows their keys (a move's
+/// destination): the request names them by position; a position criu was
+/// not given is refused before anything is sent.
+fn fds_passed_at_spawn_named_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let restored = with_scenario("passed-inherit", move || {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"early").unwrap();
+        drop(w);
+        let null = OwnedFd::from(fs::File::open("/dev/null").unwrap());
+        let swrk = fake().spawn(&[null.as_fd(), r.as_fd()]).unwrap();
+        drop((null, r));
+        let mut opts = RestoreOptions::new(ImageDirs::open(dir.path()).unwrap());
+        opts.inherit_passed.push(InheritPassed {
+            key: "pipe:[9]".into(),
+            index: 2,
+        });
+        let err = swrk.restore(&opts, &mut IgnoreNotify).unwrap_err();
+        assert!(matches!(err, Error::FdMismatch { .. }), "{err:?}");
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"early").unwrap();
+        drop(w);
+        let null = OwnedFd::from(fs::File::open("/dev/null").unwrap());
+        let swrk = fake().spawn(&[null.as_fd(), r.as_fd()]).unwrap();
+        drop((null, r));
+        opts.inherit_passed[0].index = 1;
+        swrk.restore(&opts, &mut IgnoreNotify)
+    });
+    assert_eq!(
+        restored.unwrap_or_else(|e| panic!("{e}")).pid,
+        Pid::from_raw(4343)
+    );
+}
+
 fn wrong_response_type() {
     let err = with_scenario("wrong-type", || fake().version().unwrap_err());
     assert!(matches!(err, Error::UnexpectedResponse { .. }), "{err:?}");
@@ -399,6 +459,10 @@ fn run_tests() {
         ),
         ("no_fd_leaks_into_criu", no_fd_leaks_into_criu),
         ("passed_fds_and_pts_master", passed_fds_and_pts_master),
+        (
+            "fds_passed_at_spawn_named_later",
+            fds_passed_at_spawn_named_later,
+        ),
         ("wrong_response_type", wrong_response_type),
         (
             "criu_missing_or_not_executable",

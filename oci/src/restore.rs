@@ -468,9 +468,10 @@ pub struct EarlyCriu {
     stdio: [Option<usize>; 3],
     /// The namespaces by path: CRIU's key, where among criu's fds.
     namespaces: Vec<(&'static str, usize)>,
-    /// A new network namespace: where among criu's fds, and Ferry's handle
-    /// on it (to bring `lo` up once the images say it was).
-    fresh_netns: Option<(usize, OwnedFd)>,
+    /// A new network namespace: where among criu's fds, Ferry's handle on
+    /// it (to bring `lo` up once the images say it was), what it was made
+    /// as.
+    fresh_netns: Option<(usize, OwnedFd, crate::network::fresh::Fresh)>,
 }
 
 impl EarlyCriu {
@@ -513,7 +514,7 @@ impl EarlyCriu {
                     path: PathBuf::new(),
                     source,
                 })?;
-                Some((place(ns), ours))
+                Some((place(ns), ours, f))
             }
             None => None,
         };
@@ -572,8 +573,10 @@ impl EarlyCriu {
             match &fresh_netns {
                 // The spec names a namespace to restore into: that one.
                 _ if given => {}
-                Some((index, ns)) => {
-                    crate::network::fresh::complete(ns.as_fd(), fresh)?;
+                Some((index, ns, made)) => {
+                    if *made != fresh {
+                        crate::network::fresh::complete(ns.as_fd(), fresh)?;
+                    }
                     ropts.inherit_passed.push(InheritPassed {
                         key: criu_plan::NET_NS_KEY.to_string(),
                         index: *index,

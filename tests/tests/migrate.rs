@@ -649,6 +649,18 @@ fn a_killed_destination_leaves_the_source_running() {
     let left = mount_leftovers(&b.path().to_string_lossy());
     assert!(left.is_empty(), "mounts left on the destination: {left:?}");
     assert!(!b.path().join("incoming").join(&id).exists());
+    // The restore it prepared as the offer came (state dir, cgroups, criu
+    // in them) went too: the id is free on B.
+    assert!(
+        !b.path().join(&id).exists(),
+        "the prepared restore's state dir stayed"
+    );
+    let cg = format!("{}/{id}", p.cgroup("kb").trim_start_matches('/'));
+    assert!(
+        cgroup_leftovers(&cg).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&cg)
+    );
     a.ok(&["delete", "--force", &id]);
 }
 
@@ -1058,6 +1070,9 @@ fn a_corrupted_stream_keeps_the_source() {
         !b.path().join("incoming").join(&id).exists(),
         "the damaged transfer was kept"
     );
+    // Nor the restore prepared for it before the freeze.
+    assert!(!b.path().join(&id).exists(), "the prepared restore stayed");
+    assert!(cgroup_leftovers(&format!("ferry-cb-{tag}/{id}")).is_empty());
     assert_no_criu();
     assert_no_lock_rules();
     assert!(mount_leftovers(&b.path().to_string_lossy()).is_empty());
