@@ -466,6 +466,39 @@ pub fn restore_namespaces(spec: &Spec) -> Result<RestoreNamespaces> {
     Ok(RestoreNamespaces { inherit, join })
 }
 
+/// Whether a checkpoint's cgroups (its cgroup.img, decoded) are those of
+/// a container whose tasks all sit in its own cgroup: one cgroup set for
+/// every task, no cgroup namespace, no cgroup below the container's in any
+/// hierarchy. Restoring such a checkpoint with CRIU's cgroup mode `soft`
+/// (runc's default) makes CRIU move the root task into the very cgroups
+/// criu was moved into before the request (cgroup.c `restore_task_cgroup`:
+/// its set differs from the dumping criu's), and that first attach waits
+/// an RCU grace period inside the downtime; `ignore` leaves the tasks
+/// where criu is, which is the same place, and restores nothing else that
+/// `soft` would (soft sets no property on cgroups that exist). Anything
+/// else, or an image that does not say, keeps `soft`.
+pub fn cgroups_flat(cgroup_img: &serde_json::Value) -> bool {
+    let Some([entry]) = cgroup_img["entries"].as_array().map(Vec::as_slice) else {
+        return false;
+    };
+    let one_set = match entry["sets"].as_array().map(Vec::as_slice) {
+        Some([set]) => set["ctls"].as_array().is_some_and(|ctls| {
+            ctls.iter()
+                .all(|c| c["cgns_prefix"].as_u64().unwrap_or(0) == 0)
+        }),
+        _ => false,
+    };
+    let no_sub_cgroups = entry["controllers"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .all(|c| match c["dirs"].as_array().map(Vec::as_slice) {
+                Some([dir]) => dir["children"].as_array().is_none_or(Vec::is_empty),
+                Some([]) | None => true,
+                _ => false,
+            })
+    });
+    one_set && no_sub_cgroups
+}
+
 /// One line of /proc/PID/mountinfo, the fields Ferry uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
@@ -979,6 +1012,39 @@ mod tests {
             let mi = format!("71 69 0:43 / /dev rw - ext4 x rw\n{line}\n");
             assert!(own_tmpfs_mounts(&s, &mi, &[]).is_empty(), "{line}");
         }
+    }
+
+    #[test]
+    fn flat_cgroups_are_those_of_one_set_without_a_namespace_or_sub_cgroup() {
+        let img = |sets: serde_json::Value, children: serde_json::Value| {
+            serde_json::json!({"magic": "CGROUP", "entries": [{
+                "sets": sets,
+                "controllers": [
+                    {"cnames": ["pids"], "dirs": [{"dir_name": "p1/c9", "children": children}]},
+                    {"cnames": ["memory"], "dirs": [{"dir_name": "p1/c9"}]}
+                ]
+            }]})
+        };
+        let set = |id: u32, cgns: u32| {
+            serde_json::json!({"id": id, "ctls": [
+                {"name": "pids", "path": "/p1/c9", "cgns_prefix": cgns},
+                {"name": "memory", "path": "/p1/c9"}
+            ]})
+        };
+        let none = serde_json::json!([]);
+        assert!(cgroups_flat(&img(
+            serde_json::json!([set(2, 0)]),
+            none.clone()
+        )));
+        // Tasks in two sets, a cgroup namespace, a sub-cgroup: soft.
+        assert!(!cgroups_flat(&img(
+            serde_json::json!([set(2, 0), set(3, 0)]),
+            none.clone()
+        )));
+        assert!(!cgroups_flat(&img(serde_json::json!([set(2, 5)]), none)));
+        let sub = serde_json::json!([{"dir_name": "worker"}]);
+        assert!(!cgroups_flat(&img(serde_json::json!([set(2, 0)]), sub)));
+        assert!(!cgroups_flat(&serde_json::json!({"entries": []})));
     }
 
     #[test]

@@ -558,6 +558,17 @@ impl EarlyCriu {
         masked_empty_dir(dest.state_dir)?;
         let root = CriuRoot::mount(dest.rootfs, dest.state_dir)?;
         let mut ropts = restore_options(&dest, opts, dirs, &root.0)?;
+        // Unless the caller chose a mode: tasks that all sat in the
+        // container's own cgroup are left where criu is (see
+        // criu_plan::cgroups_flat), which keeps CRIU's own cgroup attach,
+        // and the RCU grace period it waits, out of the restore.
+        let cgroup_img = opts.image_path.join("cgroup.img");
+        if opts.manage_cgroups_mode.is_none() && cgroup_img.exists() {
+            let decoded = criu_rpc::image::decode_file(&cgroup_img).map_err(Error::CorruptImage)?;
+            if criu_plan::cgroups_flat(&decoded) {
+                ropts.tree.manage_cgroups = Some(CgroupMode::Ignore);
+            }
+        }
         ropts.inherit_passed = stdio_inherits(&opts.image_path, &stdio)?;
         ropts
             .inherit_passed

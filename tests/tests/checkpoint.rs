@@ -94,6 +94,15 @@ fn counter_continues_after_restore_under_a_new_id() {
     ]);
     assert!(out.contains("pages restored"), "{out}");
     assert_eq!(root.status(&b), "running");
+    // Its tasks all sat in its own cgroup: CRIU left them where criu was
+    // placed (cgroup mode `ignore`) rather than move them there again.
+    let log = std::fs::read_to_string(images.join("restore.log")).unwrap();
+    assert!(!log.contains("cg: Move into"), "CRIU moved the tasks");
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", root.pid(&b))).unwrap();
+    assert!(
+        cgroups.lines().all(|l| l.ends_with(&format!("/{b}"))),
+        "the restored init is not in its cgroups: {cgroups}"
+    );
     let after = wait_numbers(&count, before.len() + 10);
     assert_consecutive(&after);
     // The original bundle saw nothing of the clone.
