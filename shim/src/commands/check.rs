@@ -266,7 +266,7 @@ fn print_text(r: &Report) {
         println!("{:<26} fast", "cgroup attach");
     } else {
         println!(
-            "{:<26} waits an RCU grace period (~10 ms) in each restore: \
+            "{:<26} waits an RCU grace period (~10 ms) in each restore (a move: before the freeze): \
              echo 1 > /sys/kernel/rcu_expedited, or mount cgroup2 with favordynmods",
             "cgroup attach"
         );
