@@ -335,8 +335,13 @@ pub struct OwnTmpfs {
 impl OwnTmpfs {
     /// The external name it is dumped and restored under.
     pub fn key(&self) -> String {
-        format!("{OWN_TMPFS_KEY}{}", self.mountpoint)
+        own_tmpfs_key(&self.mountpoint)
     }
+}
+
+/// The external name of the tmpfs Ferry copies at `mountpoint`.
+pub fn own_tmpfs_key(mountpoint: &str) -> String {
+    format!("{OWN_TMPFS_KEY}{mountpoint}")
 }
 
 /// The spec's `tmpfs` mounts that Ferry can copy itself in the running

@@ -320,13 +320,7 @@ pub fn restore(
                 .map_err(|e| io("making read-only the tmpfs on", &at)(e.into()))?;
         }
         ext.push(criu_rpc::ExtMount {
-            key: OwnTmpfs {
-                mountpoint: c.mountpoint.clone(),
-                dev: String::new(),
-                source: c.source.clone(),
-                super_options: String::new(),
-            }
-            .key(),
+            key: crate::criu_plan::own_tmpfs_key(&c.mountpoint),
             value: at.to_string_lossy().into_owned(),
         });
     }

@@ -239,6 +239,17 @@ struct Hooks<'a> {
     state: State,
 }
 
+impl<'a> Hooks<'a> {
+    /// Before the restored init exists (its records say pid 0, creating).
+    fn new(setup: &'a mut Setup, at_create: bool) -> Hooks<'a> {
+        Hooks {
+            oci: setup.oci_state("creating", Pid::from_raw(0)),
+            state: setup.state(Pid::from_raw(0), true, at_create),
+            setup,
+        }
+    }
+}
+
 impl RestoreHooks for Hooks<'_> {
     fn criu_started(&mut self, criu: Pid) -> Result<()> {
         // runc's criuApplyCgroups: the restored tasks go where criu is.
@@ -386,11 +397,7 @@ fn prepare(
         setup.lock(ns)?;
     }
     let spec = setup.bundle.spec.clone();
-    let mut hooks = Hooks {
-        oci: setup.oci_state("creating", Pid::from_raw(0)),
-        state: setup.state(Pid::from_raw(0), true, rt.at_create),
-        setup: &mut setup,
-    };
+    let mut hooks = Hooks::new(&mut setup, rt.at_create);
     let criu = restore::EarlyCriu::start(criu, &spec, stdio, fresh, &mut hooks)?;
     Ok(PreparedRestore {
         setup,
@@ -420,11 +427,7 @@ impl PreparedRestore {
         let rootfs = setup.bundle.rootfs.clone();
         let state_dir = setup.dir().to_path_buf();
         let id = setup.id.clone();
-        let mut hooks = Hooks {
-            oci: setup.oci_state("creating", Pid::from_raw(0)),
-            state: setup.state(Pid::from_raw(0), true, at_create),
-            setup: &mut setup,
-        };
+        let mut hooks = Hooks::new(&mut setup, at_create);
         let restored = criu.restore(
             Destination {
                 id: &id,
