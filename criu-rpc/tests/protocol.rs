@@ -52,6 +52,15 @@ fn resp(ty: rpc::Criu_req_type, success: bool) -> rpc::Criu_resp {
     r
 }
 
+/// A successful RESTORE response naming the restored root `pid`.
+fn restored(pid: i32) -> rpc::Criu_resp {
+    let mut ok = resp(rpc::Criu_req_type::RESTORE, true);
+    let mut rr = rpc::Criu_restore_resp::new();
+    rr.pid = Some(pid);
+    ok.restore = MessageField::some(rr);
+    ok
+}
+
 fn send_resp(r: &rpc::Criu_resp, fd: Option<RawFd>) {
     let bytes = r.write_to_bytes().unwrap();
     match fd {
@@ -190,11 +199,7 @@ fn fake_criu(scenario: &str) -> i32 {
                 send_resp(&failure(ty, "client did not write to the pts master"), None);
                 return 1;
             }
-            let mut ok = resp(rpc::Criu_req_type::RESTORE, true);
-            let mut rr = rpc::Criu_restore_resp::new();
-            rr.pid = Some(4242);
-            ok.restore = MessageField::some(rr);
-            send_resp(&ok, None);
+            send_resp(&restored(4242), None);
             0
         }
         "passed-inherit" => {
@@ -215,11 +220,7 @@ fn fake_criu(scenario: &str) -> i32 {
                 send_resp(&failure(ty, "fd 5 is not the pipe passed at spawn"), None);
                 return 1;
             }
-            let mut ok = resp(rpc::Criu_req_type::RESTORE, true);
-            let mut rr = rpc::Criu_restore_resp::new();
-            rr.pid = Some(4343);
-            ok.restore = MessageField::some(rr);
-            send_resp(&ok, None);
+            send_resp(&restored(4343), None);
             0
         }
         "wrong-type" => {

@@ -472,6 +472,8 @@ pub struct EarlyCriu {
     /// it (to bring `lo` up once the images say it was), what it was made
     /// as.
     fresh_netns: Option<(usize, OwnedFd, crate::network::fresh::Fresh)>,
+    /// What the images said of it when criu started, if they were there.
+    fresh: FreshNetns,
 }
 
 impl EarlyCriu {
@@ -532,6 +534,7 @@ impl EarlyCriu {
             stdio,
             namespaces,
             fresh_netns,
+            fresh,
         })
     }
 
@@ -549,6 +552,7 @@ impl EarlyCriu {
             stdio,
             namespaces,
             fresh_netns,
+            fresh,
         } = self;
         let (dirs, log_dir) =
             crate::checkpoint::open_dirs(&opts.image_path, opts.work_path.as_deref(), RESTORE_LOG)?;
@@ -577,7 +581,11 @@ impl EarlyCriu {
                 index: *index,
             }));
         // Dumped as external because it looked new: a new one, as it was.
-        if let FreshNetns::Known(Some(fresh)) = FreshNetns::of_images(&opts.image_path)? {
+        let fresh = match fresh {
+            FreshNetns::Unknown => FreshNetns::of_images(&opts.image_path)?,
+            known => known,
+        };
+        if let FreshNetns::Known(Some(fresh)) = fresh {
             // Dumped unlocked (checkpoint::prepare): nothing to unlock.
             ropts.tree.network_lock = Some(criu_rpc::NetworkLock::Skip);
             let given = namespaces.iter().any(|(k, _)| *k == criu_plan::NET_NS_KEY);

@@ -1761,7 +1761,9 @@ fn a_cut_as_the_restore_completes_leaves_exactly_one_copy() {
         },
     );
     let mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
-    let state = b.path().join(&id);
+    // Its state file, not its dir: the destination makes the dir as it
+    // prepares the restore, before the source freezes.
+    let state = b.path().join(&id).join("state.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !state.exists() {
         assert!(Instant::now() < deadline, "the destination never restored");

@@ -64,7 +64,7 @@ pub fn looks_new(netns: &Path) -> Result<Option<Fresh>> {
     let fresh = Fresh { loopback_up };
     let new = in_new_netns(move || {
         if fresh.loopback_up {
-            bring_loopback_up()?;
+            bring_loopback_up(None)?;
         }
         with_netlink(None, |h, _| async move { shape(h, None).await })
     })?;
@@ -80,7 +80,7 @@ pub fn looks_new(netns: &Path) -> Result<Option<Fresh>> {
 pub fn create(fresh: Fresh) -> Result<OwnedFd> {
     in_new_netns(move || {
         if fresh.loopback_up {
-            bring_loopback_up()?;
+            bring_loopback_up(None)?;
         }
         let p = Path::new("/proc/thread-self/ns/net");
         std::fs::File::open(p)
@@ -97,10 +97,7 @@ pub fn complete(ns: BorrowedFd<'_>, fresh: Fresh) -> Result<()> {
         return Ok(());
     }
     let p = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
-    with_netlink(Some(&Netns::at(&p)?), |h, _| async move {
-        let lo = link_index(&h, "lo", None).await?;
-        configure(&h, lo, None, None).await
-    })
+    bring_loopback_up(Some(&Netns::at(&p)?))
 }
 
 /// `lo`'s state, if `lo` is the namespace's only link.
@@ -128,9 +125,9 @@ fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'stati
     }))
 }
 
-/// Brings `lo` up in the calling thread's namespace.
-fn bring_loopback_up() -> Result<()> {
-    with_netlink(None, |h, _| async move {
+/// Brings `lo` up in `netns`, or in the calling thread's namespace.
+fn bring_loopback_up(netns: Option<&Netns>) -> Result<()> {
+    with_netlink(netns, |h, _| async move {
         let lo = link_index(&h, "lo", None).await?;
         configure(&h, lo, None, None).await
     })
@@ -372,7 +369,7 @@ mod tests {
     fn only_what_a_new_namespace_holds_looks_new() {
         let check = |change: &'static str| {
             in_new_netns(move || {
-                bring_loopback_up()?;
+                bring_loopback_up(None)?;
                 let ns = PathBuf::from(format!(
                     "/proc/{}/task/{}/ns/net",
                     std::process::id(),

@@ -183,6 +183,15 @@ fn remove_made(leaf: &Path, made: &[PathBuf]) -> Result<()> {
 }
 
 impl ContainerCgroup {
+    /// [`ContainerCgroup::new`] of the cgroupsPath `spec` gives.
+    pub fn of_spec(spec: &oci_spec::runtime::Spec, id: &str, systemd: bool) -> Result<Self> {
+        let path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_deref());
+        ContainerCgroup::new(path, id, systemd)
+    }
+
     /// Resolves the spec's `linux.cgroupsPath`, as runc does with cgroupfs:
     /// a path is taken from each hierarchy's root (a relative one too), and
     /// none means `/<id>`. Nothing is created yet; the parents that do not

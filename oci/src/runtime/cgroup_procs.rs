@@ -51,15 +51,7 @@ pub fn procs_files(cgroup: &ContainerCgroup) -> Result<Vec<PathBuf>> {
 /// resolves it).
 pub fn bundle_procs_files(bundle: &Path, id: &str) -> Result<Vec<PathBuf>> {
     let b = Bundle::load(bundle)?;
-    let cgroup = ContainerCgroup::new(
-        b.spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_deref()),
-        id,
-        false,
-    )?;
-    procs_files(&cgroup)
+    procs_files(&ContainerCgroup::of_spec(&b.spec, id, false)?)
 }
 
 #[cfg(test)]

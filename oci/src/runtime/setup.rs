@@ -66,15 +66,7 @@ impl Setup {
         let config = bundle.dir.join(super::spec::CONFIG);
         let address = super::net::requested(&bundle.spec, &config)?;
         // Computed before anything is made: it makes nothing itself.
-        let cgroup = ContainerCgroup::new(
-            bundle
-                .spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_deref()),
-            id,
-            systemd_cgroup,
-        )?;
+        let cgroup = ContainerCgroup::of_spec(&bundle.spec, id, systemd_cgroup)?;
         let dir = StateDir::create(root, id)?;
         let mut setup = Setup {
             id: id.to_string(),
@@ -228,16 +220,7 @@ pub fn remove_unfinished(root: &Path, id: &str, bundle_dir: &Path) -> Result<()>
         return Ok(());
     };
     let bundle = Bundle::load(bundle_dir)?;
-    let cgroup = ContainerCgroup::new(
-        bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_deref()),
-        id,
-        false,
-    )?;
-    cgroup.destroy()?;
+    ContainerCgroup::of_spec(&bundle.spec, id, false)?.destroy()?;
     let config = bundle.dir.join(super::spec::CONFIG);
     if let Some(address) = super::net::requested(&bundle.spec, &config)? {
         let net = ContainerNet {
