@@ -169,6 +169,17 @@ pub enum Error {
     #[error("container's cgroup unexpectedly frozen: {} (thaw it, or give another linux.cgroupsPath)", path.display())]
     CgroupFrozen { path: PathBuf },
 
+    /// A process of the container was inside a vfork when it was to be
+    /// dumped, which CRIU cannot do ([`crate::runtime::freeze`]); nothing
+    /// was dumped. `waited` is None when the container was paused (Ferry
+    /// does not thaw a container its user paused).
+    #[error("process {parent} of the container waits on its vfork child {child}, {}", in_vfork_fix(.waited))]
+    InVfork {
+        parent: nix::unistd::Pid,
+        child: nix::unistd::Pid,
+        waited: Option<std::time::Duration>,
+    },
+
     #[error("{} is not a checkpoint export: {why}", path.display())]
     NotAnExport { path: PathBuf, why: &'static str },
 
@@ -383,6 +394,17 @@ pub enum Error {
     },
 }
 
+fn in_vfork_fix(waited: &Option<std::time::Duration>) -> String {
+    let why = "CRIU cannot stop a process inside vfork: nothing was dumped";
+    match waited {
+        Some(w) => format!(
+            "which neither exec'd nor exited in {} ms: {why}, and the container runs on (try again once the child is done)",
+            w.as_millis()
+        ),
+        None => format!("{why}; the container stays paused (resume it, and checkpoint it running: Ferry then freezes it between vforks)"),
+    }
+}
+
 impl Error {
     /// This error's kind, for scripts (`--json` output): its variant's
     /// name in snake_case, stable across releases (a new kind may be
@@ -416,6 +438,7 @@ impl Error {
             Error::Hook { .. } | Error::HookIo { .. } | Error::HookTimedOut { .. } => "hook",
             Error::Cgroup { .. } => "cgroup",
             Error::CgroupFrozen { .. } => "cgroup_frozen",
+            Error::InVfork { .. } => "in_vfork",
             Error::NotAnExport { .. } => "not_an_export",
             Error::ImportDestNotEmpty { .. } => "import_dest_not_empty",
             Error::CorruptImage { .. } => "corrupt_image",

@@ -246,6 +246,24 @@ pub fn busybox_bundle(dir: &Path, cmd: &[&str]) -> PathBuf {
     b
 }
 
+/// Builds tests/fixtures/`name`.c into a static program at `out` (gcc, as
+/// hack/setup installs it for CRIU's build); fails loudly without gcc.
+pub fn static_program(name: &str, out: &Path) {
+    let src = repo().join("tests/fixtures").join(format!("{name}.c"));
+    let r = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(out)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("gcc (for {}): {e}; hack/setup installs it", src.display()));
+    assert!(
+        r.status.success(),
+        "gcc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
 /// The busybox counter: one number per line in /out/count, every 50 ms.
 pub const COUNTER: &[&str] = &[
     "sh",

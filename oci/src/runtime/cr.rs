@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use super::container::{write_pid_file, Container, Status};
+use super::freeze;
 use super::hooks::{self, OciState};
 use super::setup::Setup;
 use super::state::{self, State};
@@ -170,9 +171,18 @@ impl PreparedCheckpoint {
         // once, where freezing it itself costs a 100 ms poll (seize.c:
         // "100 x 100ms attempts"); it leaves a cgroup it found frozen
         // frozen, so the container is thawed here if it is to run on.
+        // Frozen where CRIU can seize every task: no process inside a
+        // vfork (freeze.rs says why).
         let was_paused = this.state.cgroup.is_frozen();
+        let init = Pid::from_raw(this.state.pid);
         if has_freezer && !was_paused {
-            this.state.cgroup.freeze()?;
+            freeze::freeze_dumpable(&this.state.cgroup, init, freeze::VFORK_PATIENCE)?;
+        } else if let Some(v) = freeze::find_vforks(init).first().filter(|_| was_paused) {
+            return Err(Error::InVfork {
+                parent: v.parent,
+                child: v.child,
+                waited: None,
+            });
         }
         let locked = match to_lock {
             Some(ns) => {

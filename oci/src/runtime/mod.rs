@@ -17,6 +17,7 @@ pub mod console;
 pub mod container;
 pub mod cr;
 pub mod events;
+pub mod freeze;
 pub mod hooks;
 pub mod init;
 pub mod net;
