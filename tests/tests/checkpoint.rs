@@ -4,7 +4,8 @@
 //! memory survive, an established TCP connection survives, a bind mount
 //! through a symlink stays inside the rootfs and is restored there, bad
 //! input is refused with nothing left behind, and so is a restore that
-//! fails once its network namespace exists (or is locked).
+//! fails once its network namespace exists (or is locked); a process that
+//! lives inside vfork is checkpointed between its vforks.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
