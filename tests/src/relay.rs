@@ -74,6 +74,9 @@ pub enum Verdict {
     /// Stop forwarding, both ways, on every connection, closing nothing:
     /// this record and all that follow stay in the relay.
     Stall,
+    /// Break every connection at once, as [`Relay::cut`] does: this record
+    /// goes nowhere.
+    Cut,
 }
 
 /// Data records kept per connection and direction, for [`Verdict::Replay`].
@@ -175,9 +178,7 @@ impl Relay {
     /// Breaks every connection at once, as a link going down would (both
     /// ends see the connection reset or closed).
     pub fn cut(&self) {
-        for c in lock(&self.shared.socks).iter() {
-            let _ = c.shutdown(Shutdown::Both);
-        }
+        self.shared.cut();
     }
 
     /// A silent partition from now on: nothing more is forwarded either
@@ -265,6 +266,12 @@ impl Shared {
         if s.is_none() {
             *s = Some(Instant::now());
             lock(&self.events).push(why);
+        }
+    }
+
+    fn cut(&self) {
+        for c in lock(&self.socks).iter() {
+            let _ = c.shutdown(Shutdown::Both);
         }
     }
 
@@ -383,6 +390,11 @@ fn forward(s: &Shared, conn: usize, dir: Dir, mut from: TcpStream, mut to: TcpSt
                         s.event(format!("replayed record {index} in place of {r:?}"))
                     }
                     Verdict::Stall => s.stall(format!("stalled at {r:?}")),
+                    Verdict::Cut => {
+                        s.event(format!("cut every connection at {r:?}"));
+                        s.cut();
+                        return;
+                    }
                 }
             }
             if let (Some(bps), Dir::Up) = (s.throttle, dir) {

@@ -237,6 +237,11 @@ fn leftovers(b: &Root, agent: &Agent, id: &str, cgroup: &str) -> Vec<String> {
         // A running one is a second copy of the container.
         left.push(format!("container {c}, {}", b.status(&c)));
     }
+    // A restore prepared as the offer was accepted: a state dir without
+    // state.json, which `ferry list` does not show.
+    if b.path().join(id).exists() {
+        left.push(format!("prepared restore {}", b.path().join(id).display()));
+    }
     let incoming = b.path().join("incoming").join(id);
     if incoming.exists() {
         left.push(format!("{}", incoming.display()));
@@ -406,8 +411,21 @@ fn attacked_move(
     prepare: impl FnOnce(&Path),
     relay: impl FnOnce(ferry_tests::relay::Builder) -> ferry_tests::relay::Builder,
 ) -> (String, String, Vec<String>, Option<Duration>) {
+    attacked_move_with(two, name, &[], prepare, relay)
+}
+
+/// [`attacked_move`] with more flags for the agent.
+fn attacked_move_with(
+    two: &Two,
+    name: &str,
+    agent_flags: &[&str],
+    prepare: impl FnOnce(&Path),
+    relay: impl FnOnce(ferry_tests::relay::Builder) -> ferry_tests::relay::Builder,
+) -> (String, String, Vec<String>, Option<Duration>) {
     let timeout = ["--peer-timeout", PEER_TIMEOUT];
-    let agent = two.agent(&two.b, name, &two.keyed(&timeout));
+    let mut flags = two.keyed(&timeout);
+    flags.extend(agent_flags.iter().map(|f| f.to_string()));
+    let agent = two.agent(&two.b, name, &flags);
     let (id, count) = two.counter(name, COUNTER, prepare);
     let relay = relay(Relay::builder(&agent.addr)).start();
     let started = Instant::now();
@@ -779,6 +797,31 @@ fn a_partition_during_the_rootfs_fails_within_the_timeout() {
     assert!(
         err.contains("ahead of the freeze") && !err.contains("freeze and dump"),
         "not stalled sending the root filesystem ahead: {err}"
+    );
+}
+
+/// The link goes down after the agent accepted the offer (and prepared
+/// the restore), as the source opens its page connection: the agent, whose
+/// handshake deadline is a minute here, drops the move as soon as the
+/// control connection closes, not a minute later.
+#[test]
+fn a_cut_before_the_page_connection_frees_the_destination_at_once() {
+    let two = Two::new();
+    let (err, _, events, _) = attacked_move_with(
+        &two,
+        "cpc",
+        &["--handshake-timeout", "60"],
+        |_| {},
+        |r| {
+            r.rule(once(|r, _, _| {
+                (r.conn == 1 && r.dir == Dir::Up && r.index == 0).then_some(Verdict::Cut)
+            }))
+        },
+    );
+    assert_happened(&events, "cut every connection");
+    assert!(
+        !err.contains("freeze and dump"),
+        "frozen for nothing: {err}"
     );
 }
 

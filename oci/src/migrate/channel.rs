@@ -426,6 +426,22 @@ impl Channel {
         self.reader.r.get_ref().try_clone().map_err(Error::Wire)
     }
 
+    /// Whether the peer closed or reset the connection, looked at without
+    /// reading (POLLRDHUP: seen even behind unread pings). For a side
+    /// waiting on something else than this channel.
+    pub fn peer_hung_up(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        // POLLRDHUP: nix 0.29 does not name it.
+        let gone =
+            PollFlags::from_bits_retain(libc::POLLRDHUP) | PollFlags::POLLHUP | PollFlags::POLLERR;
+        let mut fds = [PollFd::new(self.reader.r.get_ref().as_fd(), gone)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => fds[0].revents().is_some_and(|r| r.intersects(gone)),
+            Err(_) => false,
+        }
+    }
+
     /// Bounds the reads that follow to end by `at` (pings or not), or with
     /// `None` lifts the bound: a peer must say what it wants within the
     /// handshake's deadline even while its heartbeat runs.

@@ -30,7 +30,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -498,6 +498,30 @@ impl Agent {
         result.map(|pid| Received::Running { pid })
     }
 
+    /// The page connection of the move whose offer was accepted with
+    /// `token`, within the handshake's deadline. A source gone meanwhile
+    /// (its control connection closed) is noticed at once: its prepared
+    /// restore is not kept for the rest of the deadline.
+    fn await_pages(&self, s: &Channel, token: &str, rx: Receiver<Channel>) -> Result<Channel> {
+        const LOOK_EVERY: Duration = Duration::from_millis(100);
+        let until = Instant::now() + self.handshake;
+        let what = loop {
+            match rx.recv_timeout(LOOK_EVERY) {
+                Ok(pages) => return Ok(pages),
+                Err(RecvTimeoutError::Disconnected) => break "the page connection did not come",
+                Err(RecvTimeoutError::Timeout) if s.peer_hung_up() => {
+                    break "the source closed its connection before its page connection came"
+                }
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= until => {
+                    break "the page connection did not come"
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        };
+        self.pages.lock().unwrap().remove(token);
+        Err(Error::Protocol { what })
+    }
+
     /// Receives and restores, the images on a tmpfs of the size given
     /// (mounted into `tmpfs`); `at` follows where it is, for the report
     /// of a failure.
@@ -539,12 +563,7 @@ impl Agent {
                 migration: token.clone(),
             },
         )?;
-        let pages = rx.recv_timeout(self.handshake).map_err(|_| {
-            self.pages.lock().unwrap().remove(&token);
-            Error::Protocol {
-                what: "the page connection did not come",
-            }
-        })?;
+        let pages = self.await_pages(s, &token, rx)?;
         // Pre-copy: CRIU's page server writes the pages as the dump sends
         // them. Post-copy: the connection waits for the lazy-pages daemon.
         let (server, lazy_source) = if postcopy {
