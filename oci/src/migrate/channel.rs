@@ -430,16 +430,18 @@ impl Channel {
     /// reading (POLLRDHUP: seen even behind unread pings). For a side
     /// waiting on something else than this channel.
     pub fn peer_hung_up(&self) -> bool {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        use std::os::fd::AsFd;
-        // POLLRDHUP: nix 0.29 does not name it.
-        let gone =
-            PollFlags::from_bits_retain(libc::POLLRDHUP) | PollFlags::POLLHUP | PollFlags::POLLERR;
-        let mut fds = [PollFd::new(self.reader.r.get_ref().as_fd(), gone)];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(_) => fds[0].revents().is_some_and(|r| r.intersects(gone)),
-            Err(_) => false,
-        }
+        use std::os::fd::AsRawFd;
+        // libc's poll: nix 0.29's PollFlags knows no POLLRDHUP (and reads
+        // revents holding it as nothing at all).
+        let gone = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+        let mut fd = libc::pollfd {
+            fd: self.reader.r.get_ref().as_raw_fd(),
+            events: gone,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call; a zero timeout.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n > 0 && fd.revents & gone != 0
     }
 
     /// Bounds the reads that follow to end by `at` (pings or not), or with
