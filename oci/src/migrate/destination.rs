@@ -1191,7 +1191,13 @@ impl Landing {
         let r = match self {
             Landing::Native { dir, .. } => {
                 let images = dir.join("images");
-                let _ = std::fs::rename(images.join("restore.log"), dir.join("restore.log"));
+                // A post-copy restore logs into its work dir.
+                for from in [dir.join("lazy-work"), images.clone()] {
+                    let log = from.join(crate::restore::RESTORE_LOG);
+                    if std::fs::rename(&log, dir.join(crate::restore::RESTORE_LOG)).is_ok() {
+                        break;
+                    }
+                }
                 crate::mount::detach(&images, "unmounting")
                     .and_then(|_| {
                         std::fs::remove_dir_all(&images)
