@@ -93,6 +93,12 @@ pub struct Target<'a> {
     /// it frozen until run returns: Ferry then copies the runtime's tmpfs
     /// mounts itself while CRIU dumps ([`crate::tmpfs_copy`]).
     pub frozen_by_caller: bool,
+    /// The caller locks the container's network namespace itself around
+    /// the dump (network::criu_lock: an external namespace, which CRIU
+    /// would lock too, a second time): CRIU's lock is skipped, which also
+    /// skips its unlock on restore (the restore takes the method from the
+    /// inventory, criu/image.c), two iptables-restore runs on each side.
+    pub network_locked_by_caller: bool,
 }
 
 /// What a checkpoint produced.
@@ -215,6 +221,9 @@ pub fn dump_options(
     t.file_locks = opts.file_locks;
     t.display_stats = true;
     t.config_file = criu_plan::criu_config_file(target.spec);
+    if target.network_locked_by_caller {
+        t.network_lock = Some(criu_rpc::NetworkLock::Skip);
+    }
     d.leave_running = opts.leave_running;
     d.leave_stopped = opts.leave_stopped;
     d.tcp_skip_in_flight = opts.tcp_skip_in_flight;
@@ -496,6 +505,7 @@ mod tests {
             freezer: Some(Path::new("/sys/fs/cgroup/freezer/c1")),
             fresh_netns: None,
             frozen_by_caller: false,
+            network_locked_by_caller: false,
         }
     }
 
@@ -531,6 +541,23 @@ mod tests {
             d.freeze_cgroup.as_deref(),
             Some(Path::new("/sys/fs/cgroup/freezer/c1"))
         );
+        // CRIU's default lock, unless the caller locks the namespace.
+        assert_eq!(d.tree.network_lock, None);
+        let locked = Target {
+            network_locked_by_caller: true,
+            ..target(&spec)
+        };
+        let dirs = ImageDirs::open(Path::new("/")).unwrap();
+        let d = dump_options(
+            &locked,
+            &mut opts,
+            dirs,
+            |_| true,
+            &criu_plan::plain_key,
+            |_| Ok(77),
+        )
+        .unwrap();
+        assert_eq!(d.tree.network_lock, Some(criu_rpc::NetworkLock::Skip));
     }
 
     #[test]

@@ -475,6 +475,7 @@ impl Agent {
         );
         match &result {
             Ok(_) => {
+                landing.keep_restore_log();
                 drop(tmpfs.take());
                 landing.done();
             }
@@ -1182,6 +1183,22 @@ impl Landing {
         }
     }
 
+    /// After a success, before the images' tmpfs goes: CRIU's restore log
+    /// is kept beside the bundle (a post-copy restore logs into its work
+    /// dir, a pre-copy one among the images, on their own tmpfs).
+    fn keep_restore_log(&self) {
+        let Landing::Native { dir, .. } = self else {
+            return;
+        };
+        let kept = dir.join(crate::restore::RESTORE_LOG);
+        for from in [self.lazy_work(), dir.join("images")] {
+            let log = from.join(crate::restore::RESTORE_LOG);
+            if std::fs::rename(&log, &kept).is_ok() || std::fs::copy(&log, &kept).is_ok() {
+                return;
+            }
+        }
+    }
+
     /// After a success: what only the restore needed goes (the images,
     /// pages included, and a post-copy's work dir: as much disk as the
     /// container's memory, for its whole life otherwise); CRIU's restore
@@ -1191,13 +1208,6 @@ impl Landing {
         let r = match self {
             Landing::Native { dir, .. } => {
                 let images = dir.join("images");
-                // A post-copy restore logs into its work dir.
-                for from in [dir.join("lazy-work"), images.clone()] {
-                    let log = from.join(crate::restore::RESTORE_LOG);
-                    if std::fs::rename(&log, dir.join(crate::restore::RESTORE_LOG)).is_ok() {
-                        break;
-                    }
-                }
                 crate::mount::detach(&images, "unmounting")
                     .and_then(|_| {
                         std::fs::remove_dir_all(&images)

@@ -26,7 +26,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -37,19 +37,41 @@ use crate::error::{Error, Result};
 /// marked packets (SOCCR_MARK 0xC114) is dropped.
 const LOCK: &str = "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n\
 -A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n";
-const DELETE_CHAIN: &str = "*filter\n:CRIU - [0:0]\n-X CRIU\nCOMMIT\n";
 
-/// Deletes one jump from `chain` (INPUT, OUTPUT) to CRIU's chain. Each jump
-/// goes in a transaction of its own: iptables-restore applies a table all
-/// or nothing, and a missing jump must not keep the other one in place.
-fn delete_jump(chain: &str) -> String {
-    format!("*filter\n:CRIU - [0:0]\n-D {chain} -j CRIU\nCOMMIT\n")
+/// The two families' tools: (save, restore).
+const FAMILIES: [(&str, &str); 2] = [
+    ("iptables-save", "iptables-restore"),
+    ("ip6tables-save", "ip6tables-restore"),
+];
+
+/// One transaction taking the lock off: `jumps` jumps from each of INPUT
+/// and OUTPUT, the chain emptied (naming it in iptables-restore's input
+/// flushes it) and deleted: criu/net.c iptables_network_unlock_internal,
+/// for a namespace locked `jumps` times.
+fn unlock_transaction(jumps: (usize, usize)) -> String {
+    let mut t = String::from("*filter\n:CRIU - [0:0]\n");
+    t.push_str(&"-D INPUT -j CRIU\n".repeat(jumps.0));
+    t.push_str(&"-D OUTPUT -j CRIU\n".repeat(jumps.1));
+    t.push_str("-X CRIU\nCOMMIT\n");
+    t
 }
 
-/// Runs `tool` (iptables-save / iptables-restore and their ip6 twins) in
-/// the network namespace `netns` with `input` on stdin; returns stdout, or
-/// `None` when the tool failed (a rule that is not there).
-fn in_netns(netns: &Path, tool: &str, args: &[&str], input: &str) -> Result<Option<String>> {
+/// How often iptables-save's `rules` jump from INPUT and from OUTPUT to
+/// CRIU's chain, if the chain is there.
+fn jumps(rules: &str) -> Option<(usize, usize)> {
+    if !rules.lines().any(|l| l.starts_with(":CRIU ")) {
+        return None;
+    }
+    let count = |chain: &str| {
+        let jump = format!("-A {chain} -j CRIU");
+        rules.lines().filter(|l| l.trim_end() == jump).count()
+    };
+    Some((count("INPUT"), count("OUTPUT")))
+}
+
+/// Starts `tool` (iptables-save / iptables-restore and their ip6 twins) in
+/// the network namespace `netns` with `input` on stdin.
+fn spawn_in_netns(netns: &Path, tool: &str, args: &[&str], input: &str) -> Result<Child> {
     let ns = std::fs::File::open(netns).map_err(|source| Error::Io {
         op: "opening the network namespace",
         path: netns.to_path_buf(),
@@ -71,9 +93,16 @@ fn in_netns(netns: &Path, tool: &str, args: &[&str], input: &str) -> Result<Opti
         path: tool.into(),
         source,
     })?;
+    // Rule sets are a few hundred bytes: the pipe takes them whole.
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input.as_bytes());
     }
+    Ok(child)
+}
+
+/// Waits for `child` (`tool`): its stdout, or `None` when it failed (a
+/// rule that is not there).
+fn finish(child: Child, tool: &str) -> Result<Option<String>> {
     let out = child.wait_with_output().map_err(|source| Error::Io {
         op: "running",
         path: tool.into(),
@@ -83,6 +112,30 @@ fn in_netns(netns: &Path, tool: &str, args: &[&str], input: &str) -> Result<Opti
         .status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// Runs one tool per family at once (each run costs ~5-12 ms of process
+/// start-up and xtables set-up, inside the downtime): `job` gives each
+/// family's tool, arguments and input, or None to skip it. The families'
+/// results, in [`FAMILIES`]' order.
+fn both_families(
+    netns: &Path,
+    job: impl Fn(usize) -> Option<(&'static str, &'static [&'static str], String)>,
+) -> Result<[Option<String>; 2]> {
+    let mut running = Vec::new();
+    for f in 0..FAMILIES.len() {
+        running.push(match job(f) {
+            Some((tool, args, input)) => Some((tool, spawn_in_netns(netns, tool, args, &input)?)),
+            None => None,
+        });
+    }
+    let mut out = [None, None];
+    for (f, r) in running.into_iter().enumerate() {
+        if let Some((tool, child)) = r {
+            out[f] = finish(child, tool)?;
+        }
+    }
+    Ok(out)
 }
 
 /// The network namespace of `pid`, unless it is this process's own (CRIU
@@ -97,51 +150,58 @@ pub fn netns_of(pid: Pid) -> Option<std::path::PathBuf> {
 
 /// Locks `netns` as CRIU does: only CRIU's marked packets pass.
 pub fn add(netns: &Path) -> Result<()> {
-    for restore in ["iptables-restore", "ip6tables-restore"] {
-        if in_netns(netns, restore, &["--noflush"], LOCK)?.is_none() {
-            return Err(Error::Unsupported {
-                what: "locking the container's network for CRIU (iptables-restore failed)",
-                hint: "install iptables (hack/setup does) with the xt_mark match",
-            });
-        }
+    let done = both_families(netns, |f| {
+        Some((FAMILIES[f].1, &["--noflush"][..], LOCK.to_string()))
+    })?;
+    if done.iter().any(Option::is_none) {
+        // What did go on comes off: nothing is left half locked.
+        let _ = remove(netns);
+        return Err(Error::Unsupported {
+            what: "locking the container's network for CRIU (iptables-restore failed)",
+            hint: "install iptables (hack/setup does) with the xt_mark match",
+        });
     }
     Ok(())
 }
 
 /// Takes CRIU's lock rules off `netns`, if they are there; returns whether
-/// there were any.
+/// there were any. A namespace locked twice (CRIU and Ferry, or two dumps)
+/// has two of each jump, which all go (criu/net.c loops too): the rules
+/// are read first, and each family's come off in one transaction.
 pub fn remove(netns: &Path) -> Result<bool> {
-    let mut found = false;
-    for (save, restore) in [
-        ("iptables-save", "iptables-restore"),
-        ("ip6tables-save", "ip6tables-restore"),
-    ] {
-        let Some(rules) = in_netns(netns, save, &["-t", "filter"], "")? else {
-            continue;
-        };
-        if !rules.lines().any(|l| l.starts_with(":CRIU ")) {
-            continue;
-        }
-        found = true;
-        // Each jump as often as it is there: a namespace locked twice (CRIU
-        // and Ferry, or two dumps) has two of each (criu/net.c loops too).
-        for chain in ["INPUT", "OUTPUT"] {
-            let one = delete_jump(chain);
-            for _ in 0..16 {
-                if in_netns(netns, restore, &["--noflush"], &one)?.is_none() {
-                    break;
-                }
-            }
-        }
-        if in_netns(netns, restore, &["--noflush"], DELETE_CHAIN)?.is_none() {
-            return Err(Error::Unsupported {
-                what: "removing CRIU's network lock (the CRIU chain stays)",
-                hint:
-                    "delete it by hand: iptables -F CRIU; iptables -X CRIU in the container's netns",
-            });
-        }
+    let rules = both_families(netns, |f| {
+        Some((FAMILIES[f].0, &["-t", "filter"][..], String::new()))
+    })?;
+    let found = rules.map(|r| r.as_deref().and_then(jumps));
+    let done = both_families(netns, |f| {
+        found[f].map(|j| (FAMILIES[f].1, &["--noflush"][..], unlock_transaction(j)))
+    })?;
+    if (0..FAMILIES.len()).any(|f| found[f].is_some() && done[f].is_none()) {
+        return Err(Error::Unsupported {
+            what: "removing CRIU's network lock (the CRIU chain stays)",
+            hint: "delete it by hand: iptables -F CRIU; iptables -X CRIU in the container's netns",
+        });
     }
-    Ok(found)
+    Ok(found.iter().any(Option::is_some))
+}
+
+/// Takes off the lock [`add`] put on `netns`, which holds no other: CRIU's
+/// unlock transaction at once, without reading the rules first (half the
+/// tool runs of [`remove`], in the downtime of every restore into a
+/// namespace Ferry locked). If it does not apply (other rules than
+/// expected), [`remove`] does it the careful way.
+pub fn remove_own(netns: &Path) -> Result<()> {
+    let done = both_families(netns, |f| {
+        Some((
+            FAMILIES[f].1,
+            &["--noflush"][..],
+            unlock_transaction((1, 1)),
+        ))
+    })?;
+    if done.iter().any(Option::is_none) {
+        remove(netns)?;
+    }
+    Ok(())
 }
 
 fn sys(op: &'static str, pid: Pid) -> impl Fn(nix::errno::Errno) -> Error {
@@ -236,10 +296,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_jump_goes_in_its_own_transaction() {
+    fn the_unlock_takes_every_jump_the_rules_hold() {
         assert_eq!(
-            delete_jump("INPUT"),
-            "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\nCOMMIT\n"
+            unlock_transaction((1, 1)),
+            "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\n-D OUTPUT -j CRIU\n-X CRIU\nCOMMIT\n"
         );
+        let twice = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:CRIU - [0:0]\n\
+-A INPUT -j CRIU\n-A INPUT -j CRIU\n-A INPUT -s 10.0.0.1/32 -j CRIU\n-A OUTPUT -j CRIU\n\
+-A OUTPUT -j CRIU\n-A CRIU -m mark --mark 0xc114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n";
+        assert_eq!(jumps(twice), Some((2, 2)));
+        assert_eq!(
+            unlock_transaction((2, 0)),
+            "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\n-D INPUT -j CRIU\n-X CRIU\nCOMMIT\n"
+        );
+        assert_eq!(jumps("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"), None);
     }
 }

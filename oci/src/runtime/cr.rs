@@ -104,6 +104,19 @@ impl Container {
                 super::net::use_netns(&mut spec, &ns)?;
             }
         }
+        let leave_stopped = opts.leave_stopped;
+        // Ferry's own netns is external to CRIU, which would lock it (its
+        // root task's netns is not criu's) but restores nothing in it:
+        // Ferry locks it itself as CRIU does (network::criu_lock), and
+        // CRIU's lock is skipped (Target::network_locked_by_caller).
+        // So is a namespace the container joined (dockerd's sandbox) when
+        // asked: a move kills the container here, and the peers' packets
+        // must meet a locked namespace, not a closed socket's RST.
+        let to_lock = match (&self.state.net, opts.tcp_established) {
+            (Some(n), true) => Some(n.netns.clone()),
+            (None, true) if opts.lock_joined_netns => joined_netns(&spec),
+            _ => None,
+        };
         let freezer = self.state.cgroup.freezer_path();
         let has_freezer = freezer.exists();
         let keeps = opts.leave_running || opts.leave_stopped || opts.pre_dump;
@@ -116,17 +129,7 @@ impl Container {
             fresh_netns,
             // PreparedCheckpoint::run freezes a container with a freezer.
             frozen_by_caller: has_freezer,
-        };
-        let leave_stopped = opts.leave_stopped;
-        // Ferry's own netns is external to CRIU, which then locks nothing:
-        // Ferry locks it as CRIU would have (network::criu_lock).
-        // So is a namespace the container joined (dockerd's sandbox) when
-        // asked: a move kills the container here, and the peers' packets
-        // must meet a locked namespace, not a closed socket's RST.
-        let to_lock = match (&self.state.net, opts.tcp_established) {
-            (Some(n), true) => Some(n.netns.clone()),
-            (None, true) if opts.lock_joined_netns => joined_netns(&spec),
-            _ => None,
+            network_locked_by_caller: to_lock.is_some(),
         };
         let prepared = checkpoint::prepare(criu, &target, opts)?;
         Ok(PreparedCheckpoint {
@@ -203,7 +206,7 @@ impl PreparedCheckpoint {
         // (A dump that kills the tasks takes the namespace with them.)
         let unlocked = match &locked {
             Some(ns) if result.is_err() || (keeps && !leave_stopped) => {
-                crate::network::criu_lock::remove(ns).map(drop)
+                crate::network::criu_lock::remove_own(ns)
             }
             _ => Ok(()),
         };

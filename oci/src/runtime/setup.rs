@@ -128,7 +128,7 @@ impl Setup {
     /// Takes the lock of [`Setup::lock`] off, if it is on.
     pub fn unlock(&mut self) -> Result<()> {
         match self.locked.take() {
-            Some(ns) => crate::network::criu_lock::remove(&ns).map(drop),
+            Some(ns) => crate::network::criu_lock::remove_own(&ns),
             None => Ok(()),
         }
     }
