@@ -179,6 +179,7 @@ fn a_runc_container_is_checkpointed_and_restored_and_counts_on() {
         freezer: freezer.exists().then_some(freezer.as_path()),
         fresh_netns: None,
         frozen_by_caller: false,
+        network_locked_by_caller: false,
     };
 
     // A dump that cannot reach its page server fails, and the container
