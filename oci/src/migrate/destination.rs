@@ -686,8 +686,6 @@ impl Agent {
             })?;
             served.map_err(|e| cause.unwrap_or(e))?;
         }
-        // Restores, then tells the source (with CRIU's stats, which a
-        // lazy restore writes in its work dir).
         // Restores, leaving the copy stopped, tells the source (with
         // CRIU's stats, which a lazy restore writes in its work dir), and
         // runs the copy only once the source committed: a copy that was
