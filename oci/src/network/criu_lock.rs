@@ -125,7 +125,17 @@ fn both_families(
     let mut running = Vec::new();
     for f in 0..FAMILIES.len() {
         running.push(match job(f) {
-            Some((tool, args, input)) => Some((tool, spawn_in_netns(netns, tool, args, &input)?)),
+            Some((tool, args, input)) => match spawn_in_netns(netns, tool, args, &input) {
+                Ok(child) => Some((tool, child)),
+                Err(e) => {
+                    // The family already started is waited for, not left
+                    // behind as a zombie.
+                    for (tool, child) in running.into_iter().flatten() {
+                        let _ = finish(child, tool);
+                    }
+                    return Err(e);
+                }
+            },
             None => None,
         });
     }
