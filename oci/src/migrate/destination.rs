@@ -1200,8 +1200,8 @@ impl Landing {
     /// After a success: what only the restore needed goes (the images,
     /// pages included, and a post-copy's work dir: as much disk as the
     /// container's memory, for its whole life otherwise); CRIU's restore
-    /// log is kept beside the bundle. A docker container's pending
-    /// restore is spent.
+    /// log was kept beside the bundle before ([`Landing::keep_restore_log`]).
+    /// A docker container's pending restore is spent.
     fn done(self) {
         let r = match self {
             Landing::Native { dir, .. } => {
