@@ -509,6 +509,21 @@ mod tests {
         }
     }
 
+    /// `dump_options` of `target` with every path a file, the plain
+    /// mount keys and every namespace of inode `ns_inode`.
+    fn plain_dump(target: &Target<'_>, opts: &mut CheckpointOptions, ns_inode: u64) -> DumpOptions {
+        let dirs = ImageDirs::open(Path::new("/")).unwrap();
+        dump_options(
+            target,
+            opts,
+            dirs,
+            |_| true,
+            &criu_plan::plain_key,
+            |_| Ok(ns_inode),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn dump_options_follow_runc() {
         let spec: Spec = serde_json::from_str(SPEC).unwrap();
@@ -517,16 +532,7 @@ mod tests {
             leave_stopped: true,
             ..Default::default()
         };
-        let dirs = ImageDirs::open(Path::new("/")).unwrap();
-        let d = dump_options(
-            &target(&spec),
-            &mut opts,
-            dirs,
-            |_| true,
-            &criu_plan::plain_key,
-            |_| Ok(77),
-        )
-        .unwrap();
+        let d = plain_dump(&target(&spec), &mut opts, 77);
         assert_eq!(d.pid, Pid::from_raw(4321));
         assert_eq!(
             d.tree.root.as_deref(),
@@ -547,16 +553,7 @@ mod tests {
             network_locked_by_caller: true,
             ..target(&spec)
         };
-        let dirs = ImageDirs::open(Path::new("/")).unwrap();
-        let d = dump_options(
-            &locked,
-            &mut opts,
-            dirs,
-            |_| true,
-            &criu_plan::plain_key,
-            |_| Ok(77),
-        )
-        .unwrap();
+        let d = plain_dump(&locked, &mut opts, 77);
         assert_eq!(d.tree.network_lock, Some(criu_rpc::NetworkLock::Skip));
     }
 
@@ -568,16 +565,7 @@ mod tests {
             parent_path: Some("../pre0".into()),
             ..Default::default()
         };
-        let dirs = ImageDirs::open(Path::new("/")).unwrap();
-        let d = dump_options(
-            &target(&spec),
-            &mut opts,
-            dirs,
-            |_| true,
-            &criu_plan::plain_key,
-            |_| Ok(1),
-        )
-        .unwrap();
+        let d = plain_dump(&target(&spec), &mut opts, 1);
         assert!(d.tree.ext_mounts.is_empty());
         assert!(d.track_mem);
         assert_eq!(d.parent_img.as_deref(), Some(Path::new("../pre0")));
