@@ -31,6 +31,20 @@ fn wait_stopped_or_gone(root: &Root, id: &str) {
     }
 }
 
+/// `ferry restore -d --image-path IMAGES --bundle BUNDLE ID`, which must
+/// succeed: its stdout.
+fn restore_detached(root: &Root, images: &Path, bundle: &Path, id: &str) -> String {
+    root.ok(&[
+        "restore",
+        "-d",
+        "--image-path",
+        s(images),
+        "--bundle",
+        s(bundle),
+        id,
+    ])
+}
+
 #[test]
 fn counter_continues_after_restore_under_a_new_id() {
     let root = Root::new();
@@ -308,15 +322,7 @@ fn a_seccomp_filter_survives_checkpoint_and_restore() {
     let images = tmp.path().join("images");
     root.ok(&["checkpoint", "--image-path", s(&images), &id]);
     let before = numbers(&count);
-    root.ok(&[
-        "restore",
-        "-d",
-        "--image-path",
-        s(&images),
-        "--bundle",
-        s(&bundle),
-        &id,
-    ]);
+    restore_detached(&root, &images, &bundle, &id);
     let after = wait_numbers(&count, before.len() + 10);
     assert_consecutive(&after);
     let text = std::fs::read_to_string(&count).unwrap();
@@ -357,15 +363,7 @@ fn a_leave_running_clone_runs_beside_its_original() {
     assert_eq!(root.status(&a), "running");
     let k = numbers(&orig).len();
 
-    root.ok(&[
-        "restore",
-        "-d",
-        "--image-path",
-        s(&images),
-        "--bundle",
-        s(&copy),
-        &b,
-    ]);
+    restore_detached(&root, &images, &copy, &b);
     let clone = copy.join("rootfs/out/count");
     assert_consecutive(&wait_numbers(&clone, k + 10));
     assert_consecutive(&wait_numbers(&orig, k + 10));
@@ -431,15 +429,7 @@ fn a_process_inside_vfork_is_checkpointed_between_vforks() {
     let k = wait_numbers(&count, numbers(&count).len() + 2).len();
     let images = tmp.path().join("final");
     root.ok(&["checkpoint", "--image-path", s(&images), &id]);
-    root.ok(&[
-        "restore",
-        "-d",
-        "--image-path",
-        s(&images),
-        "--bundle",
-        s(&bundle),
-        &id,
-    ]);
+    restore_detached(&root, &images, &bundle, &id);
     assert_consecutive(&wait_numbers(&count, k + 10));
     root.ok(&["delete", "--force", &id]);
 }
@@ -1174,15 +1164,7 @@ fn a_symlink_mount_destination_stays_inside_the_rootfs_through_checkpoint_and_re
     // As runc's checkpoint.bats does: the restore must make it again.
     std::fs::remove_dir(outer.join("in")).unwrap();
     let before = numbers(&count).len();
-    root.ok(&[
-        "restore",
-        "-d",
-        "--image-path",
-        s(&images),
-        "--bundle",
-        s(&bundle),
-        &id,
-    ]);
+    restore_detached(&root, &images, &bundle, &id);
     assert_eq!(root.status(&id), "running");
     assert_continuous(&wait_numbers(&count, before + 5));
     assert_eq!(seen(), "outer bind\ninner bind\n");
