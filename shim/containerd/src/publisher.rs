@@ -22,7 +22,7 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
-use containerd_shim_protos::shim_async::{Client, EventsClient};
+use containerd_shim_protos::shim_sync::{Client, EventsClient};
 use containerd_shim_protos::ttrpc;
 use tokio::sync::mpsc;
 
@@ -53,19 +53,16 @@ pub fn now() -> Timestamp {
 
 /// Sends the events of `events` to containerd at `address` (a socket
 /// path, or a `unix://` address), in order, until the channel closes.
-pub async fn forward(
-    address: String,
-    namespace: String,
-    mut events: mpsc::UnboundedReceiver<Event>,
-) {
+/// Blocks: the shim runs it on a thread of its own.
+pub fn forward(address: &str, namespace: &str, mut events: mpsc::UnboundedReceiver<Event>) {
     let address = if address.contains("://") {
-        address
+        address.to_string()
     } else {
         format!("unix://{address}")
     };
     let mut client: Option<EventsClient> = None;
-    while let Some((topic, event)) = events.recv().await {
-        let request = match envelope(topic, &namespace, event.as_ref()) {
+    while let Some((topic, event)) = events.blocking_recv() {
+        let request = match envelope(topic, namespace, event.as_ref()) {
             Ok(r) => r,
             Err(e) => {
                 log::error!("encoding {topic} for containerd: {e}");
@@ -75,18 +72,18 @@ pub async fn forward(
         for attempt in 1..=ATTEMPTS {
             let c = match &client {
                 Some(c) => c,
-                None => match Client::connect(&address).await {
+                None => match Client::connect(&address) {
                     Ok(c) => client.insert(EventsClient::new(c)),
                     Err(e) => {
                         log::warn!("connecting to containerd's events service at {address}: {e}");
-                        tokio::time::sleep(Duration::from_secs(attempt.into())).await;
+                        std::thread::sleep(Duration::from_secs(attempt.into()));
                         continue;
                     }
                 },
             };
             let mut ctx = ttrpc::context::with_duration(FORWARD_TIMEOUT);
-            ctx.add(NAMESPACE_HEADER.to_string(), namespace.clone());
-            match c.forward(ctx, &request).await {
+            ctx.add(NAMESPACE_HEADER.to_string(), namespace.to_string());
+            match c.forward(ctx, &request) {
                 Ok(_) => break,
                 Err(e) => {
                     log::warn!("publishing {topic} to containerd (attempt {attempt}): {e}");
@@ -101,7 +98,7 @@ pub async fn forward(
                     if attempt == ATTEMPTS {
                         log::error!("dropping {topic} after {ATTEMPTS} attempts");
                     } else {
-                        tokio::time::sleep(Duration::from_secs(attempt.into())).await;
+                        std::thread::sleep(Duration::from_secs(attempt.into()));
                     }
                 }
             }
@@ -140,12 +137,11 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    use async_trait::async_trait;
     use containerd_shim_protos::api::Empty;
     use containerd_shim_protos::events::task::{TaskDelete, TaskExit};
     use containerd_shim_protos::protobuf::Message;
-    use containerd_shim_protos::shim_async::{create_events, Events};
-    use containerd_shim_protos::ttrpc::r#async::{Server, TtrpcContext};
+    use containerd_shim_protos::shim_sync::{create_events, Events};
+    use containerd_shim_protos::ttrpc::{Server, TtrpcContext};
 
     #[test]
     fn envelope_names_the_event() {
@@ -171,9 +167,8 @@ mod tests {
         got: Mutex<Vec<(Option<String>, Envelope)>>,
     }
 
-    #[async_trait]
     impl Events for Containerd {
-        async fn forward(&self, ctx: &TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+        fn forward(&self, ctx: &TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
             let ns = ctx
                 .metadata
                 .get(NAMESPACE_HEADER)
@@ -186,8 +181,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn events_reach_containerd_in_order_with_the_namespace() {
+    #[test]
+    fn events_reach_containerd_in_order_with_the_namespace() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("containerd.sock.ttrpc");
         let containerd = Arc::new(Containerd::default());
@@ -195,11 +190,16 @@ mod tests {
             .bind(&format!("unix://{}", socket.display()))
             .unwrap()
             .register_service(create_events(containerd.clone()));
-        server.start().await.unwrap();
+        server.start().unwrap();
 
         let (tx, rx) = mpsc::unbounded_channel::<Event>();
         // A bare path, as containerd sets TTRPC_ADDRESS.
-        let publisher = tokio::spawn(forward(socket.display().to_string(), "ns1".to_string(), rx));
+        let address = socket.display().to_string();
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            forward(&address, "ns1", rx);
+            let _ = done.send(());
+        });
         for status in 0..3 {
             let exit = TaskExit {
                 container_id: "c1".into(),
@@ -214,10 +214,9 @@ mod tests {
         };
         tx.send(("/tasks/delete", Box::new(delete))).unwrap();
         drop(tx);
-        tokio::time::timeout(Duration::from_secs(10), publisher)
-            .await
-            .expect("the publisher ends when the channel closes")
-            .unwrap();
+        ended
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the publisher ends when the channel closes");
 
         let got = containerd.got.lock().unwrap().clone();
         assert_eq!(got.len(), 4, "{got:?}");
@@ -238,6 +237,6 @@ mod tests {
         assert_eq!(statuses, [0, 1, 2]);
         assert_eq!(got[3].1.topic, "/tasks/delete");
         assert_eq!(got[3].1.event.type_url, "containerd.events.TaskDelete");
-        server.shutdown().await.unwrap();
+        server.shutdown();
     }
 }

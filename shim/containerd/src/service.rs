@@ -16,7 +16,7 @@
 //!   rootfs unmounted), and prints a DeleteResponse.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -28,9 +28,8 @@ use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
-use containerd_shim_protos::shim_async::create_task;
-use containerd_shim_protos::ttrpc::r#async::transport::Listener;
-use containerd_shim_protos::ttrpc::r#async::Server;
+use containerd_shim_protos::shim_sync::create_task;
+use containerd_shim_protos::ttrpc::Server;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
@@ -39,7 +38,7 @@ use super::args::Flags;
 use super::mount::unmount_all;
 use super::options::{self, SavedOptions, SAVED_OPTIONS};
 use super::publisher::{self, TTRPC_ADDRESS};
-use super::task::TaskService;
+use super::task::{Rpc, TaskService};
 
 /// The annotations runc-shim groups containers by (one shim per sandbox).
 const GROUP_LABELS: [&str; 2] = [
@@ -83,6 +82,12 @@ pub enum ShimError {
         socket: String,
         #[source]
         source: containerd_shim_protos::ttrpc::Error,
+    },
+    #[error("shutting down the task service on {socket}")]
+    Shutdown {
+        socket: String,
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error("cleaning up after the shim of {id}")]
     Cleanup {
@@ -398,11 +403,11 @@ pub async fn serve(flags: &Flags) -> Result<(), ShimError> {
             "{TTRPC_ADDRESS} is not set: containerd gives its shims the address of its ttrpc socket there"
         ))
     })?;
-    tokio::spawn(publisher::forward(
-        ttrpc_address,
-        flags.namespace.clone(),
-        rx,
-    ));
+    let namespace = flags.namespace.clone();
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || publisher::forward(&ttrpc_address, &namespace, rx))
+        .map_err(io_err("starting the event publisher for", &flags.socket))?;
     let exit = Arc::new(ExitSignal::default());
     // Without SIGCHLD handling the shim cannot report exits: no point
     // serving.
@@ -412,11 +417,13 @@ pub async fn serve(flags: &Flags) -> Result<(), ShimError> {
         socket: flags.socket.clone(),
         source,
     };
-    let listener = Listener::try_from(listener).map_err(io_err("serving on", &flags.socket))?;
+    let rpc = Rpc::new(task, tokio::runtime::Handle::current());
+    // ttrpc's server owns the listener from here (it closes it at shutdown).
     let mut server = Server::new()
-        .add_listener(listener)
-        .register_service(create_task(Arc::new(task)));
-    server.start().await.map_err(ttrpc_err)?;
+        .add_listener(listener.into_raw_fd())
+        .map_err(ttrpc_err)?
+        .register_service(create_task(Arc::new(rpc)));
+    server.start().map_err(ttrpc_err)?;
     log::info!("serving the task service on {}", flags.socket);
 
     // containerd stops a shim with Shutdown, not a signal: SIGTERM and
@@ -436,7 +443,14 @@ pub async fn serve(flags: &Flags) -> Result<(), ShimError> {
     }
     exit.wait().await;
     log::info!("shutting down");
-    server.shutdown().await.map_err(ttrpc_err)?;
+    // Closes the listener and the connections, and waits for ttrpc's
+    // threads: blocking, off the runtime's workers.
+    tokio::task::spawn_blocking(move || server.shutdown())
+        .await
+        .map_err(|source| ShimError::Shutdown {
+            socket: flags.socket.clone(),
+            source,
+        })?;
     remove_socket(&flags.socket);
     Ok(())
 }

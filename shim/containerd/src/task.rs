@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use containerd_shim_protos::api::{
     CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
     CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest,
@@ -38,8 +37,8 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageDyn};
 use containerd_shim_protos::shim::oci::ProcessDetails;
 use containerd_shim_protos::topics;
-use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::Result as TtrpcResult;
+use containerd_shim_protos::ttrpc::TtrpcContext;
 use containerd_shim_protos::types::task::ProcessInfo;
 use ferry_oci::runtime::Container as OciContainer;
 use nix::sys::signal::Signal;
@@ -286,9 +285,9 @@ impl TaskService {
     }
 }
 
-#[async_trait]
-impl containerd_shim_protos::shim_async::Task for TaskService {
-    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+/// The RPCs, as containerd's Task service names them.
+impl TaskService {
+    pub async fn state(&self, req: StateRequest) -> TtrpcResult<StateResponse> {
         let paused = if req.exec_id.is_empty() {
             let root = (self.containers.lock().await.get(&req.id))
                 .map_or_else(|| self.root.clone(), |c| c.root.clone());
@@ -325,15 +324,11 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         })
     }
 
-    async fn create(
-        &self,
-        _ctx: &TtrpcContext,
-        req: CreateTaskRequest,
-    ) -> TtrpcResult<CreateTaskResponse> {
+    pub async fn create(&self, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
         Ok(self.create_task(req).await?)
     }
 
-    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+    pub async fn start(&self, req: StartRequest) -> TtrpcResult<StartResponse> {
         let mut containers = self.containers.lock().await;
         let c = containers
             .get_mut(&req.id)
@@ -371,11 +366,11 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         })
     }
 
-    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+    pub async fn delete(&self, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         Ok(self.delete_task(&req.id, &req.exec_id).await?)
     }
 
-    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+    pub async fn pids(&self, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let pids = self
             .on_container(&req.id, "listing the processes of", |c| c.pids())
             .await?;
@@ -415,7 +410,7 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         })
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+    pub async fn pause(&self, req: PauseRequest) -> TtrpcResult<Empty> {
         self.on_container(&req.id, "pausing", |c| c.pause()).await?;
         self.publish(
             topics::TASK_PAUSED_EVENT_TOPIC,
@@ -427,7 +422,7 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+    pub async fn resume(&self, req: ResumeRequest) -> TtrpcResult<Empty> {
         self.on_container(&req.id, "resuming", |c| c.resume())
             .await?;
         self.publish(
@@ -440,21 +435,17 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn checkpoint(
-        &self,
-        _ctx: &TtrpcContext,
-        req: CheckpointTaskRequest,
-    ) -> TtrpcResult<Empty> {
+    pub async fn checkpoint(&self, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
         self.checkpoint_task(req).await?;
         Ok(Empty::new())
     }
 
-    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+    pub async fn kill(&self, req: KillRequest) -> TtrpcResult<Empty> {
         self.kill_task(req).await?;
         Ok(Empty::new())
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+    pub async fn exec(&self, req: ExecProcessRequest) -> TtrpcResult<Empty> {
         // The process arrives as the runtime-spec's Process in JSON.
         let spec: Process = serde_json::from_slice(
             &req.spec
@@ -490,7 +481,7 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+    pub async fn resize_pty(&self, req: ResizePtyRequest) -> TtrpcResult<Empty> {
         let containers = self.containers.lock().await;
         let c = containers
             .get(&req.id)
@@ -501,7 +492,7 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+    pub async fn close_io(&self, req: CloseIORequest) -> TtrpcResult<Empty> {
         let mut containers = self.containers.lock().await;
         let c = containers
             .get_mut(&req.id)
@@ -513,7 +504,7 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+    pub async fn update(&self, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
         // The resources arrive as the runtime-spec's LinuxResources in JSON.
         let resources: LinuxResources = serde_json::from_slice(
             &req.resources
@@ -530,7 +521,7 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+    pub async fn wait(&self, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let rx = {
             let containers = self.containers.lock().await;
             let c = containers
@@ -547,7 +538,7 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         })
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+    pub async fn stats(&self, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let s = self
             .on_container(&req.id, "reading the cgroup stats of", |c| {
                 c.state.cgroup.stats()
@@ -605,11 +596,7 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         })
     }
 
-    async fn connect(
-        &self,
-        _ctx: &TtrpcContext,
-        req: ConnectRequest,
-    ) -> TtrpcResult<ConnectResponse> {
+    pub async fn connect(&self, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
         let containers = self.containers.lock().await;
         let pid = containers.get(&req.id).map(|c| c.init.pid).unwrap_or(0);
         Ok(ConnectResponse {
@@ -620,11 +607,57 @@ impl containerd_shim_protos::shim_async::Task for TaskService {
         })
     }
 
-    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+    pub async fn shutdown(&self, _req: ShutdownRequest) -> TtrpcResult<Empty> {
         // runc-shim: a shim that still has containers stays.
         if self.containers.lock().await.is_empty() {
             self.exit.signal();
         }
         Ok(Empty::new())
     }
+}
+
+/// containerd's Task service on ttrpc's thread-per-request server (the
+/// containerd-shim crate's sync mode): each RPC runs [`TaskService`]'s on
+/// the shim's tokio runtime, from the ttrpc thread that read the request,
+/// as many at once as containerd sends (a Wait blocks its thread until the
+/// process exits; ttrpc starts another for the next request).
+pub struct Rpc {
+    service: TaskService,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Rpc {
+    pub fn new(service: TaskService, runtime: tokio::runtime::Handle) -> Rpc {
+        Rpc { service, runtime }
+    }
+}
+
+macro_rules! rpcs {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        impl containerd_shim_protos::shim_sync::Task for Rpc {
+            $(fn $name(&self, _ctx: &TtrpcContext, req: $req) -> TtrpcResult<$resp> {
+                self.runtime.block_on(self.service.$name(req))
+            })*
+        }
+    };
+}
+
+rpcs! {
+    state(StateRequest) -> StateResponse;
+    create(CreateTaskRequest) -> CreateTaskResponse;
+    start(StartRequest) -> StartResponse;
+    delete(DeleteRequest) -> DeleteResponse;
+    pids(PidsRequest) -> PidsResponse;
+    pause(PauseRequest) -> Empty;
+    resume(ResumeRequest) -> Empty;
+    checkpoint(CheckpointTaskRequest) -> Empty;
+    kill(KillRequest) -> Empty;
+    exec(ExecProcessRequest) -> Empty;
+    resize_pty(ResizePtyRequest) -> Empty;
+    close_io(CloseIORequest) -> Empty;
+    update(UpdateTaskRequest) -> Empty;
+    wait(WaitRequest) -> WaitResponse;
+    stats(StatsRequest) -> StatsResponse;
+    connect(ConnectRequest) -> ConnectResponse;
+    shutdown(ShutdownRequest) -> Empty;
 }
