@@ -188,6 +188,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The lazy-pages daemon lost its connection to the source's page
+    /// server (cut, silent, tampered with): the cause of whatever the
+    /// restore then saw.
+    #[error("lazy pages: {op}")]
+    LazySource {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("lazy pages: {what}")]
     LazyProtocol { what: String },
 

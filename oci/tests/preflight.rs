@@ -23,6 +23,7 @@ fn this_host_accepts_what_fits_and_its_own_cpu() {
         arch: std::env::consts::ARCH.into(),
         kernel: facts.kernel.clone(),
         postcopy: true,
+        precopy_uffd: false,
         terminal: false,
         address: None,
         docker: None,

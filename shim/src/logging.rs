@@ -29,8 +29,13 @@ pub fn init(
     debug: bool,
     default: &str,
 ) -> anyhow::Result<()> {
+    // netlink-packet-route (under rtnetlink 0.18, held for one nix) warns
+    // on every link dump of a kernel whose IFLA_INET6_CONF has grown
+    // fields it does not know (6.18: 240 bytes where it expects 236):
+    // nothing Ferry reads, so only its errors are shown.
+    let level = if debug { "debug" } else { default };
     let filter = EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { default }));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},netlink_packet_route=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .event_format(Logrus {

@@ -32,7 +32,10 @@ impl BackgroundMove {
             .arg(a.path())
             .args(["migrate", id, "--to", to, "--key-file"])
             .arg(key)
-            .args(["--mode", mode])
+            // The mode, and any flag after it ("precopy --precopy-pages
+            // images").
+            .arg("--mode")
+            .args(mode.split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -334,9 +337,19 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     );
 
     // The move.
-    let out = p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy", "--json"]);
+    let out = p.migrate(
+        a,
+        &id,
+        &serve_b.addr,
+        &["--mode", "precopy", "--precopy-pages", "uffd", "--json"],
+    );
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "precopy");
+    // The pages went into B's restored tasks (userfaultfd), all of them
+    // before the copy ran (the few faults are CRIU's restorer's own, on
+    // the tasks' stacks, before it stopped them).
+    assert_eq!(report["precopy_pages"], "uffd", "{report}");
+    assert!(report["lazy"]["received_bytes"].as_u64().unwrap() > 0);
     assert!(report["downtime_ms"].as_f64().unwrap() > 0.0);
     assert!(report["pages_bytes"].as_u64().unwrap() > 0);
     assert!(a.ids().is_empty(), "the source container is gone");
@@ -370,10 +383,15 @@ fn the_counter_moves_and_back_and_failures_keep_the_source() {
     let n = numbers(&moved.join("out/count")).len();
     assert_consecutive(&wait_numbers(&back, n + 10));
     // Once more to B, where the first move left its files behind; `auto`
-    // picks pre-copy for so small a container, and says so.
+    // picks pre-copy for so small a container, and says so. Its pages go
+    // into images (what `--precopy-pages auto` picks for a few MiB), which
+    // CRIU's restore reads.
     let out = p.migrate(a, &id, &serve_b.addr, &["--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "precopy", "{report}");
+    assert_eq!(report["precopy_pages"], "images", "{report}");
+    assert!(report["lazy"].is_null(), "{report}");
+    assert!(report["pages_bytes"].as_u64().unwrap() > 0);
     assert!(report["mode_reason"].as_str().unwrap().starts_with("auto"));
     let n = numbers(&back).len();
     assert_consecutive(&wait_numbers(&moved.join("out/count"), n + 5));
@@ -612,9 +630,21 @@ fn a_terminal_container_moves_to_the_agents_console() {
 /// `ferry migrate` reports a 256 MiB container's pages in flight, slowed
 /// down by a relay): the
 /// migration fails, the source container runs on with its counter intact,
-/// and no CRIU is left.
+/// and no CRIU is left. Pre-copy into the restored tasks (the default):
+/// B's copy was restored, stopped, when the pages began; it never runs.
 #[test]
 fn a_killed_destination_leaves_the_source_running() {
+    killed_destination("precopy");
+}
+
+/// The same with the pages going into images (`--precopy-pages images`):
+/// B had restored nothing when the agent died.
+#[test]
+fn a_killed_destination_leaves_the_source_running_images() {
+    killed_destination("precopy --precopy-pages images");
+}
+
+fn killed_destination(mode: &str) {
     let p = Pair::new();
     let (a, b, tag) = (&p.a, &p.b, p.tag);
     let mut serve_b = p.serve_b("kb");
@@ -631,7 +661,7 @@ fn a_killed_destination_leaves_the_source_running() {
             bytes_per_sec: 64 << 20,
         },
     );
-    let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, "precopy");
+    let mut mig = BackgroundMove::spawn(a, &id, &relay.addr, &p.key, mode);
     // Kill the agent once pages are flowing: `ferry migrate` says so as
     // soon as the destination acknowledged the first of them.
     mig.wait_for("pages: ");
@@ -642,10 +672,17 @@ fn a_killed_destination_leaves_the_source_running() {
     assert_source_went_on(a, &id, &count, &err);
     // No CRIU left behind on either side.
     assert_no_criu();
-    assert!(b.ids().is_empty());
+    // A copy restored before the pages came (pre-copy into its tasks) was
+    // killed by the agent's guardian; it never ran on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.runs(&id) {
+        assert!(Instant::now() < deadline, "B's copy runs on: {err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The agent's mounts did not die with it (its images tmpfs stays
     // mounted): a restarted agent cleans up what a killed one left.
     drop(p.serve_b("kb"));
+    assert!(b.ids().is_empty(), "{:?}", b.ids());
     let left = mount_leftovers(&b.path().to_string_lossy());
     assert!(left.is_empty(), "mounts left on the destination: {left:?}");
     assert!(!b.path().join("incoming").join(&id).exists());
@@ -806,8 +843,45 @@ fn postcopy_moves_256_mib_with_the_memory_intact() {
     let after = crc_lines(&moved);
     let crc = before[0].1;
     assert_crc_count(&after, crc, "after the move");
+
+    // Back to A pre-copy, the pages into its restored tasks, and to B
+    // again pre-copy into images: the memory is whole by each path.
+    let serve_a = Serve::start(a, &p.key, &p.cgroup("pa"));
+    let paths = [
+        (
+            b,
+            a,
+            &serve_a.addr,
+            "uffd",
+            "back to A, pages into its tasks",
+        ),
+        (
+            a,
+            b,
+            &serve_b.addr,
+            "images",
+            "to B again, pages into images",
+        ),
+    ];
+    let mut here = moved;
+    for (from, to, addr, pages, what) in paths {
+        let n = crc_lines(&here).len();
+        let out = p.migrate(
+            from,
+            &id,
+            addr,
+            &["--mode", "precopy", "--precopy-pages", pages, "--json"],
+        );
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["precopy_pages"], pages, "{report}");
+        assert!(report["pages_bytes"].as_u64().unwrap() >= 256 << 20);
+        here = moved_rootfs(to, &id).join("out/count");
+        wait_numbers(&here, n + 5);
+        assert_crc_count(&crc_lines(&here), crc, what);
+    }
     b.ok(&["delete", "--force", &id]);
     assert!(cgroup_leftovers(&format!("ferry-pb-{tag}/{id}")).is_empty());
+    assert!(cgroup_leftovers(&format!("ferry-pa-{tag}/{id}")).is_empty());
 }
 
 /// The link dies in the middle of a post-copy move, after the container

@@ -411,14 +411,14 @@ fn attacked_move(
     prepare: impl FnOnce(&Path),
     relay: impl FnOnce(ferry_tests::relay::Builder) -> ferry_tests::relay::Builder,
 ) -> (String, String, Vec<String>, Option<Duration>) {
-    attacked_move_with(two, name, &[], prepare, relay)
+    attacked_move_with(two, name, (&[], &[]), prepare, relay)
 }
 
-/// [`attacked_move`] with more flags for the agent.
+/// [`attacked_move`] with more flags for the agent and for `ferry migrate`.
 fn attacked_move_with(
     two: &Two,
     name: &str,
-    agent_flags: &[&str],
+    (agent_flags, migrate_flags): (&[&str], &[&str]),
     prepare: impl FnOnce(&Path),
     relay: impl FnOnce(ferry_tests::relay::Builder) -> ferry_tests::relay::Builder,
 ) -> (String, String, Vec<String>, Option<Duration>) {
@@ -432,6 +432,7 @@ fn attacked_move_with(
     let mut args = vec![id.clone(), "--to".into(), relay.addr.clone()];
     args.extend(two.keyed(&timeout));
     args.extend(["--mode".to_string(), "precopy".into()]);
+    args.extend(migrate_flags.iter().map(|f| f.to_string()));
     let (out, ended) = spawn_migrate(&two.a, args).join().unwrap();
     let err = failed(&out);
     let after_stall = relay.stalled_at().map(|s| ended.duration_since(s));
@@ -531,13 +532,27 @@ fn a_flipped_byte_in_the_frozen_rootfs_changes_fails_the_move() {
     assert_names_tampering("ferry migrate", &err);
 }
 
-/// A byte of the page stream (the page connection, 16 KiB in) flipped.
+/// A byte of the page stream (the page connection, 16 KiB in) flipped:
+/// the pages go into B's restored tasks (the lazy-pages daemon reads the
+/// channel).
 #[test]
 fn a_flipped_byte_in_the_page_stream_fails_the_move() {
+    flipped_page_byte("tpag", &["--precopy-pages", "uffd"]);
+}
+
+/// The same with the pages going into images (CRIU's page server reads
+/// the channel through the agent's relay).
+#[test]
+fn a_flipped_byte_in_the_page_stream_into_images_fails_the_move() {
+    flipped_page_byte("tpgi", &["--precopy-pages", "images"]);
+}
+
+fn flipped_page_byte(name: &str, migrate_flags: &[&str]) {
     let two = Two::new();
-    let (err, agent, events, _) = attacked_move(
+    let (err, agent, events, _) = attacked_move_with(
         &two,
-        "tpag",
+        name,
+        (&[], migrate_flags),
         |_| {},
         |r| {
             r.rule(once(|r, _, _| {
@@ -810,7 +825,7 @@ fn a_cut_before_the_page_connection_frees_the_destination_at_once() {
     let (err, _, events, _) = attacked_move_with(
         &two,
         "cpc",
-        &["--handshake-timeout", "60"],
+        (&["--handshake-timeout", "60"], &[]),
         |_| {},
         |r| {
             r.rule(once(|r, _, _| {

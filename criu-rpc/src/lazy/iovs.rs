@@ -45,8 +45,9 @@ impl Iovs {
         self.v.iter().map(Iov::len).sum()
     }
 
-    pub fn first(&self) -> Option<&Iov> {
-        self.v.first()
+    /// The ranges, lowest first.
+    pub fn iter(&self) -> std::slice::Iter<'_, Iov> {
+        self.v.iter()
     }
 
     /// The range holding `addr`.

@@ -31,7 +31,7 @@ fn header(cmd: u32, nr_pages: u64, vaddr: u64, dst_id: u64) -> [u8; HEADER] {
 }
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Lazy { op, source }
+    move |source| Error::LazySource { op, source }
 }
 
 /// A connection to the source's lazy page server.
@@ -50,12 +50,27 @@ impl<S: Read + Write> Remote<S> {
     /// `vaddr`, reads them into `buf` and returns how many came (at least
     /// one, at most `nr_pages`).
     pub fn get(&mut self, pid: i32, vaddr: u64, nr_pages: u64, buf: &mut [u8]) -> Result<u64> {
-        debug_assert!(buf.len() as u64 >= nr_pages * PAGE_SIZE);
+        self.request(pid, vaddr, nr_pages)?;
+        self.receive(pid, vaddr, nr_pages, buf)
+    }
+
+    /// Asks for `nr_pages` pages of process `pid` from dump-time address
+    /// `vaddr`; [`Remote::receive`] reads the answer. CRIU's page server
+    /// answers requests in the order they came (page_server_serve reads
+    /// one, answers it, reads the next), so several may be in flight.
+    pub fn request(&mut self, pid: i32, vaddr: u64, nr_pages: u64) -> Result<()> {
         // CRIU looks the process up by the pid in the images
         // (page_server_get_pages: pstree_item_by_virt(pi->dst_id)).
         self.s
             .write_all(&header(PS_IOV_GET, nr_pages, vaddr, pid as u64))
-            .map_err(io("asking the source's page server for pages"))?;
+            .map_err(io("asking the source's page server for pages"))
+    }
+
+    /// Reads the answer to the oldest request in flight, which asked for
+    /// `nr_pages` of `pid` at `vaddr`, into `buf`; returns how many came
+    /// (at least one, at most `nr_pages`).
+    pub fn receive(&mut self, pid: i32, vaddr: u64, nr_pages: u64, buf: &mut [u8]) -> Result<u64> {
+        debug_assert!(buf.len() as u64 >= nr_pages * PAGE_SIZE);
         let mut h = [0u8; HEADER];
         self.s
             .read_exact(&mut h)
@@ -158,7 +173,7 @@ mod tests {
             output: Vec::new(),
         });
         let e = r.get(42, 0x7000, 1, &mut buf).unwrap_err();
-        assert!(matches!(e, Error::Lazy { .. }), "{e}");
+        assert!(matches!(e, Error::LazySource { .. }), "{e}");
     }
 
     #[test]

@@ -30,7 +30,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
@@ -43,8 +43,11 @@ use super::auth::Credentials;
 use crate::error::{Error, Result};
 
 /// The migration protocol this Ferry speaks. 1 was the HMAC handshake
-/// with cleartext frames; 2 is this channel.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// with cleartext frames; 2 is this channel; 3 sent the root filesystem
+/// ahead of the freeze; 4 added the pre-copy page
+/// path to the offer and its acceptance (`Needs::precopy_uffd`,
+/// `Reply::Accepted::uffd`).
+pub const PROTOCOL_VERSION: u16 = 4;
 const MAGIC: &[u8; 5] = b"FERRY";
 const GREETING_LEN: usize = 8;
 /// The greeting of protocol 1 (`FERRY\0\0\x01`) reads as version 0 here.
@@ -481,7 +484,7 @@ impl Channel {
         let up = std::thread::Builder::new()
             .name("ferry-relay-up".into())
             .spawn(move || {
-                let r = pump_up(&mut &up_local, &writer).and_then(|n| {
+                let r = pump_up(&up_local, &writer).and_then(|n| {
                     writer.close().map_err(Error::Wire)?;
                     Ok(n)
                 });
@@ -516,18 +519,44 @@ impl Channel {
 
 /// Seals what `r` gives into records of `w` until `r` ends, reading
 /// straight into the record's place; returns the byte count.
-fn pump_up(r: &mut impl Read, w: &WriteHalf) -> Result<u64> {
+///
+/// A record is filled with what the socket already holds before it is
+/// sealed: CRIU splices pages in a few at a time, and a record per read
+/// would cost a seal and a send for every few pages. The first read of a
+/// record waits; those after it do not (a program that waits for an answer
+/// after a short message must see it sent at once).
+fn pump_up(r: &UnixStream, w: &WriteHalf) -> Result<u64> {
     let mut record = vec![0u8; MAX_DATA + 1];
     let mut total = 0;
     loop {
-        let n = match r.read(&mut record[1..]) {
+        let mut n = match (&mut &*r).read(&mut record[1..]) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::Wire(e)),
         };
+        let mut ended = false;
+        while n < MAX_DATA {
+            match nix::sys::socket::recv(
+                r.as_raw_fd(),
+                &mut record[1 + n..],
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(more) => n += more,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => return Err(Error::Wire(e.into())),
+            }
+        }
         w.send_data(&mut record[..n + 1]).map_err(Error::Wire)?;
         total += n as u64;
+        if ended {
+            return Ok(total);
+        }
     }
 }
 

@@ -114,6 +114,33 @@ impl Progress {
     }
 }
 
+/// How a move's pages arrive here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pages {
+    /// Pre-copy into images: CRIU's page server writes them as the dump
+    /// sends them, CRIU's restore reads them back.
+    Images,
+    /// Pre-copy into the restored tasks: restored stopped with lazy pages,
+    /// filled by the lazy-pages daemon, reported restored once every page
+    /// is in (the restore overlaps the transfer; nothing is written twice).
+    Uffd,
+    /// Post-copy: the copy runs once committed, its memory follows.
+    Postcopy,
+}
+
+impl Pages {
+    /// The path for an offer: pre-copy pages go into the tasks when the
+    /// source offered it (its CRIU dumps lazily) and this host restores
+    /// lazily, else into images.
+    fn of(needs: &Needs, lazy_pages_here: bool) -> Pages {
+        match (needs.postcopy, needs.precopy_uffd && lazy_pages_here) {
+            (true, _) => Pages::Postcopy,
+            (false, true) => Pages::Uffd,
+            (false, false) => Pages::Images,
+        }
+    }
+}
+
 /// What an offer came to, when it did not fail.
 enum Received {
     /// The container runs here, as `pid`.
@@ -458,7 +485,8 @@ impl Agent {
         // (the images and the restored container), as P.Haul keeps CRIU's
         // images on a tmpfs: no disk writeback while the source is frozen,
         // and the restore reads them back at memory speed.
-        let in_memory = (!needs.postcopy
+        let pages = Pages::of(&needs, facts.lazy_pages);
+        let in_memory = (pages == Pages::Images
             && facts.mem_available > 2 * needs.memory + IN_MEMORY_MARGIN)
             .then_some(needs.memory + IN_MEMORY_MARGIN);
         // Unmounted when the restore is done (or failed, once its CRIU log
@@ -469,7 +497,7 @@ impl Agent {
             &id,
             &mut landing,
             &config,
-            needs.postcopy,
+            pages,
             (in_memory, &mut tmpfs),
             at,
         );
@@ -533,7 +561,7 @@ impl Agent {
         id: &str,
         landing: &mut Landing,
         config: &str,
-        postcopy: bool,
+        pages: Pages,
         (in_memory, tmpfs): (Option<u64>, &mut Option<ImagesTmpfs>),
         at: &Progress,
     ) -> Result<i32> {
@@ -548,7 +576,7 @@ impl Agent {
         if let Landing::Native { dir, .. } = landing {
             let bundle = dir.join("bundle");
             self.write_bundle(id, &bundle, config)?;
-            let lazy_work = postcopy.then(|| landing.lazy_work());
+            let lazy_work = (pages != Pages::Images).then(|| landing.lazy_work());
             prepared = Some(self.prepare_restore(id, &images, &bundle, lazy_work.as_deref())?);
         }
 
@@ -562,20 +590,22 @@ impl Agent {
             s,
             &Reply::Accepted {
                 migration: token.clone(),
+                uffd: pages == Pages::Uffd,
             },
         )?;
-        let pages = self.await_pages(s, &token, rx)?;
-        // Pre-copy: CRIU's page server writes the pages as the dump sends
-        // them. Post-copy: the connection waits for the lazy-pages daemon.
-        let (server, lazy_source) = if postcopy {
-            (None, Some(pages))
+        let page_channel = self.await_pages(s, &token, rx)?;
+        // Pre-copy into images: CRIU's page server writes the pages as the
+        // dump sends them. Otherwise the connection waits for the
+        // lazy-pages daemon.
+        let (server, lazy_source) = if pages != Pages::Images {
+            (None, Some(page_channel))
         } else {
             let dirs = ImageDirs::open(&images)?
                 .log_file("page-server.log")
                 .log_level(LogLevel::Debug);
             // CRIU reads the pages from a socket of its own, which the
             // relay fills from the sealed page channel.
-            let (fd, relay) = pages.relay()?;
+            let (fd, relay) = page_channel.relay()?;
             let cut = relay.cutter()?;
             let server = self
                 .criu
@@ -691,11 +721,28 @@ impl Agent {
         // runs the copy only once the source committed: a copy that was
         // never committed is killed before it ran an instruction, so the
         // source may resume whenever it has not committed (Step::Commit).
-        let restore = |s: &mut Channel, lazy_work: Option<&Path>| {
+        // A pre-copy through userfaultfd: the restored copy stays stopped
+        // until the daemon says every page is in (`all_in`), and only then
+        // is it reported restored.
+        let pages_missing = Cell::new(false);
+        let restore = |s: &mut Channel, lazy_work: Option<&Path>, all_in: Option<&Receiver<()>>| {
             at.stage.set(Stage::Restore);
             let marker = landing.dir().join(UNCOMMITTED);
             std::fs::write(&marker, &token).map_err(crate::error::io("writing", &marker))?;
             let r = landing.restore(self, id, prepared, lazy_work)?;
+            if let Some(all_in) = all_in {
+                at.stage.set(Stage::LazyPages);
+                if all_in.recv().is_err() {
+                    // The daemon failed (its error is the move's): the
+                    // copy's memory is incomplete, it never runs.
+                    pages_missing.set(true);
+                    landing.killer(self, id).kill();
+                    self.decide(&token, Decision::Killed);
+                    return Err(Error::Protocol {
+                        what: "the pages stopped before the last one",
+                    });
+                }
+            }
             self.decide(&token, Decision::Deciding);
             let restored = Reply::Restored {
                 pid: r.pid,
@@ -725,13 +772,18 @@ impl Agent {
             Ok::<_, Error>(r.pid)
         };
         let Some(mut source) = lazy_source else {
-            return restore(s, None);
+            return restore(s, None, None);
         };
-        // Post-copy: the daemon listens before the restore starts, and
-        // serves the restored tasks until their last page is in.
+        // Post-copy, or pre-copy into the tasks: the daemon listens before
+        // the restore starts, and serves the restored tasks until their
+        // last page is in.
         let work = landing.lazy_work();
         private_dir(&work)?;
         let daemon = LazyPages::bind(&images, &work)?;
+        let daemon = match pages {
+            Pages::Uffd => daemon.tasks_stopped(),
+            _ => daemon,
+        };
         // If this agent dies before the last page is in, the guardian (a
         // process of its own holding the userfaultfds too) kills the
         // restored container before it can read a page that never came.
@@ -747,19 +799,35 @@ impl Agent {
         };
         let cancel = AtomicBool::new(false);
         let kill = landing.killer(self, id);
+        let (all_in, pages_in) = channel::<()>();
         std::thread::scope(|scope| {
             let served = scope.spawn(|| {
                 let served = daemon.serve(&mut source, &cancel, || kill.kill());
                 // Every page in: the source's page server may end.
                 let _ = source.close();
+                if served.is_ok() {
+                    let _ = all_in.send(());
+                }
+                drop(all_in);
                 served
             });
-            let pid = match restore(s, Some(&work)) {
+            let wait = (pages == Pages::Uffd).then_some(&pages_in);
+            let pid = match restore(s, Some(&work), wait) {
                 Ok(pid) => pid,
                 Err(e) => {
                     cancel.store(true, Ordering::Relaxed);
-                    let _ = served.join();
-                    return Err(e);
+                    // What broke the page connection (a cut, a tampered
+                    // record) is the cause of what the restore then saw.
+                    let served = served.join();
+                    return match served {
+                        Ok(Err(daemon))
+                            if pages_missing.get()
+                                || matches!(daemon, criu_rpc::Error::LazySource { .. }) =>
+                        {
+                            Err(Error::from(daemon))
+                        }
+                        _ => Err(e),
+                    };
                 }
             };
             at.stage.set(Stage::LazyPages);
@@ -1368,4 +1436,32 @@ fn tempfile_dir(root: &Path, tag: &str) -> Result<PathBuf> {
     let d = root.join(format!(".{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&d).map_err(crate::error::io("creating", &d))?;
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needs(postcopy: bool, precopy_uffd: Option<bool>) -> Needs {
+        let mut v = serde_json::json!({
+            "container_id": "c1", "memory": 1 << 20, "disk": 1 << 20,
+            "lower_layers": [], "arch": "x86_64", "postcopy": postcopy,
+        });
+        if let Some(u) = precopy_uffd {
+            v["precopy_uffd"] = u.into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn pre_copy_pages_go_into_the_tasks_only_when_both_hosts_can() {
+        assert_eq!(Pages::of(&needs(false, Some(true)), true), Pages::Uffd);
+        // This host cannot restore lazily.
+        assert_eq!(Pages::of(&needs(false, Some(true)), false), Pages::Images);
+        // The source did not offer it (--precopy-pages images, or a source
+        // from before it: the field absent).
+        assert_eq!(Pages::of(&needs(false, Some(false)), true), Pages::Images);
+        assert_eq!(Pages::of(&needs(false, None), true), Pages::Images);
+        assert_eq!(Pages::of(&needs(true, Some(false)), true), Pages::Postcopy);
+    }
 }

@@ -51,6 +51,12 @@ pub struct Needs {
     #[serde(default)]
     pub kernel: String,
     pub postcopy: bool,
+    /// Pre-copy: the source can send the pages into the restored tasks'
+    /// memory through userfaultfd (its CRIU dumps lazily) instead of into
+    /// images; the destination says whether it will
+    /// (`Reply::Accepted::uffd`).
+    #[serde(default)]
+    pub precopy_uffd: bool,
     /// The container's process has a terminal (process.terminal): its
     /// restored console's master needs somewhere to go on the destination.
     #[serde(default)]
@@ -269,6 +275,7 @@ mod tests {
             arch: "x86_64".into(),
             kernel: "6.18.0".into(),
             postcopy: false,
+            precopy_uffd: false,
             terminal: false,
             address: None,
             docker: None,

@@ -80,6 +80,12 @@ pub enum Step {
 pub enum Reply {
     Accepted {
         migration: String,
+        /// A pre-copy's pages go into the restored tasks' memory through
+        /// userfaultfd (the source offered it and this host can): the
+        /// source dumps lazily, and the copy is restored, filled with every
+        /// page and only then reported `Restored`. Absent: images.
+        #[serde(default)]
+        uffd: bool,
     },
     Refused {
         problems: Vec<Problem>,
@@ -159,6 +165,17 @@ pub fn criu_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e cr
 mod tests {
     use super::*;
     use criu_rpc::{CriuMessage, LogExcerpt, RequestKind};
+
+    #[test]
+    fn an_acceptance_without_the_page_path_means_pages_into_images() {
+        // As agents before the userfaultfd pre-copy sent it (protocol 3,
+        // refused at the greeting now, but the field stays optional).
+        let r: Reply = serde_json::from_str(r#"{"Accepted":{"migration":"t0k3n"}}"#).unwrap();
+        assert!(matches!(r, Reply::Accepted { uffd: false, .. }), "{r:?}");
+        let r: Reply =
+            serde_json::from_str(r#"{"Accepted":{"migration":"t","uffd":true}}"#).unwrap();
+        assert!(matches!(r, Reply::Accepted { uffd: true, .. }), "{r:?}");
+    }
 
     #[test]
     fn a_criu_failure_crosses_the_wire_as_fields() {

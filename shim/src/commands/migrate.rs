@@ -13,7 +13,7 @@ use anyhow::Context;
 use ferry_oci::migrate::auth::{Credentials, Identity, Key, Peers};
 use ferry_oci::migrate::channel::Security;
 use ferry_oci::migrate::interrupt::Interrupt;
-use ferry_oci::migrate::{source, Mode, Progress};
+use ferry_oci::migrate::{source, Mode, PrecopyPages, Progress};
 
 use super::checkpoint::criu;
 use crate::Cli;
@@ -116,6 +116,14 @@ pub struct MigrateArgs {
     /// for this container; the report says which and why).
     #[arg(long, default_value = "auto")]
     pub mode: Mode,
+    /// Where a pre-copy's pages go on the destination: uffd (straight into
+    /// the restored, still stopped tasks through userfaultfd, the restore
+    /// overlapping the transfer; images when either host lacks lazy pages),
+    /// images (CRIU's page server writes them, the restore reads them back:
+    /// runc's --page-server path) or auto (uffd from 16 MiB of memory).
+    /// Either way the copy runs only with every page in.
+    #[arg(long, default_value = "auto")]
+    pub precopy_pages: PrecopyPages,
     /// Print the report as JSON; on failure, one JSON object naming the
     /// error's kind, CRIU's part and the destination's problems.
     #[arg(long)]
@@ -199,6 +207,7 @@ pub fn migrate(cli: &Cli, a: &MigrateArgs) -> anyhow::Result<ExitCode> {
         to: resolve(&a.to)?,
         security: &sec,
         mode: a.mode,
+        precopy_pages: a.precopy_pages,
         criu: &criu,
         progress: &progress,
         interrupt: &interrupt,

@@ -26,7 +26,7 @@ use crate::migrate::channel::{Channel, Cut, Relay};
 use crate::migrate::protocol::Reply;
 use crate::migrate::record::{MoveRecord, Phase};
 use crate::migrate::wire;
-use crate::migrate::{Mode, Progress};
+use crate::migrate::{Mode, PrecopyPages, Progress};
 use crate::overlay::Overlay;
 use crate::runtime::Container;
 
@@ -43,6 +43,8 @@ pub(super) struct Frozen<'s, 'a> {
     mode: Mode,
     mode_reason: String,
     postcopy: bool,
+    /// CRIU serves the pages until the destination has every one.
+    lazy: bool,
     /// Held for the move's length: dropped, it cuts the page channel.
     _relay: Relay,
     pages_cut: Cut,
@@ -91,6 +93,7 @@ impl<'a> Negotiated<'a> {
             mode_reason,
             memory,
             postcopy,
+            lazy,
             relay,
             pages_cut,
             pages_tcp,
@@ -153,6 +156,7 @@ impl<'a> Negotiated<'a> {
             mode,
             mode_reason,
             postcopy,
+            lazy,
             _relay: relay,
             pages_cut,
             dump: Some(dump),
@@ -289,16 +293,21 @@ impl Frozen<'_, '_> {
     /// side's CRIU serves until then. If it could not get them all, it
     /// killed its copy and this one, whose memory is whole, resumes.
     ///
-    /// Pre-copy: the dump's end. Its failure is reported as it is: the
-    /// destination runs the container.
+    /// Pre-copy through userfaultfd: the destination had every page before
+    /// it reported the restore; its count of them follows the commit.
+    ///
+    /// Pre-copy into images: the dump's end. Its failure is reported as it
+    /// is: the destination runs the container.
     pub fn memory_follows(&mut self) -> Result<Option<Lazy>> {
-        if !self.postcopy {
+        if !self.lazy {
             self.dump_ended()?;
             return Ok(None);
         }
-        (self.mv.plan.progress)(Progress::Phase(
-            "running on the destination; memory follows",
-        ));
+        if self.postcopy {
+            (self.mv.plan.progress)(Progress::Phase(
+                "running on the destination; memory follows",
+            ));
+        }
         let t = Instant::now();
         let pages_done = wire::recv::<_, Reply>(&mut self.ctl);
         let dumped = self.dump_ended();
@@ -375,6 +384,10 @@ impl Frozen<'_, '_> {
             channel: plan.security.describe(),
             mode: self.mode,
             mode_reason: self.mode_reason,
+            precopy_pages: (!self.postcopy).then_some(match self.lazy {
+                true => PrecopyPages::Uffd,
+                false => PrecopyPages::Images,
+            }),
             downtime_ms,
             total_ms: ms(t0.elapsed()),
             preflight_ms: self.preflight_ms,

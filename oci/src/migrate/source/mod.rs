@@ -34,7 +34,7 @@ use super::channel::{Channel, Security};
 use super::interrupt::Interrupt;
 use super::protocol::{Hello, Reply, Step};
 use super::wire;
-use super::{Mode, Progress};
+use super::{Mode, PrecopyPages, Progress};
 use crate::checkpoint::private_dir;
 use crate::docker::Engine;
 use crate::error::{Error, Result};
@@ -61,6 +61,10 @@ pub struct Report {
     pub mode: Mode,
     /// Why this mode (asked for, or what `auto` saw).
     pub mode_reason: String,
+    /// Pre-copy: where the pages went on the destination (into the
+    /// restored tasks through userfaultfd, or into images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precopy_pages: Option<PrecopyPages>,
     /// From freezing the source to the destination reporting it running.
     pub downtime_ms: f64,
     pub total_ms: f64,
@@ -79,9 +83,12 @@ pub struct Report {
     /// Memory pages CRIU sent to the destination's page server.
     pub pages_bytes: u64,
     pub destination_pid: i32,
-    /// Post-copy: from the restore until the last page was in.
+    /// Post-copy: from the restore until the last page was in (a pre-copy
+    /// through userfaultfd: from the commit until the destination said
+    /// so, the pages being in before the restore was reported).
     pub lazy_ms: Option<f64>,
-    /// Post-copy: what the destination's lazy-pages daemon did.
+    /// Post-copy, or pre-copy through userfaultfd: what the destination's
+    /// lazy-pages daemon did.
     pub lazy: Option<LazyStats>,
     /// CRIU's stats-dump (source) and stats-restore (destination).
     pub criu_dump: Option<DumpStats>,
@@ -193,6 +200,8 @@ pub struct Plan<'a> {
     pub to: SocketAddr,
     pub security: &'a Security,
     pub mode: Mode,
+    /// Where a pre-copy's pages go on the destination.
+    pub precopy_pages: PrecopyPages,
     pub criu: &'a Criu,
     pub progress: &'a (dyn Fn(Progress<'_>) + Sync),
     /// Stops the move from outside (a signal), resuming the source.
@@ -238,13 +247,11 @@ fn ask(
     let Plan {
         to,
         security: sec,
-        mode,
-        criu,
         progress,
         ..
     } = *plan;
     progress(Progress::Phase("pre-flight"));
-    let o = offer(&c, work, mode, criu, docker, progress)?;
+    let o = offer(&c, work, plan, docker)?;
     let mut ctl = connect(to, sec)?;
     wire::send(
         &mut ctl,

@@ -43,6 +43,9 @@ pub(super) struct Negotiated<'a> {
     /// What the offer said the container uses: the page meter's whole.
     pub memory: u64,
     pub postcopy: bool,
+    /// CRIU dumps lazily and serves the pages until the destination has
+    /// them all: post-copy, or a pre-copy through userfaultfd.
+    pub lazy: bool,
     /// Seals what CRIU writes to its page-server socket onto the page
     /// channel.
     pub relay: Relay,
@@ -76,7 +79,7 @@ pub(super) fn negotiate<'a>(mv: Move<'a>, c: Container, work: &Path) -> Result<N
         mode,
         mode_reason,
         overlay,
-    } = offer(&c, work, plan.mode, plan.criu, docker, progress)?;
+    } = offer(&c, work, &plan, docker)?;
     let (memory, postcopy) = (needs.memory, needs.postcopy);
     let mut ctl = connect(to, sec)?;
     interrupt.watch(ctl.tcp()?);
@@ -88,8 +91,8 @@ pub(super) fn negotiate<'a>(mv: Move<'a>, c: Container, work: &Path) -> Result<N
             cpuinfo,
         },
     )?;
-    let migration = match wire::recv::<_, Reply>(&mut ctl)? {
-        Reply::Accepted { migration } => migration,
+    let (migration, uffd) = match wire::recv::<_, Reply>(&mut ctl)? {
+        Reply::Accepted { migration, uffd } => (migration, uffd),
         Reply::Refused { problems } => return Err(Error::Refused { problems }),
         Reply::Failed { failure } => {
             return Err(Error::DestinationFailed {
@@ -133,7 +136,9 @@ pub(super) fn negotiate<'a>(mv: Move<'a>, c: Container, work: &Path) -> Result<N
     };
     let opts = CheckpointOptions {
         leave_stopped: true,
-        lazy_pages: postcopy,
+        // Post-copy, or a pre-copy whose pages go into the restored
+        // tasks' memory: CRIU keeps the pages back and serves them.
+        lazy_pages: postcopy || uffd,
         page_server: Some(PageServerAddr::Socket(pages)),
         lock_joined_netns: docker.is_some(),
         empty_ns,
@@ -153,6 +158,7 @@ pub(super) fn negotiate<'a>(mv: Move<'a>, c: Container, work: &Path) -> Result<N
         mode_reason,
         memory,
         postcopy,
+        lazy: postcopy || uffd,
         relay,
         pages_cut,
         pages_tcp,

@@ -6,9 +6,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use criu_rpc::Criu;
-
 use super::docker::DockerSource;
+use super::Plan;
 use crate::checkpoint::private_dir;
 use crate::error::{Error, Result};
 use crate::migrate::channel::{Channel, Security};
@@ -59,11 +58,10 @@ pub(super) struct Offer {
 pub(super) fn offer(
     c: &Container,
     work: &Path,
-    mode: Mode,
-    criu: &Criu,
+    plan: &Plan<'_>,
     docker: Option<&DockerSource<'_>>,
-    progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Offer> {
+    let (mode, criu, progress) = (plan.mode, plan.criu, plan.progress);
     let id = c.state.id.clone();
     let cpu_dir = work.join("cpu");
     private_dir(&cpu_dir)?;
@@ -111,6 +109,7 @@ pub(super) fn offer(
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         postcopy,
+        precopy_uffd: !postcopy && plan.precopy_pages.offers_uffd(memory, lazy_here),
         terminal: false,
         address: c.state.net.as_ref().map(|n| n.address.addr),
         docker: docker.map(|d| Box::new(d.needs.clone())),
