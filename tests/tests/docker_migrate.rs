@@ -622,18 +622,36 @@ fn a_counter_moves_there_and_back_by_name() {
     // A holds the first source (counter.moved*) and the new counter.
     assert_eq!(s.a.all().len(), 2, "{:?}", s.a.all());
 
-    s.a.ok(&["stop", "-t", "1", "counter"]);
-    s.a.ok(&["rm", "counter"]);
+    // To B again pre-copy, its pages into the restored tasks (what a
+    // container of 16 MiB or more gets by default). The first source goes
+    // first, so that this move's is the one moved away on A.
+    let (first, _, _) = moved_away(&s.a, "counter");
+    s.a.ok(&["rm", &first]);
+    let out = s.migrate_ok(
+        "a",
+        "counter",
+        &["--mode", "precopy", "--precopy-pages", "uffd", "--json"],
+    );
+    let r = report(&out);
+    assert_eq!(r["precopy_pages"], "uffd", "{r}");
+    assert!(r["lazy"]["received_bytes"].as_u64().unwrap() > 0, "{r}");
+    let there = assert_moved(&s.a, &s.b, "counter", &back);
+    assert_eq!(s.b.ok(&["exec", "counter", "sh", "-c", "echo hi"]), "hi");
+    assert!(s.a.runtime_state().is_empty(), "{:?}", s.a.runtime_state());
+
+    s.b.ok(&["stop", "-t", "1", "counter"]);
+    s.b.ok(&["rm", "counter"]);
     assert!(
-        !s.a.runtime_state().contains(&back),
+        !s.b.runtime_state().contains(&there),
         "ferry state left after docker rm: {:?}",
-        s.a.runtime_state()
+        s.b.runtime_state()
     );
-    assert!(
-        cgroup_leftovers(&format!("docker/{back}")).is_empty(),
-        "cgroups of {back} left"
-    );
-    assert!(s.b.runtime_state().is_empty(), "{:?}", s.b.runtime_state());
+    for id in [&back, &there] {
+        assert!(
+            cgroup_leftovers(&format!("docker/{id}")).is_empty(),
+            "cgroups of {id} left"
+        );
+    }
 }
 
 /// Files written before the move, a file of the image changed and one
