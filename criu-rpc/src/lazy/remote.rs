@@ -159,6 +159,39 @@ mod tests {
     }
 
     #[test]
+    fn requests_in_flight_are_answered_in_order() {
+        let mut input = header(PS_IOV_ADD_F, 1, 0x7000, 42).to_vec();
+        input.extend(vec![1; 4096]);
+        input.extend(header(PS_IOV_ADD_F, 2, 0x9000, 43));
+        input.extend(vec![2; 2 * 4096]);
+        let mut r = Remote::new(Fake {
+            input: Cursor::new(input),
+            output: Vec::new(),
+        });
+        r.request(42, 0x7000, 1).unwrap();
+        r.request(43, 0x9000, 2).unwrap();
+        // Both asked before either answer is read.
+        assert_eq!(r.s.output.len(), 64);
+        let mut buf = vec![0u8; 2 * 4096];
+        assert_eq!(r.receive(42, 0x7000, 1, &mut buf).unwrap(), 1);
+        assert_eq!(buf[..4096], [1; 4096]);
+        assert_eq!(r.receive(43, 0x9000, 2, &mut buf).unwrap(), 2);
+        assert_eq!(buf, vec![2; 2 * 4096]);
+        assert_eq!(r.received, 3 * 4096);
+        // An answer out of order (the second asked for first) is refused.
+        let mut input = header(PS_IOV_ADD_F, 2, 0x9000, 43).to_vec();
+        input.extend(vec![2; 2 * 4096]);
+        let mut r = Remote::new(Fake {
+            input: Cursor::new(input),
+            output: Vec::new(),
+        });
+        r.request(42, 0x7000, 1).unwrap();
+        r.request(43, 0x9000, 2).unwrap();
+        let e = r.receive(42, 0x7000, 1, &mut buf).unwrap_err();
+        assert!(matches!(e, Error::LazyProtocol { .. }), "{e}");
+    }
+
+    #[test]
     fn a_wrong_answer_or_a_hang_up_is_an_error() {
         let input = header(PS_IOV_ADD_F, 1, 0x8000, 42).to_vec();
         let mut r = Remote::new(Fake {
