@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 pub use guardian::Guardian;
 use guardian::Slot;
-use iovs::{Iov, Iovs};
+use iovs::Iovs;
 pub use remote::PAGE_SIZE;
 use uffd::{Event, Fill, Uffd};
 
@@ -599,7 +599,8 @@ impl<S: Read + Write> Daemon<S> {
     /// and answered in order.
     fn background(&mut self) -> Result<()> {
         let (max_requests, max_bytes) = self.batch;
-        let mut batch: Vec<(usize, Iov, u64)> = Vec::new();
+        // (process, run-time address, dump-time address, pages) per request.
+        let mut batch: Vec<(usize, u64, u64, u64)> = Vec::new();
         let mut bytes = 0;
         'plan: for (i, p) in self.procs.iter().enumerate() {
             if p.gone {
@@ -609,7 +610,7 @@ impl<S: Read + Write> Daemon<S> {
                 let mut at = iov.start;
                 while at < iov.end {
                     let len = (iov.end - at).min(self.chunk);
-                    batch.push((i, *iov, at));
+                    batch.push((i, at, iov.img_addr(at), len / PAGE_SIZE));
                     bytes += len;
                     at += len;
                     if batch.len() == max_requests || bytes >= max_bytes {
@@ -618,20 +619,16 @@ impl<S: Read + Write> Daemon<S> {
                 }
             }
         }
-        let chunk = self.chunk;
         self.chunk = (self.chunk + FAULT_CHUNK).min(MAX_CHUNK);
-        for &(i, iov, at) in &batch {
-            let len = (iov.end - at).min(chunk);
-            let pid = self.procs[i].image_pid;
+        for &(i, _, img_addr, pages) in &batch {
             self.remote
-                .request(pid, iov.img_addr(at), len / PAGE_SIZE)?;
+                .request(self.procs[i].image_pid, img_addr, pages)?;
         }
-        for (i, iov, at) in batch {
-            let len = (iov.end - at).min(chunk);
+        for (i, at, img_addr, pages) in batch {
             let pid = self.procs[i].image_pid;
-            let got =
-                self.remote
-                    .receive(pid, iov.img_addr(at), len / PAGE_SIZE, self.buf.bytes())?;
+            let got = self
+                .remote
+                .receive(pid, img_addr, pages, self.buf.bytes())?;
             // A process that left meanwhile: its answer is read and
             // dropped.
             if !self.procs[i].gone {

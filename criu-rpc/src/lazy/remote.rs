@@ -138,14 +138,19 @@ mod tests {
         }
     }
 
+    /// A connection whose peer says `input`.
+    fn remote(input: Vec<u8>) -> Remote<Fake> {
+        Remote::new(Fake {
+            input: Cursor::new(input),
+            output: Vec::new(),
+        })
+    }
+
     #[test]
     fn get_sends_criu_layout_and_reads_fewer_pages_than_asked() {
         let mut input = header(PS_IOV_ADD_F | (4 << 16), 1, 0x7000, 42).to_vec();
         input.extend(vec![0xab; 4096]);
-        let mut r = Remote::new(Fake {
-            input: Cursor::new(input),
-            output: Vec::new(),
-        });
+        let mut r = remote(input);
         let mut buf = vec![0u8; 2 * 4096];
         assert_eq!(r.get(42, 0x7000, 2, &mut buf).unwrap(), 1);
         assert_eq!(buf[..4096], [0xab; 4096]);
@@ -164,10 +169,7 @@ mod tests {
         input.extend(vec![1; 4096]);
         input.extend(header(PS_IOV_ADD_F, 2, 0x9000, 43));
         input.extend(vec![2; 2 * 4096]);
-        let mut r = Remote::new(Fake {
-            input: Cursor::new(input),
-            output: Vec::new(),
-        });
+        let mut r = remote(input);
         r.request(42, 0x7000, 1).unwrap();
         r.request(43, 0x9000, 2).unwrap();
         // Both asked before either answer is read.
@@ -181,10 +183,7 @@ mod tests {
         // An answer out of order (the second asked for first) is refused.
         let mut input = header(PS_IOV_ADD_F, 2, 0x9000, 43).to_vec();
         input.extend(vec![2; 2 * 4096]);
-        let mut r = Remote::new(Fake {
-            input: Cursor::new(input),
-            output: Vec::new(),
-        });
+        let mut r = remote(input);
         r.request(42, 0x7000, 1).unwrap();
         r.request(43, 0x9000, 2).unwrap();
         let e = r.receive(42, 0x7000, 1, &mut buf).unwrap_err();
@@ -194,27 +193,18 @@ mod tests {
     #[test]
     fn a_wrong_answer_or_a_hang_up_is_an_error() {
         let input = header(PS_IOV_ADD_F, 1, 0x8000, 42).to_vec();
-        let mut r = Remote::new(Fake {
-            input: Cursor::new(input),
-            output: Vec::new(),
-        });
+        let mut r = remote(input);
         let mut buf = vec![0u8; 4096];
         let e = r.get(42, 0x7000, 1, &mut buf).unwrap_err();
         assert!(matches!(e, Error::LazyProtocol { .. }), "{e}");
-        let mut r = Remote::new(Fake {
-            input: Cursor::new(Vec::new()),
-            output: Vec::new(),
-        });
+        let mut r = remote(Vec::new());
         let e = r.get(42, 0x7000, 1, &mut buf).unwrap_err();
         assert!(matches!(e, Error::LazySource { .. }), "{e}");
     }
 
     #[test]
     fn close_expects_status_zero() {
-        let mut r = Remote::new(Fake {
-            input: Cursor::new(0i32.to_le_bytes().to_vec()),
-            output: Vec::new(),
-        });
+        let mut r = remote(0i32.to_le_bytes().to_vec());
         r.close().unwrap();
         assert_eq!(
             u32::from_le_bytes(r.s.output[0..4].try_into().unwrap()),

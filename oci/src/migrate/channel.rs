@@ -526,34 +526,32 @@ impl Channel {
 /// record waits; those after it do not (a program that waits for an answer
 /// after a short message must see it sent at once).
 fn pump_up(r: &UnixStream, w: &WriteHalf) -> Result<u64> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{recv, MsgFlags};
     let mut record = vec![0u8; MAX_DATA + 1];
     let mut total = 0;
     loop {
-        let mut n = match (&mut &*r).read(&mut record[1..]) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::Wire(e)),
-        };
-        let mut ended = false;
+        let (mut n, mut ended) = (0, false);
         while n < MAX_DATA {
-            match nix::sys::socket::recv(
-                r.as_raw_fd(),
-                &mut record[1 + n..],
-                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            ) {
+            let flags = match n {
+                0 => MsgFlags::empty(),
+                _ => MsgFlags::MSG_DONTWAIT,
+            };
+            match recv(r.as_raw_fd(), &mut record[1 + n..], flags) {
                 Ok(0) => {
                     ended = true;
                     break;
                 }
                 Ok(more) => n += more,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) if n > 0 => break,
                 Err(e) => return Err(Error::Wire(e.into())),
             }
         }
-        w.send_data(&mut record[..n + 1]).map_err(Error::Wire)?;
-        total += n as u64;
+        if n > 0 {
+            w.send_data(&mut record[..n + 1]).map_err(Error::Wire)?;
+            total += n as u64;
+        }
         if ended {
             return Ok(total);
         }

@@ -130,15 +130,16 @@ pub(super) fn negotiate<'a>(mv: Move<'a>, c: Container, work: &Path) -> Result<N
     let images = work.join("images");
     let pages_cut = relay.cutter()?;
     let pages_tcp = relay.tcp().try_clone().map_err(Error::Wire)?;
+    // Post-copy, or a pre-copy whose pages go into the restored tasks'
+    // memory: CRIU keeps the pages back and serves them.
+    let lazy = postcopy || uffd;
     let empty_ns = match docker {
         Some(_) => crate::migrate::docker::empty_ns(&c.spec()?),
         None => None,
     };
     let opts = CheckpointOptions {
         leave_stopped: true,
-        // Post-copy, or a pre-copy whose pages go into the restored
-        // tasks' memory: CRIU keeps the pages back and serves them.
-        lazy_pages: postcopy || uffd,
+        lazy_pages: lazy,
         page_server: Some(PageServerAddr::Socket(pages)),
         lock_joined_netns: docker.is_some(),
         empty_ns,
@@ -158,7 +159,7 @@ pub(super) fn negotiate<'a>(mv: Move<'a>, c: Container, work: &Path) -> Result<N
         mode_reason,
         memory,
         postcopy,
-        lazy: postcopy || uffd,
+        lazy,
         relay,
         pages_cut,
         pages_tcp,
