@@ -129,9 +129,13 @@ impl Overlay {
 }
 
 /// A directory's entry names, sorted (the same walk on every host).
+/// A directory gone since its parent was read has none.
 fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
-    let mut names: Vec<OsString> = std::fs::read_dir(dir)
-        .map_err(io("reading", dir))?
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if vanished(&e) => return Ok(Vec::new()),
+        r => r.map_err(io("reading", dir))?,
+    };
+    let mut names: Vec<OsString> = entries
         .map(|e| e.map(|e| e.file_name()))
         .collect::<std::io::Result<_>>()
         .map_err(io("reading", dir))?;
@@ -139,11 +143,20 @@ fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// Whether `e` says an entry is gone: a running container removed it (or
+/// replaced a directory above it) after its name was read. The first pass
+/// of a move ([`pack_ahead`]) walks the tree while the container runs;
+/// what went is not sent, and if it came back the frozen pass finds it new.
+fn vanished(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
 /// Visits every entry below `root` (not `root` itself) with its path
 /// relative to `root`, its full path and its metadata (symlinks not
 /// followed): a directory's entries in name order, then those of each of
 /// its subdirectories in name order, so that the walk is the same on every
-/// host whatever the directory order on disk.
+/// host whatever the directory order on disk. An entry gone between its
+/// directory's read and its own is skipped ([`vanished`]).
 fn walk(
     root: &Path,
     mut visit: impl FnMut(&Path, &Path, &std::fs::Metadata) -> Result<()>,
@@ -154,7 +167,10 @@ fn walk(
         for n in sorted_names(&root.join(&rel))? {
             let r = rel.join(&n);
             let p = root.join(&r);
-            let m = std::fs::symlink_metadata(&p).map_err(io("reading", &p))?;
+            let m = match std::fs::symlink_metadata(&p) {
+                Err(e) if vanished(&e) => continue,
+                m => m.map_err(io("reading", &p))?,
+            };
             visit(&r, &p, &m)?;
             if m.file_type().is_dir() {
                 dirs.push(r);
@@ -384,76 +400,127 @@ impl<'a, W: Write> Packer<'a, W> {
         Ok(self.count)
     }
 
-    /// Writes entry `r` (at `p`); false for what is not written: a
-    /// socket, which its process re-creates (CRIU binds a restored unix
-    /// socket again) and tar cannot hold.
+    /// Writes entry `r` (at `p`, as `m` says it was when walked); false
+    /// for what is not written: a socket, which its process re-creates
+    /// (CRIU binds a restored unix socket again) and tar cannot hold, and
+    /// an entry gone since it was walked ([`vanished`]).
+    ///
+    /// The tree may change under a first pass (the container runs), and a
+    /// tar stream is only whole if every entry holds the bytes its header
+    /// says: everything of an entry is read (its xattrs, its file opened,
+    /// its link target) before any of it is written, and a file's data is
+    /// exactly the size it was walked with, cut or zero-padded if the file
+    /// has grown or shrunk since (tar's own append copies to the end of the
+    /// file, whatever the header said: a file written meanwhile shifted
+    /// every header after it). Such a file changed after the pass began,
+    /// so the frozen pass sends it again ([`Sent::changes`]).
     fn append(&mut self, r: &Path, p: &Path, m: &std::fs::Metadata) -> Result<bool> {
         let (b, count, seen) = (&mut self.b, &mut self.count, &mut self.seen);
         if m.file_type().is_socket() {
             return Ok(false);
         }
         let t = m.file_type();
-        xattr_records(p, b).map_err(io("reading the xattrs of", p))?;
+        let xattrs = match xattr_records(p) {
+            Err(e) if vanished(&e) => return Ok(false),
+            x => x.map_err(io("reading the xattrs of", p))?,
+        };
+        let first = (t.is_file() && m.nlink() > 1)
+            .then(|| seen.get(&(m.dev(), m.ino())).cloned())
+            .flatten();
+        let body = if let Some(first) = first {
+            Body::HardLink(first)
+        } else if t.is_file() {
+            match File::open(p) {
+                Err(e) if vanished(&e) => return Ok(false),
+                f => Body::File(f.map_err(io("reading", p))?),
+            }
+        } else if t.is_symlink() {
+            match std::fs::read_link(p) {
+                Err(e) if vanished(&e) => return Ok(false),
+                l => Body::Symlink(l.map_err(io("reading", p))?),
+            }
+        } else {
+            Body::Empty
+        };
+        if let Some(x) = xattrs {
+            b.append(&x.0, &x.1[..]).map_err(io("archiving", p))?;
+        }
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(m, tar::HeaderMode::Complete);
         h.set_size(0);
         count.entries += 1;
-        if t.is_file() && m.nlink() > 1 {
-            // The walk's order puts a hard link's first name first.
-            if let Some(first) = seen.get(&(m.dev(), m.ino())) {
+        match body {
+            Body::HardLink(first) => {
+                // The walk's order puts a hard link's first name first.
                 h.set_entry_type(tar::EntryType::Link);
                 b.append_link(&mut h, r, first)
                     .map_err(io("archiving", p))?;
                 count.hardlinks += 1;
-                return Ok(true);
             }
-            seen.insert((m.dev(), m.ino()), r.to_path_buf());
-        }
-        if t.is_file() {
-            h.set_size(m.len());
-            let f = File::open(p).map_err(io("reading", p))?;
-            b.append_data(&mut h, r, f).map_err(io("archiving", p))?;
-        } else if t.is_symlink() {
-            let target = std::fs::read_link(p).map_err(io("reading", p))?;
-            b.append_link(&mut h, r, &target)
-                .map_err(io("archiving", p))?;
-        } else {
-            // Directories, fifos and devices (whiteouts are 0:0 character
-            // devices): set_metadata_in_mode set the type, but zeroes the
-            // device numbers, which would turn every device into a
-            // whiteout on the destination (hiding the lower file).
-            if t.is_char_device() || t.is_block_device() {
-                let (major, minor) = (
-                    nix::sys::stat::major(m.rdev()),
-                    nix::sys::stat::minor(m.rdev()),
-                );
-                let too_big = |_| {
-                    io("archiving", p)(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "device number too large for a tar header",
-                    ))
-                };
-                h.set_device_major(u32::try_from(major).map_err(too_big)?)
-                    .map_err(io("archiving", p))?;
-                h.set_device_minor(u32::try_from(minor).map_err(too_big)?)
+            Body::File(f) => {
+                if m.nlink() > 1 {
+                    seen.insert((m.dev(), m.ino()), r.to_path_buf());
+                }
+                let len = m.len();
+                h.set_size(len);
+                let data = f.take(len).chain(std::io::repeat(0)).take(len);
+                b.append_data(&mut h, r, data).map_err(io("archiving", p))?;
+            }
+            Body::Symlink(target) => {
+                b.append_link(&mut h, r, &target)
                     .map_err(io("archiving", p))?;
             }
-            if t.is_char_device() && m.rdev() == 0 {
-                count.whiteouts += 1;
+            Body::Empty => {
+                // Directories, fifos and devices (whiteouts are 0:0
+                // character devices): set_metadata_in_mode set the type,
+                // but zeroes the device numbers, which would turn every
+                // device into a whiteout on the destination (hiding the
+                // lower file).
+                if t.is_char_device() || t.is_block_device() {
+                    let (major, minor) = (
+                        nix::sys::stat::major(m.rdev()),
+                        nix::sys::stat::minor(m.rdev()),
+                    );
+                    let too_big = |_| {
+                        io("archiving", p)(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "device number too large for a tar header",
+                        ))
+                    };
+                    h.set_device_major(u32::try_from(major).map_err(too_big)?)
+                        .map_err(io("archiving", p))?;
+                    h.set_device_minor(u32::try_from(minor).map_err(too_big)?)
+                        .map_err(io("archiving", p))?;
+                }
+                if t.is_char_device() && m.rdev() == 0 {
+                    count.whiteouts += 1;
+                }
+                b.append_data(&mut h, r, std::io::empty())
+                    .map_err(io("archiving", p))?;
             }
-            b.append_data(&mut h, r, std::io::empty())
-                .map_err(io("archiving", p))?;
         }
         Ok(true)
     }
 }
 
-/// A PAX header carrying `path`'s extended attributes, before its entry.
-fn xattr_records<W: Write>(path: &Path, b: &mut tar::Builder<W>) -> std::io::Result<()> {
+/// What an entry's tar record carries after its header, read before any
+/// of the record is written ([`Packer::append`]).
+enum Body {
+    /// A further name of a file already written: its first name.
+    HardLink(PathBuf),
+    File(File),
+    Symlink(PathBuf),
+    /// Directories, fifos, devices.
+    Empty,
+}
+
+/// A PAX header carrying `path`'s extended attributes, to write before its
+/// entry, and its data; `None` when it has none.
+fn xattr_records(path: &Path) -> std::io::Result<Option<(tar::Header, Vec<u8>)>> {
     let names = match xattr::list(path) {
         Ok(n) => n,
         // Filesystems without xattrs (tmpfs without user xattrs) have none.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut data = Vec::new();
@@ -475,7 +542,7 @@ fn xattr_records<W: Write>(path: &Path, b: &mut tar::Builder<W>) -> std::io::Res
         data.extend_from_slice(&rec);
     }
     if data.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::XHeader);
@@ -483,7 +550,7 @@ fn xattr_records<W: Write>(path: &Path, b: &mut tar::Builder<W>) -> std::io::Res
     h.set_mode(0o644);
     h.set_path("././@PaxHeader")?;
     h.set_cksum();
-    b.append(&h, &data[..])
+    Ok(Some((h, data)))
 }
 
 /// Why a name in a diff cannot be a path inside the layer.
@@ -1024,6 +1091,88 @@ mod tests {
             pack_ahead(&src, &mut again).unwrap()
         };
         assert!(sent.changes(&src).unwrap().is_empty());
+    }
+
+    /// The first pass reads a running container's tree: files grow, shrink
+    /// and go between the walk and their read. The stream stays whole
+    /// (every entry as long as its header says), what went is not sent,
+    /// and the frozen pass sends the changed files right.
+    #[test]
+    fn a_tree_changing_under_the_first_pass_gives_a_whole_stream() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(src.join("gone-dir")).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        std::fs::write(src.join("grows"), vec![1u8; 100 << 10]).unwrap();
+        std::fs::write(src.join("shrinks"), vec![2u8; 10 << 10]).unwrap();
+        std::fs::write(src.join("goes"), b"here").unwrap();
+        std::fs::write(src.join("gone-dir/f"), b"here").unwrap();
+        std::fs::write(src.join("stays"), b"as it was").unwrap();
+        let walked: Vec<(PathBuf, std::fs::Metadata)> = [
+            "gone-dir",
+            "gone-dir/f",
+            "goes",
+            "grows",
+            "shrinks",
+            "stays",
+        ]
+        .iter()
+        .map(|r| {
+            (
+                PathBuf::from(r),
+                std::fs::symlink_metadata(src.join(r)).unwrap(),
+            )
+        })
+        .collect();
+        // What the container does between the walk and the reads.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(src.join("grows"))
+            .unwrap();
+        f.write_all(&vec![3u8; 300 << 10]).unwrap();
+        std::fs::write(src.join("shrinks"), b"short").unwrap();
+        std::fs::remove_file(src.join("goes")).unwrap();
+        std::fs::remove_dir_all(src.join("gone-dir")).unwrap();
+
+        let mut first = Vec::new();
+        let mut out = Packer::new(&src, &mut first);
+        let written: Vec<bool> = walked
+            .iter()
+            .map(|(r, m)| out.append(r, &src.join(r), m).unwrap())
+            .collect();
+        out.finish().unwrap();
+        // What went is not sent, the directory and its file included.
+        assert_eq!(written, [false, false, false, true, true, true]);
+        unpack_diff(&first[..], &dst).unwrap();
+        let read = |p: &str| std::fs::read(dst.join(p)).unwrap();
+        assert_eq!(
+            read("grows"),
+            vec![1u8; 100 << 10],
+            "cut to its walked size"
+        );
+        let mut short = b"short".to_vec();
+        short.resize(10 << 10, 0);
+        assert_eq!(read("shrinks"), short, "zero-padded to its walked size");
+        assert_eq!(read("stays"), b"as it was", "the entry after them");
+        assert!(!dst.join("goes").exists());
+
+        // Frozen, the second pass mends both (they changed after the first
+        // began) and removes what went.
+        let sent = Sent {
+            since: SystemTime::now() - Duration::from_secs(60),
+            entries: walked
+                .iter()
+                .zip(&written)
+                .filter(|(_, w)| **w)
+                .map(|((r, m), _)| (r.clone(), (kind_of(m), m.dev(), m.ino())))
+                .collect(),
+        };
+        let changes = sent.changes(&src).unwrap();
+        let mut second = Vec::new();
+        changes.pack(&mut second).unwrap();
+        remove_entries(&dst, &changes.removed).unwrap();
+        unpack_diff(&second[..], &dst).unwrap();
+        assert_eq!(layer_digest(&src).unwrap(), layer_digest(&dst).unwrap());
     }
 
     /// A removal list is as hostile as a stream: nothing outside the tree,

@@ -1332,6 +1332,53 @@ fn an_overlay_rootfs_moves_as_its_writable_layer() {
     );
 }
 
+/// A container that rewrites, grows, shrinks and removes its files as fast
+/// as it can while it moves: the first pass over its rootfs reads a tree
+/// that changes under it (a file's size at the walk is not its size at the
+/// read; a name walked is gone when opened), the frozen pass sends what
+/// changed. Both moves (there and back) succeed and the writer goes on
+/// without a gap. The paper's Hadoop job broke a move this way: its
+/// writable layer's stream came out with a file longer than its header.
+#[test]
+fn a_container_churning_its_files_moves_there_and_back() {
+    let p = Pair::new();
+    let (a, b, tag) = (&p.a, &p.b, p.tag);
+    let serve_b = p.serve_b("chb");
+    let serve_a = Serve::start(a, &p.key, &p.cgroup("cha"));
+    // A 4 MiB file rewritten without pause (truncated, then written): at
+    // any moment its size is likely not what it was a moment before.
+    let churn = "mkdir -p /churn; \
+                 (while :; do head -c 4194304 /dev/zero > /churn/big; done) & \
+                 i=0; while :; do echo $i >> /out/count; \
+                 echo $i > /churn/f$i; rm -f /churn/f$((i-1)); \
+                 mkdir /churn/d$i; echo $i > /churn/d$i/f; rm -rf /churn/d$((i-1)); \
+                 i=$((i+1)); done";
+    let bundle = busybox_bundle(p.dir(), &["sh", "-c", churn]);
+    let id = format!("churn-{tag}");
+    run(a, &bundle, &id);
+    let count = bundle.join("rootfs/out/count");
+    wait_numbers(&count, 200);
+    p.migrate(a, &id, &serve_b.addr, &["--mode", "precopy"]);
+    let there = moved_rootfs(b, &id);
+    let n = numbers(&there.join("out/count")).len();
+    wait_numbers(&there.join("out/count"), n + 200);
+    p.migrate(b, &id, &serve_a.addr, &["--mode", "precopy"]);
+    let back = moved_rootfs(a, &id);
+    let n = numbers(&back.join("out/count")).len();
+    assert_consecutive(&wait_numbers(&back.join("out/count"), n + 200));
+    // Its files are what the loop keeps: one or two f*, one or two d*.
+    let names: Vec<String> = std::fs::read_dir(back.join("churn"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let of = |c: char| names.iter().filter(|n| n.starts_with(c)).count();
+    assert!(
+        (1..=2).contains(&of('f')) && (1..=2).contains(&of('d')),
+        "{names:?}"
+    );
+    a.remove(&id);
+}
+
 /// A move that fails after the dump (the destination cannot restore) leaves
 /// the source's network namespace locked by CRIU (a leave-stopped dump keeps
 /// its iptables rules); the source resumes with the lock taken off, so a TCP
