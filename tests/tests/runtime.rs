@@ -18,6 +18,14 @@ fn busybox_lifecycle() {
     let id = unique("life");
     let b = bundle.to_str().unwrap();
 
+    // The config says which runtime-spec it was written for (runc 1.3's
+    // `runc spec` writes 1.2.1); the state must say the same.
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["ociVersion"] = "1.2.1".into();
+    std::fs::write(&config, spec.to_string()).unwrap();
+
     let pidfile = tmp.path().join("pid");
     root.ok(&[
         "create",
@@ -30,6 +38,9 @@ fn busybox_lifecycle() {
     assert_eq!(root.status(&id), "created");
     let state: serde_json::Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
     let pid = state["pid"].as_i64().unwrap();
+    // runtime-spec: the state's ociVersion is the one the container was
+    // created with (its config's), as runc's `state` prints it.
+    assert_eq!(state["ociVersion"], "1.2.1");
     assert_eq!(
         std::fs::read_to_string(&pidfile).unwrap().trim(),
         pid.to_string()

@@ -662,7 +662,7 @@ impl Container {
     pub fn oci_state(&self) -> OciState {
         let status = self.status();
         OciState {
-            oci_version: "1.0.2".into(),
+            oci_version: self.state.oci_version.clone(),
             id: self.state.id.clone(),
             status: status.to_string(),
             pid: if status == Status::Stopped {

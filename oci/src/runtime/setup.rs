@@ -184,6 +184,7 @@ impl Setup {
             net: self.net.clone(),
             owns_rootfs_mount: false,
             owned_dir: None,
+            oci_version: self.bundle.spec.version().clone(),
         }
     }
 

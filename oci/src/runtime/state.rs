@@ -53,6 +53,17 @@ pub struct State {
     /// whatever reads it (an export of its checkpoint reads the layer).
     #[serde(default)]
     pub owned_dir: Option<PathBuf>,
+    /// The runtime-spec version of the config it was created with: the
+    /// state's `ociVersion` ("the OCI specification version used when
+    /// creating the container", runtime-spec's runtime.md; runc's `state`
+    /// prints its config's Version). States written before this was kept
+    /// read as 1.0.2, what Ferry printed for every container then.
+    #[serde(default = "legacy_oci_version")]
+    pub oci_version: String,
+}
+
+fn legacy_oci_version() -> String {
+    "1.0.2".into()
 }
 
 /// One container's directory, locked for the lifetime of this value.
@@ -244,6 +255,16 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "../x", "a b"] {
             assert!(validate_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_state_written_before_oci_version_was_kept_reads_as_1_0_2() {
+        let old = r#"{"id": "c1", "pid": 7, "start_time": 1, "bundle": "/b",
+            "rootfs": "/b/rootfs", "created": "2026-11-01T00:00:00Z",
+            "annotations": {}, "cgroup": {"path": "/ferry/c1"}, "started": true,
+            "config": "/run/ferry/c1/config.json"}"#;
+        let s: State = serde_json::from_str(old).unwrap();
+        assert_eq!(s.oci_version, "1.0.2");
     }
 
     #[test]
