@@ -151,6 +151,17 @@ fn vanished(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
+/// Whether resolving or opening an entry without following symlinks
+/// failed because the tree is no longer as walked: gone ([`vanished`]), a
+/// symlink where a directory or the file was (ELOOP), or a path leaving
+/// the tree (EXDEV).
+fn changed(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV
+    )
+}
+
 /// Visits every entry below `root` (not `root` itself) with its path
 /// relative to `root`, its full path and its metadata (symlinks not
 /// followed): a directory's entries in name order, then those of each of
@@ -269,7 +280,7 @@ pub fn pack_ahead(dir: &Path, w: impl Write) -> Result<(DiffCount, Sent)> {
         since,
         entries: HashMap::new(),
     };
-    let mut out = Packer::new(dir, w);
+    let mut out = Packer::new(dir, w)?;
     walk(dir, |r, p, m| {
         if out.append(r, p, m)? {
             sent.entries
@@ -367,7 +378,7 @@ impl Changes {
 
     /// Writes the changed entries as a [`pack_diff`] stream.
     pub fn pack(&self, w: impl Write) -> Result<DiffCount> {
-        let mut out = Packer::new(&self.root, w);
+        let mut out = Packer::new(&self.root, w)?;
         for (r, m) in &self.entries {
             out.append(r, &self.root.join(r), m)?;
         }
@@ -376,8 +387,19 @@ impl Changes {
 }
 
 /// Writes entries of a tree as tar records (see the module's docs).
+///
+/// The tree is the container's: while a first pass reads it, the
+/// container may swap a directory on an entry's path for a symlink to
+/// anything on the host. So nothing is read by the entry's host path:
+/// its directory is resolved beneath the tree's root without following a
+/// symlink ([`Packer::parent`]), and the entry is read from there
+/// without following its own name (openat O_NOFOLLOW, readlinkat,
+/// llistxattr through /proc/self/fd/DIR/NAME): a path that no longer
+/// resolves so is an entry gone, as [`vanished`] ones are.
 struct Packer<'a, W: Write> {
     root: &'a Path,
+    /// `root`, opened O_PATH once.
+    root_fd: OwnedFd,
     b: tar::Builder<W>,
     count: DiffCount,
     /// The first name written of each multiply-linked file.
@@ -385,12 +407,53 @@ struct Packer<'a, W: Write> {
 }
 
 impl<'a, W: Write> Packer<'a, W> {
-    fn new(root: &'a Path, w: W) -> Self {
-        Packer {
+    fn new(root: &'a Path, w: W) -> Result<Self> {
+        let fd = nix::fcntl::open(
             root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("opening the tree to archive", root)(e.into()))?;
+        Ok(Packer {
+            root,
+            // SAFETY: open returned a new fd that nothing else owns.
+            root_fd: unsafe { OwnedFd::from_raw_fd(fd) },
             b: tar::Builder::new(w),
             count: DiffCount::default(),
             seen: HashMap::new(),
+        })
+    }
+
+    /// The directory holding entry `r`, as an O_PATH fd resolved beneath
+    /// the root with no symlink on the way, and `r`'s name in it; `None`
+    /// when the path no longer resolves so (the tree changed under a first
+    /// pass: the frozen pass sees what it became).
+    fn parent(&self, r: &Path) -> Result<Option<(OwnedFd, OsString)>> {
+        let (Some(dir), Some(name)) = (r.parent(), r.file_name()) else {
+            return Ok(None);
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        match nix::fcntl::openat2(self.root_fd.as_raw_fd(), dir, how) {
+            // SAFETY: openat2 returned a new fd that nothing else owns.
+            Ok(fd) => Ok(Some((
+                unsafe { OwnedFd::from_raw_fd(fd) },
+                name.to_os_string(),
+            ))),
+            Err(e) if changed(e) => Ok(None),
+            Err(e) => Err(io("resolving in the tree to archive", &self.root.join(r))(
+                e.into(),
+            )),
         }
     }
 
@@ -415,12 +478,17 @@ impl<'a, W: Write> Packer<'a, W> {
     /// every header after it). Such a file changed after the pass began,
     /// so the frozen pass sends it again ([`Sent::changes`]).
     fn append(&mut self, r: &Path, p: &Path, m: &std::fs::Metadata) -> Result<bool> {
-        let (b, count, seen) = (&mut self.b, &mut self.count, &mut self.seen);
         if m.file_type().is_socket() {
             return Ok(false);
         }
+        let Some((dir, name)) = self.parent(r)? else {
+            return Ok(false);
+        };
+        let (b, count, seen) = (&mut self.b, &mut self.count, &mut self.seen);
         let t = m.file_type();
-        let xattrs = match xattr_records(p) {
+        // llistxattr does not follow NAME; /proc/self/fd/DIR is the pinned
+        // directory (the procfd way unpack_diff sets them).
+        let xattrs = match xattr_records(&proc_fd_path(&dir).join(&name)) {
             Err(e) if vanished(&e) => return Ok(false),
             x => x.map_err(io("reading the xattrs of", p))?,
         };
@@ -430,14 +498,30 @@ impl<'a, W: Write> Packer<'a, W> {
         let body = if let Some(first) = first {
             Body::HardLink(first)
         } else if t.is_file() {
-            match File::open(p) {
-                Err(e) if vanished(&e) => return Ok(false),
-                f => Body::File(f.map_err(io("reading", p))?),
+            // O_NONBLOCK: a fifo put in the file's place must not hang the
+            // move; only a regular file is read.
+            let f = openat(
+                Some(dir.as_raw_fd()),
+                name.as_os_str(),
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            );
+            match f {
+                Err(e) if changed(e) => return Ok(false),
+                // SAFETY: openat returned a new fd that nothing else owns.
+                Ok(fd) => {
+                    let f = unsafe { File::from_raw_fd(fd) };
+                    match f.metadata().map_err(io("reading", p))?.is_file() {
+                        true => Body::File(f),
+                        false => return Ok(false),
+                    }
+                }
+                Err(e) => return Err(io("reading", p)(e.into())),
             }
         } else if t.is_symlink() {
-            match std::fs::read_link(p) {
-                Err(e) if vanished(&e) => return Ok(false),
-                l => Body::Symlink(l.map_err(io("reading", p))?),
+            match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name.as_os_str()) {
+                Err(e) if changed(e) || e == Errno::EINVAL => return Ok(false),
+                l => Body::Symlink(PathBuf::from(l.map_err(|e| io("reading", p)(e.into()))?)),
             }
         } else {
             Body::Empty
@@ -1135,7 +1219,7 @@ mod tests {
         std::fs::remove_dir_all(src.join("gone-dir")).unwrap();
 
         let mut first = Vec::new();
-        let mut out = Packer::new(&src, &mut first);
+        let mut out = Packer::new(&src, &mut first).unwrap();
         let written: Vec<bool> = walked
             .iter()
             .map(|(r, m)| out.append(r, &src.join(r), m).unwrap())
@@ -1173,6 +1257,62 @@ mod tests {
         remove_entries(&dst, &changes.removed).unwrap();
         unpack_diff(&second[..], &dst).unwrap();
         assert_eq!(layer_digest(&src).unwrap(), layer_digest(&dst).unwrap());
+    }
+
+    /// A container racing the first pass swaps a directory on an entry's
+    /// path for a symlink to the host's files, and a file for a symlink or
+    /// a fifo: nothing outside the tree is read, nothing hangs, and the
+    /// stream stays whole.
+    #[test]
+    fn a_symlink_swapped_in_under_the_first_pass_reads_nothing_outside() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst, host) = (
+            t.path().join("src"),
+            t.path().join("dst"),
+            t.path().join("host"),
+        );
+        for d in [src.join("d"), dst.clone(), host.clone()] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(src.join("d/secret"), b"container's").unwrap();
+        std::fs::write(src.join("f"), b"container's").unwrap();
+        std::fs::write(src.join("fifo"), b"container's").unwrap();
+        std::fs::write(src.join("stays"), b"as it was").unwrap();
+        std::fs::write(host.join("secret"), b"the host's!").unwrap();
+        let walked: Vec<(PathBuf, std::fs::Metadata)> = ["d", "d/secret", "f", "fifo", "stays"]
+            .iter()
+            .map(|r| {
+                (
+                    PathBuf::from(r),
+                    std::fs::symlink_metadata(src.join(r)).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::rename(src.join("d"), src.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(&host, src.join("d")).unwrap();
+        std::fs::remove_file(src.join("f")).unwrap();
+        std::os::unix::fs::symlink(host.join("secret"), src.join("f")).unwrap();
+        std::fs::remove_file(src.join("fifo")).unwrap();
+        nix::unistd::mkfifo(&src.join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+
+        let mut first = Vec::new();
+        let mut out = Packer::new(&src, &mut first).unwrap();
+        let written: Vec<bool> = walked
+            .iter()
+            .map(|(r, m)| out.append(r, &src.join(r), m).unwrap())
+            .collect();
+        out.finish().unwrap();
+        // "d" is written as the directory it was walked as (its xattrs and
+        // times come from the symlink's own name, not followed); what lies
+        // behind a symlink is not read.
+        assert_eq!(written, [true, false, false, false, true]);
+        assert!(
+            !first.windows(11).any(|w| w == b"the host's!"),
+            "the host's file went into the stream"
+        );
+        unpack_diff(&first[..], &dst).unwrap();
+        assert_eq!(std::fs::read(dst.join("stays")).unwrap(), b"as it was");
+        assert!(!dst.join("d/secret").exists() && !dst.join("f").exists());
     }
 
     /// A removal list is as hostile as a stream: nothing outside the tree,
