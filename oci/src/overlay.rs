@@ -408,16 +408,9 @@ struct Packer<'a, W: Write> {
 
 impl<'a, W: Write> Packer<'a, W> {
     fn new(root: &'a Path, w: W) -> Result<Self> {
-        let fd = nix::fcntl::open(
-            root,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io("opening the tree to archive", root)(e.into()))?;
         Ok(Packer {
             root,
-            // SAFETY: open returned a new fd that nothing else owns.
-            root_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            root_fd: open_tree(root, "opening the tree to archive")?,
             b: tar::Builder::new(w),
             count: DiffCount::default(),
             seen: HashMap::new(),
@@ -437,19 +430,9 @@ impl<'a, W: Write> Packer<'a, W> {
         } else {
             dir
         };
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
-        match nix::fcntl::openat2(self.root_fd.as_raw_fd(), dir, how) {
-            // SAFETY: openat2 returned a new fd that nothing else owns.
-            Ok(fd) => Ok(Some((
-                unsafe { OwnedFd::from_raw_fd(fd) },
-                name.to_os_string(),
-            ))),
+        // Mounts in the tree are crossed: the walk crosses them too.
+        match dir_beneath(&self.root_fd, dir, ResolveFlag::empty()) {
+            Ok(fd) => Ok(Some((fd, name.to_os_string()))),
             Err(e) if changed(e) => Ok(None),
             Err(e) => Err(io("resolving in the tree to archive", &self.root.join(r))(
                 e.into(),
@@ -689,6 +672,38 @@ fn entry_place(rel: &Path) -> std::result::Result<(PathBuf, OsString), BadName> 
     Ok((parent, name.to_os_string()))
 }
 
+/// The tree at `path` (a writable layer being unpacked, a tree being
+/// archived) as an O_PATH directory fd, which its entries are resolved
+/// beneath ([`dir_beneath`]).
+fn open_tree(path: &Path, op: &'static str) -> Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(op, path)(e.into()))?;
+    // SAFETY: open returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The directory `rel` beneath `root`, as an O_PATH fd: RESOLVE_BENEATH
+/// keeps it under the root and RESOLVE_NO_SYMLINKS refuses a symlink
+/// anywhere on the way (ELOOP), the last component included, with the
+/// `extra` resolve flags of the caller.
+fn dir_beneath(root: &OwnedFd, rel: &Path, extra: ResolveFlag) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | extra,
+        );
+    let fd = nix::fcntl::openat2(root.as_raw_fd(), rel, how)?;
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The upper directory being filled, held open. Every entry is created
 /// relative to a directory fd resolved beneath it and named by one plain
 /// component, never through a path string joined onto `upper`: what an
@@ -700,14 +715,7 @@ struct Upper<'a> {
 
 impl<'a> Upper<'a> {
     fn open(path: &'a Path) -> Result<Self> {
-        let fd = nix::fcntl::open(
-            path,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io("opening the writable layer", path)(e.into()))?;
-        // SAFETY: open returned a new fd that nothing else owns.
-        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        let root = open_tree(path, "opening the writable layer")?;
         Ok(Upper { path, root })
     }
 
@@ -721,17 +729,7 @@ impl<'a> Upper<'a> {
     /// somewhere the source had nothing, so it is refused instead.
     /// RESOLVE_NO_XDEV: nor is a mount inside the upper directory crossed.
     fn dir(&self, rel: &Path) -> nix::Result<OwnedFd> {
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                    | ResolveFlag::RESOLVE_NO_XDEV,
-            );
-        let fd = nix::fcntl::openat2(self.root.as_raw_fd(), rel, how)?;
-        // SAFETY: openat2 returned a new fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        dir_beneath(&self.root, rel, ResolveFlag::RESOLVE_NO_XDEV)
     }
 
     /// What a failed resolution of `entry`'s directory (or of its hard
@@ -1177,6 +1175,32 @@ mod tests {
         assert!(sent.changes(&src).unwrap().is_empty());
     }
 
+    /// The entries `names` of `src` as a walk sees them now.
+    fn walk_of(src: &Path, names: &[&str]) -> Vec<(PathBuf, std::fs::Metadata)> {
+        names
+            .iter()
+            .map(|r| {
+                (
+                    PathBuf::from(r),
+                    std::fs::symlink_metadata(src.join(r)).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// A first pass over `src` as walked in `walked` (the tree may have
+    /// changed since): its stream, and which entries it wrote.
+    fn pack_walked(src: &Path, walked: &[(PathBuf, std::fs::Metadata)]) -> (Vec<u8>, Vec<bool>) {
+        let mut stream = Vec::new();
+        let mut out = Packer::new(src, &mut stream).unwrap();
+        let written = walked
+            .iter()
+            .map(|(r, m)| out.append(r, &src.join(r), m).unwrap())
+            .collect();
+        out.finish().unwrap();
+        (stream, written)
+    }
+
     /// The first pass reads a running container's tree: files grow, shrink
     /// and go between the walk and their read. The stream stays whole
     /// (every entry as long as its header says), what went is not sent,
@@ -1192,22 +1216,17 @@ mod tests {
         std::fs::write(src.join("goes"), b"here").unwrap();
         std::fs::write(src.join("gone-dir/f"), b"here").unwrap();
         std::fs::write(src.join("stays"), b"as it was").unwrap();
-        let walked: Vec<(PathBuf, std::fs::Metadata)> = [
-            "gone-dir",
-            "gone-dir/f",
-            "goes",
-            "grows",
-            "shrinks",
-            "stays",
-        ]
-        .iter()
-        .map(|r| {
-            (
-                PathBuf::from(r),
-                std::fs::symlink_metadata(src.join(r)).unwrap(),
-            )
-        })
-        .collect();
+        let walked = walk_of(
+            &src,
+            &[
+                "gone-dir",
+                "gone-dir/f",
+                "goes",
+                "grows",
+                "shrinks",
+                "stays",
+            ],
+        );
         // What the container does between the walk and the reads.
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -1218,13 +1237,7 @@ mod tests {
         std::fs::remove_file(src.join("goes")).unwrap();
         std::fs::remove_dir_all(src.join("gone-dir")).unwrap();
 
-        let mut first = Vec::new();
-        let mut out = Packer::new(&src, &mut first).unwrap();
-        let written: Vec<bool> = walked
-            .iter()
-            .map(|(r, m)| out.append(r, &src.join(r), m).unwrap())
-            .collect();
-        out.finish().unwrap();
+        let (first, written) = pack_walked(&src, &walked);
         // What went is not sent, the directory and its file included.
         assert_eq!(written, [false, false, false, true, true, true]);
         unpack_diff(&first[..], &dst).unwrap();
@@ -1279,15 +1292,7 @@ mod tests {
         std::fs::write(src.join("fifo"), b"container's").unwrap();
         std::fs::write(src.join("stays"), b"as it was").unwrap();
         std::fs::write(host.join("secret"), b"the host's!").unwrap();
-        let walked: Vec<(PathBuf, std::fs::Metadata)> = ["d", "d/secret", "f", "fifo", "stays"]
-            .iter()
-            .map(|r| {
-                (
-                    PathBuf::from(r),
-                    std::fs::symlink_metadata(src.join(r)).unwrap(),
-                )
-            })
-            .collect();
+        let walked = walk_of(&src, &["d", "d/secret", "f", "fifo", "stays"]);
         std::fs::rename(src.join("d"), src.join("d.old")).unwrap();
         std::os::unix::fs::symlink(&host, src.join("d")).unwrap();
         std::fs::remove_file(src.join("f")).unwrap();
@@ -1295,13 +1300,7 @@ mod tests {
         std::fs::remove_file(src.join("fifo")).unwrap();
         nix::unistd::mkfifo(&src.join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
 
-        let mut first = Vec::new();
-        let mut out = Packer::new(&src, &mut first).unwrap();
-        let written: Vec<bool> = walked
-            .iter()
-            .map(|(r, m)| out.append(r, &src.join(r), m).unwrap())
-            .collect();
-        out.finish().unwrap();
+        let (first, written) = pack_walked(&src, &walked);
         // "d" is written as the directory it was walked as (its xattrs and
         // times come from the symlink's own name, not followed); what lies
         // behind a symlink is not read.
