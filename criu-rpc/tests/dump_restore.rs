@@ -500,8 +500,9 @@ fn cpuinfo_dump_and_check() {
 
 /// A python workload in a PID namespace of its own (so that its restore,
 /// in a new one, does not clash with the lazily dumped original, which stays
-/// until its last page is sent): it fills 48 MiB with a pattern, then writes
-/// `i crc` lines, the crc of the whole buffer every time.
+/// until its last page is sent): `procs` processes (the first forks the
+/// others), each filling `mib` MiB with a pattern of its own, then writing
+/// `i crc` lines to `count-K`, the crc of its whole buffer every time.
 /// The `unshare` process above the workload; killed (with it) on drop.
 struct Unshare(Child);
 
@@ -512,19 +513,24 @@ impl Drop for Unshare {
     }
 }
 
-fn start_memory_counter(dir: &Path) -> (Unshare, Pid, PathBuf) {
-    let file = dir.join("count");
+fn start_memory_counter(dir: &Path, procs: usize, mib: usize) -> (Unshare, Pid, Vec<PathBuf>) {
+    let files: Vec<PathBuf> = (0..procs).map(|k| dir.join(format!("count-{k}"))).collect();
     let script = format!(
         "import os, time, zlib\n\
          os.setsid()\n\
-         buf = bytearray(os.urandom(1 << 20)) * 48\n\
-         out = open('{}', 'a', buffering=1)\n\
+         k = 0\n\
+         for n in range(1, {procs}):\n\
+         \x20   if os.fork() == 0:\n\
+         \x20       k = n\n\
+         \x20       break\n\
+         buf = bytearray(os.urandom(1 << 20)) * {mib}\n\
+         out = open('{}/count-%d' % k, 'a', buffering=1)\n\
          i = 0\n\
          while True:\n\
          \x20   out.write('%d %d\\n' % (i, zlib.crc32(buf)))\n\
          \x20   i += 1\n\
          \x20   time.sleep(0.05)\n",
-        file.display()
+        dir.display()
     );
     let child = Unshare(
         Command::new("unshare")
@@ -538,8 +544,9 @@ fn start_memory_counter(dir: &Path) -> (Unshare, Pid, PathBuf) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let kids = tree(Pid::from_raw(child.0.id() as i32));
-        if let (Some(pid), true) = (kids.get(1), crc_lines(&file).len() >= 3) {
-            return (child, *pid, file);
+        let counting = files.iter().all(|f| crc_lines(f).len() >= 3);
+        if let (Some(pid), true) = (kids.get(1), counting) {
+            return (child, *pid, files);
         }
         assert!(Instant::now() < deadline, "python workload did not start");
         std::thread::sleep(Duration::from_millis(50));
@@ -563,6 +570,38 @@ fn crc_lines(file: &Path) -> Vec<(u64, u64)> {
 /// goes on with the same 48 MiB (same crc) and no gap in its count.
 #[test]
 fn lazy_dump_and_restore_through_the_lazy_pages_daemon() {
+    lazy_dump_and_restore(1, 48, Window::No);
+}
+
+/// The daemon as a pre-copy into the tasks runs it (a window of requests
+/// in flight, topped up as answers come), over four processes of 24 MiB
+/// each: the window runs from one process's ranges into the next's, every
+/// answer lands in the process and at the place it was asked for, and
+/// the tasks (running here, not stopped) fault meanwhile, which empties
+/// the window before the fault's own request. Each process goes on with
+/// its own crc.
+#[test]
+fn a_window_of_requests_fills_every_process_of_a_tree() {
+    lazy_dump_and_restore(4, 24, Window::TasksRunning);
+}
+
+/// The same with the tasks restored stopped, as a pre-copy restores them:
+/// no fault comes, the window alone brings every page of every process
+/// in before they continue.
+#[test]
+fn a_window_of_requests_fills_a_stopped_tree_alone() {
+    lazy_dump_and_restore(4, 24, Window::TasksStopped);
+}
+
+#[derive(PartialEq)]
+enum Window {
+    /// One request at a time (post-copy).
+    No,
+    TasksRunning,
+    TasksStopped,
+}
+
+fn lazy_dump_and_restore(procs: usize, mib: usize, window: Window) {
     use criu_rpc::lazy::LazyPages;
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::AtomicBool;
@@ -571,7 +610,7 @@ fn lazy_dump_and_restore_through_the_lazy_pages_daemon() {
     let (images, work) = (tmp.path().join("images"), tmp.path().join("work"));
     fs::create_dir(&images).unwrap();
     fs::create_dir(&work).unwrap();
-    let (mut unshare, pid, file) = start_memory_counter(tmp.path());
+    let (mut unshare, pid, files) = start_memory_counter(tmp.path(), procs, mib);
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let source_end = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -595,9 +634,15 @@ fn lazy_dump_and_restore_through_the_lazy_pages_daemon() {
     ready_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the lazy dump never said status-ready");
-    let before = crc_lines(&file);
-    let crc = before[0].1;
-    assert!(before.iter().all(|(_, c)| *c == crc));
+    let before: Vec<Vec<(u64, u64)>> = files.iter().map(|f| crc_lines(f)).collect();
+    let crcs: Vec<u64> = before.iter().map(|b| b[0].1).collect();
+    for (b, crc) in before.iter().zip(&crcs) {
+        assert!(b.iter().all(|(_, c)| c == crc));
+    }
+    let mut distinct = crcs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), procs, "each process has memory of its own");
     // Only the non-lazy pages (vdso and the like) were written here.
     let written: u64 = fs::read_dir(&images)
         .unwrap()
@@ -611,35 +656,63 @@ fn lazy_dump_and_restore_through_the_lazy_pages_daemon() {
     );
 
     let daemon = LazyPages::bind(&images, &work).unwrap();
-    let serve = std::thread::spawn(move || daemon.serve(dest_end, &AtomicBool::new(false), || {}));
+    let daemon = match window {
+        Window::No => daemon,
+        _ => daemon.tasks_stopped(),
+    };
+    let (served_tx, served) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = served_tx.send(daemon.serve(dest_end, &AtomicBool::new(false), || {}));
+    });
     let mut ropts = RestoreOptions::new(dirs(&images, "restore.log").work_dir(&work).unwrap());
     ropts.lazy_pages = true;
+    ropts.leave_stopped = window == Window::TasksStopped;
     let restored = Criu::new()
         .restore(&ropts, &mut criu_rpc::IgnoreNotify)
         .unwrap();
     let _guard = Restored(restored.pid);
-    let stats = serve.join().unwrap().unwrap();
+    let stats = served
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the daemon did not bring every page in within a minute")
+        .unwrap();
+    eprintln!("{stats:?}");
     dump.join().unwrap().unwrap();
+    let total = (procs * mib) as u64;
+    if window == Window::TasksStopped {
+        // Only CRIU's restorer faulted, on its own stacks, before it
+        // stopped them.
+        assert!(stats.fault_bytes < (total << 20) / 8, "{stats:?}");
+        for pid in tree(restored.pid) {
+            kill(pid, Signal::SIGCONT).unwrap();
+        }
+    }
     assert!(
-        stats.received_bytes >= 48 << 20,
+        stats.received_bytes >= total << 20,
         "only {} bytes came lazily: {stats:?}",
         stats.received_bytes
     );
-    assert!(stats.processes >= 1);
+    assert!(stats.processes >= procs as u64, "{stats:?}");
     // The original was killed once its last page left.
     unshare.0.wait().unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let after = loop {
-        let v = crc_lines(&file);
-        if v.len() >= before.len() + 10 {
-            break v;
+    for ((file, before), crc) in files.iter().zip(&before).zip(&crcs) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let after = loop {
+            let v = crc_lines(file);
+            if v.len() >= before.len() + 10 {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "the restored workload is stuck");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for (i, (n, c)) in after.iter().enumerate() {
+            assert_eq!(*n, i as u64, "{}, line {i}: {after:?}", file.display());
+            assert_eq!(
+                c,
+                crc,
+                "{}, line {i}: memory changed across the move",
+                file.display()
+            );
         }
-        assert!(Instant::now() < deadline, "the restored workload is stuck");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    for (i, (n, c)) in after.iter().enumerate() {
-        assert_eq!(*n, i as u64, "line {i}: {after:?}");
-        assert_eq!(*c, crc, "line {i}: memory changed across the move");
     }
 }

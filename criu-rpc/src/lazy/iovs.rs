@@ -45,43 +45,52 @@ impl Iovs {
         self.v.iter().map(Iov::len).sum()
     }
 
-    /// The ranges, lowest first.
-    pub fn iter(&self) -> std::slice::Iter<'_, Iov> {
-        self.v.iter()
-    }
-
     /// The range holding `addr`.
     pub fn find(&self, addr: u64) -> Option<&Iov> {
         let i = self.v.partition_point(|i| i.end <= addr);
         self.v.get(i).filter(|i| i.start <= addr)
     }
 
+    /// The ranges, lowest first, from run-time address `addr` on (a range
+    /// holding `addr` starts there).
+    pub fn from(&self, addr: u64) -> impl Iterator<Item = Iov> + '_ {
+        let i = self.v.partition_point(|i| i.end <= addr);
+        self.v[i..].iter().map(move |i| Iov {
+            start: i.start.max(addr),
+            end: i.end,
+            img_start: i.img_addr(i.start.max(addr)),
+        })
+    }
+
     /// Forgets `start..start+len` (copied in, unmapped, or dropped with
-    /// MADV_DONTNEED): ranges are cut around it.
+    /// MADV_DONTNEED): ranges are cut around it. Only the ranges it meets
+    /// are touched (a binary search each side), so that filling a JVM's
+    /// thousands of ranges one chunk at a time does not rebuild the whole
+    /// set each time.
     pub fn drop_range(&mut self, start: u64, len: u64) {
         let end = start.saturating_add(len);
-        let mut out = Vec::with_capacity(self.v.len() + 1);
-        for i in self.v.drain(..) {
-            if i.end <= start || i.start >= end {
-                out.push(i);
-                continue;
-            }
-            if i.start < start {
-                out.push(Iov {
-                    start: i.start,
-                    end: start,
-                    img_start: i.img_start,
-                });
-            }
-            if i.end > end {
-                out.push(Iov {
-                    start: end,
-                    end: i.end,
-                    img_start: i.img_addr(end),
-                });
-            }
+        let lo = self.v.partition_point(|i| i.end <= start);
+        let hi = self.v.partition_point(|i| i.start < end);
+        if lo >= hi {
+            return;
         }
-        self.v = out;
+        let (first, last) = (self.v[lo], self.v[hi - 1]);
+        let mut keep = Vec::with_capacity(2);
+        if first.start < start {
+            keep.push(Iov {
+                start: first.start,
+                end: start,
+                img_start: first.img_start,
+            });
+        }
+        if last.end > end {
+            keep.push(Iov {
+                start: end,
+                end: last.end,
+                img_start: last.img_addr(end),
+            });
+        }
+        self.v.splice(lo..hi, keep);
     }
 
     /// `mremap(from, len) -> to`: the pages of `from..from+len` now live at
@@ -192,8 +201,32 @@ mod tests {
                 iov(0x7000, 0x8000)
             ]
         );
+        // In a gap, and exactly one whole range.
+        s.drop_range(0x5000, 0x2000);
+        s.drop_range(0x3000, 0x1000);
+        assert_eq!(s.v, vec![iov(0x1000, 0x2000), iov(0x7000, 0x8000)]);
         s.drop_range(0, u64::MAX);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn from_starts_inside_the_holding_range() {
+        let s = Iovs::new(vec![iov(0x1000, 0x3000), iov(0x5000, 0x6000)]);
+        let from = |a| s.from(a).collect::<Vec<_>>();
+        assert_eq!(from(0), s.v);
+        assert_eq!(
+            from(0x2000),
+            vec![
+                Iov {
+                    start: 0x2000,
+                    end: 0x3000,
+                    img_start: 0x2000
+                },
+                iov(0x5000, 0x6000)
+            ]
+        );
+        assert_eq!(from(0x3000), vec![iov(0x5000, 0x6000)]);
+        assert!(from(0x6000).is_empty());
     }
 
     #[test]

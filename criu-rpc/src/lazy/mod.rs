@@ -31,6 +31,7 @@ mod iovs;
 mod remote;
 mod uffd;
 
+use std::collections::VecDeque;
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -55,9 +56,10 @@ pub const SOCKET_NAME: &str = "lazy-pages.socket";
 const RESTORE_FINISHED: u32 = 0x5253_5446;
 const FAULT_CHUNK: u64 = 64 << 10;
 const MAX_CHUNK: u64 = 4 << 20;
-/// Background requests in flight at once, and their bytes at most.
-const BATCH: usize = 64;
-const BATCH_BYTES: u64 = 8 << 20;
+/// Background requests in flight at once, and their bytes at most, when
+/// the tasks are stopped (see [`LazyPages::tasks_stopped`]).
+const WINDOW: usize = 64;
+const WINDOW_BYTES: u64 = 32 << 20;
 
 /// What the daemon did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,6 +84,9 @@ pub struct LazyStats {
 
 /// One restored process (or a child it forked) with pages still to come.
 struct Proc {
+    /// Names this process among the daemon's for the requests in flight
+    /// (a forked child shares its parent's `image_pid`).
+    key: u64,
     /// The pid in the images, by which the source knows the pages (a
     /// forked child asks for its parent's).
     image_pid: i32,
@@ -122,7 +127,7 @@ pub struct LazyPages {
     path: PathBuf,
     guardian: Option<Guardian>,
     /// Background requests in flight at once, and their bytes at most.
-    batch: (usize, u64),
+    window: (usize, u64),
 }
 
 impl LazyPages {
@@ -147,20 +152,24 @@ impl LazyPages {
             images: images_dir.to_path_buf(),
             path,
             guardian: None,
-            batch: (1, MAX_CHUNK),
+            window: (1, MAX_CHUNK),
         })
     }
 
     /// The restored tasks stay stopped until every page is in (a pre-copy
     /// whose pages go into the tasks): no fault waits behind the
-    /// background, so it keeps [`BATCH`] requests ([`BATCH_BYTES`]) in
-    /// flight and the source's page server answers the next while this
-    /// side copies the last in. (One at a time, each answer waits a round
+    /// background, so it keeps a window of up to [`WINDOW`] requests
+    /// ([`WINDOW_BYTES`]) in flight, topped up as each answer is read: the
+    /// source's page server always has the next request while this side
+    /// copies the last answer in. (One at a time, each answer waits a round
     /// trip through both relays: a JVM's thousands of small ranges came at
-    /// ~270 MiB/s.) Without it, one request at a time, so that a fault
-    /// waits for at most one chunk.
+    /// ~270 MiB/s. Batches of 8 MiB sent at once and read to the end before
+    /// the next: 920-980 MiB/s at 1 GiB (1,090 with 32 MiB batches), the
+    /// relays idle for a round trip per batch; this window: 1,160-1,200
+    /// MiB/s, both cores busy, hack/bench-migrate.) Without it, one request
+    /// at a time, so that a fault waits for at most one chunk.
     pub fn tasks_stopped(mut self) -> LazyPages {
-        self.batch = (BATCH, BATCH_BYTES);
+        self.window = (WINDOW, WINDOW_BYTES);
         self
     }
 
@@ -205,7 +214,11 @@ impl LazyPages {
             procs: Vec::new(),
             buf: Buffer::new(MAX_CHUNK),
             chunk: FAULT_CHUNK,
-            batch: self.batch,
+            window: self.window,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            cursor: None,
+            next_key: 0,
             stats: LazyStats::default(),
             guardian,
         };
@@ -349,6 +362,17 @@ fn check_guardian(pid: i32, polled: &PollFd<'_>) -> Result<()> {
     }
 }
 
+/// A background request sent to the source and not answered yet.
+struct InFlight {
+    /// The [`Proc::key`] of the process the pages go to.
+    key: u64,
+    image_pid: i32,
+    /// Run-time and dump-time address of the first page.
+    at: u64,
+    img_addr: u64,
+    pages: u64,
+}
+
 struct Daemon<S> {
     images: PathBuf,
     remote: remote::Remote<S>,
@@ -357,12 +381,29 @@ struct Daemon<S> {
     /// The next background chunk's size.
     chunk: u64,
     /// Background requests in flight at once, and their bytes at most.
-    batch: (usize, u64),
+    window: (usize, u64),
+    /// The background requests sent, oldest first: the source's page
+    /// server answers in that order (page_server_serve reads a request,
+    /// answers it, reads the next).
+    in_flight: VecDeque<InFlight>,
+    in_flight_bytes: u64,
+    /// Where the last request in flight ended (a process's key and a
+    /// run-time address): the window is topped up from there, so that no
+    /// range is asked for twice. `None` while nothing is in flight: the
+    /// next pass starts from the first process, and picks up what an
+    /// earlier one left (a short answer, a copy the kernel put off).
+    cursor: Option<(u64, u64)>,
+    next_key: u64,
     stats: LazyStats,
     guardian: Option<Guardian>,
 }
 
 impl<S> Daemon<S> {
+    fn new_key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
+    }
+
     /// Hands the guardian a copy of a new process's userfaultfd.
     fn guard(&mut self, uffd: &Uffd) -> Result<Option<Slot>> {
         self.guardian
@@ -404,7 +445,9 @@ impl<S: Read + Write> Daemon<S> {
         loop {
             let work_left = self.procs.iter().any(|p| !p.gone && !p.iovs.is_empty());
             if finished && !work_left {
-                return Ok(());
+                // Answers still on their way (for a process that left) are
+                // read before the page server hears goodbye.
+                return self.drain();
             }
             let timeout = if finished && work_left {
                 PollTimeout::ZERO
@@ -471,7 +514,9 @@ impl<S: Read + Write> Daemon<S> {
                         let iovs = images::collect(&self.images, pid)?;
                         tracing::debug!(pid, bytes = iovs.bytes(), "lazy task");
                         self.stats.processes += 1;
+                        let key = self.new_key();
                         self.procs.push(Proc {
+                            key,
                             image_pid: pid,
                             uffd,
                             iovs,
@@ -507,6 +552,11 @@ impl<S: Read + Write> Daemon<S> {
     }
 
     fn events(&mut self, i: usize) -> Result<()> {
+        // What is in flight goes in first: before an event can move or drop
+        // its range, and before a fault's request, whose answer must not
+        // wait behind the window's nor be taken for one of them (with the
+        // tasks stopped, neither comes).
+        self.drain()?;
         let events = match self.procs[i].uffd.read_events() {
             Ok(Some(e)) => e,
             Ok(None) => {
@@ -527,6 +577,7 @@ impl<S: Read + Write> Daemon<S> {
                     let uffd = Uffd::new(uffd);
                     let guarded = self.guard(&uffd)?;
                     let child = Proc {
+                        key: self.new_key(),
                         image_pid: self.procs[i].image_pid,
                         uffd,
                         iovs: self.procs[i].iovs.clone(),
@@ -594,47 +645,85 @@ impl<S: Read + Write> Daemon<S> {
         Ok(())
     }
 
-    /// Pulls the next ranges in: up to `batch` requests of at most the
-    /// current chunk each (see [`LazyPages::tasks_stopped`]), sent at once
-    /// and answered in order.
+    /// Pulls the next ranges in: tops the window of requests in flight
+    /// up (see [`LazyPages::tasks_stopped`]), then reads the oldest answer
+    /// and copies it in. With a window of one request (post-copy), the
+    /// window is empty again when this returns: a fault never waits behind
+    /// more than one chunk.
     fn background(&mut self) -> Result<()> {
-        let (max_requests, max_bytes) = self.batch;
-        // (process, run-time address, dump-time address, pages) per request.
-        let mut batch: Vec<(usize, u64, u64, u64)> = Vec::new();
-        let mut bytes = 0;
-        'plan: for (i, p) in self.procs.iter().enumerate() {
-            if p.gone {
-                continue;
-            }
-            for iov in p.iovs.iter() {
+        self.top_up()?;
+        self.chunk = (self.chunk + FAULT_CHUNK).min(MAX_CHUNK);
+        self.receive_oldest()
+    }
+
+    /// Asks for the ranges after the cursor, one chunk each, until the
+    /// window is full or nothing is left after it.
+    fn top_up(&mut self) -> Result<()> {
+        let (max_requests, max_bytes) = self.window;
+        let (first, after) = match self.cursor {
+            None => (0, None),
+            Some((key, addr)) => match self.procs.iter().position(|p| p.key == key) {
+                Some(i) => (i, Some((key, addr))),
+                // Its process left: this pass ends with what is in flight.
+                None => return Ok(()),
+            },
+        };
+        for p in self.procs[first..].iter().filter(|p| !p.gone) {
+            let from = match after {
+                Some((key, addr)) if key == p.key => addr,
+                _ => 0,
+            };
+            for iov in p.iovs.from(from) {
                 let mut at = iov.start;
                 while at < iov.end {
-                    let len = (iov.end - at).min(self.chunk);
-                    batch.push((i, at, iov.img_addr(at), len / PAGE_SIZE));
-                    bytes += len;
-                    at += len;
-                    if batch.len() == max_requests || bytes >= max_bytes {
-                        break 'plan;
+                    if self.in_flight.len() >= max_requests || self.in_flight_bytes >= max_bytes {
+                        return Ok(());
                     }
+                    let len = (iov.end - at).min(self.chunk);
+                    let pages = len / PAGE_SIZE;
+                    let img_addr = iov.img_addr(at);
+                    self.remote.request(p.image_pid, img_addr, pages)?;
+                    self.in_flight.push_back(InFlight {
+                        key: p.key,
+                        image_pid: p.image_pid,
+                        at,
+                        img_addr,
+                        pages,
+                    });
+                    self.in_flight_bytes += len;
+                    at += len;
+                    self.cursor = Some((p.key, at));
                 }
             }
         }
-        self.chunk = (self.chunk + FAULT_CHUNK).min(MAX_CHUNK);
-        for &(i, _, img_addr, pages) in &batch {
-            self.remote
-                .request(self.procs[i].image_pid, img_addr, pages)?;
+        Ok(())
+    }
+
+    /// Reads the answer to the oldest request in flight, if any, and
+    /// copies it into its process (a process that left meanwhile: the
+    /// answer is read and dropped).
+    fn receive_oldest(&mut self) -> Result<()> {
+        let Some(r) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        self.in_flight_bytes -= r.pages * PAGE_SIZE;
+        if self.in_flight.is_empty() {
+            self.cursor = None;
         }
-        for (i, at, img_addr, pages) in batch {
-            let pid = self.procs[i].image_pid;
-            let got = self
-                .remote
-                .receive(pid, img_addr, pages, self.buf.bytes())?;
-            // A process that left meanwhile: its answer is read and
-            // dropped.
-            if !self.procs[i].gone {
-                let copied = self.fill(i, at, got)?;
-                self.stats.background_bytes += copied;
-            }
+        let got = self
+            .remote
+            .receive(r.image_pid, r.img_addr, r.pages, self.buf.bytes())?;
+        if let Some(i) = self.procs.iter().position(|p| p.key == r.key && !p.gone) {
+            let copied = self.fill(i, r.at, got)?;
+            self.stats.background_bytes += copied;
+        }
+        Ok(())
+    }
+
+    /// Reads every answer still in flight, copying each in.
+    fn drain(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.receive_oldest()?;
         }
         Ok(())
     }
