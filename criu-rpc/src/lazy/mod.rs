@@ -56,10 +56,36 @@ pub const SOCKET_NAME: &str = "lazy-pages.socket";
 const RESTORE_FINISHED: u32 = 0x5253_5446;
 const FAULT_CHUNK: u64 = 64 << 10;
 const MAX_CHUNK: u64 = 4 << 20;
-/// Background requests in flight at once, and their bytes at most, when
-/// the tasks are stopped (see [`LazyPages::tasks_stopped`]).
-const WINDOW: usize = 64;
-const WINDOW_BYTES: u64 = 32 << 20;
+
+/// How the background pulls pages in: requests in flight at once, their
+/// bytes at most, and the largest chunk one asks for (chunks grow from
+/// [`FAULT_CHUNK`] while no fault comes, as CRIU's daemon grows them).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    requests: usize,
+    bytes: u64,
+    max_chunk: u64,
+}
+
+/// Tasks running (post-copy): up to four requests of 2 MiB in flight, so
+/// that the source serves the next while this side copies the last in. A
+/// fault waits behind what is in flight, 8 MiB at most (~8 ms here). One
+/// 4 MiB request at a time (each chunk waiting for the whole way there and
+/// back), the background of a 1 GiB post-copy took 1.7-2.1 s in one run of
+/// hack/bench-migrate, 1.5-1.6 s with four 1 MiB requests (4 MiB), and
+/// 1.35-1.47 s so (a 4 GiB one came at ~270 MiB/s one at a time).
+const RUNNING: Window = Window {
+    requests: 4,
+    bytes: 8 << 20,
+    max_chunk: 2 << 20,
+};
+
+/// Tasks stopped (see [`LazyPages::tasks_stopped`]): no fault waits.
+const STOPPED: Window = Window {
+    requests: 64,
+    bytes: 32 << 20,
+    max_chunk: MAX_CHUNK,
+};
 
 /// What the daemon did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -126,8 +152,7 @@ pub struct LazyPages {
     images: PathBuf,
     path: PathBuf,
     guardian: Option<Guardian>,
-    /// Background requests in flight at once, and their bytes at most.
-    window: (usize, u64),
+    window: Window,
 }
 
 impl LazyPages {
@@ -152,24 +177,24 @@ impl LazyPages {
             images: images_dir.to_path_buf(),
             path,
             guardian: None,
-            window: (1, MAX_CHUNK),
+            window: RUNNING,
         })
     }
 
     /// The restored tasks stay stopped until every page is in (a pre-copy
     /// whose pages go into the tasks): no fault waits behind the
-    /// background, so it keeps a window of up to [`WINDOW`] requests
-    /// ([`WINDOW_BYTES`]) in flight, topped up as each answer is read: the
+    /// background, so it keeps a window of up to 64 requests (32 MiB) in
+    /// flight, topped up as each answer is read: the
     /// source's page server always has the next request while this side
     /// copies the last answer in. (One at a time, each answer waits a round
     /// trip through both relays: a JVM's thousands of small ranges came at
     /// ~270 MiB/s. Batches of 8 MiB sent at once and read to the end before
     /// the next: 920-980 MiB/s at 1 GiB (1,090 with 32 MiB batches), the
     /// relays idle for a round trip per batch; this window: 1,160-1,200
-    /// MiB/s, both cores busy, hack/bench-migrate.) Without it, one request
-    /// at a time, so that a fault waits for at most one chunk.
+    /// MiB/s, both cores busy, hack/bench-migrate.) Without it, a window
+    /// of 8 MiB, so that a fault waits behind little ([`RUNNING`]).
     pub fn tasks_stopped(mut self) -> LazyPages {
-        self.window = (WINDOW, WINDOW_BYTES);
+        self.window = STOPPED;
         self
     }
 
@@ -380,8 +405,7 @@ struct Daemon<S> {
     buf: Buffer,
     /// The next background chunk's size.
     chunk: u64,
-    /// Background requests in flight at once, and their bytes at most.
-    window: (usize, u64),
+    window: Window,
     /// The background requests sent, oldest first: the source's page
     /// server answers in that order (page_server_serve reads a request,
     /// answers it, reads the next).
@@ -647,19 +671,21 @@ impl<S: Read + Write> Daemon<S> {
 
     /// Pulls the next ranges in: tops the window of requests in flight
     /// up (see [`LazyPages::tasks_stopped`]), then reads the oldest answer
-    /// and copies it in. With a window of one request (post-copy), the
-    /// window is empty again when this returns: a fault never waits behind
-    /// more than one chunk.
+    /// and copies it in.
     fn background(&mut self) -> Result<()> {
         self.top_up()?;
-        self.chunk = (self.chunk + FAULT_CHUNK).min(MAX_CHUNK);
+        self.chunk = (self.chunk + FAULT_CHUNK).min(self.window.max_chunk);
         self.receive_oldest()
     }
 
     /// Asks for the ranges after the cursor, one chunk each, until the
     /// window is full or nothing is left after it.
     fn top_up(&mut self) -> Result<()> {
-        let (max_requests, max_bytes) = self.window;
+        let Window {
+            requests: max_requests,
+            bytes: max_bytes,
+            ..
+        } = self.window;
         let (first, after) = match self.cursor {
             None => (0, None),
             Some((key, addr)) => match self.procs.iter().position(|p| p.key == key) {
