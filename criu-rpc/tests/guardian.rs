@@ -578,6 +578,11 @@ fn start_memory_counter(dir: &Path) -> (Unshare, Pid, PathBuf) {
     let mut child = Unshare(
         Command::new("unshare")
             .args(["--pid", "--fork", "/usr/bin/python3", "-c", &script])
+            // CRIU's parasite mounts the task's own /proc on
+            // `proc.crtools` in the task's cwd when the task's /proc is
+            // not its pid namespace's (parasite.c get_proc_fd): two
+            // workloads dumped at once in one cwd collide on it (EEXIST).
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
