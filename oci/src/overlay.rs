@@ -26,6 +26,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -404,6 +405,12 @@ struct Packer<'a, W: Write> {
     count: DiffCount,
     /// The first name written of each multiply-linked file.
     seen: HashMap<(u64, u64), PathBuf>,
+    /// The directories above the last entry written, as resolved
+    /// (shallowest first; "" is the root): the walk goes depth first, so
+    /// each directory is resolved once rather than once per entry in it,
+    /// and no more fds stay open than the tree is deep. One packer serves
+    /// one pass: the frozen pass resolves everything anew.
+    dirs: Vec<(PathBuf, Rc<OwnedFd>)>,
 }
 
 impl<'a, W: Write> Packer<'a, W> {
@@ -414,6 +421,7 @@ impl<'a, W: Write> Packer<'a, W> {
             b: tar::Builder::new(w),
             count: DiffCount::default(),
             seen: HashMap::new(),
+            dirs: Vec::new(),
         })
     }
 
@@ -421,18 +429,28 @@ impl<'a, W: Write> Packer<'a, W> {
     /// the root with no symlink on the way, and `r`'s name in it; `None`
     /// when the path no longer resolves so (the tree changed under a first
     /// pass: the frozen pass sees what it became).
-    fn parent(&self, r: &Path) -> Result<Option<(OwnedFd, OsString)>> {
+    fn parent(&mut self, r: &Path) -> Result<Option<(Rc<OwnedFd>, OsString)>> {
         let (Some(dir), Some(name)) = (r.parent(), r.file_name()) else {
             return Ok(None);
         };
-        let dir = if dir.as_os_str().is_empty() {
+        while self.dirs.last().is_some_and(|(d, _)| !dir.starts_with(d)) {
+            self.dirs.pop();
+        }
+        if let Some((_, fd)) = self.dirs.last().filter(|(d, _)| d == dir) {
+            return Ok(Some((fd.clone(), name.to_os_string())));
+        }
+        let rel = if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
             dir
         };
         // Mounts in the tree are crossed: the walk crosses them too.
-        match dir_beneath(&self.root_fd, dir, ResolveFlag::empty()) {
-            Ok(fd) => Ok(Some((fd, name.to_os_string()))),
+        match dir_beneath(&self.root_fd, rel, ResolveFlag::empty()) {
+            Ok(fd) => {
+                let fd = Rc::new(fd);
+                self.dirs.push((dir.to_path_buf(), fd.clone()));
+                Ok(Some((fd, name.to_os_string())))
+            }
             Err(e) if changed(e) => Ok(None),
             Err(e) => Err(io("resolving in the tree to archive", &self.root.join(r))(
                 e.into(),
