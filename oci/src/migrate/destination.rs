@@ -105,13 +105,23 @@ impl Default for Progress {
 }
 
 impl Progress {
-    /// The downtime as seen from here: from the source's freeze (the
-    /// arrival there of the answer to `RootfsAhead`, one network delay
-    /// after it left) to the copy running here. The source's report measures it from its
-    /// own clock.
+    /// The downtime as seen from here: from the source's freeze to the
+    /// copy running here. The freeze is dated by the source's own count
+    /// of its frozen time, sent with the root filesystem's changes, less
+    /// the network delay it took; a source that does not send it: the
+    /// answer to `RootfsAhead`, after which the source still starts its
+    /// CRIU (tens of ms, which this then counts too). The source's report
+    /// measures it from its own clock.
     fn downtime(&self) -> Option<Duration> {
         Some(self.running.get()?.duration_since(self.ready.get()?))
     }
+}
+
+/// When the source froze, from a message that arrived `now` saying the
+/// container had been frozen `frozen_ms` when it left; `None` for a count
+/// no freeze could give (negative, not a number, before this host booted).
+fn freeze_time(now: Instant, frozen_ms: f64) -> Option<Instant> {
+    now.checked_sub(Duration::try_from_secs_f64(frozen_ms / 1000.0).ok()?)
 }
 
 /// How a move's pages arrive here.
@@ -669,7 +679,14 @@ impl Agent {
                     // The source freezes its container as this arrives.
                     at.ready.set(Some(Instant::now()));
                 }
-                Step::RootfsChanges { removed, lowers } => {
+                Step::RootfsChanges {
+                    removed,
+                    lowers,
+                    frozen_ms,
+                } => {
+                    if let Some(t) = frozen_ms.and_then(|ms| freeze_time(Instant::now(), ms)) {
+                        at.ready.set(Some(t));
+                    }
                     let tree = match (&ahead, &lowers) {
                         (Some((tree, true)), Some(_)) | (Some((tree, false)), None) => tree,
                         _ => {
@@ -1441,6 +1458,19 @@ fn tempfile_dir(root: &Path, tag: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_freeze_is_dated_from_the_sources_count_only_when_it_can_be_one() {
+        let now = Instant::now();
+        assert_eq!(
+            freeze_time(now, 250.0),
+            now.checked_sub(Duration::from_millis(250))
+        );
+        assert_eq!(freeze_time(now, 0.0), Some(now));
+        for bad in [-1.0, f64::NAN, f64::INFINITY, f64::MAX, 1e300] {
+            assert_eq!(freeze_time(now, bad), None, "{bad}");
+        }
+    }
 
     fn needs(postcopy: bool, precopy_uffd: Option<bool>) -> Needs {
         let mut v = serde_json::json!({

@@ -63,6 +63,11 @@ pub enum Step {
     RootfsChanges {
         removed: Vec<std::path::PathBuf>,
         lowers: Option<Vec<std::path::PathBuf>>,
+        /// How long the container had been frozen when this left: the
+        /// destination dates the freeze from it (its log's downtime).
+        /// Absent from sources before it.
+        #[serde(default)]
+        frozen_ms: Option<f64>,
     },
     /// Everything is there: restore, leaving the copy stopped.
     Restore,

@@ -224,6 +224,7 @@ impl Frozen<'_, '_> {
         let sent = transfer::send_state(
             &mut self.ctl,
             &self.images,
+            self.frozen_at,
             &self.ahead,
             self.overlay.as_ref(),
             progress,

@@ -37,10 +37,12 @@ pub(super) struct Restored {
     pub docker_id: Option<String>,
 }
 
-/// Sends the images and what changed in the rootfs since it went ahead.
+/// Sends the images and what changed in the rootfs since it went ahead
+/// (the container frozen since `frozen_at`).
 pub(super) fn send_state(
     ctl: &mut Channel,
     images: &Path,
+    frozen_at: Instant,
     ahead: &Ahead,
     overlay: Option<&Overlay>,
     progress: &(dyn Fn(Progress<'_>) + Sync),
@@ -65,6 +67,7 @@ pub(super) fn send_state(
         &Step::RootfsChanges {
             removed: changes.removed.clone(),
             lowers: overlay.map(|o| o.lowers.clone()),
+            frozen_ms: Some(ms(frozen_at.elapsed())),
         },
     )?;
     let mut w = StreamWriter::new(ctl);
