@@ -503,11 +503,23 @@ fn cpuinfo_dump_and_check() {
 /// until its last page is sent): `procs` processes (the first forks the
 /// others), each filling `mib` MiB with a pattern of its own, then writing
 /// `i crc` lines to `count-K`, the crc of its whole buffer every time.
-/// The `unshare` process above the workload; killed (with it) on drop.
-struct Unshare(Child);
+/// The `unshare` process above the workload, and the workload's first
+/// process (its pid namespace's init); both killed on drop, the init first:
+/// killing `unshare` alone leaves its child running, and a test that failed
+/// before the lazy dump killed the workload would leave it behind.
+struct Unshare(Child, Option<Pid>);
 
 impl Drop for Unshare {
     fn drop(&mut self) {
+        // Unless its pid went to someone else since (the lazy dump killed
+        // it once its last page left).
+        let ours = |p: Pid| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("zlib.crc32(buf)"))
+        };
+        if let Some(p) = self.1.filter(|p| ours(*p)) {
+            let _ = kill(p, Signal::SIGKILL);
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -532,7 +544,7 @@ fn start_memory_counter(dir: &Path, procs: usize, mib: usize) -> (Unshare, Pid, 
          \x20   time.sleep(0.05)\n",
         dir.display()
     );
-    let child = Unshare(
+    let mut child = Unshare(
         Command::new("unshare")
             .args(["--pid", "--fork", "python3", "-c", &script])
             // CRIU's parasite mounts the task's own /proc on
@@ -545,10 +557,12 @@ fn start_memory_counter(dir: &Path, procs: usize, mib: usize) -> (Unshare, Pid, 
             .stderr(Stdio::null())
             .spawn()
             .expect("unshare and python3 (hack/setup installs them)"),
+        None,
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let kids = tree(Pid::from_raw(child.0.id() as i32));
+        child.1 = kids.get(1).copied();
         let counting = files.iter().all(|f| crc_lines(f).len() >= 3);
         if let (Some(pid), true) = (kids.get(1), counting) {
             return (child, *pid, files);
