@@ -686,14 +686,15 @@ impl<S: Read + Write> Daemon<S> {
             bytes: max_bytes,
             ..
         } = self.window;
-        let (first, after) = match self.cursor {
-            None => (0, None),
-            Some((key, addr)) => match self.procs.iter().position(|p| p.key == key) {
-                Some(i) => (i, Some((key, addr))),
+        let first = match self.cursor {
+            None => 0,
+            Some((key, _)) => match self.procs.iter().position(|p| p.key == key) {
+                Some(i) => i,
                 // Its process left: this pass ends with what is in flight.
                 None => return Ok(()),
             },
         };
+        let after = self.cursor;
         for p in self.procs[first..].iter().filter(|p| !p.gone) {
             let from = match after {
                 Some((key, addr)) if key == p.key => addr,

@@ -676,7 +676,9 @@ impl Agent {
                     let bytes = r.drain()?;
                     ahead = Some((tree, overlay));
                     wire::send(s, &Reply::Received { bytes })?;
-                    // The source freezes its container as this arrives.
+                    // The source freezes its container soon after this
+                    // arrives (once its CRIU is started); a source that
+                    // sends its frozen time with the changes corrects it.
                     at.ready.set(Some(Instant::now()));
                 }
                 Step::RootfsChanges {
