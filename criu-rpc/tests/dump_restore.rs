@@ -3,6 +3,9 @@
 //! number per line to a file through an fd it keeps open: a restore that
 //! resumes from the wrong point shows as a gap or a repeat in the file.
 
+mod common;
+use common::Unshare;
+
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -503,28 +506,6 @@ fn cpuinfo_dump_and_check() {
 /// until its last page is sent): `procs` processes (the first forks the
 /// others), each filling `mib` MiB with a pattern of its own, then writing
 /// `i crc` lines to `count-K`, the crc of its whole buffer every time.
-/// The `unshare` process above the workload, and the workload's first
-/// process (its pid namespace's init); both killed on drop, the init first:
-/// killing `unshare` alone leaves its child running, and a test that failed
-/// before the lazy dump killed the workload would leave it behind.
-struct Unshare(Child, Option<Pid>);
-
-impl Drop for Unshare {
-    fn drop(&mut self) {
-        // Unless its pid went to someone else since (the lazy dump killed
-        // it once its last page left).
-        let ours = |p: Pid| {
-            fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("zlib.crc32(buf)"))
-        };
-        if let Some(p) = self.1.filter(|p| ours(*p)) {
-            let _ = kill(p, Signal::SIGKILL);
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_memory_counter(dir: &Path, procs: usize, mib: usize) -> (Unshare, Pid, Vec<PathBuf>) {
     let files: Vec<PathBuf> = (0..procs).map(|k| dir.join(format!("count-{k}"))).collect();
     let script = format!(
@@ -544,25 +525,11 @@ fn start_memory_counter(dir: &Path, procs: usize, mib: usize) -> (Unshare, Pid, 
          \x20   time.sleep(0.05)\n",
         dir.display()
     );
-    let mut child = Unshare(
-        Command::new("unshare")
-            .args(["--pid", "--fork", "python3", "-c", &script])
-            // CRIU's parasite mounts the task's own /proc on
-            // `proc.crtools` in the task's cwd when the task's /proc is
-            // not its pid namespace's (parasite.c get_proc_fd): two
-            // workloads dumped at once in one cwd collide on it (EEXIST).
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("unshare and python3 (hack/setup installs them)"),
-        None,
-    );
+    let mut child = Unshare::python("python3", &script, dir, "zlib.crc32(buf)");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let kids = tree(Pid::from_raw(child.0.id() as i32));
-        child.1 = kids.get(1).copied();
+        let kids = tree(Pid::from_raw(child.child.id() as i32));
+        child.init = kids.get(1).copied();
         let counting = files.iter().all(|f| crc_lines(f).len() >= 3);
         if let (Some(pid), true) = (kids.get(1), counting) {
             return (child, *pid, files);
@@ -723,7 +690,7 @@ fn lazy_dump_and_restore(procs: usize, mib: usize, window: Window) {
         "pages came more than once: {stats:?}"
     );
     // The original was killed once its last page left.
-    unshare.0.wait().unwrap();
+    unshare.child.wait().unwrap();
 
     for ((file, before), crc) in files.iter().zip(&before).zip(&crcs) {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -12,6 +12,9 @@
 //! `harness = false`: main() decides whether this process is the test
 //! runner or the agent.
 
+mod common;
+use common::Unshare;
+
 use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -524,27 +527,6 @@ fn an_empty_kill_list_is_refused() {
 
 // ------------------------------------------------------------ post-copy
 
-/// The `unshare` process above the workload and the workload (pid 1 of
-/// its namespace), both killed on drop: a failed lazy dump resumes the
-/// workload, and unshare's death would leave it running.
-struct Unshare(Child, Option<Pid>);
-
-impl Drop for Unshare {
-    fn drop(&mut self) {
-        // Unless its pid went to someone else since (a dump that
-        // succeeded killed it).
-        let ours = |p: Pid| {
-            fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("zlib.crc32(view"))
-        };
-        if let Some(p) = self.1.filter(|p| ours(*p)) {
-            let _ = kill(p, Signal::SIGKILL);
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The python workload in a PID namespace of its own (its restore, in a
 /// new one, does not clash with the lazily dumped original, which stays
 /// until its last page is sent). It fills 48 MiB with random bytes and
@@ -575,36 +557,22 @@ fn start_memory_counter(dir: &Path) -> (Unshare, Pid, PathBuf) {
          \x20   time.sleep(0.05)\n",
         file.display()
     );
-    let mut child = Unshare(
-        Command::new("unshare")
-            .args(["--pid", "--fork", "/usr/bin/python3", "-c", &script])
-            // CRIU's parasite mounts the task's own /proc on
-            // `proc.crtools` in the task's cwd when the task's /proc is
-            // not its pid namespace's (parasite.c get_proc_fd): two
-            // workloads dumped at once in one cwd collide on it (EEXIST).
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("unshare and python3 (hack/setup installs them)"),
-        None,
-    );
+    let mut child = Unshare::python("/usr/bin/python3", &script, dir, "zlib.crc32(view");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let kids = fs::read_to_string(format!(
             "/proc/{}/task/{}/children",
-            child.0.id(),
-            child.0.id()
+            child.child.id(),
+            child.child.id()
         ))
         .unwrap_or_default();
         let pid = kids.split_whitespace().next().and_then(|p| p.parse().ok());
         // A whole first pass: every MiB's crc.
         let passes = crc_lines(&file).iter().any(|l| l.pass >= 1);
         if let Some(pid) = pid {
-            child.1 = Some(Pid::from_raw(pid));
+            child.init = Some(Pid::from_raw(pid));
         }
-        if let (Some(pid), true) = (child.1, passes) {
+        if let (Some(pid), true) = (child.init, passes) {
             return (child, pid, file);
         }
         assert!(Instant::now() < deadline, "python workload did not start");
